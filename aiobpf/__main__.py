@@ -1,0 +1,3 @@
+from aiobpf.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""aiobpf ps: a table of every pending task, one row per awaiter."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aiobpf.cli.common import pid_argument, require_tasks, take_snapshot
+from aiobpf.exporters import json_doc, text
+
+
+class PsCommand:
+    """List every pending asyncio task of PID: its thread, id and name, its coroutine
+    stack (innermost first), and for each task awaiting it that task's stack, name and id.
+
+    The columns are those of `python3.14 -m asyncio ps`; aiobpf reads every CPython
+    from 3.11 to 3.15, every thread's tasks, and needs nothing from the target."""
+
+    name = "ps"
+    help = "table of pending tasks, their stacks and awaiters"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        pid_argument(parser)
+        parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                            help="table (default, as python3.14 -m asyncio ps), csv, or json (the "
+                                 "full snapshot: threads, states, frames with files and lines)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        snapshot = take_snapshot(args.pid, use_dwarf=not args.no_dwarf)
+        if args.format == "json":
+            sys.stdout.write(json_doc.render(snapshot))
+        else:
+            require_tasks(snapshot)
+            rows = text.table_rows(snapshot)
+            sys.stdout.write(text.render_table(rows) if args.format == "table"
+                             else text.render_csv(rows))
+        require_tasks(snapshot)
+        return 0

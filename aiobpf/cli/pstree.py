@@ -1,0 +1,41 @@
+"""aiobpf pstree: the await tree, with every task's internal coroutine stack."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aiobpf import errors
+from aiobpf.cli.common import pid_argument, require_tasks, take_snapshot
+from aiobpf.exporters import json_doc, text
+
+
+class PstreeCommand:
+    """Draw the tree of asyncio tasks of PID: under each task the coroutine frames it is
+    suspended in (outermost first, as "function file:line"), and under the frame that
+    awaits them, the tasks it waits for. A task awaited by several tasks appears under each.
+
+    If tasks await each other in a cycle, no tree can be drawn: the cycles are printed
+    on stderr and aiobpf exits with status 1 (aiobpf ps still lists them)."""
+
+    name = "pstree"
+    help = "tree of tasks with their coroutine stacks"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        pid_argument(parser)
+        parser.add_argument("--format", choices=("tree", "json"), default="tree",
+                            help="tree (default) or json (the same document as ps --format json)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        snapshot = take_snapshot(args.pid, use_dwarf=not args.no_dwarf)
+        if args.format == "json":
+            sys.stdout.write(json_doc.render(snapshot))
+            require_tasks(snapshot)
+            return 0
+        require_tasks(snapshot)
+        try:
+            lines = text.tree_lines(snapshot)
+        except text.CycleFound as exc:
+            raise errors.AwaitCycleError(exc.lines) from None
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        return 0

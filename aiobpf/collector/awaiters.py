@@ -1,0 +1,174 @@
+"""Who awaits each task.
+
+3.14+ records it: ``task_awaited_by`` holds the awaiting task or future (or a
+set of them), filled by ``Task.__step``, ``gather``, ``shield``, ``wait``,
+``as_completed``, ``TaskGroup`` and friends.
+
+3.11-3.13 do not, so aiobpf infers the same edges from what exists:
+
+- a task whose ``fut_waiter`` is the child awaits it directly;
+- the child's done-callbacks lead to the waiters: a ``TaskGroup._on_task_done``
+  bound method names its ``_parent_task``; a function's closure (``gather``'s
+  ``_done_callback``, ``shield``'s ``_inner_done_callback``, ``wait``'s
+  ``_on_completion``) or a ``functools.partial`` (``wait_for``'s
+  ``_release_waiter``) holds the future that a task awaits; an ``as_completed``
+  iterator's queue holds the getter futures that tasks await;
+- a future reached that way that no task awaits is followed through its own
+  callbacks (a gather nested in a gather), a few levels deep.
+
+A gather future that no task awaits is reported as a non-task awaiter rather
+than dropping the edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiobpf.collector.memory import RemoteReadError
+from aiobpf.collector.model import Awaiter
+from aiobpf.collector.objects import DecodeError, Objects
+from aiobpf.collector.tasks import RawTask
+
+MAX_FUTURE_HOPS = 8
+MAX_CALLBACKS = 4096
+_FUTURE = "_asyncio.Future"
+
+
+class AwaiterIndex:
+    def __init__(self, objs: Objects, tasks: list[RawTask]) -> None:
+        self.objs = objs
+        self.tasks = {t.addr: t for t in tasks}
+        self.waiting_on: dict[int, list[int]] = {}
+        for t in tasks:
+            if t.fut_waiter:
+                self.waiting_on.setdefault(t.fut_waiter, []).append(t.addr)
+
+    # -- 3.14+ ------------------------------------------------------------------
+    def recorded(self, task: RawTask) -> list[Awaiter]:
+        out = []
+        for addr in task.awaited_by:
+            if addr in self.tasks:
+                out.append(Awaiter(addr))
+            else:
+                out.append(Awaiter(addr, is_task=False, type_name=self._type_name(addr)))
+        return out
+
+    # -- 3.11-3.13 ----------------------------------------------------------------
+    def inferred(self, task: RawTask) -> list[Awaiter]:
+        found: dict[int, Awaiter] = {}
+        for waiter in self.waiting_on.get(task.addr, ()):
+            found.setdefault(waiter, Awaiter(waiter))
+        for awaiter in self._from_callbacks(task.addr, 0, {task.addr}):
+            if awaiter.id != task.addr:
+                found.setdefault(awaiter.id, awaiter)
+        return list(found.values())
+
+    def _type_name(self, addr: int) -> str:
+        try:
+            return self.objs.type_name(addr)
+        except (DecodeError, RemoteReadError):
+            return "?"
+
+    def _callbacks(self, fut: int) -> list[int]:
+        L = self.objs.layout.values
+        mem = self.objs.mem
+        out = []
+        first = mem.ptr(fut + L["future.callback0"])
+        if first:
+            out.append(first)
+        lst = mem.ptr(fut + L["future.callbacks"])
+        if lst:
+            for item in self.objs.list_items(lst)[:MAX_CALLBACKS]:
+                if self.objs.kind(item) == "tuple":
+                    items = self.objs.tuple_items(item)
+                    if items:
+                        out.append(items[0])
+                else:
+                    out.append(item)
+        return out
+
+    def _is_future(self, obj: int) -> bool:
+        return self.objs.is_subtype(self.objs.type_of(obj), _FUTURE)
+
+    def _from_callbacks(self, fut: int, depth: int, seen: set[int]) -> Iterable[Awaiter]:
+        """Awaiters found through the done-callbacks of ``fut``."""
+        if depth > MAX_FUTURE_HOPS:
+            return
+        for cb in self._callbacks(fut):
+            try:
+                yield from self._from_callback(cb, depth, seen)
+            except (DecodeError, RemoteReadError):
+                continue
+
+    def _from_callback(self, cb: int, depth: int, seen: set[int]) -> Iterable[Awaiter]:
+        objs = self.objs
+        L = objs.layout.values
+        kind = objs.kind(cb)
+        referenced: list[int] = []
+        if kind == "method":
+            owner = objs.mem.ptr(cb + L["method.self"])
+            parent = objs.attr(owner, "_parent_task")
+            if parent and parent in self.tasks:
+                yield Awaiter(parent)
+                return
+            referenced.append(owner)
+        elif kind == "function":
+            closure = objs.mem.ptr(cb + L["function.closure"])
+            if closure:
+                for cell in objs.tuple_items(closure):
+                    content = objs.mem.ptr(cell + L["cell.ref"])
+                    if content:
+                        referenced.append(content)
+        elif kind == "functools.partial":
+            args = objs.mem.ptr(cb + L["partial.args"])
+            if args:
+                referenced.extend(objs.tuple_items(args))
+        for obj in referenced:
+            yield from self._from_object(obj, depth, seen)
+
+    def _from_object(self, obj: int, depth: int, seen: set[int]) -> Iterable[Awaiter]:
+        if obj in seen:
+            return
+        seen.add(obj)
+        objs = self.objs
+        if self._is_future(obj):
+            if obj in self.tasks:
+                return  # a task held by a callback does not await the child
+            yield from self._future_awaiters(obj, depth, seen)
+            return
+        if objs.kind(obj).startswith("~"):
+            # A queue (as_completed's), directly or as an attribute: its getters are
+            # the futures that the consuming tasks await.
+            queue = obj if objs.attr(obj, "_getters") else objs.attr(obj, "_done")
+            getters = objs.attr(queue, "_getters") if queue else None
+            if getters:
+                for fut in self._deque_items(getters):
+                    yield from self._future_awaiters(fut, depth, seen)
+
+    def _future_awaiters(self, fut: int, depth: int, seen: set[int]) -> Iterable[Awaiter]:
+        waiters = self.waiting_on.get(fut, ())
+        for waiter in waiters:
+            yield Awaiter(waiter)
+        if waiters:
+            return
+        nested = list(self._from_callbacks(fut, depth + 1, seen))
+        yield from nested
+        if not nested and self._type_name(fut) == "_GatheringFuture":
+            yield Awaiter(fut, is_task=False, type_name="_GatheringFuture")
+
+    def _deque_items(self, deque: int) -> list[int]:
+        L = self.objs.layout.values
+        mem = self.objs.mem
+        n = mem.i64(deque + L["deque.size"])
+        if n <= 0 or n > MAX_CALLBACKS:
+            return []
+        block = mem.ptr(deque + L["deque.leftblock"])
+        index = mem.i64(deque + L["deque.leftindex"])
+        blocklen = self.objs.consts.deque_blocklen
+        out: list[int] = []
+        while block and len(out) < n:
+            out.append(mem.ptr(block + L["dequeblock.data"] + 8 * index))
+            index += 1
+            if index == blocklen:
+                block, index = mem.ptr(block + L["dequeblock.rightlink"]), 0
+        return out

@@ -1,0 +1,172 @@
+"""Suspended coroutine stacks and running thread stacks, from interpreter frames.
+
+A task's internal stack is the chain of objects each suspended frame awaits:
+the coroutine's frame awaits the object on top of its value stack (3.11/3.12:
+when the next instruction is a RESUME with oparg >= 2; 3.13+: when the frame
+state says "suspended in yield from").  The chain is followed through
+coroutines, generators (generator-based coroutines, ``__await__`` written as a
+generator), async generators (their ``asend``/``athrow`` awaitables) and
+coroutine wrappers, and stops at the first object that has no frame (a
+Future, a custom awaitable): that object is returned as what the task awaits.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from aiobpf.collector.model import Frame
+from aiobpf.collector.objects import DecodeError, Objects, u64
+
+MAX_AWAIT_DEPTH = 1024     # coroutines awaiting coroutines
+MAX_THREAD_FRAMES = 4096   # frames of one thread stack
+
+_FRAME_KINDS = {"coroutine": "coroutine", "generator": "generator",
+                "async_generator": "async_generator"}
+
+
+@dataclass
+class Chain:
+    frames: list[Frame] = field(default_factory=list)   # outermost first
+    awaited: int = 0            # the object the innermost frame waits on (0: none)
+    innermost_state: str = ""   # suspended | running | created | finished
+    errors: list[str] = field(default_factory=list)
+
+
+class Frames:
+    def __init__(self, objs: Objects) -> None:
+        self.objs = objs
+        self.mem = objs.mem
+        L = objs.layout.values
+        self.L = L
+        c = objs.consts
+        self.st_created = L["enum.FRAME_CREATED"]
+        self.st_executing = L["enum.FRAME_EXECUTING"]
+        self.st_cleared = L["enum.FRAME_CLEARED"]
+        self.st_yf = {L[k] for k in ("enum.FRAME_SUSPENDED_YIELD_FROM",
+                                     "enum.FRAME_SUSPENDED_YIELD_FROM_LOCKED") if k in L}
+        self.st_suspended = {L["enum.FRAME_SUSPENDED"]} | self.st_yf
+        self.o_state = L["gen.frame_state"]
+        self.o_iframe = L["gen.iframe"]
+        self.f_code = L["frame.code"]
+        self.f_instr = L["frame.instr_ptr"]
+        self.f_prev = L["frame.previous"]
+        self.f_owner = L["frame.owner"]
+        self.f_locals = L["frame.localsplus"]
+        self.f_sp = L.get("frame.stackpointer")
+        self.f_stacktop = L.get("frame.stacktop")
+        self.frame_span = max(self.f_code, self.f_instr, self.f_prev, self.f_owner,
+                              self.f_sp or 0, self.f_stacktop or 0) + 8
+        self.ref_clear = ~c.stackref_clear
+        self.ref_int_tag = c.stackref_int_tag
+        self.resume = c.resume_opcodes
+        self.yf_depth = c.yield_from_depth
+        self.owned_by_gen = L["enum.FRAME_OWNED_BY_GENERATOR"]
+        self.skip_owners = {L[k] for k in ("enum.FRAME_OWNED_BY_CSTACK",
+                                           "enum.FRAME_OWNED_BY_INTERPRETER") if k in L}
+
+    # -- single frames --------------------------------------------------------
+    def _object_ref(self, bits: int) -> int:
+        """An object pointer from a frame slot (a tagged _PyStackRef on 3.14+)."""
+        if self.ref_int_tag is not None and bits & 3 == self.ref_int_tag:
+            return 0
+        return bits & self.ref_clear
+
+    def frame_at(self, iframe: int, kind: str, blob: bytes | None = None) -> Frame:
+        if blob is None:
+            blob = self.mem.read(iframe, self.frame_span)
+        code_addr = self._object_ref(u64(blob, self.f_code))
+        code = self.objs.code(code_addr)
+        line = self.objs.line_of(code, u64(blob, self.f_instr))
+        return Frame(code.qualname, code.filename, line, kind)
+
+    def _stack_top(self, iframe: int, blob: bytes) -> int:
+        if self.f_sp is not None:
+            sp = u64(blob, self.f_sp)
+            if sp - 8 * self.yf_depth < iframe + self.f_locals:
+                return 0
+            return self._object_ref(self.mem.ptr(sp - 8 * self.yf_depth))
+        assert self.f_stacktop is not None
+        top = struct.unpack_from("<i", blob, self.f_stacktop)[0]
+        if top < self.yf_depth or top > 1 << 20:
+            return 0
+        return self.mem.ptr(iframe + self.f_locals + 8 * (top - self.yf_depth))
+
+    def _awaiting(self, state: int, iframe: int, blob: bytes) -> int:
+        """What a suspended frame awaits (0: nothing, it yielded a value itself)."""
+        if self.st_yf:
+            return self._stack_top(iframe, blob) if state in self.st_yf else 0
+        instr = u64(blob, self.f_instr)
+        nxt = self.mem.read(instr + 2, 2)
+        if nxt[0] in self.resume and nxt[1] >= 2:
+            return self._stack_top(iframe, blob)
+        return 0
+
+    # -- await chains -----------------------------------------------------------
+    def chain(self, obj: int) -> Chain:
+        """Follow what ``obj`` (a task's coroutine) awaits, as far as frames go."""
+        out = Chain()
+        seen: set[int] = set()
+        for _ in range(MAX_AWAIT_DEPTH):
+            if not obj:
+                return out
+            if obj in seen:
+                out.errors.append("await chain loops")
+                return out
+            seen.add(obj)
+            kind = self.objs.kind(obj)
+            frame_kind = _FRAME_KINDS.get(kind)
+            if frame_kind is not None:
+                state = struct.unpack_from("<b", self.mem.read(obj + self.o_state, 1))[0]
+                if state >= self.st_cleared or (state > self.st_executing
+                                                and state not in self.st_suspended):
+                    out.innermost_state = "finished"
+                    return out
+                iframe = obj + self.o_iframe
+                blob = self.mem.read(iframe, self.frame_span)
+                out.frames.append(self.frame_at(iframe, frame_kind, blob))
+                if state == self.st_executing:
+                    out.innermost_state = "running"
+                    return out
+                if state == self.st_created:
+                    out.innermost_state = "created"
+                    return out
+                out.innermost_state = "suspended"
+                obj = self._awaiting(state, iframe, blob)
+                continue
+            if kind == "async_generator_asend":
+                obj = self.mem.ptr(obj + self.L["asend.gen"])
+            elif kind == "async_generator_athrow":
+                obj = self.mem.ptr(obj + self.L["athrow.gen"])
+            elif kind == "coroutine_wrapper":
+                obj = self.mem.ptr(obj + self.L["corowrapper.coroutine"])
+            else:
+                out.awaited = obj
+                return out
+        out.errors.append(f"await chain deeper than {MAX_AWAIT_DEPTH}")
+        return out
+
+    def iframe_of(self, gen: int) -> int:
+        return gen + self.o_iframe
+
+    # -- thread stacks ----------------------------------------------------------
+    def thread_stack(self, frame: int, stop_at: int = 0) -> list[tuple[int, Frame]]:
+        """(frame address, Frame) from ``frame`` outwards, innermost first.
+
+        Stops after the frame at ``stop_at`` (e.g. a running task's coroutine)."""
+        out: list[tuple[int, Frame]] = []
+        seen: set[int] = set()
+        while frame and len(out) < MAX_THREAD_FRAMES and frame not in seen:
+            seen.add(frame)
+            blob = self.mem.read(frame, self.frame_span)
+            owner = blob[self.f_owner]
+            if owner not in self.skip_owners:
+                try:
+                    kind = "coroutine" if owner == self.owned_by_gen else "function"
+                    out.append((frame, self.frame_at(frame, kind, blob)))
+                except DecodeError:
+                    pass
+            if frame == stop_at:
+                break
+            frame = u64(blob, self.f_prev)
+        return out

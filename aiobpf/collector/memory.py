@@ -1,0 +1,222 @@
+"""Reading another process's memory: the only way aiobpf touches a target.
+
+Reads use ``process_vm_readv`` (one system call for many ranges) and fall back
+to ``/proc/PID/mem``.  Nothing here writes to the target.  Whole pages are
+cached for the life of one snapshot, so the many small reads of object headers
+that decoding does cost one system call per page; ``clear()`` starts afresh.
+
+This layer knows bytes and addresses only, not Python objects.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from collections.abc import Iterable, Sequence
+
+PAGE = 4096
+_PAGE_MASK = ~(PAGE - 1)
+_IOV_MAX = 1024
+
+
+class RemoteReadError(Exception):
+    """Base class for failed remote reads."""
+
+
+class ReadFault(RemoteReadError):
+    """An address that is not mapped in the target (a stale or garbage pointer)."""
+
+    def __init__(self, addr: int, size: int) -> None:
+        super().__init__(f"cannot read {size} bytes at {addr:#x}")
+        self.addr = addr
+        self.size = size
+
+
+class ReadDenied(RemoteReadError):
+    """The kernel refused the read (EPERM/EACCES): ptrace access check."""
+
+
+class ProcessGone(RemoteReadError):
+    """The target exited (ESRCH)."""
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_process_vm_readv = getattr(_libc, "process_vm_readv", None)
+if _process_vm_readv is not None:
+    _process_vm_readv.argtypes = [ctypes.c_int, ctypes.POINTER(_IOVec), ctypes.c_ulong,
+                                  ctypes.POINTER(_IOVec), ctypes.c_ulong, ctypes.c_ulong]
+    _process_vm_readv.restype = ctypes.c_ssize_t
+
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+
+
+class RemoteMemory:
+    """Page-cached, read-only view of one process's address space."""
+
+    def __init__(self, pid: int, cache_pages: int = 65536) -> None:
+        self.pid = pid
+        self._pages: dict[int, bytes] = {}
+        self._old: dict[int, bytes] = {}
+        self._cache_pages = cache_pages
+        self._mem_fd: int | None = None
+        self.syscalls = 0
+        self.bytes_read = 0
+
+    # -- raw reads --------------------------------------------------------
+    def _raise(self, err: int, addr: int, size: int) -> None:
+        if err == errno.ESRCH:
+            raise ProcessGone(f"process {self.pid} exited")
+        if err in (errno.EPERM, errno.EACCES):
+            raise ReadDenied(f"reading the memory of process {self.pid} was refused")
+        raise ReadFault(addr, size)
+
+    def _readv(self, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        """Read many ranges in as few calls as possible; None for a range that faults."""
+        out: list[bytes | None] = []
+        for start in range(0, len(ranges), _IOV_MAX):
+            chunk = ranges[start:start + _IOV_MAX]
+            out.extend(self._readv_chunk(chunk))
+        return out
+
+    def _readv_chunk(self, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        if _process_vm_readv is None:
+            return [self._read_mem(a, n) for a, n in ranges]
+        total = sum(n for _, n in ranges)
+        buf = ctypes.create_string_buffer(total)
+        local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), total)
+        remote = (_IOVec * len(ranges))(*[_IOVec(a, n) for a, n in ranges])
+        self.syscalls += 1
+        got = _process_vm_readv(self.pid, ctypes.byref(local), 1, remote, len(ranges), 0)
+        if got < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOSYS:
+                return [self._read_mem(a, n) for a, n in ranges]
+            if err != errno.EFAULT:
+                self._raise(err, ranges[0][0], ranges[0][1])
+            got = 0
+        self.bytes_read += got
+        raw = buf.raw
+        out: list[bytes | None] = []
+        pos = 0
+        for i, (addr, size) in enumerate(ranges):
+            if pos + size <= got:
+                out.append(raw[pos:pos + size])
+            else:
+                # process_vm_readv stops at the first range that faults; read the rest one by one.
+                out.append(self._read_one_or_none(addr, size))
+                for addr2, size2 in ranges[i + 1:]:
+                    out.append(self._read_one_or_none(addr2, size2))
+                break
+            pos += size
+        return out
+
+    def _read_one_or_none(self, addr: int, size: int) -> bytes | None:
+        if _process_vm_readv is None:
+            return self._read_mem(addr, size)
+        buf = ctypes.create_string_buffer(size)
+        local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), size)
+        remote = _IOVec(addr, size)
+        self.syscalls += 1
+        got = _process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if got < 0:
+            err = ctypes.get_errno()
+            if err == errno.EFAULT:
+                return None
+            self._raise(err, addr, size)
+        self.bytes_read += got
+        return buf.raw[:got] if got == size else None
+
+    def _read_mem(self, addr: int, size: int) -> bytes | None:
+        if self._mem_fd is None:
+            try:
+                self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
+            except FileNotFoundError:
+                raise ProcessGone(f"process {self.pid} exited") from None
+            except PermissionError:
+                raise ReadDenied(f"reading the memory of process {self.pid} was refused") from None
+        self.syscalls += 1
+        try:
+            data = os.pread(self._mem_fd, size, addr)
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EFAULT):
+                return None
+            self._raise(exc.errno or 0, addr, size)
+            return None
+        return data if len(data) == size else None
+
+    # -- cached reads -------------------------------------------------------
+    def _page(self, base: int) -> bytes:
+        page = self._pages.get(base)
+        if page is None:
+            page = self._old.get(base)
+            if page is None:
+                page = self._read_one_or_none(base, PAGE)
+                if page is None:
+                    raise ReadFault(base, PAGE)
+            self._remember(base, page)
+        return page
+
+    def _remember(self, base: int, page: bytes) -> None:
+        if len(self._pages) >= self._cache_pages // 2:
+            # Two generations approximate an LRU at the cost of a dict swap.
+            self._old = self._pages
+            self._pages = {}
+        self._pages[base] = page
+
+    def read(self, addr: int, size: int) -> bytes:
+        """``size`` bytes at ``addr``; raises ReadFault when any of it is unmapped."""
+        if addr <= 0 or size < 0 or addr + size > 0x7FFF_FFFF_FFFF:
+            raise ReadFault(addr, size)
+        base = addr & _PAGE_MASK
+        end = addr + size
+        if end <= base + PAGE:
+            start = addr - base
+            return self._page(base)[start:start + size]
+        if size > 16 * PAGE:
+            data = self._read_one_or_none(addr, size)
+            if data is None:
+                raise ReadFault(addr, size)
+            return data
+        parts = []
+        while base < end:
+            page = self._page(base)
+            lo = max(addr, base) - base
+            hi = min(end, base + PAGE) - base
+            parts.append(page[lo:hi])
+            base += PAGE
+        return b"".join(parts)
+
+    def prefetch(self, addrs: Iterable[int]) -> None:
+        """Load the pages holding ``addrs`` with one batched system call."""
+        bases = sorted({a & _PAGE_MASK for a in addrs if a > 0} - self._pages.keys())
+        if not bases:
+            return
+        for base, page in zip(bases, self._readv([(b, PAGE) for b in bases]), strict=True):
+            if page is not None:
+                self._remember(base, page)
+
+    def u64(self, addr: int) -> int:
+        return _U64.unpack(self.read(addr, 8))[0]
+
+    def i64(self, addr: int) -> int:
+        return _I64.unpack(self.read(addr, 8))[0]
+
+    def ptr(self, addr: int) -> int:
+        return self.u64(addr)
+
+    def clear(self) -> None:
+        """Forget cached pages: the next reads see the target as it is now."""
+        self._pages = {}
+        self._old = {}
+
+    def close(self) -> None:
+        if self._mem_fd is not None:
+            os.close(self._mem_fd)
+            self._mem_fd = None

@@ -1,0 +1,71 @@
+"""Plain data: what a snapshot of an asyncio process contains.
+
+Everything the exporters render comes from these classes; they hold no
+addresses to read and no references to the process.  A ``Task`` may come from
+a memory read or, when BPF capture runs, from a record taken in kernel space
+(``source``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One Python frame: where a coroutine (or function) is suspended or running."""
+
+    name: str        # co_qualname
+    filename: str    # co_filename
+    line: int        # 0 when unknown
+    kind: str = "coroutine"  # coroutine | generator | async_generator | function
+
+
+@dataclass(slots=True)
+class Awaiter:
+    """Something that awaits a task: another task, or a future that is not a task."""
+
+    id: int
+    is_task: bool = True
+    type_name: str = "Task"
+
+
+@dataclass(slots=True)
+class Task:
+    id: int                       # address of the task object
+    name: str
+    thread_id: int                # native thread id of its loop's thread (0: unknown)
+    state: str                    # pending | running
+    frames: list[Frame]           # outermost first
+    awaited_by: list[Awaiter] = field(default_factory=list)
+    awaits: str | None = None     # what the innermost frame waits on, when not a frame
+    source: str = "memory"        # memory | bpf
+    errors: list[str] = field(default_factory=list)  # why this record may be partial
+    loop: int = 0                 # address of its event loop
+
+
+@dataclass(slots=True)
+class Thread:
+    thread_id: int                # native thread id
+    python_thread_id: int         # threading.get_ident()
+    interpreter_id: int
+    running_loop: int = 0
+    running_task: int = 0
+
+
+@dataclass(slots=True)
+class Snapshot:
+    pid: int
+    python_version: str
+    python_build: str             # e.g. "release, stripped" or "debug, with DWARF"
+    executable: str               # as the target sees it
+    threads: list[Thread]
+    tasks: list[Task]
+    taken_at: float               # time.time() when the read started
+    duration_s: float
+    layout_sources: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    capture: str = "memory"       # memory | bpf+memory
+
+    def task_by_id(self) -> dict[int, Task]:
+        return {t.id: t for t in self.tasks}

@@ -1,0 +1,122 @@
+"""What /proc says about a process: mappings, root directory, threads, identity.
+
+Files of a target are opened through ``/proc/PID/root`` so that a process in a
+container or chroot is read from its own filesystem; paths are reported as the
+target sees them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+
+class ProcessNotFound(Exception):
+    """No process has this PID (or it exited)."""
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    offset: int
+    inode: int
+    path: str  # as the target sees it; "" for anonymous mappings
+
+    @property
+    def is_file(self) -> bool:
+        return self.inode != 0 and self.path.startswith("/")
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    """Parse the text of /proc/PID/maps."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 5:
+            continue
+        lo, _, hi = parts[0].partition("-")
+        path = parts[5] if len(parts) == 6 else ""
+        if path.endswith(" (deleted)"):
+            path = path[: -len(" (deleted)")]
+        out.append(Mapping(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16),
+                           int(parts[4]), path))
+    return out
+
+
+def read_maps(pid: int) -> list[Mapping]:
+    try:
+        return parse_maps(Path(f"/proc/{pid}/maps").read_text())
+    except FileNotFoundError:
+        raise ProcessNotFound(pid) from None
+    except ProcessLookupError:
+        raise ProcessNotFound(pid) from None
+
+
+def host_path(pid: int, path: str) -> Path:
+    """The path under which aiobpf can open the target's file ``path``."""
+    return Path(f"/proc/{pid}/root{path}")
+
+
+def map_files_path(pid: int, mapping: Mapping) -> Path:
+    """/proc/PID/map_files entry of a mapping: opens the very file that is mapped."""
+    return Path(f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}")
+
+
+def open_mapped(pid: int, mapping: Mapping) -> Path:
+    """A host path for the file behind ``mapping``, preferring the mapped inode itself."""
+    candidate = map_files_path(pid, mapping)
+    if os.access(candidate, os.R_OK):
+        return candidate
+    return host_path(pid, mapping.path)
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    name: str
+    exe: str       # as the target sees it
+    cmdline: list[str]
+    uid: int
+    in_container: bool
+
+
+def process_info(pid: int) -> ProcessInfo:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            name = proc.name()
+            uid = proc.uids().real
+            try:
+                exe = os.readlink(f"/proc/{pid}/exe")
+            except OSError:
+                exe = ""
+            try:
+                cmdline = proc.cmdline()
+            except psutil.AccessDenied:
+                cmdline = []
+    except psutil.NoSuchProcess:
+        raise ProcessNotFound(pid) from None
+    return ProcessInfo(pid, name, exe, cmdline, uid, _in_other_root(pid))
+
+
+def _in_other_root(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/root/") != os.stat("/")
+    except OSError:
+        return False
+
+
+def thread_ids(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        raise ProcessNotFound(pid) from None
+
+
+def exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()

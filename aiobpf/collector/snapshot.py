@@ -1,0 +1,228 @@
+"""Take a snapshot of every asyncio task of a target: the collector's memory path.
+
+The target keeps running while it is read.  A task whose objects change under
+the reader (a torn read: a pointer to memory that was just freed) is read
+again from fresh pages; if that fails too it is kept, marked with the error,
+rather than dropped.  Only the process exiting, or the kernel refusing reads,
+ends a snapshot early.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from aiobpf.collector.awaiters import AwaiterIndex
+from aiobpf.collector.frames import Frames
+from aiobpf.collector.interpreter import ThreadState, interpreters, modules, thread_states
+from aiobpf.collector.memory import RemoteMemory, RemoteReadError
+from aiobpf.collector.model import Snapshot, Task, Thread
+from aiobpf.collector.objects import DecodeError, Objects
+from aiobpf.collector.target import NoAsyncio, Target
+from aiobpf.collector.tasks import (
+    RawTask,
+    linked_tasks,
+    loop_thread_id,
+    read_task,
+    registered_tasks,
+    task_span,
+)
+
+_TRANSIENT = (DecodeError, RemoteReadError)
+_DIGITS = re.compile(r"(\d+)")
+
+
+def _natural(name: str) -> list[object]:
+    return [int(p) if p.isdigit() else p for p in _DIGITS.split(name)]
+
+
+def order_tasks(tasks: list[Task], pid: int, *, by_name: bool) -> list[Task]:
+    """Main thread first, then other threads; within a thread, creation order where the
+    interpreter keeps it (3.14+ lists), else by name ("Task-2" before "Task-10")."""
+
+    def key(task: Task) -> tuple:
+        rank = (0 if task.thread_id == pid else 1 if task.thread_id else 2, task.thread_id)
+        return (*rank, _natural(task.name), task.id) if by_name else rank
+
+    return sorted(tasks, key=key)
+
+
+class Collector:
+    """Reads snapshots of one target process, reusing its discovery between reads."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.mem = RemoteMemory(target.pid)
+        self.objs = Objects(self.mem, target.layout)
+        self.frames = Frames(self.objs)
+        self.linked = target.layout.has("task.node")
+        self._span = task_span(self.objs)
+
+    def close(self) -> None:
+        self.mem.close()
+
+    # -- discovery of tasks -------------------------------------------------------
+    def _task_addresses(self, interps: list[int], threads: list[ThreadState], warnings: list[str]
+                        ) -> tuple[list[tuple[int, int]], dict[int, int]]:
+        """(task, native thread id or 0) pairs, and loop -> running task (3.11-3.13)."""
+        if self.linked:
+            return linked_tasks(self.objs, threads, interps, warnings), {}
+        pairs: list[tuple[int, int]] = []
+        running: dict[int, int] = {}
+        seen_asyncio = False
+        for interp in interps:
+            found = registered_tasks(self.objs, interp)
+            if found is None:
+                continue
+            seen_asyncio = True
+            pairs.extend((t, 0) for t in found[0])
+            running.update(found[1])
+        if not seen_asyncio:
+            raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
+                            "has not imported asyncio")
+        return pairs, running
+
+    def _read_raw(self, addr: int) -> RawTask:
+        try:
+            return read_task(self.objs, addr, self._span)
+        except _TRANSIENT:
+            self.mem.clear()
+            return read_task(self.objs, addr, self._span)
+
+    # -- the snapshot -------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        started, t0 = time.time(), time.perf_counter()
+        self.mem.clear()
+        self.objs.clear()
+        warnings: list[str] = list(self.target.layout.notes)
+        interps = interpreters(self.objs, self.target.runtime_addr)
+        threads = [ts for interp in interps for ts in thread_states(self.objs, interp)]
+        pairs, running_by_loop = self._task_addresses(interps, threads, warnings)
+
+        pending = self.target.layout["enum.STATE_PENDING"]
+        raws: list[RawTask] = []
+        for addr, tid in pairs:
+            try:
+                raw = self._read_raw(addr)
+            except _TRANSIENT as exc:
+                warnings.append(f"task {addr:#x} could not be read: {exc}")
+                continue
+            if raw.state != pending:
+                continue
+            raw.thread_native_id = tid
+            raws.append(raw)
+        if self.linked and not raws and "asyncio" not in modules(self.objs, interps[0]):
+            raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
+                            "has not imported asyncio")
+
+        self._assign_threads(raws, threads)
+        running = self._running_threads(threads, running_by_loop, raws)
+        index = AwaiterIndex(self.objs, raws)
+        tasks = order_tasks([self._task(raw, index, running) for raw in raws],
+                            self.target.pid, by_name=not self.linked)
+        return Snapshot(
+            pid=self.target.pid,
+            python_version=self.target.version_str,
+            python_build=self._build_label(),
+            executable=self.target.info.exe,
+            threads=[Thread(ts.native_id, ts.thread_id, self._interp_id(ts.interp),
+                            ts.running_loop, ts.running_task) for ts in threads],
+            tasks=tasks,
+            taken_at=started,
+            duration_s=time.perf_counter() - t0,
+            layout_sources=self.target.layout.source_counts(),
+            warnings=warnings,
+        )
+
+    def _interp_id(self, interp: int) -> int:
+        try:
+            return self.mem.i64(interp + self.target.layout["interp.id"])
+        except _TRANSIENT:
+            return -1
+
+    def _assign_threads(self, raws: list[RawTask], threads: list[ThreadState]) -> None:
+        """Give tasks not found in a per-thread list the thread that runs their loop."""
+        native_by_ident = {ts.thread_id: ts.native_id for ts in threads}
+        by_loop: dict[int, int] = {}
+        for raw in raws:
+            if raw.thread_native_id or not raw.loop:
+                continue
+            if raw.loop not in by_loop:
+                try:
+                    ident = loop_thread_id(self.objs, raw.loop)
+                except _TRANSIENT:
+                    ident = None
+                by_loop[raw.loop] = native_by_ident.get(ident, 0) if ident else 0
+            raw.thread_native_id = by_loop[raw.loop]
+
+    def _running_threads(self, threads: list[ThreadState], running_by_loop: dict[int, int],
+                         raws: list[RawTask]) -> dict[int, ThreadState]:
+        """Running task -> the thread state it runs on."""
+        out = {ts.running_task: ts for ts in threads if ts.running_task}
+        if running_by_loop:
+            by_native = {ts.native_id: ts for ts in threads}
+            for raw in raws:
+                if running_by_loop.get(raw.loop) == raw.addr and raw.thread_native_id in by_native:
+                    out[raw.addr] = by_native[raw.thread_native_id]
+        return out
+
+    def _task(self, raw: RawTask, index: AwaiterIndex, running: dict[int, ThreadState]) -> Task:
+        task = Task(raw.addr, raw.name, raw.thread_native_id, "pending", [], loop=raw.loop)
+        try:
+            chain = self.frames.chain(raw.coro)
+        except _TRANSIENT as exc:
+            self.mem.clear()
+            try:
+                chain = self.frames.chain(raw.coro)
+            except _TRANSIENT:
+                task.errors.append(f"coroutine stack unreadable: {exc}")
+                chain = None
+        if chain is not None:
+            task.frames = chain.frames
+            task.errors.extend(chain.errors)
+            if chain.awaited:
+                task.awaits = self._describe(chain.awaited)
+            if chain.innermost_state == "running":
+                task.state = "running"
+                self._running_stack(task, raw, running.get(raw.addr))
+        try:
+            task.awaited_by = index.recorded(raw) if self.linked else index.inferred(raw)
+        except _TRANSIENT as exc:
+            task.errors.append(f"awaiters unreadable: {exc}")
+        return task
+
+    def _running_stack(self, task: Task, raw: RawTask, ts: ThreadState | None) -> None:
+        """A running task's frames are on its thread's stack, down to its coroutine."""
+        if ts is None or not ts.current_frame:
+            task.errors.append("running, but its thread's stack was not found")
+            return
+        base = self.frames.iframe_of(raw.coro)
+        try:
+            stack = self.frames.thread_stack(ts.current_frame, stop_at=base)
+        except _TRANSIENT as exc:
+            task.errors.append(f"thread stack unreadable: {exc}")
+            return
+        if stack and stack[-1][0] == base:
+            task.frames = [frame for _, frame in reversed(stack)]
+        else:
+            task.errors.append("running, but its coroutine is not on its thread's stack")
+
+    def _describe(self, obj: int) -> str:
+        """A short label for what the innermost frame awaits (a future, an awaitable)."""
+        try:
+            kind = self.objs.kind(obj).lstrip("~")
+            if kind == "_asyncio.FutureIter":
+                fut = self.mem.ptr(obj + self.target.layout["futureiter.future"])
+                return f"{self.objs.type_name(fut)} {fut:#x}"
+            return f"{kind} {obj:#x}"
+        except _TRANSIENT:
+            return f"{obj:#x}"
+
+    def _build_label(self) -> str:
+        image = self.target.core.image
+        kind = "debug" if self.target.debug_build else "release"
+        if image.has_debug_info:
+            return f"{kind}, with DWARF"
+        if ".symtab" in image.sections:
+            return f"{kind}, with symbols"
+        return f"{kind}, stripped"

@@ -1,0 +1,156 @@
+"""Find every asyncio task of a target and read each task object.
+
+3.14+: the C module links every task into a list per thread state (and one per
+interpreter for tasks whose thread has gone); aiobpf walks all of them.
+3.11-3.13: the C module keeps tasks in sets it shares with ``asyncio.tasks``
+(``_all_tasks`` on 3.11; ``_scheduled_tasks``, ``_eager_tasks`` on 3.12+) and
+the running ones in ``_current_tasks``; they are reached through Python
+objects alone: ``_PyRuntime`` -> interpreter -> ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from aiobpf.collector.interpreter import ThreadState, module_globals, modules
+from aiobpf.collector.objects import DecodeError, Objects, u64
+
+MAX_TASKS = 1 << 32  # no practical cap: loops are caught by cycle detection instead
+
+
+class TaskListCorrupt(Exception):
+    """A task list that loops without returning to its head."""
+
+
+@dataclass
+class RawTask:
+    """A task object as read from memory, before reconstruction."""
+
+    addr: int
+    name: str
+    state: int
+    coro: int
+    fut_waiter: int
+    loop: int
+    thread_native_id: int = 0
+    awaited_by: list[int] = field(default_factory=list)   # 3.14+: task_awaited_by
+
+
+def walk_llist(objs: Objects, head: int) -> Iterator[int]:
+    """Nodes of a circular ``llist_node`` list, with Brent's cycle detection."""
+    nxt = objs.layout["llist.next"]
+    node = objs.mem.ptr(head + nxt)
+    saved, power, lam = head, 1, 0
+    count = 0
+    while node and node != head:
+        yield node
+        count += 1
+        if node == saved or count > MAX_TASKS:
+            raise TaskListCorrupt(f"task list at {head:#x} loops")
+        lam += 1
+        if lam == power:
+            saved, power, lam = node, power * 2, 0
+        node = objs.mem.ptr(node + nxt)
+
+
+def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],
+                 errors: list[str]) -> list[tuple[int, int]]:
+    """(task address, native thread id) from the per-thread and per-interpreter lists."""
+    L = objs.layout.values
+    node_off = L["task.node"]
+    out: list[tuple[int, int]] = []
+    heads = [(ts.addr + L["tstate.asyncio_tasks_head"], ts.native_id) for ts in threads]
+    heads += [(interp + L["interp.asyncio_tasks_head"], 0) for interp in interps]
+    for head, tid in heads:
+        try:
+            out.extend((node - node_off, tid) for node in walk_llist(objs, head))
+        except TaskListCorrupt as exc:
+            errors.append(str(exc))
+    return out
+
+
+def asyncio_globals(objs: Objects, interp: int) -> dict[str, int] | None:
+    """Globals of ``asyncio.tasks`` (None when asyncio was never imported)."""
+    mods = modules(objs, interp)
+    module = mods.get("asyncio.tasks")
+    return module_globals(objs, module) if module else None
+
+
+def registered_tasks(objs: Objects, interp: int) -> tuple[list[int], dict[int, int]] | None:
+    """Tasks from the module-level registries (3.11-3.13), and loop -> running task."""
+    g = asyncio_globals(objs, interp)
+    if g is None:
+        return None
+    found: list[int] = []
+    for name in ("_all_tasks", "_scheduled_tasks"):
+        weakset = g.get(name)
+        if weakset:
+            data = objs.attr(weakset, "data")
+            if data:
+                for ref in objs.set_items(data):
+                    target = objs.weakref_target(ref)
+                    if target:
+                        found.append(target)
+    eager = g.get("_eager_tasks")
+    if eager:
+        found.extend(objs.set_items(eager))
+    running: dict[int, int] = {}
+    current = g.get("_current_tasks")
+    if current:
+        for loop, task in objs.dict_items(current):
+            running[loop] = task
+            found.append(task)
+    return list(dict.fromkeys(found)), running
+
+
+def task_name(objs: Objects, name_obj: int) -> str:
+    """Task.get_name(): a str, or the lazy "Task-N" counter kept as an int (3.12+)."""
+    if not name_obj:
+        return ""
+    kind = objs.kind(name_obj)
+    if kind == "str" or objs.type_info(objs.type_of(name_obj)).flags & \
+            objs.consts.tpflags_unicode_subclass:
+        return objs.str_(name_obj)
+    if kind == "int":
+        return f"Task-{objs.int_(name_obj)}"
+    return f"<{kind.lstrip('~')}>"
+
+
+def read_task(objs: Objects, addr: int, span: int) -> RawTask:
+    L = objs.layout.values
+    blob = objs.mem.read(addr, span)
+    raw = RawTask(
+        addr=addr,
+        name=task_name(objs, u64(blob, L["task.name"])),
+        state=int.from_bytes(blob[L["task.state"]:L["task.state"] + 4], "little", signed=True),
+        coro=u64(blob, L["task.coro"]),
+        fut_waiter=u64(blob, L["task.fut_waiter"]),
+        loop=u64(blob, L["task.loop"]),
+    )
+    if "task.awaited_by" in L:
+        awaited_by = u64(blob, L["task.awaited_by"])
+        if awaited_by:
+            if blob[L["task.awaited_by_is_set"]]:
+                raw.awaited_by = objs.set_items(awaited_by)
+            else:
+                raw.awaited_by = [awaited_by]
+    return raw
+
+
+def task_span(objs: Objects) -> int:
+    L = objs.layout.values
+    names = ("task.name", "task.state", "task.coro", "task.fut_waiter", "task.loop",
+             "task.awaited_by", "task.awaited_by_is_set")
+    return max(L[n] for n in names if n in L) + 8
+
+
+def loop_thread_id(objs: Objects, loop: int) -> int | None:
+    """threading.get_ident() of the thread running ``loop`` (its ``_thread_id``)."""
+    try:
+        value = objs.attr(loop, "_thread_id")
+    except DecodeError:
+        return None
+    if not value or objs.kind(value) != "int":
+        return None
+    return objs.int_(value)

@@ -1,0 +1,218 @@
+"""``ps`` table and ``pstree`` tree, in the layout of ``python3.14 -m asyncio``.
+
+The tree follows CPython's ``asyncio.tools``: a task's coroutine frames come
+outermost first under it, the tasks it awaits hang under the frame they are
+awaited from, and a task awaited by several tasks appears under each.  Unlike
+3.14, frames get a single space after the box characters (as the issue that
+introduced internal stacks, gh-135371, shows), an awaiter that is not a task
+gets a node of its own instead of making the task vanish, and building is
+linear and iterative, so a million tasks or a chain ten thousand deep render.
+
+Pure functions of a ``Snapshot``: no process is read here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiobpf.collector.model import Frame, Snapshot, Task
+
+TASK_MARK = "(T)"
+FUTURE_MARK = "(F)"
+TABLE_HEADER = ("tid", "task id", "task name", "coroutine stack", "awaiter chain",
+                "awaiter name", "awaiter id")
+_WIDTHS = (10, 20, 20, 50, 50, 15, 15)
+
+Key = tuple[str, int]  # ("T", task id) | ("F", future id) | ("C", coroutine node number)
+
+
+class CycleFound(Exception):
+    """The await graph has cycles; ``lines`` say which, as 3.14 prints them."""
+
+    def __init__(self, cycles: list[list[int]], lines: list[str]) -> None:
+        super().__init__("await-graph contains cycles")
+        self.cycles = cycles
+        self.lines = lines
+
+
+def format_frame(frame: Frame) -> str:
+    if frame.line == 0 and frame.filename == "":
+        return frame.name
+    return f"{frame.name} {frame.filename}:{frame.line}"
+
+
+def _inner_first_names(frames: Iterable[Frame]) -> str:
+    return " -> ".join(f.name for f in reversed(list(frames)))
+
+
+# -- the await graph ------------------------------------------------------------
+@dataclass
+class _Graph:
+    labels: dict[Key, str]                    # every node, tasks first, in task order
+    edges: list[tuple[Key, list[str], Key]]   # (awaiter, awaiter's frames outermost first, task)
+
+
+def _graph(snapshot: Snapshot) -> _Graph:
+    by_id = {t.id: t for t in snapshot.tasks}
+    labels: dict[Key, str] = {("T", t.id): f"{TASK_MARK} {t.name}" for t in snapshot.tasks}
+    edges: list[tuple[Key, list[str], Key]] = []
+    for task in snapshot.tasks:
+        for awaiter in task.awaited_by:
+            parent_task = by_id.get(awaiter.id) if awaiter.is_task else None
+            if parent_task is not None:
+                key: Key = ("T", awaiter.id)
+                stack = [format_frame(f) for f in parent_task.frames]
+            else:
+                key = ("F", awaiter.id)
+                what = awaiter.type_name if not awaiter.is_task else "Task (not pending)"
+                labels.setdefault(key, f"{FUTURE_MARK} {what} {awaiter.id:#x}")
+                stack = []
+            edges.append((key, stack, ("T", task.id)))
+    return _Graph(labels, edges)
+
+
+def find_cycles(edges: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """Cycles among tasks (depth-first search for back edges), each closed: [a, b, a]."""
+    graph: dict[int, list[int]] = {}
+    for parent, child in edges:
+        kids = graph.setdefault(parent, [])
+        if child not in kids:
+            kids.append(child)
+    white, grey, black = 0, 1, 2
+    color: dict[int, int] = {}
+    cycles: list[list[int]] = []
+    for root in list(graph):
+        if color.get(root, white) != white:
+            continue
+        path: list[int] = [root]
+        on_path = {root: 0}
+        color[root] = grey
+        stack = [iter(graph.get(root, ()))]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                stack.pop()
+                done = path.pop()
+                del on_path[done]
+                color[done] = black
+                continue
+            state = color.get(nxt, white)
+            if state == white:
+                color[nxt] = grey
+                on_path[nxt] = len(path)
+                path.append(nxt)
+                stack.append(iter(graph.get(nxt, ())))
+            elif state == grey:
+                cycles.append([*path[on_path[nxt]:], nxt])
+    return cycles
+
+
+def cycles_of(snapshot: Snapshot) -> list[list[int]]:
+    ids = {t.id for t in snapshot.tasks}
+    return find_cycles((a.id, t.id) for t in snapshot.tasks for a in t.awaited_by
+                       if a.is_task and a.id in ids)
+
+
+# -- pstree -------------------------------------------------------------------
+def tree_lines(snapshot: Snapshot) -> list[str]:
+    """The pstree text, one line per element; raises CycleFound for cyclic graphs."""
+    names = {t.id: t.name for t in snapshot.tasks}
+    cycles = cycles_of(snapshot)
+    if cycles:
+        lines = ["cycle: " + " → ".join(names.get(tid, hex(tid)) for tid in c) for c in cycles]
+        raise CycleFound(cycles, lines)
+
+    graph = _graph(snapshot)
+    labels = dict(graph.labels)
+    children: dict[Key, list[Key]] = {}
+    child_sets: dict[Key, set[Key]] = {}
+    frame_nodes: dict[Key, dict[str, Key]] = {}
+    counter = 0
+
+    def add(parent: Key, child: Key) -> None:
+        kids = child_sets.setdefault(parent, set())
+        if child not in kids:
+            kids.add(child)
+            children.setdefault(parent, []).append(child)
+
+    def frame_node(parent: Key, frame: str) -> Key:
+        nonlocal counter
+        nodes = frame_nodes.setdefault(parent, {})
+        key = nodes.get(frame)
+        if key is None:
+            counter += 1
+            key = ("C", counter)
+            nodes[frame] = key
+            labels[key] = frame
+            add(parent, key)
+        return key
+
+    awaiting: set[Key] = set()
+    for parent, stack, child in graph.edges:
+        awaiting.add(parent)
+        cur = parent
+        for frame in stack:
+            cur = frame_node(cur, frame)
+        add(cur, child)
+    for task in snapshot.tasks:
+        key = ("T", task.id)
+        if key not in awaiting:
+            cur = key
+            for frame in task.frames:
+                cur = frame_node(cur, format_frame(frame))
+
+    all_children = set().union(*child_sets.values()) if child_sets else set()
+    roots = [k for k in graph.labels if k not in all_children]
+    out: list[str] = []
+    for root in roots:
+        stack: list[tuple[Key, str, bool]] = [(root, "", True)]
+        while stack:
+            node, prefix, last = stack.pop()
+            out.append(f"{prefix}{'└── ' if last else '├── '}{labels[node]}")
+            kids = children.get(node, [])
+            inner = prefix + ("    " if last else "│   ")
+            for i in range(len(kids) - 1, -1, -1):
+                stack.append((kids[i], inner, i == len(kids) - 1))
+    return out
+
+
+# -- ps -----------------------------------------------------------------------
+def table_rows(snapshot: Snapshot) -> list[list[str]]:
+    by_id: dict[int, Task] = {t.id: t for t in snapshot.tasks}
+    rows: list[list[str]] = []
+    for task in snapshot.tasks:
+        stack = _inner_first_names(task.frames)
+        tid = str(task.thread_id)
+        if not task.awaited_by:
+            rows.append([tid, hex(task.id), task.name, stack, "", "", "0x0"])
+            continue
+        for awaiter in task.awaited_by:
+            parent = by_id.get(awaiter.id) if awaiter.is_task else None
+            if parent is not None:
+                rows.append([tid, hex(task.id), task.name, stack,
+                             _inner_first_names(parent.frames), parent.name, hex(awaiter.id)])
+            else:
+                rows.append([tid, hex(task.id), task.name, stack, "",
+                             awaiter.type_name if not awaiter.is_task else "Unknown",
+                             hex(awaiter.id)])
+    return rows
+
+
+def render_table(rows: list[list[str]]) -> str:
+    def line(cells: Iterable[str]) -> str:
+        return " ".join(f"{c:<{w}}" for c, w in zip(cells, _WIDTHS, strict=True))
+
+    out = [line(TABLE_HEADER), "-" * 180]
+    out.extend(line(row) for row in rows)
+    return "\n".join(out) + "\n"
+
+
+def render_csv(rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(TABLE_HEADER)
+    writer.writerows(rows)
+    return buf.getvalue()

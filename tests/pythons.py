@@ -1,0 +1,99 @@
+"""The interpreter matrix: every CPython the tests run targets under, in one list.
+
+- ``debian-3.11``: the host's stripped Debian python3.11 (installed by provisioning);
+- ``sid-*``: Debian sid's stripped release builds and unstripped debug builds,
+  in a debootstrapped root (``AIOBPF_SID_ROOT``) that stands in for a container;
+- ``pyenv-*``: pyenv builds with symbols and DWARF, used wherever the machine has them.
+
+Interpreters that provisioning installs are ``required``: when one is missing
+the tests that need it fail instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+SID_ROOT = Path(os.environ.get("AIOBPF_SID_ROOT", "/var/cache/aiobpf/sid-root"))
+
+
+@dataclass(frozen=True)
+class Python:
+    label: str
+    minor: tuple[int, int]
+    executable: str            # as seen inside ``root``
+    root: Path | None = None   # a chroot, or None for the host
+    required: bool = True
+    stripped: bool = True
+
+    @property
+    def host_executable(self) -> Path:
+        return Path(f"{self.root}{self.executable}") if self.root else Path(self.executable)
+
+    def available(self) -> bool:
+        return self.host_executable.exists()
+
+    def argv(self, *args: str) -> list[str]:
+        """Command line that runs this interpreter (inside its root, when it has one)."""
+        base = [self.executable, *args]
+        return ["chroot", str(self.root), *base] if self.root else base
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def _pyenv_root() -> Path | None:
+    env = os.environ.get("PYENV_ROOT")
+    if env:
+        return Path(env)
+    exe = shutil.which("pyenv")
+    if exe is None:
+        return None
+    try:
+        return Path(subprocess.run([exe, "root"], capture_output=True, text=True,
+                                   check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+@cache
+def pyenv_pythons() -> tuple[Python, ...]:
+    root = _pyenv_root()
+    if root is None or not (root / "versions").is_dir():
+        return ()
+    found = []
+    for minor in ((3, 11), (3, 12), (3, 13), (3, 14), (3, 15)):
+        versions = sorted((root / "versions").glob(f"{minor[0]}.{minor[1]}.*"))
+        for version in versions:
+            exe = version / "bin" / f"python{minor[0]}.{minor[1]}"
+            if exe.exists() and version.name.replace(".", "").isdigit():
+                found.append(Python(f"pyenv-{version.name}", minor, str(exe),
+                                    required=False, stripped=False))
+    return tuple(found)
+
+
+def required_pythons() -> tuple[Python, ...]:
+    return (
+        Python("debian-3.11", (3, 11), "/usr/bin/python3.11"),
+        Python("sid-3.13", (3, 13), "/usr/bin/python3.13", SID_ROOT),
+        Python("sid-3.14", (3, 14), "/usr/bin/python3.14", SID_ROOT),
+        Python("sid-3.15", (3, 15), "/usr/bin/python3.15", SID_ROOT),
+        Python("sid-3.14d", (3, 14), "/usr/bin/python3.14d", SID_ROOT, stripped=False),
+        Python("sid-3.15d", (3, 15), "/usr/bin/python3.15d", SID_ROOT, stripped=False),
+    )
+
+
+def all_pythons() -> tuple[Python, ...]:
+    """The whole matrix: required interpreters first, then the pyenv builds present."""
+    return required_pythons() + pyenv_pythons()
+
+
+def by_label(label: str) -> Python:
+    for python in all_pythons():
+        if python.label == label:
+            return python
+    raise KeyError(label)
