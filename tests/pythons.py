@@ -97,3 +97,19 @@ def by_label(label: str) -> Python:
         if python.label == label:
             return python
     raise KeyError(label)
+
+
+OLD_ROOT = Path(os.environ.get("AIOBPF_OLD_ROOT", "/var/cache/aiobpf/bullseye-root"))
+
+
+def unsupported_pythons() -> tuple[Python, ...]:
+    """Interpreters aiobpf must refuse by name: Debian 11's python3.9 (provisioned, in a
+    bullseye root) and pyenv's 3.10 builds where the machine has them."""
+    out = [Python("bullseye-3.9", (3, 9), "/usr/bin/python3.9", OLD_ROOT)]
+    root = _pyenv_root()
+    if root is not None:
+        for version in sorted((root / "versions").glob("3.10.*")):
+            out.append(Python(f"pyenv-{version.name}", (3, 10),
+                              str(version / "bin" / "python3.10"), required=False,
+                              stripped=False))
+    return tuple(out)

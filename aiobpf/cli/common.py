@@ -31,7 +31,7 @@ def _pid(text: str) -> int:
     return pid
 
 
-def take_snapshot(pid: int, *, use_dwarf: bool = True) -> Snapshot:
+def take_snapshot(pid: int, *, use_dwarf: bool = True, details: bool = True) -> Snapshot:
     """One snapshot of ``pid``; every failure becomes an ``AiobpfError``."""
     stage = "find"
     try:
@@ -39,7 +39,7 @@ def take_snapshot(pid: int, *, use_dwarf: bool = True) -> Snapshot:
         stage = "read"
         collector = Collector(target)
         try:
-            return collector.snapshot()
+            return collector.snapshot(details=details)
         finally:
             collector.close()
             target.close()

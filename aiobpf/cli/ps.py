@@ -26,7 +26,8 @@ class PsCommand:
                                  "full snapshot: threads, states, frames with files and lines)")
 
     def run(self, args: argparse.Namespace) -> int:
-        snapshot = take_snapshot(args.pid, use_dwarf=not args.no_dwarf)
+        snapshot = take_snapshot(args.pid, use_dwarf=not args.no_dwarf,
+                                 details=args.format == "json")
         if args.format == "json":
             sys.stdout.write(json_doc.render(snapshot))
         else:

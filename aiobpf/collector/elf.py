@@ -16,6 +16,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+_SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
+
 
 class NotElfError(Exception):
     """The file is not a readable ELF file."""
@@ -99,15 +101,31 @@ class ElfImage:
 
     def symbols(self, names: set[str], tables: tuple[str, ...] = (".dynsym", ".symtab")
                 ) -> dict[str, int]:
-        """Link-time addresses of the named symbols found in ``tables``."""
+        """Link-time addresses of the named symbols found in ``tables``.
+
+        Parses the raw tables with ``struct`` instead of pyelftools' per-symbol
+        objects: a libpython's .symtab has tens of thousands of entries.
+        """
         found: dict[str, int] = {}
         for table in tables:
             sec = self._elf.get_section_by_name(table)
-            if not isinstance(sec, SymbolTableSection):
+            if not isinstance(sec, SymbolTableSection) or sec["sh_entsize"] != _SYM.size:
                 continue
-            for sym in sec.iter_symbols():
-                if sym.name in names and sym.name not in found and sym["st_shndx"] != "SHN_UNDEF":
-                    found[sym.name] = sym["st_value"]
+            strings = self._elf.get_section(sec["sh_link"]).data()
+            wanted: dict[int, str] = {}
+            for name in names - found.keys():
+                start = strings.find(b"\0" + name.encode() + b"\0")
+                while start >= 0:
+                    wanted[start + 1] = name
+                    start = strings.find(b"\0" + name.encode() + b"\0", start + 1)
+                if strings.startswith(name.encode() + b"\0"):
+                    wanted[0] = name
+            if not wanted:
+                continue
+            for st_name, _info, _other, shndx, value, _size in _SYM.iter_unpack(sec.data()):
+                name = wanted.get(st_name)
+                if name is not None and shndx != 0 and name not in found:
+                    found[name] = value
             if len(found) == len(names):
                 break
         return found

@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from aiobpf.collector.memory import ReadFault
 from aiobpf.collector.model import Frame
 from aiobpf.collector.objects import DecodeError, Objects, u64
 
@@ -62,6 +63,10 @@ class Frames:
         self.resume = c.resume_opcodes
         self.yf_depth = c.yield_from_depth
         self.owned_by_gen = L["enum.FRAME_OWNED_BY_GENERATOR"]
+        self._frames: dict[tuple[int, int, str], Frame] = {}
+        # Bytes read at once from a generator: its header, its interpreter frame and
+        # the first slots of the frame's locals and value stack.
+        self.gen_span = self.o_iframe + self.frame_span + 128
         self.skip_owners = {L[k] for k in ("enum.FRAME_OWNED_BY_CSTACK",
                                            "enum.FRAME_OWNED_BY_INTERPRETER") if k in L}
 
@@ -72,34 +77,49 @@ class Frames:
             return 0
         return bits & self.ref_clear
 
-    def frame_at(self, iframe: int, kind: str, blob: bytes | None = None) -> Frame:
+    def frame_at(self, iframe: int, kind: str, blob: bytes | None = None, base: int = 0) -> Frame:
+        """The Frame of the interpreter frame whose bytes start at ``blob[base:]``."""
         if blob is None:
             blob = self.mem.read(iframe, self.frame_span)
-        code_addr = self._object_ref(u64(blob, self.f_code))
-        code = self.objs.code(code_addr)
-        line = self.objs.line_of(code, u64(blob, self.f_instr))
-        return Frame(code.qualname, code.filename, line, kind)
+        code_addr = self._object_ref(u64(blob, base + self.f_code))
+        instr = u64(blob, base + self.f_instr)
+        key = (code_addr, instr, kind)
+        frame = self._frames.get(key)
+        if frame is None:
+            code = self.objs.code(code_addr)
+            frame = Frame(code.qualname, code.filename, self.objs.line_of(code, instr), kind)
+            self._frames[key] = frame
+        return frame
 
-    def _stack_top(self, iframe: int, blob: bytes) -> int:
+    def clear(self) -> None:
+        self._frames.clear()
+
+    def _stack_top(self, iframe: int, blob: bytes, base: int = 0) -> int:
+        """The object ``yield_from_depth`` slots down the value stack of a frame whose
+        bytes start at ``blob[base:]`` (the blob starts at ``iframe - base``)."""
         if self.f_sp is not None:
-            sp = u64(blob, self.f_sp)
-            if sp - 8 * self.yf_depth < iframe + self.f_locals:
+            slot = u64(blob, base + self.f_sp) - 8 * self.yf_depth
+            if slot < iframe + self.f_locals:
                 return 0
-            return self._object_ref(self.mem.ptr(sp - 8 * self.yf_depth))
+            at = slot - iframe + base
+            bits = u64(blob, at) if at + 8 <= len(blob) else self.mem.ptr(slot)
+            return self._object_ref(bits)
         assert self.f_stacktop is not None
-        top = struct.unpack_from("<i", blob, self.f_stacktop)[0]
+        top = struct.unpack_from("<i", blob, base + self.f_stacktop)[0]
         if top < self.yf_depth or top > 1 << 20:
             return 0
-        return self.mem.ptr(iframe + self.f_locals + 8 * (top - self.yf_depth))
+        slot = iframe + self.f_locals + 8 * (top - self.yf_depth)
+        at = slot - iframe + base
+        return u64(blob, at) if at + 8 <= len(blob) else self.mem.ptr(slot)
 
-    def _awaiting(self, state: int, iframe: int, blob: bytes) -> int:
+    def _awaiting(self, state: int, iframe: int, blob: bytes, base: int = 0) -> int:
         """What a suspended frame awaits (0: nothing, it yielded a value itself)."""
         if self.st_yf:
-            return self._stack_top(iframe, blob) if state in self.st_yf else 0
-        instr = u64(blob, self.f_instr)
+            return self._stack_top(iframe, blob, base) if state in self.st_yf else 0
+        instr = u64(blob, base + self.f_instr)
         nxt = self.mem.read(instr + 2, 2)
         if nxt[0] in self.resume and nxt[1] >= 2:
-            return self._stack_top(iframe, blob)
+            return self._stack_top(iframe, blob, base)
         return 0
 
     # -- await chains -----------------------------------------------------------
@@ -107,6 +127,10 @@ class Frames:
         """Follow what ``obj`` (a task's coroutine) awaits, as far as frames go."""
         out = Chain()
         seen: set[int] = set()
+        mem = self.mem
+        kinds = self.objs._kinds
+        o_type, o_state, gen_span = self.objs.o_type, self.o_state, self.gen_span
+        base = self.o_iframe
         for _ in range(MAX_AWAIT_DEPTH):
             if not obj:
                 return out
@@ -114,17 +138,25 @@ class Frames:
                 out.errors.append("await chain loops")
                 return out
             seen.add(obj)
-            kind = self.objs.kind(obj)
+            # One read covers the type, the frame state, the embedded interpreter frame
+            # and usually the top of its value stack; a small object near the end of a
+            # mapping may not have that much memory after it.
+            try:
+                blob = mem.read(obj, gen_span)
+            except ReadFault:
+                blob = mem.read(obj, o_type + 8)
+            kind = kinds.get(u64(blob, o_type)) or self.objs.kind(obj)
             frame_kind = _FRAME_KINDS.get(kind)
             if frame_kind is not None:
-                state = struct.unpack_from("<b", self.mem.read(obj + self.o_state, 1))[0]
+                if len(blob) < gen_span:
+                    blob = mem.read(obj, gen_span)
+                state = blob[o_state] - 256 if blob[o_state] > 127 else blob[o_state]
                 if state >= self.st_cleared or (state > self.st_executing
                                                 and state not in self.st_suspended):
                     out.innermost_state = "finished"
                     return out
                 iframe = obj + self.o_iframe
-                blob = self.mem.read(iframe, self.frame_span)
-                out.frames.append(self.frame_at(iframe, frame_kind, blob))
+                out.frames.append(self.frame_at(iframe, frame_kind, blob, base))
                 if state == self.st_executing:
                     out.innermost_state = "running"
                     return out
@@ -132,14 +164,14 @@ class Frames:
                     out.innermost_state = "created"
                     return out
                 out.innermost_state = "suspended"
-                obj = self._awaiting(state, iframe, blob)
+                obj = self._awaiting(state, iframe, blob, base)
                 continue
             if kind == "async_generator_asend":
-                obj = self.mem.ptr(obj + self.L["asend.gen"])
+                obj = mem.ptr(obj + self.L["asend.gen"])
             elif kind == "async_generator_athrow":
-                obj = self.mem.ptr(obj + self.L["athrow.gen"])
+                obj = mem.ptr(obj + self.L["athrow.gen"])
             elif kind == "coroutine_wrapper":
-                obj = self.mem.ptr(obj + self.L["corowrapper.coroutine"])
+                obj = mem.ptr(obj + self.L["corowrapper.coroutine"])
             else:
                 out.awaited = obj
                 return out

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 PAGE = 4096
 _PAGE_MASK = ~(PAGE - 1)
 _IOV_MAX = 1024
+_MAX_ADDR = 0x7FFF_FFFF_FFFF  # user space on x86-64
 
 
 class RemoteReadError(Exception):
@@ -60,7 +61,7 @@ _I64 = struct.Struct("<q")
 class RemoteMemory:
     """Page-cached, read-only view of one process's address space."""
 
-    def __init__(self, pid: int, cache_pages: int = 65536) -> None:
+    def __init__(self, pid: int, cache_pages: int = 16384) -> None:
         self.pid = pid
         self._pages: dict[int, bytes] = {}
         self._old: dict[int, bytes] = {}
@@ -172,18 +173,27 @@ class RemoteMemory:
 
     def read(self, addr: int, size: int) -> bytes:
         """``size`` bytes at ``addr``; raises ReadFault when any of it is unmapped."""
-        if addr <= 0 or size < 0 or addr + size > 0x7FFF_FFFF_FFFF:
-            raise ReadFault(addr, size)
         base = addr & _PAGE_MASK
-        end = addr + size
-        if end <= base + PAGE:
-            start = addr - base
-            return self._page(base)[start:start + size]
+        start = addr - base
+        if start + size <= PAGE and size >= 0:
+            page = self._pages.get(base)
+            if page is None:
+                if addr <= 0 or addr > _MAX_ADDR:
+                    raise ReadFault(addr, size)
+                page = self._page(base)
+            return page[start:start + size]
+        return self._read_span(addr, size)
+
+    def _read_span(self, addr: int, size: int) -> bytes:
+        if addr <= 0 or size < 0 or addr + size > _MAX_ADDR:
+            raise ReadFault(addr, size)
         if size > 16 * PAGE:
             data = self._read_one_or_none(addr, size)
             if data is None:
                 raise ReadFault(addr, size)
             return data
+        base = addr & _PAGE_MASK
+        end = addr + size
         parts = []
         while base < end:
             page = self._page(base)
@@ -193,6 +203,23 @@ class RemoteMemory:
             base += PAGE
         return b"".join(parts)
 
+    def u64(self, addr: int) -> int:
+        base = addr & _PAGE_MASK
+        start = addr - base
+        if start <= PAGE - 8:
+            page = self._pages.get(base)
+            if page is None:
+                if addr <= 0 or addr > _MAX_ADDR:
+                    raise ReadFault(addr, 8)
+                page = self._page(base)
+            return _U64.unpack_from(page, start)[0]
+        return _U64.unpack(self._read_span(addr, 8))[0]
+
+    ptr = u64
+
+    def i64(self, addr: int) -> int:
+        return _I64.unpack(self.read(addr, 8))[0]
+
     def prefetch(self, addrs: Iterable[int]) -> None:
         """Load the pages holding ``addrs`` with one batched system call."""
         bases = sorted({a & _PAGE_MASK for a in addrs if a > 0} - self._pages.keys())
@@ -201,15 +228,6 @@ class RemoteMemory:
         for base, page in zip(bases, self._readv([(b, PAGE) for b in bases]), strict=True):
             if page is not None:
                 self._remember(base, page)
-
-    def u64(self, addr: int) -> int:
-        return _U64.unpack(self.read(addr, 8))[0]
-
-    def i64(self, addr: int) -> int:
-        return _I64.unpack(self.read(addr, 8))[0]
-
-    def ptr(self, addr: int) -> int:
-        return self.u64(addr)
 
     def clear(self) -> None:
         """Forget cached pages: the next reads see the target as it is now."""

@@ -68,6 +68,7 @@ class Objects:
         self.o_type = L["object.type"]
         self.o_size = L["varobject.size"]
         self._types: dict[int, TypeInfo] = {}
+        self._kinds: dict[int, str] = {}
         self._type_span = 8 + max(L["type.flags"], L["type.name"], L["type.basicsize"],
                                   L["type.dictoffset"], L["type.base"])
         self._strs: dict[int, str] = {}
@@ -81,8 +82,11 @@ class Objects:
         self._u_compact_size = L["unicode.compact_size"]
 
     def clear(self) -> None:
-        """Forget per-snapshot caches of mutable state (types and strs stay valid)."""
+        """Forget what was read: objects may be freed and their addresses reused."""
         self._codes.clear()
+        self._strs.clear()
+        self._types.clear()
+        self._kinds.clear()
 
     # -- types ------------------------------------------------------------
     def type_of(self, obj: int) -> int:
@@ -106,8 +110,12 @@ class Objects:
 
     def kind(self, obj: int) -> str:
         """The type name of a built-in (static) type, or "~Name" for a heap type."""
-        info = self.type_info(self.type_of(obj))
-        return "~" + info.name if info.is_heap else info.name
+        tp = self.mem.u64(obj + self.o_type)
+        kind = self._kinds.get(tp)
+        if kind is None:
+            info = self.type_info(tp)
+            kind = self._kinds[tp] = "~" + info.name if info.is_heap else info.name
+        return kind
 
     def is_subtype(self, tp: int, name: str, depth: int = 64) -> bool:
         """True when ``tp`` or one of its bases (tp_base chain) is called ``name``."""

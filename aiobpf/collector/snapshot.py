@@ -57,6 +57,7 @@ class Collector:
         self.frames = Frames(self.objs)
         self.linked = target.layout.has("task.node")
         self._span = task_span(self.objs)
+        self._details = True
 
     def close(self) -> None:
         self.mem.close()
@@ -90,16 +91,21 @@ class Collector:
             return read_task(self.objs, addr, self._span)
 
     # -- the snapshot -------------------------------------------------------------
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, *, details: bool = True) -> Snapshot:
+        """Read every pending task now.  ``details=False`` skips what only the JSON
+        document shows (what each innermost frame awaits)."""
         started, t0 = time.time(), time.perf_counter()
+        self._details = details
         self.mem.clear()
         self.objs.clear()
+        self.frames.clear()
         warnings: list[str] = list(self.target.layout.notes)
         interps = interpreters(self.objs, self.target.runtime_addr)
         threads = [ts for interp in interps for ts in thread_states(self.objs, interp)]
         pairs, running_by_loop = self._task_addresses(interps, threads, warnings)
 
         pending = self.target.layout["enum.STATE_PENDING"]
+        self.mem.prefetch(addr for addr, _ in pairs)
         raws: list[RawTask] = []
         for addr, tid in pairs:
             try:
@@ -115,6 +121,7 @@ class Collector:
             raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
                             "has not imported asyncio")
 
+        self.mem.prefetch(raw.coro for raw in raws)
         self._assign_threads(raws, threads)
         running = self._running_threads(threads, running_by_loop, raws)
         index = AwaiterIndex(self.objs, raws)
@@ -180,7 +187,7 @@ class Collector:
         if chain is not None:
             task.frames = chain.frames
             task.errors.extend(chain.errors)
-            if chain.awaited:
+            if chain.awaited and self._details:
                 task.awaits = self._describe(chain.awaited)
             if chain.innermost_state == "running":
                 task.state = "running"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from aiobpf.collector.model import Frame, Snapshot, Task
 
@@ -25,8 +24,6 @@ FUTURE_MARK = "(F)"
 TABLE_HEADER = ("tid", "task id", "task name", "coroutine stack", "awaiter chain",
                 "awaiter name", "awaiter id")
 _WIDTHS = (10, 20, 20, 50, 50, 15, 15)
-
-Key = tuple[str, int]  # ("T", task id) | ("F", future id) | ("C", coroutine node number)
 
 
 class CycleFound(Exception):
@@ -46,32 +43,6 @@ def format_frame(frame: Frame) -> str:
 
 def _inner_first_names(frames: Iterable[Frame]) -> str:
     return " -> ".join(f.name for f in reversed(list(frames)))
-
-
-# -- the await graph ------------------------------------------------------------
-@dataclass
-class _Graph:
-    labels: dict[Key, str]                    # every node, tasks first, in task order
-    edges: list[tuple[Key, list[str], Key]]   # (awaiter, awaiter's frames outermost first, task)
-
-
-def _graph(snapshot: Snapshot) -> _Graph:
-    by_id = {t.id: t for t in snapshot.tasks}
-    labels: dict[Key, str] = {("T", t.id): f"{TASK_MARK} {t.name}" for t in snapshot.tasks}
-    edges: list[tuple[Key, list[str], Key]] = []
-    for task in snapshot.tasks:
-        for awaiter in task.awaited_by:
-            parent_task = by_id.get(awaiter.id) if awaiter.is_task else None
-            if parent_task is not None:
-                key: Key = ("T", awaiter.id)
-                stack = [format_frame(f) for f in parent_task.frames]
-            else:
-                key = ("F", awaiter.id)
-                what = awaiter.type_name if not awaiter.is_task else "Task (not pending)"
-                labels.setdefault(key, f"{FUTURE_MARK} {what} {awaiter.id:#x}")
-                stack = []
-            edges.append((key, stack, ("T", task.id)))
-    return _Graph(labels, edges)
 
 
 def find_cycles(edges: Iterable[tuple[int, int]]) -> list[list[int]]:
@@ -119,63 +90,84 @@ def cycles_of(snapshot: Snapshot) -> list[list[int]]:
 # -- pstree -------------------------------------------------------------------
 def tree_lines(snapshot: Snapshot) -> list[str]:
     """The pstree text, one line per element; raises CycleFound for cyclic graphs."""
-    names = {t.id: t.name for t in snapshot.tasks}
+    tasks = snapshot.tasks
+    by_id = {t.id: t for t in tasks}
     cycles = cycles_of(snapshot)
     if cycles:
-        lines = ["cycle: " + " → ".join(names.get(tid, hex(tid)) for tid in c) for c in cycles]
+        lines = ["cycle: " + " → ".join(by_id[tid].name if tid in by_id else hex(tid)
+                                         for tid in c) for c in cycles]
         raise CycleFound(cycles, lines)
 
-    graph = _graph(snapshot)
-    labels = dict(graph.labels)
-    children: dict[Key, list[Key]] = {}
-    child_sets: dict[Key, set[Key]] = {}
-    frame_nodes: dict[Key, dict[str, Key]] = {}
-    counter = 0
+    labels: list[str] = []
+    children: list[list[int]] = []
 
-    def add(parent: Key, child: Key) -> None:
-        kids = child_sets.setdefault(parent, set())
-        if child not in kids:
-            kids.add(child)
-            children.setdefault(parent, []).append(child)
+    def new_node(label: str) -> int:
+        labels.append(label)
+        children.append([])
+        return len(labels) - 1
 
-    def frame_node(parent: Key, frame: str) -> Key:
-        nonlocal counter
-        nodes = frame_nodes.setdefault(parent, {})
-        key = nodes.get(frame)
-        if key is None:
-            counter += 1
-            key = ("C", counter)
-            nodes[frame] = key
-            labels[key] = frame
-            add(parent, key)
-        return key
+    task_node = {t.id: new_node(f"{TASK_MARK} {t.name}") for t in tasks}
+    other_node: dict[int, int] = {}          # awaiters that are not pending tasks
+    frame_node: dict[tuple[int, str], int] = {}
+    stacks: dict[int, list[str]] = {}
+    task_edges: set[tuple[int, int]] = set()
+    is_child = bytearray(len(tasks))
+    awaiting: set[int] = set()
 
-    awaiting: set[Key] = set()
-    for parent, stack, child in graph.edges:
-        awaiting.add(parent)
+    def under(parent: int, frames: list[str]) -> int:
+        """The node of the innermost of ``frames`` hung (shared) under ``parent``."""
         cur = parent
-        for frame in stack:
-            cur = frame_node(cur, frame)
-        add(cur, child)
-    for task in snapshot.tasks:
-        key = ("T", task.id)
-        if key not in awaiting:
-            cur = key
-            for frame in task.frames:
-                cur = frame_node(cur, format_frame(frame))
+        for label in frames:
+            key = (cur, label)
+            node = frame_node.get(key)
+            if node is None:
+                node = frame_node[key] = new_node(label)
+                children[cur].append(node)
+            cur = node
+        return cur
 
-    all_children = set().union(*child_sets.values()) if child_sets else set()
-    roots = [k for k in graph.labels if k not in all_children]
+    def stack_of(task: Task) -> list[str]:
+        stack = stacks.get(task.id)
+        if stack is None:
+            stack = stacks[task.id] = [format_frame(f) for f in task.frames]
+        return stack
+
+    hook: dict[int, int] = {}  # awaiting task -> node of its innermost frame
+    for task in tasks:
+        child = task_node[task.id]
+        for awaiter in task.awaited_by:
+            parent_task = by_id.get(awaiter.id) if awaiter.is_task else None
+            if parent_task is not None:
+                cur = hook.get(awaiter.id, -1)
+                if cur < 0:
+                    awaiting.add(awaiter.id)
+                    cur = hook[awaiter.id] = under(task_node[awaiter.id], stack_of(parent_task))
+            else:
+                cur = other_node.get(awaiter.id, -1)
+                if cur < 0:
+                    what = awaiter.type_name if not awaiter.is_task else "Task (not pending)"
+                    cur = other_node[awaiter.id] = new_node(
+                        f"{FUTURE_MARK} {what} {awaiter.id:#x}")
+            if (cur, child) not in task_edges:
+                task_edges.add((cur, child))
+                children[cur].append(child)
+                is_child[child] = 1
+    for task in tasks:
+        if task.id not in awaiting:
+            under(task_node[task.id], stack_of(task))
+
+    roots = [task_node[t.id] for t in tasks if not is_child[task_node[t.id]]]
+    roots += list(other_node.values())
     out: list[str] = []
     for root in roots:
-        stack: list[tuple[Key, str, bool]] = [(root, "", True)]
-        while stack:
-            node, prefix, last = stack.pop()
+        todo: list[tuple[int, str, bool]] = [(root, "", True)]
+        while todo:
+            node, prefix, last = todo.pop()
             out.append(f"{prefix}{'└── ' if last else '├── '}{labels[node]}")
-            kids = children.get(node, [])
+            kids = children[node]
             inner = prefix + ("    " if last else "│   ")
             for i in range(len(kids) - 1, -1, -1):
-                stack.append((kids[i], inner, i == len(kids) - 1))
+                todo.append((kids[i], inner, i == len(kids) - 1))
     return out
 
 

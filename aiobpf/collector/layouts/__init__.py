@@ -22,10 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiobpf.collector.dwarf import DwarfError
 from aiobpf.collector.elf import ElfImage
 from aiobpf.collector.layouts.constants import CONSTANTS, Constants
-from aiobpf.collector.layouts.extract import extract
 from aiobpf.collector.layouts.spec import ASYNCIO, CORE, FIELDS
 from aiobpf.collector.layouts.tables import TABLES
 
@@ -87,6 +85,9 @@ def dwarf_values(image: ElfImage, binaries: set[str]) -> dict[str, int] | None:
         return {k: int(v) for k, v in json.loads(path.read_text()).items()}
     except (OSError, ValueError):
         pass
+    from aiobpf.collector.dwarf import DwarfError  # pyelftools' DWARF code: import on demand
+    from aiobpf.collector.layouts.extract import extract
+
     try:
         values = extract(image.stream, binaries)
     except DwarfError:

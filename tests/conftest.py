@@ -1,0 +1,176 @@
+"""Shared test machinery: run target programs under every interpreter, run aiobpf.
+
+Targets print ``READY`` on stdout once their tasks are set up (a handshake, not
+a sleep).  Every process a test starts is killed when the test ends, pass or
+fail, and again at session end if anything survived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.pythons import SID_ROOT, Python, all_pythons
+
+TARGETS = Path(__file__).parent / "targets"
+IN_ROOT_DIR = "/home/user"            # where targets live as the target sees them
+READY_TIMEOUT = 30.0
+_started: list[subprocess.Popen] = []
+_used: dict[str, str] = {}           # label -> version string, for the summary
+
+
+@dataclass
+class RunningTarget:
+    python: Python
+    proc: subprocess.Popen
+    script: str                      # path as the target sees it
+    ready_line: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def _install(python: Python, source: Path, name: str | None = None) -> str:
+    """Make ``source`` visible to ``python``; return its path as the target sees it."""
+    name = name or source.name
+    if python.root is None:
+        return str(source)
+    dest_dir = Path(f"{python.root}{IN_ROOT_DIR}")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, dest_dir / name)
+    return f"{IN_ROOT_DIR}/{name}"
+
+
+def require(python: Python) -> None:
+    if not python.available():
+        if python.required:
+            pytest.fail(f"{python.label} ({python.host_executable}) is missing: provisioning "
+                        "installs it (scripts/provision.sh)")
+        pytest.skip(f"{python.label} is not on this machine")
+
+
+@contextmanager
+def run_target(python: Python, script: str | Path, *args: str, name: str | None = None,
+               env: dict[str, str] | None = None, user: str | None = None
+               ) -> Iterator[RunningTarget]:
+    """Start ``tests/targets/<script>`` under ``python`` and wait for its READY line."""
+    require(python)
+    source = TARGETS / script if isinstance(script, str) else script
+    path = _install(python, source, name)
+    argv = python.argv("-u", path, *args)
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    _started.append(proc)
+    target = RunningTarget(python, proc, path)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        assert proc.stdout is not None
+        while True:
+            line = proc.stdout.readline()
+            if line.startswith("READY"):
+                target.ready_line = line.strip()
+                break
+            if not line or time.monotonic() > deadline:
+                proc.kill()
+                err = proc.stderr.read() if proc.stderr else ""
+                raise AssertionError(f"{python.label} {script} did not get ready: {err[-2000:]}")
+        _used.setdefault(python.label, _version_of(python))
+        yield target
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _version_of(python: Python) -> str:
+    try:
+        out = subprocess.run(python.argv("-c", "import sys; print(sys.version.split()[0])"),
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+def aiobpf(*args: str, user: str | None = None, timeout: float = 120) -> Result:
+    """Run the aiobpf command line as a separate process, as a user would."""
+    argv = [sys.executable, "-m", "aiobpf", *args]
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    return Result(out.returncode, out.stdout, out.stderr)
+
+
+def matrix_params() -> list:
+    return [pytest.param(p, id=p.label) for p in all_pythons()]
+
+
+@pytest.fixture(scope="session")
+def sid_proc() -> Iterator[None]:
+    """/proc inside the sid root, so that sid's own ``python3.X -m asyncio`` can run there."""
+    proc_dir = SID_ROOT / "proc"
+    mounted = False
+    if SID_ROOT.is_dir() and not os.path.ismount(proc_dir):
+        subprocess.run(["mount", "-t", "proc", "proc", str(proc_dir)], check=True)
+        mounted = True
+    try:
+        yield
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(proc_dir)], check=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for proc in _started:
+        stop(proc)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config) -> None:  # noqa: ANN001
+    tr = terminalreporter
+    tr.section("interpreter matrix covered")
+    for python in all_pythons():
+        if python.label in _used:
+            state = f"covered ({_used[python.label]})"
+        elif not python.available():
+            state = "MISSING (required)" if python.required else "not on this machine"
+        else:
+            state = "available, not used by the selected tests"
+        tr.write_line(f"{python.label:<16} {state}")
