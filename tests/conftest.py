@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,22 +89,23 @@ def run_target(python: Python, script: str | Path, *args: str, name: str | None 
                 proc.kill()
                 err = proc.stderr.read() if proc.stderr else ""
                 raise AssertionError(f"{python.label} {script} did not get ready: {err[-2000:]}")
-        _used.setdefault(python.label, _version_of(python))
+        note_used(python)
         yield target
     finally:
         stop(proc)
 
 
+def note_used(python: Python) -> None:
+    """Record that a test ran a target under ``python`` (for the matrix summary)."""
+    _used.setdefault(python.label, _version_of(python))
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
+    with suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
@@ -139,8 +140,8 @@ def aiobpf(*args: str, user: str | None = None, timeout: float = 120) -> Result:
     return Result(out.returncode, out.stdout, out.stderr)
 
 
-def matrix_params() -> list:
-    return [pytest.param(p, id=p.label) for p in all_pythons()]
+def matrix_params(min_minor: tuple[int, int] = (3, 11)) -> list:
+    return [pytest.param(p, id=p.label) for p in all_pythons() if p.minor >= min_minor]
 
 
 @pytest.fixture(scope="session")
@@ -163,7 +164,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         stop(proc)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config) -> None:  # noqa: ANN001
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config) -> None:
     tr = terminalreporter
     tr.section("interpreter matrix covered")
     for python in all_pythons():
