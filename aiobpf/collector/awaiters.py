@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aiobpf.collector.memory import RemoteReadError
+from aiobpf.collector.memory import ReadFault
 from aiobpf.collector.model import Awaiter
 from aiobpf.collector.objects import DecodeError, Objects
 from aiobpf.collector.tasks import RawTask
@@ -66,7 +66,7 @@ class AwaiterIndex:
     def _type_name(self, addr: int) -> str:
         try:
             return self.objs.type_name(addr)
-        except (DecodeError, RemoteReadError):
+        except (DecodeError, ReadFault):
             return "?"
 
     def _callbacks(self, fut: int) -> list[int]:
@@ -97,7 +97,7 @@ class AwaiterIndex:
         for cb in self._callbacks(fut):
             try:
                 yield from self._from_callback(cb, depth, seen)
-            except (DecodeError, RemoteReadError):
+            except (DecodeError, ReadFault):
                 continue
 
     def _from_callback(self, cb: int, depth: int, seen: set[int]) -> Iterable[Awaiter]:

@@ -19,6 +19,7 @@ from aiobpf.collector.memory import ReadFault
 from aiobpf.collector.model import Frame
 from aiobpf.collector.objects import DecodeError, Objects, u64
 
+_Q = struct.Struct("<Q").unpack_from
 MAX_AWAIT_DEPTH = 1024     # coroutines awaiting coroutines
 MAX_THREAD_FRAMES = 4096   # frames of one thread stack
 
@@ -81,8 +82,8 @@ class Frames:
         """The Frame of the interpreter frame whose bytes start at ``blob[base:]``."""
         if blob is None:
             blob = self.mem.read(iframe, self.frame_span)
-        code_addr = self._object_ref(u64(blob, base + self.f_code))
-        instr = u64(blob, base + self.f_instr)
+        code_addr = self._object_ref(_Q(blob, base + self.f_code)[0])
+        instr = _Q(blob, base + self.f_instr)[0]
         key = (code_addr, instr, kind)
         frame = self._frames.get(key)
         if frame is None:
@@ -98,19 +99,21 @@ class Frames:
         """The object ``yield_from_depth`` slots down the value stack of a frame whose
         bytes start at ``blob[base:]`` (the blob starts at ``iframe - base``)."""
         if self.f_sp is not None:
-            slot = u64(blob, base + self.f_sp) - 8 * self.yf_depth
+            slot = _Q(blob, base + self.f_sp)[0] - 8 * self.yf_depth
             if slot < iframe + self.f_locals:
                 return 0
             at = slot - iframe + base
-            bits = u64(blob, at) if at + 8 <= len(blob) else self.mem.ptr(slot)
-            return self._object_ref(bits)
+            bits = _Q(blob, at)[0] if at + 8 <= len(blob) else self.mem.ptr(slot)
+            if self.ref_int_tag is not None and bits & 3 == self.ref_int_tag:
+                return 0
+            return bits & self.ref_clear
         assert self.f_stacktop is not None
         top = struct.unpack_from("<i", blob, base + self.f_stacktop)[0]
         if top < self.yf_depth or top > 1 << 20:
             return 0
         slot = iframe + self.f_locals + 8 * (top - self.yf_depth)
         at = slot - iframe + base
-        return u64(blob, at) if at + 8 <= len(blob) else self.mem.ptr(slot)
+        return _Q(blob, at)[0] if at + 8 <= len(blob) else self.mem.ptr(slot)
 
     def _awaiting(self, state: int, iframe: int, blob: bytes, base: int = 0) -> int:
         """What a suspended frame awaits (0: nothing, it yielded a value itself)."""
@@ -145,7 +148,7 @@ class Frames:
                 blob = mem.read(obj, gen_span)
             except ReadFault:
                 blob = mem.read(obj, o_type + 8)
-            kind = kinds.get(u64(blob, o_type)) or self.objs.kind(obj)
+            kind = kinds.get(_Q(blob, o_type)[0]) or self.objs.kind(obj)
             frame_kind = _FRAME_KINDS.get(kind)
             if frame_kind is not None:
                 if len(blob) < gen_span:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiobpf.collector.layouts import Layout
 from aiobpf.collector.linetable import LineTable, decode
-from aiobpf.collector.memory import RemoteMemory, RemoteReadError
+from aiobpf.collector.memory import ReadFault, RemoteMemory
 
 MAX_STR = 1 << 16          # characters decoded from one str (names, paths)
 MAX_SEQ = 1 << 27          # items in one tuple/list
@@ -25,7 +25,11 @@ _q = struct.Struct("<q")
 
 
 class DecodeError(Exception):
-    """Memory that does not hold what the layout says should be there."""
+    """Memory that does not hold what the layout says should be there.
+
+    Like ``ReadFault``, usually a torn read of an object the running target just
+    changed; callers retry or mark the result partial.  ``ProcessGone`` and
+    ``ReadDenied`` are never caught on the way: they end the snapshot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,11 +271,16 @@ class Objects:
 
     # -- sets ---------------------------------------------------------------
     def set_items(self, addr: int) -> list[int]:
+        """Keys of a set.  Entries whose key cannot be read (freed while the set was
+        being read) are left out rather than failing the whole set."""
         L = self.layout.values
-        mask = self.mem.i64(addr + L["set.mask"])
+        off_mask, off_table = L["set.mask"], L["set.table"]
+        lo_off = min(off_mask, off_table)
+        head = self.mem.read(addr + lo_off, max(off_mask, off_table) + 8 - lo_off)
+        mask = i64(head, off_mask - lo_off)
+        table = u64(head, off_table - lo_off)
         if mask < 0 or mask + 1 > (1 << MAX_LOG2_TABLE) or (mask + 1) & mask:
             raise DecodeError(f"set at {addr:#x} has mask {mask}")
-        table = self.mem.ptr(addr + L["set.table"])
         esize, koff = L["setentry.size"], L["setentry.key"]
         out = []
         step = 1 << 16
@@ -280,8 +289,13 @@ class Objects:
             blob = self.mem.read(table + lo * esize, n * esize)
             for i in range(n):
                 key = u64(blob, i * esize + koff)
-                if key and self.type_name(key) != "<dummy key> type":
-                    out.append(key)
+                if not key:
+                    continue
+                try:
+                    if self.kind(key) != "<dummy key> type":
+                        out.append(key)
+                except (DecodeError, ReadFault):
+                    continue
         return out
 
     # -- instance attributes ------------------------------------------------
@@ -352,6 +366,6 @@ class Objects:
         if code._table is None:
             try:
                 code._table = decode(self.bytes_(code.linetable_addr), code.firstlineno)
-            except (DecodeError, RemoteReadError):
+            except (DecodeError, ReadFault):
                 code._table = LineTable((), (), 0)
         return code._table.line_at((instr - code.code_start) // 2)

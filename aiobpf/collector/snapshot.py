@@ -15,7 +15,7 @@ import time
 from aiobpf.collector.awaiters import AwaiterIndex
 from aiobpf.collector.frames import Frames
 from aiobpf.collector.interpreter import ThreadState, interpreters, modules, thread_states
-from aiobpf.collector.memory import RemoteMemory, RemoteReadError
+from aiobpf.collector.memory import ReadFault, RemoteMemory
 from aiobpf.collector.model import Snapshot, Task, Thread
 from aiobpf.collector.objects import DecodeError, Objects
 from aiobpf.collector.target import NoAsyncio, Target
@@ -28,7 +28,8 @@ from aiobpf.collector.tasks import (
     task_span,
 )
 
-_TRANSIENT = (DecodeError, RemoteReadError)
+_TRANSIENT = (DecodeError, ReadFault)
+DISCOVERY_ATTEMPTS = 5
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -96,13 +97,21 @@ class Collector:
         document shows (what each innermost frame awaits)."""
         started, t0 = time.time(), time.perf_counter()
         self._details = details
-        self.mem.clear()
-        self.objs.clear()
-        self.frames.clear()
         warnings: list[str] = list(self.target.layout.notes)
-        interps = interpreters(self.objs, self.target.runtime_addr)
-        threads = [ts for interp in interps for ts in thread_states(self.objs, interp)]
-        pairs, running_by_loop = self._task_addresses(interps, threads, warnings)
+        for attempt in range(DISCOVERY_ATTEMPTS):
+            self.mem.clear()
+            self.objs.clear()
+            self.frames.clear()
+            try:
+                interps = interpreters(self.objs, self.target.runtime_addr)
+                threads = [ts for interp in interps for ts in thread_states(self.objs, interp)]
+                pairs, running_by_loop = self._task_addresses(interps, threads, warnings)
+                break
+            except _TRANSIENT:
+                # Thread states and task registries change as the target runs; a read
+                # that tore is taken again from fresh pages.
+                if attempt == DISCOVERY_ATTEMPTS - 1:
+                    raise
 
         pending = self.target.layout["enum.STATE_PENDING"]
         self.mem.prefetch(addr for addr, _ in pairs)

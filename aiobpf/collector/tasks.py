@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aiobpf.collector.interpreter import ThreadState, module_globals, modules
+from aiobpf.collector.memory import ReadFault
 from aiobpf.collector.objects import DecodeError, Objects, u64
 
 MAX_TASKS = 1 << 32  # no practical cap: loops are caught by cycle detection instead
@@ -89,7 +90,10 @@ def registered_tasks(objs: Objects, interp: int) -> tuple[list[int], dict[int, i
             data = objs.attr(weakset, "data")
             if data:
                 for ref in objs.set_items(data):
-                    target = objs.weakref_target(ref)
+                    try:
+                        target = objs.weakref_target(ref)
+                    except (DecodeError, ReadFault):
+                        continue  # a reference dropped while the set was read
                     if target:
                         found.append(target)
     eager = g.get("_eager_tasks")
@@ -98,9 +102,13 @@ def registered_tasks(objs: Objects, interp: int) -> tuple[list[int], dict[int, i
     running: dict[int, int] = {}
     current = g.get("_current_tasks")
     if current:
-        for loop, task in objs.dict_items(current):
-            running[loop] = task
-            found.append(task)
+        # Rewritten at every task step: a torn read here only loses "running" marks.
+        try:
+            for loop, task in objs.dict_items(current):
+                running[loop] = task
+                found.append(task)
+        except (DecodeError, ReadFault):
+            pass
     return list(dict.fromkeys(found)), running
 
 

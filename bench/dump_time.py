@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Dump time and peak memory: ``aiobpf pstree`` against ``python3.14 -m asyncio pstree``.
+
+Both tools read the same running 3.14 process (bench/targets/many_tasks.py, in the
+Debian sid root) with 1k, 10k, 60k and 100k tasks, one after the other, several
+times; the table shows medians and the ratios.  3.14's tool gives up on task
+lists longer than 65,536 ("Task list appears corrupted"); aiobpf also runs at
+one million tasks (``--million``).  Every aiobpf output is checked: it must
+list every task of the target.
+
+Run as root: ``make bench`` or ``.venv/bin/python bench/dump_time.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SID_ROOT = Path(os.environ.get("AIOBPF_SID_ROOT", "/var/cache/aiobpf/sid-root"))
+PYTHON = "/usr/bin/python3.14"
+TARGET = "/home/user/many_tasks.py"
+
+
+@dataclass
+class Run:
+    seconds: float
+    max_rss_mb: float
+    returncode: int
+    lines: int
+    error: str = ""
+
+
+def measure(argv: list[str]) -> Run:
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out_chunks = []
+    assert proc.stdout is not None and proc.stderr is not None
+    while chunk := proc.stdout.read(1 << 20):
+        out_chunks.append(chunk)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out = b"".join(out_chunks)
+    last_err = err.decode(errors="replace").strip().splitlines()
+    return Run(seconds, usage.ru_maxrss / 1024, proc.returncode, out.count(b"\n"),
+               last_err[-1] if last_err else "")
+
+
+def start_target(n: int) -> subprocess.Popen:
+    dest = SID_ROOT / TARGET.lstrip("/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(HERE / "targets" / "many_tasks.py", dest)
+    proc = subprocess.Popen(["chroot", str(SID_ROOT), PYTHON, "-u", TARGET, str(n)],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.kill()
+        raise SystemExit(f"many_tasks.py {n} did not start")
+    return proc
+
+
+def expected_lines(n: int) -> int:
+    """pstree lines for many_tasks.py N on 3.14: the main task and its two frames; per
+    group task, three frames (group, TaskGroup.__aexit__, _aexit); per leaf task, four
+    (leaf, middle, inner, sleep)."""
+    groups = (n + 99) // 100
+    return 3 + groups * 4 + n * 5
+
+
+def bench_size(n: int, repeat: int, with_cpython: bool) -> dict:
+    target = start_target(n)
+    pid = str(target.pid)
+    try:
+        ours = [measure([sys.executable, "-m", "aiobpf", "pstree", pid])
+                for _ in range(repeat)]
+        theirs = [measure(["chroot", str(SID_ROOT), PYTHON, "-m", "asyncio", "pstree", pid])
+                  for _ in range(repeat)] if with_cpython else []
+    finally:
+        os.killpg(target.pid, 9)
+        target.wait()
+    for run in ours:
+        if run.returncode != 0 or run.lines != expected_lines(n):
+            raise SystemExit(f"aiobpf failed at {n} tasks: {run.lines} lines, "
+                             f"{expected_lines(n)} expected; {run.error}")
+    return {"tasks": n, "aiobpf": [asdict(r) for r in ours], "cpython": [asdict(r) for r in theirs]}
+
+
+def _median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs) if runs else float("nan")
+
+
+def report(results: list[dict]) -> str:
+    head = (f"{'tasks':>9} | {'aiobpf s':>9} {'3.14 s':>9} {'speed-up':>8} | "
+            f"{'aiobpf MB':>9} {'3.14 MB':>9} {'mem ratio':>9} | "
+            f"{'aiobpf µs/task':>14} | 3.14 result")
+    lines = [head, "-" * len(head)]
+    for res in results:
+        ours, theirs = res["aiobpf"], res["cpython"]
+        t_ours, t_theirs = _median(ours, "seconds"), _median(theirs, "seconds")
+        m_ours, m_theirs = _median(ours, "max_rss_mb"), _median(theirs, "max_rss_mb")
+        ok = [r for r in theirs if r["returncode"] == 0]
+        if not theirs:
+            verdict = "not run"
+        elif len(ok) == len(theirs):
+            verdict = "ok"
+        else:
+            verdict = f"failed {len(theirs) - len(ok)}/{len(theirs)}: {theirs[-1]['error'][:40]}"
+        speed = t_theirs / t_ours if ok else float("nan")
+        mem = m_theirs / m_ours if ok else float("nan")
+        lines.append(f"{res['tasks']:>9} | {t_ours:>9.2f} {t_theirs:>9.2f} {speed:>7.1f}x | "
+                     f"{m_ours:>9.0f} {m_theirs:>9.0f} {mem:>8.1f}x | "
+                     f"{t_ours / res['tasks'] * 1e6:>14.1f} | {verdict}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,60000,100000")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--million", action="store_true", help="also 1,000,000 tasks (aiobpf only)")
+    parser.add_argument("--json", type=Path, help="write the raw results here")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark chroots into the sid root and reads memory")
+    if not (SID_ROOT / PYTHON.lstrip("/")).exists():
+        raise SystemExit(f"{SID_ROOT} has no {PYTHON}: run scripts/provision.sh")
+    proc_dir = SID_ROOT / "proc"
+    mounted = not os.path.ismount(proc_dir)
+    if mounted:
+        subprocess.run(["mount", "-t", "proc", "proc", str(proc_dir)], check=True)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        results = [bench_size(n, args.repeat, True) for n in sizes]
+        if args.million:
+            results.append(bench_size(1_000_000, 1, False))
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(proc_dir)], check=False)
+    print(f"aiobpf pstree vs python3.14 -m asyncio pstree, same process, median of {args.repeat}")
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
