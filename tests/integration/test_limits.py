@@ -1,0 +1,53 @@
+"""Where python3.14 -m asyncio gives up or shows too little, aiobpf must not.
+
+- a task list longer than 65,536 ("Task list appears corrupted" in 3.14's tool);
+- a task that is running (blocking its loop in synchronous code): its frames are
+  read from its thread's stack down to its coroutine.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
+from tests.pythons import Python, by_label
+
+
+def _line_of(marker: str, script: str) -> int:
+    for number, line in enumerate((TARGETS / script).read_text().splitlines(), 1):
+        if marker in line:
+            return number
+    raise AssertionError(marker)
+
+
+def test_seventy_thousand_tasks() -> None:
+    python = by_label("sid-3.14")
+    with run_target(python, "many_tasks.py", "70000") as target:
+        result = aiobpf("ps", str(target.pid), "--format", "json", timeout=600)
+        assert result.returncode == 0, result.stderr
+        tasks = result.json()["tasks"]
+        leaves = [t for t in tasks if t["name"].startswith("leaf-")]
+        assert len(leaves) == 70000
+        assert {t["name"] for t in leaves} == {f"leaf-{i}" for i in range(70000)}
+        assert all([f["name"] for f in t["frames"]][:3] == ["leaf", "middle", "inner"]
+                   for t in leaves)
+        assert all(t["awaited_by"] and t["awaited_by"][0]["name"].startswith("group-")
+                   for t in leaves)
+
+
+@pytest.mark.parametrize("python", matrix_params())
+def test_running_task_shows_its_thread_stack(python: Python) -> None:
+    with run_target(python, "running_task.py") as target:
+        result = aiobpf("ps", str(target.pid), "--format", "json")
+        assert result.returncode == 0, result.stderr
+        tasks = {t["name"]: t for t in result.json()["tasks"]}
+        blocker = tasks["blocker"]
+        assert blocker["state"] == "running"
+        assert blocker["errors"] == []
+        frames = [(f["name"], f["line"], f["kind"]) for f in blocker["frames"]]
+        assert frames == [
+            ("blocker", _line_of("CALLS-CRUNCH", "running_task.py"), "coroutine"),
+            ("crunch", _line_of("BLOCKING", "running_task.py"), "function"),
+        ]
+        assert tasks["waiter"]["state"] == "pending"
+        assert tasks["waiter"]["frames"][0]["line"] == _line_of("WAITER-AWAIT", "running_task.py")
