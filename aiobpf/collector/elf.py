@@ -162,3 +162,24 @@ class ElfImage:
         if hexversion is None:
             return None
         return f"{hexversion >> 24}.{(hexversion >> 16) & 0xff}.{(hexversion >> 8) & 0xff}"
+
+
+def find_debug_file(image: ElfImage, dirs: list[Path]) -> ElfImage | None:
+    """The separate debug file of a stripped ``image``: by build-id, then by debuglink,
+    under each of ``dirs`` (e.g. /usr/lib/debug); its build-id must match."""
+    names = []
+    if image.build_id:
+        names.append(f".build-id/{image.build_id[:2]}/{image.build_id[2:]}.debug")
+    if image.debuglink:
+        names.append(image.debuglink)
+    for directory in dirs:
+        for name in names:
+            try:
+                debug = ElfImage.open(directory / name)
+            except NotElfError:
+                continue
+            if debug.has_debug_info and (not image.build_id or debug.build_id == image.build_id):
+                debug.name = f"{image.name} (debug file {name})"
+                return debug
+            debug.close()
+    return None

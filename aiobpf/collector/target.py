@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiobpf.collector import procfs
-from aiobpf.collector.elf import ElfImage, NotElfError
+from aiobpf.collector.elf import ElfImage, NotElfError, find_debug_file
 from aiobpf.collector.layouts import SUPPORTED_MINORS, Layout, LayoutError, resolve_layout
 from aiobpf.collector.procfs import Mapping, ProcessInfo
 
 _PY_NAME = re.compile(r"python(\d)\.(\d+)")
-_DEBUG_DIRS = ("/usr/lib/debug",)
+_DEBUG_DIR = "/usr/lib/debug"
 
 
 class NotPython(Exception):
@@ -119,29 +119,14 @@ def _find_core(pid: int, info: ProcessInfo, files: dict[str, list[Mapping]]
     return None
 
 
-def _debug_file_finder(pid: int):
-    def find(image: ElfImage) -> ElfImage | None:
-        candidates = []
-        if image.build_id:
-            rel = f".build-id/{image.build_id[:2]}/{image.build_id[2:]}.debug"
-            candidates += [f"{d}/{rel}" for d in _DEBUG_DIRS]
-        if image.debuglink:
-            candidates += [f"{d}/{image.debuglink}" for d in _DEBUG_DIRS]
-        for cand in candidates:
-            for host in (procfs.host_path(pid, cand), Path(cand)):
-                try:
-                    dbg = ElfImage.open(host)
-                except NotElfError:
-                    continue
-                if dbg.has_debug_info and (not image.build_id or dbg.build_id == image.build_id):
-                    dbg.name = f"{image.name} (debug file {cand})"
-                    return dbg
-                dbg.close()
-        return None
-    return find
+def _debug_file_finder(pid: int, extra_dirs: list[Path]):
+    """Separate debug files are looked for in the target's root, then on the host."""
+    dirs = [*extra_dirs, procfs.host_path(pid, _DEBUG_DIR), Path(_DEBUG_DIR)]
+    return lambda image: find_debug_file(image, dirs)
 
 
-def open_target(pid: int, *, use_dwarf: bool = True) -> Target:
+def open_target(pid: int, *, use_dwarf: bool = True,
+                debug_dirs: list[Path] | None = None) -> Target:
     """Discover everything aiobpf needs to read the asyncio state of ``pid``."""
     info = procfs.process_info(pid)
     maps = procfs.read_maps(pid)
@@ -180,7 +165,8 @@ def open_target(pid: int, *, use_dwarf: bool = True) -> Target:
 
     try:
         layout = resolve_layout(version, core.image, asyncio.image if asyncio else None,
-                                use_dwarf=use_dwarf, debug_file=_debug_file_finder(pid))
+                                use_dwarf=use_dwarf,
+                                debug_file=_debug_file_finder(pid, debug_dirs or []))
     except LayoutError as exc:
         raise UnsupportedPython(f"Python {label}: {exc}") from exc
     if layout.free_threaded or "t" in _abiflags(core.path):
