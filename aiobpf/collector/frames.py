@@ -21,6 +21,8 @@ from aiobpf.collector.objects import DecodeError, Objects, u64
 
 _Q = struct.Struct("<Q").unpack_from
 MAX_AWAIT_DEPTH = 1024     # coroutines awaiting coroutines
+FRESH_READS = 3            # re-reads of a coroutine caught between two states
+_TORN = -2
 MAX_THREAD_FRAMES = 4096   # frames of one thread stack
 
 _FRAME_KINDS = {"coroutine": "coroutine", "generator": "generator",
@@ -62,6 +64,8 @@ class Frames:
         self.ref_clear = ~c.stackref_clear
         self.ref_int_tag = c.stackref_int_tag
         self.resume = c.resume_opcodes
+        self.yield_ops = c.yield_opcodes
+        self.resume_offset = c.resume_offset
         self.yf_depth = c.yield_from_depth
         self.owned_by_gen = L["enum.FRAME_OWNED_BY_GENERATOR"]
         self._frames: dict[tuple[int, int, str], Frame] = {}
@@ -115,15 +119,39 @@ class Frames:
         at = slot - iframe + base
         return _Q(blob, at)[0] if at + 8 <= len(blob) else self.mem.ptr(slot)
 
-    def _awaiting(self, state: int, iframe: int, blob: bytes, base: int = 0) -> int:
+    def _resume_oparg(self, blob: bytes, base: int) -> int:
+        """The oparg of the RESUME a suspended frame will continue at, or -1 when the
+        frame is not between a YIELD_VALUE and a RESUME (a torn read)."""
+        instr = _Q(blob, base + self.f_instr)[0] + self.resume_offset - 2
+        try:
+            code = self.mem.read(instr, 4)
+        except ReadFault:
+            return -1
+        if code[0] not in self.yield_ops or code[2] not in self.resume:
+            return -1
+        return code[3] & 3
+
+    def _state(self, blob: bytes, base: int) -> tuple[int, int]:
+        """(frame state, RESUME oparg) of a generator; the oparg is _TORN when the
+        instruction pointer contradicts the state (a read that mixed two moments):
+        a suspended frame must sit between YIELD_VALUE and RESUME, a created one at
+        its first instruction (RETURN_GENERATOR, or the one before or after it)."""
+        raw = blob[self.o_state]
+        state = raw - 256 if raw > 127 else raw
+        if state in self.st_suspended:
+            oparg = self._resume_oparg(blob, base)
+            return state, (oparg if oparg >= 0 else _TORN)
+        if state == self.st_created:
+            code = self.objs.code(self._object_ref(_Q(blob, base + self.f_code)[0]))
+            instr = _Q(blob, base + self.f_instr)[0]
+            unit = (instr - code.code_start) // 2
+            return state, (0 if -1 <= unit <= 1 else _TORN)
+        return state, 0
+
+    def _awaiting(self, state: int, iframe: int, blob: bytes, oparg: int, base: int = 0) -> int:
         """What a suspended frame awaits (0: nothing, it yielded a value itself)."""
-        if self.st_yf:
-            return self._stack_top(iframe, blob, base) if state in self.st_yf else 0
-        instr = u64(blob, base + self.f_instr)
-        nxt = self.mem.read(instr + 2, 2)
-        if nxt[0] in self.resume and nxt[1] >= 2:
-            return self._stack_top(iframe, blob, base)
-        return 0
+        awaits = state in self.st_yf if self.st_yf else oparg >= 2
+        return self._stack_top(iframe, blob, base) if awaits else 0
 
     # -- await chains -----------------------------------------------------------
     def chain(self, obj: int) -> Chain:
@@ -132,7 +160,7 @@ class Frames:
         seen: set[int] = set()
         mem = self.mem
         kinds = self.objs._kinds
-        o_type, o_state, gen_span = self.objs.o_type, self.o_state, self.gen_span
+        o_type, gen_span = self.objs.o_type, self.gen_span
         base = self.o_iframe
         for _ in range(MAX_AWAIT_DEPTH):
             if not obj:
@@ -153,7 +181,18 @@ class Frames:
             if frame_kind is not None:
                 if len(blob) < gen_span:
                     blob = mem.read(obj, gen_span)
-                state = blob[o_state] - 256 if blob[o_state] > 127 else blob[o_state]
+                state, oparg = self._state(blob, base)
+                for _retry in range(FRESH_READS):
+                    if oparg != _TORN:
+                        break
+                    # Its state and its frame disagree: the page holding part of it was
+                    # cached before the coroutine moved on.  Read it again as it is now.
+                    blob = mem.read_fresh(obj, gen_span)
+                    state, oparg = self._state(blob, base)
+                if oparg == _TORN:
+                    out.innermost_state = "unknown"
+                    out.errors.append("a coroutine changed while it was read")
+                    return out
                 if state >= self.st_cleared or (state > self.st_executing
                                                 and state not in self.st_suspended):
                     out.innermost_state = "finished"
@@ -167,7 +206,7 @@ class Frames:
                     out.innermost_state = "created"
                     return out
                 out.innermost_state = "suspended"
-                obj = self._awaiting(state, iframe, blob, base)
+                obj = self._awaiting(state, iframe, blob, oparg, base)
                 continue
             if kind == "async_generator_asend":
                 obj = mem.ptr(obj + self.L["asend.gen"])

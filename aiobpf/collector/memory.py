@@ -203,6 +203,16 @@ class RemoteMemory:
             base += PAGE
         return b"".join(parts)
 
+    def read_fresh(self, addr: int, size: int) -> bytes:
+        """``size`` bytes at ``addr`` as they are now, refreshing the cached pages."""
+        base = addr & _PAGE_MASK
+        end = addr + size
+        while base < end:
+            self._pages.pop(base, None)
+            self._old.pop(base, None)
+            base += PAGE
+        return self.read(addr, size)
+
     def u64(self, addr: int) -> int:
         base = addr & _PAGE_MASK
         start = addr - base

@@ -13,7 +13,7 @@ import re
 import time
 
 from aiobpf.collector.awaiters import AwaiterIndex
-from aiobpf.collector.frames import Frames
+from aiobpf.collector.frames import Chain, Frames
 from aiobpf.collector.interpreter import ThreadState, interpreters, modules, thread_states
 from aiobpf.collector.memory import ReadFault, RemoteMemory
 from aiobpf.collector.model import Snapshot, Task, Thread
@@ -30,6 +30,8 @@ from aiobpf.collector.tasks import (
 
 _TRANSIENT = (DecodeError, ReadFault)
 DISCOVERY_ATTEMPTS = 5
+BATCH = 256  # tasks decoded from one generation of cached pages
+TASK_ATTEMPTS = 4  # reads of one busy task before it is reported partial
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -130,12 +132,18 @@ class Collector:
             raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
                             "has not imported asyncio")
 
-        self.mem.prefetch(raw.coro for raw in raws)
         self._assign_threads(raws, threads)
         running = self._running_threads(threads, running_by_loop, raws)
         index = AwaiterIndex(self.objs, raws)
-        tasks = order_tasks([self._task(raw, index, running) for raw in raws],
-                            self.target.pid, by_name=not self.linked)
+        records: list[Task] = []
+        for start in range(0, len(raws), BATCH):
+            records.extend(self._batch(raws[start:start + BATCH], index, running))
+        # An awaiter that finished while the snapshot was taken awaits nothing any more.
+        ids = {t.id for t in records}
+        for task in records:
+            if any(a.is_task and a.id not in ids for a in task.awaited_by):
+                task.awaited_by = [a for a in task.awaited_by if not a.is_task or a.id in ids]
+        tasks = order_tasks(records, self.target.pid, by_name=not self.linked)
         return Snapshot(
             pid=self.target.pid,
             python_version=self.target.version_str,
@@ -149,6 +157,30 @@ class Collector:
             layout_sources=self.target.layout.source_counts(),
             warnings=warnings,
         )
+
+    def _batch(self, raws: list[RawTask], index: AwaiterIndex,
+               running: dict[int, ThreadState]) -> list[Task]:
+        """Tasks read together from pages fetched together.
+
+        The target runs on while it is read, so a page cached for long describes the
+        past; each batch starts from fresh pages, fetched in one system call, which
+        bounds how far apart in time the parts of one task's record can be."""
+        self.mem.clear()
+        self.mem.prefetch([raw.addr for raw in raws] + [raw.coro for raw in raws])
+        pending = self.target.layout["enum.STATE_PENDING"]
+        out = []
+        for raw in raws:
+            try:
+                fresh = read_task(self.objs, raw.addr, self._span)
+            except _TRANSIENT:
+                fresh = raw
+            if fresh.state != pending or fresh.type != raw.type:
+                continue  # finished (and maybe freed) since the task list was read
+            fresh.thread_native_id = raw.thread_native_id
+            task = self._task(fresh, index, running)
+            if task is not None:
+                out.append(task)
+        return out
 
     def _interp_id(self, interp: int) -> int:
         try:
@@ -182,17 +214,44 @@ class Collector:
                     out[raw.addr] = by_native[raw.thread_native_id]
         return out
 
-    def _task(self, raw: RawTask, index: AwaiterIndex, running: dict[int, ThreadState]) -> Task:
-        task = Task(raw.addr, raw.name, raw.thread_native_id, "pending", [], loop=raw.loop)
-        try:
-            chain = self.frames.chain(raw.coro)
-        except _TRANSIENT as exc:
-            self.mem.clear()
+    def _chain(self, raw: RawTask, task: Task) -> Chain | None:
+        """The task's await chain; a chain that tore (an object freed between the read
+        of its awaiter and its own read) is read again from fresh pages."""
+        for attempt in range(TASK_ATTEMPTS):
             try:
-                chain = self.frames.chain(raw.coro)
-            except _TRANSIENT:
-                task.errors.append(f"coroutine stack unreadable: {exc}")
-                chain = None
+                return self.frames.chain(raw.coro)
+            except _TRANSIENT as exc:
+                if attempt == TASK_ATTEMPTS - 1:
+                    task.errors.append(f"coroutine stack unreadable: {exc}")
+                self.mem.clear()
+        return None
+
+    def _still_pending(self, raw: RawTask) -> RawTask | None:
+        """The task read again from fresh pages; None when it has finished meanwhile."""
+        self.mem.clear()
+        try:
+            fresh = read_task(self.objs, raw.addr, self._span)
+        except _TRANSIENT:
+            return None
+        pending = self.target.layout["enum.STATE_PENDING"]
+        if fresh.state != pending or not fresh.coro:
+            return None
+        fresh.thread_native_id = raw.thread_native_id
+        return fresh
+
+    def _task(self, raw: RawTask, index: AwaiterIndex, running: dict[int, ThreadState]
+              ) -> Task | None:
+        """The task's record; None when it turns out to have finished during the read."""
+        task = Task(raw.addr, raw.name, raw.thread_native_id, "pending", [], loop=raw.loop)
+        chain = self._chain(raw, task) if raw.coro else None
+        if not raw.coro or (chain is not None and chain.innermost_state == "finished"):
+            # Its coroutine is done: the task finished after its state was read.
+            fresh = self._still_pending(raw)
+            if fresh is None:
+                return None
+            raw = fresh
+            task.errors.clear()
+            chain = self._chain(raw, task)
         if chain is not None:
             task.frames = chain.frames
             task.errors.extend(chain.errors)
@@ -201,10 +260,14 @@ class Collector:
             if chain.innermost_state == "running":
                 task.state = "running"
                 self._running_stack(task, raw, running.get(raw.addr))
-        try:
-            task.awaited_by = index.recorded(raw) if self.linked else index.inferred(raw)
-        except _TRANSIENT as exc:
-            task.errors.append(f"awaiters unreadable: {exc}")
+        for attempt in range(TASK_ATTEMPTS):
+            try:
+                task.awaited_by = index.recorded(raw) if self.linked else index.inferred(raw)
+                break
+            except _TRANSIENT as exc:
+                self.mem.clear()
+                if attempt == TASK_ATTEMPTS - 1:
+                    task.errors.append(f"awaiters unreadable: {exc}")
         return task
 
     def _running_stack(self, task: Task, raw: RawTask, ts: ThreadState | None) -> None:

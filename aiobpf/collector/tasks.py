@@ -29,6 +29,7 @@ class RawTask:
     """A task object as read from memory, before reconstruction."""
 
     addr: int
+    type: int
     name: str
     state: int
     coro: int
@@ -130,6 +131,7 @@ def read_task(objs: Objects, addr: int, span: int) -> RawTask:
     blob = objs.mem.read(addr, span)
     raw = RawTask(
         addr=addr,
+        type=u64(blob, objs.o_type),
         name=task_name(objs, u64(blob, L["task.name"])),
         state=int.from_bytes(blob[L["task.state"]:L["task.state"] + 4], "little", signed=True),
         coro=u64(blob, L["task.coro"]),

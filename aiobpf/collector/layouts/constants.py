@@ -13,10 +13,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Constants:
-    # Instructions that follow a suspension point inside ``await``/``yield from``:
-    # a frame suspended in front of one of these with oparg >= 2 awaits the object
-    # on top of its stack (3.11/3.12; later versions record it in the frame state).
+    # A suspended frame sits between a YIELD_VALUE and the RESUME after it (any of
+    # their specialised or instrumented forms).  ``resume_offset`` is where the
+    # RESUME is relative to the frame's instruction pointer: 3.11/3.12 keep the
+    # last executed instruction (prev_instr), 3.13+ the next one (instr_ptr).
+    # A RESUME with oparg & 3 >= 2 follows ``await``/``yield from``: the frame
+    # then awaits the object on its stack (3.11/3.12 have no frame state for it).
+    yield_opcodes: frozenset[int] = frozenset()
     resume_opcodes: frozenset[int] = frozenset()
+    resume_offset: int = 0
     # Stack slot (counted from the top) of the object a frame suspended in
     # ``await`` delegates to: 3.15 keeps a NULL above it (read off 3.15.2 memory).
     yield_from_depth: int = 1
@@ -43,12 +48,20 @@ class Constants:
 _COMMON_311_312 = dict(managed_dict_offset=-24)
 
 CONSTANTS: dict[tuple[int, int], Constants] = {
-    (3, 11): Constants(resume_opcodes=frozenset({151, 150}),   # RESUME, RESUME_QUICK
-                       managed_values_offset=-32, **_COMMON_311_312),
-    (3, 12): Constants(resume_opcodes=frozenset({151, 240}),   # RESUME, INSTRUMENTED_RESUME
-                       dict_or_values_tagged=True, **_COMMON_311_312),
-    (3, 13): Constants(inline_values=True),
-    (3, 14): Constants(inline_values=True, stackref_clear=1, stackref_int_tag=3),
-    (3, 15): Constants(inline_values=True, stackref_clear=1, stackref_int_tag=3,
+    (3, 11): Constants(yield_opcodes=frozenset({86}),
+                       resume_opcodes=frozenset({151, 150}),        # RESUME, RESUME_QUICK
+                       resume_offset=2, managed_values_offset=-32, **_COMMON_311_312),
+    (3, 12): Constants(yield_opcodes=frozenset({150, 243}),
+                       resume_opcodes=frozenset({151, 240}),        # RESUME, INSTRUMENTED_RESUME
+                       resume_offset=2, dict_or_values_tagged=True, **_COMMON_311_312),
+    (3, 13): Constants(yield_opcodes=frozenset({118, 241}),
+                       resume_opcodes=frozenset({149, 207, 236}),   # + RESUME_CHECK
+                       inline_values=True),
+    (3, 14): Constants(yield_opcodes=frozenset({120, 247}),
+                       resume_opcodes=frozenset({128, 196, 245}),
+                       inline_values=True, stackref_clear=1, stackref_int_tag=3),
+    (3, 15): Constants(yield_opcodes=frozenset({119, 246}),
+                       resume_opcodes=frozenset({128, 200, 201, 244}),  # + RESUME_CHECK_JIT
+                       inline_values=True, stackref_clear=1, stackref_int_tag=3,
                        yield_from_depth=2),
 }

@@ -1,0 +1,50 @@
+"""Reads race with a busy target: no dump may fail, and what it shows must be real.
+
+The churn target keeps thousands of tasks stepping, being created and finishing.
+Consecutive ``ps --format json`` dumps must all succeed; every frame of the
+target's own code must be at a line where that code can really be suspended (an
+``await``, or the ``async def`` of a task not started yet); every awaiter named must be
+a task of the same dump (or a future, marked as not a task).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
+from tests.pythons import Python
+
+DUMPS = 30
+
+
+def _suspension_lines(script: str) -> set[int]:
+    """Lines a coroutine of ``script`` can be suspended at: an ``await``, or its
+    ``async def`` line while it has not started yet."""
+    lines = (TARGETS / script).read_text().splitlines()
+    return {n for n, line in enumerate(lines, 1) if "await " in line or "async def" in line}
+
+
+@pytest.mark.parametrize("python", matrix_params())
+def test_consecutive_dumps_of_a_busy_target(python: Python) -> None:
+    suspend_lines = _suspension_lines("churn.py")
+    with run_target(python, "churn.py", "1500") as target:
+        partial = total = 0
+        for _ in range(DUMPS):
+            result = aiobpf("ps", str(target.pid), "--format", "json")
+            assert result.returncode == 0, result.stderr
+            doc = result.json()
+            ids = {t["id"] for t in doc["tasks"]}
+            assert len(ids) > 1000
+            total += len(ids)
+            for task in doc["tasks"]:
+                if task["errors"]:
+                    partial += 1
+                    continue
+                for frame in task["frames"]:
+                    if frame["filename"] == target.script and task["state"] == "pending":
+                        assert frame["line"] in suspend_lines, (task, frame)
+                for awaiter in task["awaited_by"]:
+                    assert awaiter["id"] in ids or not awaiter["is_task"], (task, awaiter)
+        # A task that keeps changing under four consecutive reads is reported partial
+        # (with the reason) rather than wrong; it must stay rare.
+        assert partial <= total * 0.05
