@@ -16,10 +16,14 @@ from pathlib import Path
 import pytest
 
 from aiobpf.collector.elf import ElfImage, find_debug_file
-from aiobpf.collector.layouts import read_asyncio_debug, read_debug_offsets, resolve_layout
+from aiobpf.collector.layouts import (
+    read_asyncio_debug,
+    read_debug_offsets,
+    resolve_layout,
+    table_for,
+)
 from aiobpf.collector.layouts.extract import extract
 from aiobpf.collector.layouts.spec import ASYNCIO, CORE
-from aiobpf.collector.layouts.tables import TABLES
 from tests.conftest import aiobpf, matrix_params, require, run_target
 from tests.pythons import Python
 
@@ -81,7 +85,8 @@ def test_published_offsets_agree_with_table(python: Python) -> None:
     """_Py_DebugOffsets and AsyncioDebug name the same offsets as the generated table."""
     require(python)
     core, asyncio_mod = _binaries(python)
-    table = TABLES[python.minor]["values"]
+    version = tuple(int(x) for x in _version(python).split("."))
+    table = table_for(version)["values"]
     published = read_debug_offsets(ElfImage.open(core), table)
     assert published is not None, f"{core} has no _Py_DebugOffsets"
     values, hexversion, free_threaded = published

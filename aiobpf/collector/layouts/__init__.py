@@ -28,7 +28,18 @@ from aiobpf.collector.layouts.spec import ASYNCIO, CORE, FIELDS
 from aiobpf.collector.layouts.tables import TABLES
 
 DEBUG_COOKIE = b"xdebugpy"
-SUPPORTED_MINORS = tuple(sorted(TABLES))
+SUPPORTED_MINORS = tuple(sorted({key[:2] for key in TABLES}))
+
+
+def table_for(version: tuple[int, int, int]) -> dict | None:
+    """The generated table for ``version``: the reference build of the same minor
+    version with the highest patch level not above it (layouts change at a patch
+    release and stay), else the lowest one."""
+    same = sorted(key for key in TABLES if key[:2] == version[:2])
+    if not same:
+        return None
+    below = [key for key in same if key <= version]
+    return TABLES[below[-1] if below else same[0]]
 
 
 class LayoutError(Exception):
@@ -145,7 +156,7 @@ def resolve_layout(version: tuple[int, int, int], core: ElfImage, asyncio: ElfIm
     minor = version[:2]
     values: dict[str, int] = {}
     sources: dict[str, str] = {}
-    table = TABLES.get(minor)
+    table = table_for(version)
     if table is not None:
         values.update(table["values"])
         sources.update(dict.fromkeys(table["values"], f"table {table['source']['python']}"))
