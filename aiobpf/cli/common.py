@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from aiobpf import errors
 from aiobpf.collector import procfs
@@ -19,6 +20,10 @@ def pid_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dwarf", action="store_true",
                         help="ignore the target's DWARF; use the offsets CPython publishes and "
                              "aiobpf's built-in tables (as for a stripped build)")
+    parser.add_argument("--debug-dir", type=Path, action="append", default=[], metavar="DIR",
+                        help="where to look for separate debug files of a stripped interpreter "
+                             "(by build-id), before /usr/lib/debug in the target's root and "
+                             "on the host; repeatable")
 
 
 def _pid(text: str) -> int:
@@ -31,11 +36,12 @@ def _pid(text: str) -> int:
     return pid
 
 
-def take_snapshot(pid: int, *, use_dwarf: bool = True, details: bool = True) -> Snapshot:
-    """One snapshot of ``pid``; every failure becomes an ``AiobpfError``."""
+def take_snapshot(args: argparse.Namespace, *, details: bool = True) -> Snapshot:
+    """One snapshot of ``args.pid``; every failure becomes an ``AiobpfError``."""
+    pid = args.pid
     stage = "find"
     try:
-        target = open_target(pid, use_dwarf=use_dwarf)
+        target = open_target(pid, use_dwarf=not args.no_dwarf, debug_dirs=args.debug_dir)
         stage = "read"
         collector = Collector(target)
         try:

@@ -26,8 +26,7 @@ class PsCommand:
                                  "full snapshot: threads, states, frames with files and lines)")
 
     def run(self, args: argparse.Namespace) -> int:
-        snapshot = take_snapshot(args.pid, use_dwarf=not args.no_dwarf,
-                                 details=args.format == "json")
+        snapshot = take_snapshot(args, details=args.format == "json")
         if args.format == "json":
             sys.stdout.write(json_doc.render(snapshot))
         else:

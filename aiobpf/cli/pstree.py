@@ -27,8 +27,7 @@ class PstreeCommand:
                             help="tree (default) or json (the same document as ps --format json)")
 
     def run(self, args: argparse.Namespace) -> int:
-        snapshot = take_snapshot(args.pid, use_dwarf=not args.no_dwarf,
-                                 details=args.format == "json")
+        snapshot = take_snapshot(args, details=args.format == "json")
         if args.format == "json":
             sys.stdout.write(json_doc.render(snapshot))
             require_tasks(snapshot)
