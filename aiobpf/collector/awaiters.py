@@ -45,9 +45,12 @@ class AwaiterIndex:
 
     # -- 3.14+ ------------------------------------------------------------------
     def recorded(self, task: RawTask) -> list[Awaiter]:
+        """Awaiters a 3.14+ task records; ``task_is_task`` (shared with futures) tells
+        tasks from other futures."""
+        is_task = self.objs.layout["task.is_task"]
         out = []
         for addr in task.awaited_by:
-            if addr in self.tasks:
+            if self.objs.mem.read(addr + is_task, 1)[0]:
                 out.append(Awaiter(addr))
             else:
                 out.append(Awaiter(addr, is_task=False, type_name=self._type_name(addr)))

@@ -69,6 +69,7 @@ class Frames:
         self.yf_depth = c.yield_from_depth
         self.owned_by_gen = L["enum.FRAME_OWNED_BY_GENERATOR"]
         self._frames: dict[tuple[int, int, str], Frame] = {}
+        self._resume_at: dict[int, int] = {}
         # Bytes read at once from a generator: its header, its interpreter frame and
         # the first slots of the frame's locals and value stack.
         self.gen_span = self.o_iframe + self.frame_span + 128
@@ -98,6 +99,7 @@ class Frames:
 
     def clear(self) -> None:
         self._frames.clear()
+        self._resume_at.clear()
 
     def _stack_top(self, iframe: int, blob: bytes, base: int = 0) -> int:
         """The object ``yield_from_depth`` slots down the value stack of a frame whose
@@ -123,13 +125,17 @@ class Frames:
         """The oparg of the RESUME a suspended frame will continue at, or -1 when the
         frame is not between a YIELD_VALUE and a RESUME (a torn read)."""
         instr = _Q(blob, base + self.f_instr)[0] + self.resume_offset - 2
-        try:
-            code = self.mem.read(instr, 4)
-        except ReadFault:
-            return -1
-        if code[0] not in self.yield_ops or code[2] not in self.resume:
-            return -1
-        return code[3] & 3
+        oparg = self._resume_at.get(instr)
+        if oparg is None:
+            try:
+                code = self.mem.read(instr, 4)
+            except ReadFault:
+                return -1
+            ok = code[0] in self.yield_ops and code[2] in self.resume
+            # Bytecode is only ever re-specialised between forms of the same
+            # instruction, so the answer holds for the whole snapshot.
+            oparg = self._resume_at[instr] = code[3] & 3 if ok else -1
+        return oparg
 
     def _state(self, blob: bytes, base: int) -> tuple[int, int]:
         """(frame state, RESUME oparg) of a generator; the oparg is _TORN when the
@@ -162,6 +168,12 @@ class Frames:
         kinds = self.objs._kinds
         o_type, gen_span = self.objs.o_type, self.gen_span
         base = self.o_iframe
+        o_state, f_instr, f_code = self.o_state, base + self.f_instr, base + self.f_code
+        roff, ref_clear = self.resume_offset - 2, self.ref_clear
+        resume_at, frames_cache = self._resume_at, self._frames
+        # States in which a frame awaits the object on its stack (3.13+); for 3.11/3.12
+        # the RESUME's oparg decides, so the fast path does not apply.
+        st_yf_fast = self.st_yf
         for _ in range(MAX_AWAIT_DEPTH):
             if not obj:
                 return out
@@ -181,6 +193,19 @@ class Frames:
             if frame_kind is not None:
                 if len(blob) < gen_span:
                     blob = mem.read(obj, gen_span)
+                # Fast path: a frame suspended in ``await`` at a known resume point.
+                raw = blob[o_state]
+                state = raw - 256 if raw > 127 else raw
+                if state in st_yf_fast:
+                    instr = _Q(blob, f_instr)[0]
+                    if resume_at.get(instr + roff, -1) >= 0:
+                        frame = frames_cache.get((_Q(blob, f_code)[0] & ref_clear, instr,
+                                                  frame_kind))
+                        if frame is not None:
+                            out.frames.append(frame)
+                            out.innermost_state = "suspended"
+                            obj = self._stack_top(obj + base, blob, base)
+                            continue
                 state, oparg = self._state(blob, base)
                 for _retry in range(FRESH_READS):
                     if oparg != _TORN:

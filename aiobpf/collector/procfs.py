@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 
 class ProcessNotFound(Exception):
     """No process has this PID (or it exited)."""
@@ -86,22 +84,25 @@ class ProcessInfo:
 
 
 def process_info(pid: int) -> ProcessInfo:
+    base = Path(f"/proc/{pid}")
     try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            name = proc.name()
-            uid = proc.uids().real
-            try:
-                exe = os.readlink(f"/proc/{pid}/exe")
-            except OSError:
-                exe = ""
-            try:
-                cmdline = proc.cmdline()
-            except psutil.AccessDenied:
-                cmdline = []
-    except psutil.NoSuchProcess:
+        status = dict(line.split(":", 1) for line in (base / "status").read_text().splitlines()
+                      if ":" in line)
+    except (FileNotFoundError, ProcessLookupError):
         raise ProcessNotFound(pid) from None
-    return ProcessInfo(pid, name, exe, cmdline, uid, _in_other_root(pid))
+    if status.get("State", "").strip().startswith("Z"):
+        raise ProcessNotFound(pid)  # a zombie has no memory left to read
+    try:
+        exe = os.readlink(base / "exe")
+    except OSError:
+        exe = ""
+    try:
+        cmdline = (base / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        cmdline = []
+    uid = int(status.get("Uid", "0").split()[0])
+    return ProcessInfo(pid, status.get("Name", "").strip(), exe, cmdline, uid,
+                       _in_other_root(pid))
 
 
 def _in_other_root(pid: int) -> bool:

@@ -115,29 +115,13 @@ class Collector:
                 if attempt == DISCOVERY_ATTEMPTS - 1:
                     raise
 
-        pending = self.target.layout["enum.STATE_PENDING"]
-        self.mem.prefetch(addr for addr, _ in pairs)
-        raws: list[RawTask] = []
-        for addr, tid in pairs:
-            try:
-                raw = self._read_raw(addr)
-            except _TRANSIENT as exc:
-                warnings.append(f"task {addr:#x} could not be read: {exc}")
-                continue
-            if raw.state != pending:
-                continue
-            raw.thread_native_id = tid
-            raws.append(raw)
-        if self.linked and not raws and "asyncio" not in modules(self.objs, interps[0]):
-            raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
-                            "has not imported asyncio")
-
-        self._assign_threads(raws, threads)
-        running = self._running_threads(threads, running_by_loop, raws)
-        index = AwaiterIndex(self.objs, raws)
-        records: list[Task] = []
-        for start in range(0, len(raws), BATCH):
-            records.extend(self._batch(raws[start:start + BATCH], index, running))
+        if self.linked:
+            records = self._read_linked(pairs, threads, warnings)
+            if not records and "asyncio" not in modules(self.objs, interps[0]):
+                raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
+                                "has not imported asyncio")
+        else:
+            records = self._read_registered(pairs, threads, running_by_loop, warnings)
         # An awaiter that finished while the snapshot was taken awaits nothing any more.
         ids = {t.id for t in records}
         for task in records:
@@ -158,29 +142,72 @@ class Collector:
             warnings=warnings,
         )
 
-    def _batch(self, raws: list[RawTask], index: AwaiterIndex,
-               running: dict[int, ThreadState]) -> list[Task]:
-        """Tasks read together from pages fetched together.
+    # The target runs on while it is read, so a page cached for long describes the
+    # past.  Tasks are read in batches; each batch starts from fresh pages, fetched
+    # together in one system call, which bounds how far apart in time the parts of
+    # one task's record can be.
 
-        The target runs on while it is read, so a page cached for long describes the
-        past; each batch starts from fresh pages, fetched in one system call, which
-        bounds how far apart in time the parts of one task's record can be."""
-        self.mem.clear()
-        self.mem.prefetch([raw.addr for raw in raws] + [raw.coro for raw in raws])
+    def _read_linked(self, pairs: list[tuple[int, int]], threads: list[ThreadState],
+                     warnings: list[str]) -> list[Task]:
+        """3.14+: every task record in one pass; awaiters are recorded in each task."""
+        running = {ts.running_task: ts for ts in threads if ts.running_task}
+        index = AwaiterIndex(self.objs, [])
         pending = self.target.layout["enum.STATE_PENDING"]
-        out = []
-        for raw in raws:
+        records: list[Task] = []
+        for start in range(0, len(pairs), BATCH):
+            batch = pairs[start:start + BATCH]
+            self.mem.clear()
+            self.mem.prefetch(addr for addr, _ in batch)
+            raws = []
+            for addr, tid in batch:
+                try:
+                    raw = self._read_raw(addr)
+                except _TRANSIENT as exc:
+                    warnings.append(f"task {addr:#x} could not be read: {exc}")
+                    continue
+                if raw.state == pending:
+                    raw.thread_native_id = tid
+                    raws.append(raw)
+            self._assign_threads(raws, threads)  # tasks of threads that have exited
+            self.mem.prefetch(raw.coro for raw in raws)
+            records.extend(t for t in (self._task(raw, index, running) for raw in raws) if t)
+        return records
+
+    def _read_registered(self, pairs: list[tuple[int, int]], threads: list[ThreadState],
+                         running_by_loop: dict[int, int], warnings: list[str]) -> list[Task]:
+        """3.11-3.13: every task first (awaiters are inferred from all of them), then
+        each batch again from fresh pages."""
+        pending = self.target.layout["enum.STATE_PENDING"]
+        self.mem.prefetch(addr for addr, _ in pairs)
+        raws: list[RawTask] = []
+        for addr, _tid in pairs:
             try:
-                fresh = read_task(self.objs, raw.addr, self._span)
-            except _TRANSIENT:
-                fresh = raw
-            if fresh.state != pending or fresh.type != raw.type:
-                continue  # finished (and maybe freed) since the task list was read
-            fresh.thread_native_id = raw.thread_native_id
-            task = self._task(fresh, index, running)
-            if task is not None:
-                out.append(task)
-        return out
+                raw = self._read_raw(addr)
+            except _TRANSIENT as exc:
+                warnings.append(f"task {addr:#x} could not be read: {exc}")
+                continue
+            if raw.state == pending:
+                raws.append(raw)
+        self._assign_threads(raws, threads)
+        running = self._running_threads(threads, running_by_loop, raws)
+        index = AwaiterIndex(self.objs, raws)
+        records: list[Task] = []
+        for start in range(0, len(raws), BATCH):
+            batch = raws[start:start + BATCH]
+            self.mem.clear()
+            self.mem.prefetch([raw.addr for raw in batch] + [raw.coro for raw in batch])
+            for raw in batch:
+                try:
+                    fresh = read_task(self.objs, raw.addr, self._span, name=raw.name)
+                except _TRANSIENT:
+                    fresh = raw
+                if fresh.state != pending or fresh.type != raw.type:
+                    continue  # finished (and maybe freed) since the task list was read
+                fresh.thread_native_id = raw.thread_native_id
+                task = self._task(fresh, index, running)
+                if task is not None:
+                    records.append(task)
+        return records
 
     def _interp_id(self, interp: int) -> int:
         try:

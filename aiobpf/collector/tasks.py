@@ -126,13 +126,14 @@ def task_name(objs: Objects, name_obj: int) -> str:
     return f"<{kind.lstrip('~')}>"
 
 
-def read_task(objs: Objects, addr: int, span: int) -> RawTask:
+def read_task(objs: Objects, addr: int, span: int, name: str | None = None) -> RawTask:
+    """A task object's fields; ``name`` skips decoding the name when it is known."""
     L = objs.layout.values
     blob = objs.mem.read(addr, span)
     raw = RawTask(
         addr=addr,
         type=u64(blob, objs.o_type),
-        name=task_name(objs, u64(blob, L["task.name"])),
+        name=task_name(objs, u64(blob, L["task.name"])) if name is None else name,
         state=int.from_bytes(blob[L["task.state"]:L["task.state"] + 4], "little", signed=True),
         coro=u64(blob, L["task.coro"]),
         fut_waiter=u64(blob, L["task.fut_waiter"]),
@@ -150,7 +151,7 @@ def read_task(objs: Objects, addr: int, span: int) -> RawTask:
 
 def task_span(objs: Objects) -> int:
     L = objs.layout.values
-    names = ("task.name", "task.state", "task.coro", "task.fut_waiter", "task.loop",
+    names = ("object.type", "task.name", "task.state", "task.coro", "task.fut_waiter", "task.loop",
              "task.awaited_by", "task.awaited_by_is_set")
     return max(L[n] for n in names if n in L) + 8
 

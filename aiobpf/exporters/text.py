@@ -108,29 +108,21 @@ def tree_lines(snapshot: Snapshot) -> list[str]:
 
     task_node = {t.id: new_node(f"{TASK_MARK} {t.name}") for t in tasks}
     other_node: dict[int, int] = {}          # awaiters that are not pending tasks
-    frame_node: dict[tuple[int, str], int] = {}
-    stacks: dict[int, list[str]] = {}
     task_edges: set[tuple[int, int]] = set()
     is_child = bytearray(len(tasks))
     awaiting: set[int] = set()
 
-    def under(parent: int, frames: list[str]) -> int:
-        """The node of the innermost of ``frames`` hung (shared) under ``parent``."""
-        cur = parent
-        for label in frames:
-            key = (cur, label)
-            node = frame_node.get(key)
-            if node is None:
-                node = frame_node[key] = new_node(label)
-                children[cur].append(node)
+    def under(task: Task) -> int:
+        """Hang a task's frames under it, outermost first; the innermost frame's node.
+
+        Each task's frames are hung once: under the frame of an awaiting task hang all
+        the tasks it awaits (3.14 shares frame nodes between them the same way)."""
+        cur = task_node[task.id]
+        for frame in task.frames:
+            node = new_node(format_frame(frame))
+            children[cur].append(node)
             cur = node
         return cur
-
-    def stack_of(task: Task) -> list[str]:
-        stack = stacks.get(task.id)
-        if stack is None:
-            stack = stacks[task.id] = [format_frame(f) for f in task.frames]
-        return stack
 
     hook: dict[int, int] = {}  # awaiting task -> node of its innermost frame
     for task in tasks:
@@ -141,7 +133,7 @@ def tree_lines(snapshot: Snapshot) -> list[str]:
                 cur = hook.get(awaiter.id, -1)
                 if cur < 0:
                     awaiting.add(awaiter.id)
-                    cur = hook[awaiter.id] = under(task_node[awaiter.id], stack_of(parent_task))
+                    cur = hook[awaiter.id] = under(parent_task)
             else:
                 cur = other_node.get(awaiter.id, -1)
                 if cur < 0:
@@ -154,20 +146,28 @@ def tree_lines(snapshot: Snapshot) -> list[str]:
                 is_child[child] = 1
     for task in tasks:
         if task.id not in awaiting:
-            under(task_node[task.id], stack_of(task))
+            under(task)
 
     roots = [task_node[t.id] for t in tasks if not is_child[task_node[t.id]]]
     roots += list(other_node.values())
     out: list[str] = []
+    append = out.append
     for root in roots:
         todo: list[tuple[int, str, bool]] = [(root, "", True)]
+        pop, push = todo.pop, todo.append
         while todo:
-            node, prefix, last = todo.pop()
-            out.append(f"{prefix}{'└── ' if last else '├── '}{labels[node]}")
+            node, prefix, last = pop()
+            if last:
+                append(prefix + "└── " + labels[node])
+                inner = prefix + "    "
+            else:
+                append(prefix + "├── " + labels[node])
+                inner = prefix + "│   "
             kids = children[node]
-            inner = prefix + ("    " if last else "│   ")
-            for i in range(len(kids) - 1, -1, -1):
-                todo.append((kids[i], inner, i == len(kids) - 1))
+            if kids:
+                push((kids[-1], inner, True))
+                for i in range(len(kids) - 2, -1, -1):
+                    push((kids[i], inner, False))
     return out
 
 

@@ -14,10 +14,10 @@ A ``Layout`` is assembled for one target from, in increasing precedence:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +74,7 @@ class Layout:
 
 def _spec_digest() -> str:
     text = repr([(f.name, f.binary, f.spellings, f.debug, f.adebug) for f in FIELDS])
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"{zlib.crc32(text.encode()):08x}"
 
 
 def cache_dir() -> Path:
