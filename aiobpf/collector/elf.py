@@ -141,6 +141,13 @@ class ElfImage:
                 return self._stream.read(size)
         return b""
 
+    def file_offset(self, vaddr: int) -> int | None:
+        """The file offset of a link-time address inside a loaded segment."""
+        for seg_vaddr, _memsz, offset, filesz in self.load_segments:
+            if seg_vaddr <= vaddr < seg_vaddr + filesz:
+                return offset + vaddr - seg_vaddr
+        return None
+
     def section_data(self, name: str) -> bytes | None:
         sec = self.sections.get(name)
         if sec is None:

@@ -113,6 +113,7 @@ FIELDS: tuple[Field, ...] = (
     _f("type.basicsize", CORE, "PyTypeObject:tp_basicsize"),
     _f("type.dictoffset", CORE, "PyTypeObject:tp_dictoffset"),
     _f("type.base", CORE, "PyTypeObject:tp_base"),
+    _f("type.call", CORE, "PyTypeObject:tp_call"),
     _f("heaptype.cached_keys", CORE, "PyHeapTypeObject:ht_cached_keys"),
     _f("tuple.items", CORE, "PyTupleObject:ob_item", debug="tuple_object.ob_item"),
     _f("list.items", CORE, "PyListObject:ob_item", debug="list_object.ob_item"),

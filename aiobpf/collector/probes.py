@@ -1,0 +1,207 @@
+"""Where to put the uprobes: the functions that start an asyncio task step.
+
+A task steps when ``task_wakeup`` runs (a future it awaited is done) or when
+``TaskStepMethWrapper``'s call function runs (a step scheduled with
+``call_soon``); both take the task (or the wrapper holding it) as first
+argument.  Both are static functions, so stripped builds have no symbol for
+them.  They are found, in this order:
+
+1. ``.symtab`` of the module (or of the interpreter, when asyncio is built in);
+2. a separate debug file (by build-id or ``.gnu_debuglink``);
+3. the module's own tables: the ``PyMethodDef`` named "task_wakeup" holds
+   ``task_wakeup``'s address, and ``TaskStepMethWrapper``'s type (its
+   ``PyType_Spec`` slots on 3.12+, its static type object on 3.11) holds the
+   call function.  In a position-independent file those pointers are
+   ``R_X86_64_RELATIVE`` relocation addends; in a non-PIE executable, plain
+   values.
+
+Distribution builds start functions with ``endbr64``, which the kernel must
+single-step; the probe goes on the instruction after it (usually a ``push``,
+which the kernel emulates at a fraction of the cost).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+from aiobpf.collector.elf import ElfImage
+
+TASK_WAKEUP = "task_wakeup"
+STEP_WRAPPER_CALL = "TaskStepMethWrapper_call"
+STEP_FUNCTIONS = (TASK_WAKEUP, STEP_WRAPPER_CALL)
+
+METH_O = 0x0008
+PY_TP_CALL = 50            # Include/typeslots.h
+R_X86_64_RELATIVE = 8
+ENDBR64 = b"\xf3\x0f\x1e\xfa"
+_U64 = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class ProbeSite:
+    function: str
+    entry: int           # link-time address of the function
+    address: int         # link-time address of the probed instruction
+    file_offset: int     # where that instruction is in the file (what uprobes take)
+    instruction: str     # "push" (emulated), "endbr64" or "other" (single-stepped)
+    found_by: str        # symtab | debug file | method table | type spec | type object
+
+
+def _classify(code: bytes) -> str:
+    if code.startswith(ENDBR64):
+        return "endbr64"
+    if code and (0x50 <= code[0] <= 0x57 or (code[0] == 0x41 and len(code) > 1
+                                             and 0x50 <= code[1] <= 0x57)):
+        return "push"
+    return "other"
+
+
+class _Tables:
+    """Pointers stored in an ELF file's data, as the dynamic loader will set them."""
+
+    def __init__(self, image: ElfImage) -> None:
+        self.image = image
+
+    @cached_property
+    def relative(self) -> dict[int, int]:
+        """r_offset -> addend of every R_X86_64_RELATIVE relocation (PIC files)."""
+        out: dict[int, int] = {}
+        for name in (".rela.dyn",):
+            data = self.image.section_data(name)
+            if not data:
+                continue
+            for offset, info, addend in struct.iter_unpack("<QQq", data):
+                if info & 0xFFFFFFFF == R_X86_64_RELATIVE:
+                    out[offset] = addend
+        return out
+
+    @cached_property
+    def by_target(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for offset, addend in self.relative.items():
+            out.setdefault(addend, []).append(offset)
+        return out
+
+    def pointer_at(self, vaddr: int) -> int:
+        if self.image.is_pie:
+            return self.relative.get(vaddr, 0)
+        data = self.image.read_vaddr(vaddr, 8)
+        return _U64.unpack(data)[0] if len(data) == 8 else 0
+
+    def int_at(self, vaddr: int) -> int | None:
+        data = self.image.read_vaddr(vaddr, 4)
+        return struct.unpack("<i", data)[0] if len(data) == 4 else None
+
+    def referrers(self, target: int) -> list[int]:
+        """Addresses of pointers to ``target``."""
+        if self.image.is_pie:
+            return self.by_target.get(target, [])
+        needle = _U64.pack(target)
+        out = []
+        for name in (".data", ".data.rel.ro"):
+            sec = self.image.sections.get(name)
+            data = self.image.section_data(name) if sec else None
+            if not data or sec is None:
+                continue
+            pos = data.find(needle)
+            while pos >= 0:
+                if pos % 8 == 0:
+                    out.append(sec.addr + pos)
+                pos = data.find(needle, pos + 1)
+        return out
+
+    def strings(self, text: str) -> Iterator[int]:
+        """Addresses of the NUL-terminated ``text`` (possibly the tail of a longer string)."""
+        needle = text.encode() + b"\0"
+        for name in (".rodata",):
+            sec = self.image.sections.get(name)
+            data = self.image.section_data(name) if sec else None
+            if not data or sec is None:
+                continue
+            pos = data.find(needle)
+            while pos >= 0:
+                yield sec.addr + pos
+                pos = data.find(needle, pos + 1)
+
+
+def _from_method_table(tables: _Tables) -> int | None:
+    for name_addr in tables.strings(TASK_WAKEUP):
+        for ml_name in tables.referrers(name_addr):
+            meth = tables.pointer_at(ml_name + 8)
+            flags = tables.int_at(ml_name + 16)
+            if meth and flags is not None and flags & METH_O:
+                return meth
+    return None
+
+
+def _from_type(tables: _Tables, type_call_offset: int) -> tuple[int, str] | None:
+    names = list(tables.strings("_asyncio.TaskStepMethWrapper"))
+    names += [a for a in tables.strings("TaskStepMethWrapper") if a not in names]
+    for name_addr in names:
+        for ref in tables.referrers(name_addr):
+            # 3.12+: PyType_Spec {name, basicsize, itemsize, flags, slots}
+            slots = tables.pointer_at(ref + 24)
+            for i in range(64):
+                if not slots:
+                    break
+                slot = tables.int_at(slots + 16 * i)
+                if not slot:
+                    break
+                if slot == PY_TP_CALL:
+                    func = tables.pointer_at(slots + 16 * i + 8)
+                    if func:
+                        return func, "type spec"
+            # 3.11: a static PyTypeObject whose tp_name is this string
+            func = tables.pointer_at(ref - 24 + type_call_offset)
+            if func:
+                return func, "type object"
+    return None
+
+
+def _site(image: ElfImage, function: str, entry: int, found_by: str) -> ProbeSite | None:
+    code = image.read_vaddr(entry, 8)
+    if not code:
+        return None
+    address = entry + 4 if code.startswith(ENDBR64) else entry
+    code = code[address - entry:]
+    offset = image.file_offset(address)
+    if offset is None:
+        return None
+    return ProbeSite(function, entry, address, offset, _classify(code), found_by)
+
+
+def find_step_sites(image: ElfImage, debug: ElfImage | None, type_call_offset: int
+                    ) -> tuple[dict[str, ProbeSite], list[str]]:
+    """Probe sites of the step functions in ``image`` (the file holding _asyncio), and
+    for each function not found, why."""
+    wanted = set(STEP_FUNCTIONS)
+    found: dict[str, tuple[int, str]] = {}
+    for name, addr in image.symbols(wanted, tables=(".symtab",)).items():
+        found[name] = (addr, "symtab")
+    if debug is not None and len(found) < len(wanted):
+        for name, addr in debug.symbols(wanted - found.keys(), tables=(".symtab",)).items():
+            found[name] = (addr, "debug file")
+    tables = _Tables(image)
+    if TASK_WAKEUP not in found:
+        addr = _from_method_table(tables)
+        if addr:
+            found[TASK_WAKEUP] = (addr, "method table")
+    if STEP_WRAPPER_CALL not in found:
+        hit = _from_type(tables, type_call_offset)
+        if hit:
+            found[STEP_WRAPPER_CALL] = hit
+    sites: dict[str, ProbeSite] = {}
+    notes: list[str] = []
+    for name in STEP_FUNCTIONS:
+        if name not in found:
+            notes.append(f"{name} not found in {image.name} (no symbol, debug file or table)")
+            continue
+        site = _site(image, name, *found[name])
+        if site is None:
+            notes.append(f"{name} at {found[name][0]:#x} is not in a loaded segment")
+        else:
+            sites[name] = site
+    return sites, notes
