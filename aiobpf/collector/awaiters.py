@@ -106,7 +106,7 @@ class AwaiterIndex:
     def _from_callback(self, cb: int, depth: int, seen: set[int]) -> Iterable[Awaiter]:
         objs = self.objs
         L = objs.layout.values
-        kind = objs.kind(cb)
+        kind = objs.kind(cb).lstrip("~")  # functools.partial is a heap type on 3.11
         referenced: list[int] = []
         if kind == "method":
             owner = objs.mem.ptr(cb + L["method.self"])

@@ -5,8 +5,8 @@ the coroutine's frame awaits the object on top of its value stack (3.11/3.12:
 when the next instruction is a RESUME with oparg >= 2; 3.13+: when the frame
 state says "suspended in yield from").  The chain is followed through
 coroutines, generators (generator-based coroutines, ``__await__`` written as a
-generator), async generators (their ``asend``/``athrow`` awaitables) and
-coroutine wrappers, and stops at the first object that has no frame (a
+generator), async generators (their ``asend``/``athrow`` awaitables and
+``anext(agen, default)``) and coroutine wrappers, and stops at the first object that has no frame (a
 Future, a custom awaitable): that object is returned as what the task awaits.
 """
 
@@ -239,6 +239,8 @@ class Frames:
                 obj = mem.ptr(obj + self.L["athrow.gen"])
             elif kind == "coroutine_wrapper":
                 obj = mem.ptr(obj + self.L["corowrapper.coroutine"])
+            elif kind == "anext_awaitable":  # anext(agen, default)
+                obj = mem.ptr(obj + self.L["anext.wrapped"])
             else:
                 out.awaited = obj
                 return out

@@ -39,13 +39,16 @@ def _natural(name: str) -> list[object]:
     return [int(p) if p.isdigit() else p for p in _DIGITS.split(name)]
 
 
-def order_tasks(tasks: list[Task], pid: int, *, by_name: bool) -> list[Task]:
-    """Main thread first, then other threads; within a thread, creation order where the
-    interpreter keeps it (3.14+ lists), else by name ("Task-2" before "Task-10")."""
+def order_tasks(tasks: list[Task], thread_order: list[int], *, by_name: bool) -> list[Task]:
+    """Threads in the interpreter's order (newest first, as 3.15's own tool lists them),
+    tasks of no known thread last; within a thread, creation order where the interpreter
+    keeps it (3.14+ lists), else by name ("Task-2" before "Task-10")."""
+    rank = {tid: i for i, tid in enumerate(thread_order)}
+    last = len(rank)
 
     def key(task: Task) -> tuple:
-        rank = (0 if task.thread_id == pid else 1 if task.thread_id else 2, task.thread_id)
-        return (*rank, _natural(task.name), task.id) if by_name else rank
+        where = rank.get(task.thread_id, last)
+        return (where, _natural(task.name), task.id) if by_name else (where,)
 
     return sorted(tasks, key=key)
 
@@ -127,7 +130,7 @@ class Collector:
         for task in records:
             if any(a.is_task and a.id not in ids for a in task.awaited_by):
                 task.awaited_by = [a for a in task.awaited_by if not a.is_task or a.id in ids]
-        tasks = order_tasks(records, self.target.pid, by_name=not self.linked)
+        tasks = order_tasks(records, [ts.native_id for ts in threads], by_name=not self.linked)
         return Snapshot(
             pid=self.target.pid,
             python_version=self.target.version_str,

@@ -105,6 +105,7 @@ FIELDS: tuple[Field, ...] = (
     _f("asend.gen", CORE, "PyAsyncGenASend:ags_gen"),
     _f("athrow.gen", CORE, "PyAsyncGenAThrow:agt_gen"),
     _f("corowrapper.coroutine", CORE, "PyCoroWrapper:cw_coroutine"),
+    _f("anext.wrapped", CORE, "anextawaitableobject:wrapped"),
     # objects and types
     _f("object.type", CORE, "PyObject:ob_type", debug="pyobject.ob_type"),
     _f("varobject.size", CORE, "PyVarObject:ob_size", debug="tuple_object.ob_size"),
@@ -190,6 +191,7 @@ FIELDS: tuple[Field, ...] = (
     _f("task.is_task", ASYNCIO, "TaskObj:task_is_task", adebug="asyncio_task_object.task_is_task"),
     _f("task.node", ASYNCIO, "TaskObj:task_node", adebug="asyncio_task_object.task_node"),
     _f("futureiter.future", ASYNCIO, "futureiterobject:future"),
+    _f("stepwrapper.task", ASYNCIO, "TaskStepMethWrapper:sw_task"),
     _f("enum.STATE_PENDING", ASYNCIO, "enum STATE_PENDING"),
     _f("enum.STATE_CANCELLED", ASYNCIO, "enum STATE_CANCELLED"),
     _f("enum.STATE_FINISHED", ASYNCIO, "enum STATE_FINISHED"),

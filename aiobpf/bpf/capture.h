@@ -1,0 +1,96 @@
+/* Structures shared by capture.bpf.c and its user side (aiobpf/collector/loader.py,
+ * which mirrors them with ctypes).  Keep both in step: the loader checks sizes. */
+#ifndef AIOBPF_CAPTURE_H
+#define AIOBPF_CAPTURE_H
+
+#define AIOBPF_MAX_DEPTH 32      /* coroutine frames captured per task */
+#define AIOBPF_MAX_RESUME_OPS 4  /* RESUME opcode variants (3.11/3.12 chain test) */
+#define AIOBPF_HIST_SLOTS 64
+
+/* Everything version-specific the programs need, per traced process. */
+struct target_config {
+    /* objects */
+    __u32 ob_type;
+    /* task objects */
+    __u32 task_coro, task_name, task_fut_waiter, task_awaited_by, task_awaited_by_is_set;
+    __u32 task_state;
+    __u32 wrapper_task;            /* TaskStepMethWrapper.sw_task */
+    /* generators and their embedded interpreter frame */
+    __u32 gen_frame_state, gen_iframe;
+    __u32 frame_code, frame_instr, frame_stack;  /* stack: stackpointer (3.14+) or stacktop */
+    __u32 frame_localsplus;
+    __u32 gen_span;                /* bytes read at once from a generator (<= 512) */
+    __s8 st_created, st_executing, st_suspended, st_yf, st_yf_locked, st_cleared;
+    __u8 stack_is_pointer;         /* 1: frame_stack is a pointer, 0: an int index */
+    __u8 yf_by_oparg;              /* 3.11/3.12: test the RESUME after the frame's instr */
+    __u8 yf_depth;                 /* stack slot (from the top) of the awaited object */
+    __u8 resume_offset;            /* RESUME is at instr + resume_offset */
+    __u8 trace;                    /* emit one event per step */
+    __u8 pad0;
+    __u8 resume_ops[AIOBPF_MAX_RESUME_OPS];
+    __u64 ref_clear;               /* mask clearing _PyStackRef tag bits */
+    __u64 int_tag;                 /* tagged-int marker (low two bits), 0: none */
+    __u64 coro_type, gen_type, asyncgen_type;  /* run-time type object addresses */
+    __u64 pending_state;           /* value of STATE_PENDING */
+};
+
+struct frame_ref {
+    __u64 code;                    /* code object */
+    __u64 instr;                   /* instruction pointer (prev_instr on 3.11/3.12) */
+};
+
+enum capture_state {
+    CAPTURE_SUSPENDED = 1,         /* innermost frame awaits `awaited` */
+    CAPTURE_FINISHED = 2,          /* the task's coroutine is done */
+    CAPTURE_RUNNING = 3,           /* a frame was still executing (nested loop, eager) */
+    CAPTURE_CREATED = 4,           /* not started yet */
+};
+
+/* The state of one task as the step that just ended left it. */
+struct task_record {
+    __u64 task, coro, name, fut_waiter, awaited_by, awaited;
+    __u64 taken_ns;                /* when the step ended and this was read */
+    __u64 step_start_ns;           /* when that step started */
+    __u64 steps;                   /* steps seen since tracing began */
+    __u64 step_ns;                 /* their total duration */
+    __u32 pid, tid;
+    __u32 depth;                   /* frames[] in use, outermost first */
+    __u8 state;                    /* enum capture_state */
+    __u8 awaited_by_is_set;
+    __u8 truncated;                /* the chain was deeper than AIOBPF_MAX_DEPTH */
+    __u8 pad;
+    struct frame_ref frames[AIOBPF_MAX_DEPTH];
+};
+
+struct task_key {
+    __u32 pid;
+    __u32 pad;
+    __u64 task;
+};
+
+/* What a thread is doing: the task stepping on it, and when its loop last woke. */
+struct thread_state {
+    __u64 task;
+    __u64 start_ns;
+    __u64 woke_ns;
+};
+
+struct hist_key {
+    __u32 pid;
+    __u32 slot;
+};
+
+enum counter {
+    COUNT_STEPS = 0,
+    COUNT_CAPTURES = 1,
+    COUNT_READ_ERRORS = 2,
+    COUNT_EVENTS_LOST = 3,
+    COUNT_MAX = 4,
+};
+
+struct counter_key {
+    __u32 pid;
+    __u32 counter;
+};
+
+#endif

@@ -1,0 +1,235 @@
+"""Load aiobpf/bpf/capture.bpf.c with bcc, attach its probes, and read its maps.
+
+One ``Capture`` serves any number of processes and Python versions: probes are
+attached once per file (a uprobe belongs to an inode, not a process), and a
+process is traced when its per-process configuration is in the ``targets``
+map.  Probes are perf-event based: the kernel removes them when aiobpf's file
+descriptors close, so nothing outlives aiobpf, even after SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiobpf.collector import procfs
+from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_WAKEUP, ProbeSite, find_step_sites
+from aiobpf.collector.target import Target
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+MAX_DEPTH = 32
+MAX_RESUME_OPS = 4
+HIST_SLOTS = 64
+COUNTERS = ("steps", "captures", "read_errors", "events_lost")
+_HANDLERS = {TASK_WAKEUP: "on_task_wakeup", STEP_WRAPPER_CALL: "on_step_wrapper"}
+
+
+class CaptureUnavailable(Exception):
+    """BPF capture cannot run here (no bcc, no privileges, no probe sites)."""
+
+
+# -- the structures of capture.h ------------------------------------------------
+class TargetConfig(ct.Structure):
+    _fields_ = [
+        ("ob_type", ct.c_uint32),
+        ("task_coro", ct.c_uint32), ("task_name", ct.c_uint32),
+        ("task_fut_waiter", ct.c_uint32), ("task_awaited_by", ct.c_uint32),
+        ("task_awaited_by_is_set", ct.c_uint32), ("task_state", ct.c_uint32),
+        ("wrapper_task", ct.c_uint32),
+        ("gen_frame_state", ct.c_uint32), ("gen_iframe", ct.c_uint32),
+        ("frame_code", ct.c_uint32), ("frame_instr", ct.c_uint32), ("frame_stack", ct.c_uint32),
+        ("frame_localsplus", ct.c_uint32), ("gen_span", ct.c_uint32),
+        ("st_created", ct.c_int8), ("st_executing", ct.c_int8), ("st_suspended", ct.c_int8),
+        ("st_yf", ct.c_int8), ("st_yf_locked", ct.c_int8), ("st_cleared", ct.c_int8),
+        ("stack_is_pointer", ct.c_uint8), ("yf_by_oparg", ct.c_uint8), ("yf_depth", ct.c_uint8),
+        ("resume_offset", ct.c_uint8), ("trace", ct.c_uint8), ("pad0", ct.c_uint8),
+        ("resume_ops", ct.c_uint8 * MAX_RESUME_OPS),
+        ("ref_clear", ct.c_uint64), ("int_tag", ct.c_uint64),
+        ("coro_type", ct.c_uint64), ("gen_type", ct.c_uint64), ("asyncgen_type", ct.c_uint64),
+        ("pending_state", ct.c_uint64),
+    ]
+
+
+class FrameRef(ct.Structure):
+    _fields_ = [("code", ct.c_uint64), ("instr", ct.c_uint64)]
+
+
+class TaskRecord(ct.Structure):
+    _fields_ = [
+        ("task", ct.c_uint64), ("coro", ct.c_uint64), ("name", ct.c_uint64),
+        ("fut_waiter", ct.c_uint64), ("awaited_by", ct.c_uint64), ("awaited", ct.c_uint64),
+        ("taken_ns", ct.c_uint64), ("step_start_ns", ct.c_uint64),
+        ("steps", ct.c_uint64), ("step_ns", ct.c_uint64),
+        ("pid", ct.c_uint32), ("tid", ct.c_uint32), ("depth", ct.c_uint32),
+        ("state", ct.c_uint8), ("awaited_by_is_set", ct.c_uint8), ("truncated", ct.c_uint8),
+        ("pad", ct.c_uint8),
+        ("frames", FrameRef * MAX_DEPTH),
+    ]
+
+
+class TaskKey(ct.Structure):
+    _fields_ = [("pid", ct.c_uint32), ("pad", ct.c_uint32), ("task", ct.c_uint64)]
+
+
+class PidSlot(ct.Structure):
+    """struct hist_key and struct counter_key: a process and a slot or counter."""
+
+    _fields_ = [("pid", ct.c_uint32), ("slot", ct.c_uint32)]
+
+
+CAPTURE_SUSPENDED, CAPTURE_FINISHED, CAPTURE_RUNNING, CAPTURE_CREATED = 1, 2, 3, 4
+# The maps, with the ctypes of their keys and values (bcc cannot decode int8 fields).
+_TABLES = {
+    "targets": (ct.c_uint32, TargetConfig),
+    "records": (TaskKey, TaskRecord),
+    "counters": (PidSlot, ct.c_uint64),
+    "step_hist": (PidSlot, ct.c_uint64),
+    "delay_hist": (PidSlot, ct.c_uint64),
+    "depth_hist": (PidSlot, ct.c_uint64),
+}
+
+
+def target_config(target: Target, trace: bool = False) -> TargetConfig:
+    """The per-process settings of the BPF programs, from the target's layout."""
+    L = target.layout.values
+    c = target.layout.consts
+    cfg = TargetConfig()
+    cfg.ob_type = L["object.type"]
+    cfg.task_coro, cfg.task_name = L["task.coro"], L["task.name"]
+    cfg.task_fut_waiter, cfg.task_state = L["task.fut_waiter"], L["task.state"]
+    cfg.task_awaited_by = L.get("task.awaited_by", 0)
+    cfg.task_awaited_by_is_set = L.get("task.awaited_by_is_set", 0)
+    cfg.wrapper_task = L["stepwrapper.task"]
+    cfg.gen_frame_state, cfg.gen_iframe = L["gen.frame_state"], L["gen.iframe"]
+    cfg.frame_code, cfg.frame_instr = L["frame.code"], L["frame.instr_ptr"]
+    cfg.stack_is_pointer = int("frame.stackpointer" in L)
+    cfg.frame_stack = L["frame.stackpointer"] if cfg.stack_is_pointer else L["frame.stacktop"]
+    cfg.frame_localsplus = L["frame.localsplus"]
+    frame_end = max(cfg.frame_code, cfg.frame_instr, cfg.frame_stack) + 8
+    cfg.gen_span = min(cfg.gen_iframe + frame_end, 504)
+    cfg.st_created, cfg.st_executing = L["enum.FRAME_CREATED"], L["enum.FRAME_EXECUTING"]
+    cfg.st_suspended, cfg.st_cleared = L["enum.FRAME_SUSPENDED"], L["enum.FRAME_CLEARED"]
+    yf = L.get("enum.FRAME_SUSPENDED_YIELD_FROM", 127)
+    cfg.st_yf = yf
+    cfg.st_yf_locked = L.get("enum.FRAME_SUSPENDED_YIELD_FROM_LOCKED", yf)
+    cfg.yf_by_oparg = int("enum.FRAME_SUSPENDED_YIELD_FROM" not in L)
+    cfg.yf_depth = c.yield_from_depth
+    cfg.resume_offset = c.resume_offset
+    ops = sorted(c.resume_opcodes)[:MAX_RESUME_OPS]
+    ops += [ops[0] if ops else 0] * (MAX_RESUME_OPS - len(ops))
+    cfg.resume_ops = (ct.c_uint8 * MAX_RESUME_OPS)(*ops)
+    cfg.ref_clear = ~c.stackref_clear & 0xFFFF_FFFF_FFFF_FFFF
+    cfg.int_tag = c.stackref_int_tag or 0
+    types = target.core.image.symbols({"PyCoro_Type", "PyGen_Type", "PyAsyncGen_Type"})
+    cfg.coro_type = target.core.addr(types["PyCoro_Type"])
+    cfg.gen_type = target.core.addr(types["PyGen_Type"])
+    cfg.asyncgen_type = target.core.addr(types["PyAsyncGen_Type"])
+    cfg.pending_state = L["enum.STATE_PENDING"]
+    cfg.trace = int(trace)
+    return cfg
+
+
+@dataclass
+class Attachment:
+    """Probes placed for one process: which functions, where, found how."""
+
+    pid: int
+    sites: dict[str, ProbeSite] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.sites)
+
+
+class Capture:
+    """The compiled capture programs, their probes and maps."""
+
+    def __init__(self) -> None:
+        try:
+            from bcc import BPF  # Debian's python3-bpfcc; slow to import, so only here
+        except ImportError as exc:
+            raise CaptureUnavailable("bcc is not installed (apt install python3-bpfcc)") from exc
+        try:
+            self.bpf = BPF(src_file=str(BPF_DIR / "capture.bpf.c").encode(),
+                           cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
+        except Exception as exc:  # bcc raises bare Exceptions
+            raise CaptureUnavailable(f"the BPF programs did not load: {exc}") from exc
+        self._lib = __import__("bcc").lib
+        self.tables = {name: self.bpf.get_table(name, keytype=key, leaftype=value)
+                       for name, (key, value) in _TABLES.items()}
+        self._fds: dict[tuple[int, int, int], int] = {}   # (dev, inode, offset) -> perf fd
+        self._targets: dict[int, Attachment] = {}
+
+    # -- probes ---------------------------------------------------------------------
+    def _attach(self, host_path: Path, site: ProbeSite) -> None:
+        st = os.stat(host_path)
+        key = (st.st_dev, st.st_ino, site.file_offset)
+        if key in self._fds:
+            return
+        fn = self.bpf.load_func(_HANDLERS[site.function].encode(), self.bpf.KPROBE)
+        ev_name = f"aiobpf_{os.getpid()}_{st.st_ino:x}_{site.file_offset:x}".encode()
+        fd = self._lib.bpf_attach_uprobe(fn.fd, 0, ev_name, str(host_path).encode(),
+                                         site.file_offset, -1)
+        if fd < 0:
+            raise CaptureUnavailable(f"could not attach a uprobe to {site.function} in "
+                                     f"{host_path.name} (+{site.file_offset:#x})")
+        self._fds[key] = fd
+
+    def add(self, target: Target, debug=None, trace: bool = False) -> Attachment:
+        """Trace ``target``: place the probes of its _asyncio file (once per file) and
+        hand its layout to the programs."""
+        holder = target.asyncio or target.core
+        sites, notes = find_step_sites(holder.image, debug, target.layout["type.call"])
+        attachment = Attachment(target.pid, sites, notes)
+        if not sites:
+            return attachment
+        mapping = next(m for m in target.maps if m.path == holder.path)
+        host_path = procfs.open_mapped(target.pid, mapping)
+        for site in sites.values():
+            self._attach(host_path, site)
+        self.tables["targets"][ct.c_uint32(target.pid)] = target_config(target, trace)
+        self._targets[target.pid] = attachment
+        return attachment
+
+    def remove(self, pid: int) -> None:
+        """Stop tracing ``pid`` (its probes stay while other processes share the file)."""
+        self._targets.pop(pid, None)
+        with contextlib.suppress(KeyError):
+            del self.tables["targets"][ct.c_uint32(pid)]
+        for table in ("records", "counters", "step_hist", "delay_hist", "depth_hist"):
+            for key in [k for k in self.tables[table] if k.pid == pid]:
+                with contextlib.suppress(KeyError):
+                    del self.tables[table][key]
+
+    # -- maps --------------------------------------------------------------------------
+    def records(self, pid: int) -> dict[int, TaskRecord]:
+        """The latest record of every task of ``pid`` that stepped since tracing began."""
+        out = {}
+        for key, value in self.tables["records"].items():
+            if key.pid == pid:
+                record = TaskRecord()
+                ct.memmove(ct.byref(record), ct.byref(value), ct.sizeof(TaskRecord))
+                out[key.task] = record
+        return out
+
+    def counters(self, pid: int) -> dict[str, int]:
+        out = dict.fromkeys(COUNTERS, 0)
+        for key, value in self.tables["counters"].items():
+            if key.pid == pid and key.slot < len(COUNTERS):
+                out[COUNTERS[key.slot]] = value.value
+        return out
+
+    def histogram(self, name: str, pid: int) -> dict[int, int]:
+        """slot -> count of one of step_hist, delay_hist (log2 ns), depth_hist (frames)."""
+        return {k.slot: v.value for k, v in self.tables[name].items() if k.pid == pid}
+
+    def close(self) -> None:
+        """Detach every probe and release the programs."""
+        for fd in self._fds.values():
+            self._lib.bpf_close_perf_event_fd(fd)
+        self._fds.clear()
+        self.bpf.cleanup()
