@@ -10,7 +10,9 @@
  * the task's latest record.  Offsets come per process from `targets`, so one
  * program serves every supported Python and every traced process.
  *
- * Settings are map values, not text pasted into this source.
+ * Every event costs the traced program time, so the hot path does one lookup of
+ * the process (settings and counters share a map value), one of the thread, and
+ * rewrites a task's record only when its stack changed.
  */
 #include <uapi/linux/ptrace.h>
 #include "capture.h"
@@ -20,28 +22,16 @@
 #define MAX_RECORDS 262144
 #define GEN_BUF 512
 
-BPF_HASH(targets, u32, struct target_config, MAX_TARGETS);
-BPF_HASH(threads, u32, struct thread_state, MAX_THREADS);
-BPF_TABLE("lru_hash", struct task_key, struct task_record, records, MAX_RECORDS);
-BPF_PERCPU_ARRAY(scratch, struct task_record, 1);
 struct gen_buf {
     char bytes[GEN_BUF];
 };
-BPF_PERCPU_ARRAY(genbuf, struct gen_buf, 1);
-BPF_HASH(counters, struct counter_key, u64, MAX_TARGETS * COUNT_MAX);
-BPF_HASH(step_hist, struct hist_key, u64, MAX_TARGETS * AIOBPF_HIST_SLOTS);
-BPF_HASH(delay_hist, struct hist_key, u64, MAX_TARGETS * AIOBPF_HIST_SLOTS);
-BPF_HASH(depth_hist, struct hist_key, u64, MAX_TARGETS * AIOBPF_HIST_SLOTS);
-BPF_RINGBUF_OUTPUT(events, 1024);
 
-static __always_inline void count(u32 pid, u32 which, u64 n)
-{
-    struct counter_key key = {.pid = pid, .counter = which};
-    u64 zero = 0;
-    u64 *v = counters.lookup_or_try_init(&key, &zero);
-    if (v)
-        __sync_fetch_and_add(v, n);
-}
+BPF_HASH(targets, u32, struct target, MAX_TARGETS);
+BPF_HASH(threads, u32, struct thread_state, MAX_THREADS);
+BPF_TABLE("lru_hash", struct task_key, struct task_record, records, MAX_RECORDS);
+BPF_PERCPU_ARRAY(scratch, struct task_record, 1);
+BPF_PERCPU_ARRAY(genbuf, struct gen_buf, 1);
+BPF_RINGBUF_OUTPUT(events, 1024);
 
 static __always_inline u32 log2l(u64 v)
 {
@@ -54,31 +44,6 @@ static __always_inline u32 log2l(u64 v)
         }
     }
     return r;
-}
-
-static __always_inline struct hist_key hist_key(u32 pid, u32 slot)
-{
-    struct hist_key key = {.pid = pid, .slot = slot < AIOBPF_HIST_SLOTS ? slot : AIOBPF_HIST_SLOTS - 1};
-    return key;
-}
-
-/* bcc rewrites map method calls in place: one small function per histogram. */
-static __always_inline void step_hist_add(u32 pid, u32 slot)
-{
-    struct hist_key key = hist_key(pid, slot);
-    step_hist.increment(key);
-}
-
-static __always_inline void delay_hist_add(u32 pid, u32 slot)
-{
-    struct hist_key key = hist_key(pid, slot);
-    delay_hist.increment(key);
-}
-
-static __always_inline void depth_hist_add(u32 pid, u32 slot)
-{
-    struct hist_key key = hist_key(pid, slot);
-    depth_hist.increment(key);
 }
 
 static __always_inline u64 field(char *buf, u32 off)
@@ -96,10 +61,11 @@ static __always_inline u64 ref_to_object(struct target_config *cfg, u64 bits)
     return bits & cfg->ref_clear;
 }
 
-/* Read task `task`'s coroutine chain into its record: the step it ran has ended. */
-static __always_inline void capture(struct target_config *cfg, u32 pid, u32 tid, u64 task,
+/* Read the coroutine chain of `task`, whose step just ended, into its record. */
+static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task,
                                     u64 start, u64 now)
 {
+    struct target_config *cfg = &t->cfg;
     u32 zero = 0;
     struct task_record *r = scratch.lookup(&zero);
     struct gen_buf *gb = genbuf.lookup(&zero);
@@ -111,34 +77,30 @@ static __always_inline void capture(struct target_config *cfg, u32 pid, u32 tid,
     r->tid = tid;
     r->taken_ns = now;
     r->step_start_ns = start;
-    r->depth = 0;
     r->truncated = 0;
     r->awaited = 0;
     r->state = CAPTURE_FINISHED;
-    u64 state = 0;
-    u8 is_set = 0;
-    int err = bpf_probe_read_user(&r->coro, 8, (void *)(task + cfg->task_coro));
-    err |= bpf_probe_read_user(&r->name, 8, (void *)(task + cfg->task_name));
-    err |= bpf_probe_read_user(&r->fut_waiter, 8, (void *)(task + cfg->task_fut_waiter));
-    err |= bpf_probe_read_user(&state, 4, (void *)(task + cfg->task_state));
-    r->awaited_by = 0;
-    if (cfg->task_awaited_by) {
-        err |= bpf_probe_read_user(&r->awaited_by, 8, (void *)(task + cfg->task_awaited_by));
-        err |= bpf_probe_read_user(&is_set, 1, (void *)(task + cfg->task_awaited_by_is_set));
-    }
-    r->awaited_by_is_set = is_set;
-    if (err) {
-        count(pid, COUNT_READ_ERRORS, 1);
+    /* Every user-memory read costs ~100 ns: the task's fields come in one read. */
+    u32 tspan = cfg->task_span & (GEN_BUF - 1);
+    if (tspan < 16 || bpf_probe_read_user(buf, tspan, (void *)task)) {
+        __sync_fetch_and_add(&t->stats.read_errors, 1);
         return;
     }
+    r->coro = field(buf, cfg->task_coro);
+    r->name = field(buf, cfg->task_name);
+    r->fut_waiter = field(buf, cfg->task_fut_waiter);
+    u64 state = field(buf, cfg->task_state) & 0xffffffff;
+    r->awaited_by = cfg->task_awaited_by ? field(buf, cfg->task_awaited_by) : 0;
+    r->awaited_by_is_set = cfg->task_awaited_by ? field(buf, cfg->task_awaited_by_is_set) & 1 : 0;
     u64 obj = state == cfg->pending_state ? r->coro : 0;
     u32 span = cfg->gen_span & (GEN_BUF - 1);
     u32 depth = 0;
+    u64 signature = r->awaited_by ^ r->fut_waiter;
     for (int i = 0; i < AIOBPF_MAX_DEPTH; i++) {
         if (!obj || span < 16)
             break;
         if (bpf_probe_read_user(buf, span, (void *)obj)) {
-            count(pid, COUNT_READ_ERRORS, 1);
+            __sync_fetch_and_add(&t->stats.read_errors, 1);
             break;
         }
         u64 type = field(buf, cfg->ob_type);
@@ -162,6 +124,7 @@ static __always_inline void capture(struct target_config *cfg, u32 pid, u32 tid,
         u32 slot = depth & (AIOBPF_MAX_DEPTH - 1);
         r->frames[slot].code = code;
         r->frames[slot].instr = instr;
+        signature = signature * 1000003 ^ code ^ (instr << 1);
         depth++;
         if (fstate == cfg->st_executing) {
             r->state = CAPTURE_RUNNING;
@@ -193,8 +156,10 @@ static __always_inline void capture(struct target_config *cfg, u32 pid, u32 tid,
             top = frame + cfg->frame_localsplus + 8 * (s64)(index - cfg->yf_depth);
         }
         u64 bits = 0;
-        if (bpf_probe_read_user(&bits, 8, (void *)top)) {
-            count(pid, COUNT_READ_ERRORS, 1);
+        if (top >= obj && top + 8 <= obj + span) {
+            bits = field(buf, (u32)(top - obj));   /* the slot came with the generator */
+        } else if (bpf_probe_read_user(&bits, 8, (void *)top)) {
+            __sync_fetch_and_add(&t->stats.read_errors, 1);
             break;
         }
         obj = ref_to_object(cfg, bits);
@@ -202,73 +167,82 @@ static __always_inline void capture(struct target_config *cfg, u32 pid, u32 tid,
     if (depth == AIOBPF_MAX_DEPTH && obj)
         r->truncated = 1;
     r->depth = depth;
+    signature ^= r->awaited ^ ((u64)r->state << 56) ^ depth;
+    r->signature = signature;
 
+    u64 duration = now - start;
     struct task_key key = {.pid = pid, .task = task};
     struct task_record *old = records.lookup(&key);
-    u64 duration = now - start;
-    r->steps = (old ? old->steps : 0) + 1;
-    r->step_ns = (old ? old->step_ns : 0) + duration;
-    records.update(&key, r);
-    count(pid, COUNT_CAPTURES, 1);
-    step_hist_add(pid, log2l(duration));
-    if (r->state == CAPTURE_SUSPENDED)
-        depth_hist_add(pid, depth);
+    if (old && old->signature == signature && old->coro == r->coro) {
+        /* Suspended where it was last time: update the counts in place. */
+        old->steps += 1;
+        old->step_ns += duration;
+        old->taken_ns = now;
+        old->step_start_ns = start;
+        old->tid = tid;
+    } else {
+        r->steps = (old ? old->steps : 0) + 1;
+        r->step_ns = (old ? old->step_ns : 0) + duration;
+        records.update(&key, r);
+    }
+    __sync_fetch_and_add(&t->stats.captures, 1);
+    __sync_fetch_and_add(&t->stats.step_hist[log2l(duration) & (AIOBPF_HIST_SLOTS - 1)], 1);
+    if (r->state == CAPTURE_SUSPENDED && depth <= AIOBPF_MAX_DEPTH)
+        __sync_fetch_and_add(&t->stats.depth_hist[depth], 1);
     if (cfg->trace) {
         if (events.ringbuf_output(r, sizeof(*r), 0))
-            count(pid, COUNT_EVENTS_LOST, 1);
+            __sync_fetch_and_add(&t->stats.events_lost, 1);
     }
 }
 
-static __always_inline void end_step(struct target_config *cfg, u32 pid, u32 tid,
-                                     struct thread_state *ts, u64 now)
-{
-    u64 task = ts->task;
-    ts->task = 0;
-    capture(cfg, pid, tid, task, ts->start_ns, now);
-}
-
-static __always_inline int step_start(u64 task)
+static __always_inline int step_start(struct target *t, u64 task)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 pid = id >> 32, tid = (u32)id;
-    struct target_config *cfg = targets.lookup(&pid);
-    if (!cfg || !task)
+    if (!task)
         return 0;
     u64 now = bpf_ktime_get_ns();
-    struct thread_state fresh = {};
     struct thread_state *ts = threads.lookup(&tid);
     if (!ts) {
+        struct thread_state fresh = {};
         threads.update(&tid, &fresh);
         ts = threads.lookup(&tid);
         if (!ts)
             return 0;
     }
-    if (ts->task)
-        end_step(cfg, pid, tid, ts, now);
+    if (ts->task) {
+        u64 prev = ts->task;
+        ts->task = 0;
+        capture(t, pid, tid, prev, ts->start_ns, now);
+    }
     if (ts->woke_ns)
-        delay_hist_add(pid, log2l(now - ts->woke_ns));
+        __sync_fetch_and_add(&t->stats.delay_hist[log2l(now - ts->woke_ns) & (AIOBPF_HIST_SLOTS - 1)], 1);
     ts->task = task;
     ts->start_ns = now;
-    count(pid, COUNT_STEPS, 1);
+    __sync_fetch_and_add(&t->stats.steps, 1);
     return 0;
 }
 
 /* task_wakeup(task, future): the task's awaited future is done. */
 int on_task_wakeup(struct pt_regs *ctx)
 {
-    return step_start(PT_REGS_PARM1(ctx));
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct target *t = targets.lookup(&pid);
+    if (!t)
+        return 0;
+    return step_start(t, PT_REGS_PARM1(ctx));
 }
 
 /* TaskStepMethWrapper.__call__(wrapper, ...): a step scheduled with call_soon. */
 int on_step_wrapper(struct pt_regs *ctx)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct target_config *cfg = targets.lookup(&pid);
-    if (!cfg)
+    struct target *t = targets.lookup(&pid);
+    if (!t)
         return 0;
     u64 task = 0;
-    bpf_probe_read_user(&task, 8, (void *)(PT_REGS_PARM1(ctx) + cfg->wrapper_task));
-    return step_start(task);
+    bpf_probe_read_user(&task, 8, (void *)(PT_REGS_PARM1(ctx) + t->cfg.wrapper_task));
+    return step_start(t, task);
 }
 
 /* The event loop waits for I/O: the step running on this thread, if any, is over. */
@@ -280,14 +254,19 @@ static __always_inline int is_wait(long nr)
 
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
+    if (!is_wait(ctx->args[1]))
+        return 0;
     u64 id = bpf_get_current_pid_tgid();
     u32 pid = id >> 32, tid = (u32)id;
-    struct target_config *cfg = targets.lookup(&pid);
-    if (!cfg || !is_wait(ctx->args[1]))
+    struct target *t = targets.lookup(&pid);
+    if (!t)
         return 0;
     struct thread_state *ts = threads.lookup(&tid);
-    if (ts && ts->task)
-        end_step(cfg, pid, tid, ts, bpf_ktime_get_ns());
+    if (ts && ts->task) {
+        u64 prev = ts->task;
+        ts->task = 0;
+        capture(t, pid, tid, prev, ts->start_ns, bpf_ktime_get_ns());
+    }
     return 0;
 }
 

@@ -19,7 +19,8 @@ struct target_config {
     __u32 gen_frame_state, gen_iframe;
     __u32 frame_code, frame_instr, frame_stack;  /* stack: stackpointer (3.14+) or stacktop */
     __u32 frame_localsplus;
-    __u32 gen_span;                /* bytes read at once from a generator (<= 512) */
+    __u32 gen_span;                /* bytes read at once from a generator (< 512) */
+    __u32 task_span;               /* bytes read at once from a task (< 512) */
     __s8 st_created, st_executing, st_suspended, st_yf, st_yf_locked, st_cleared;
     __u8 stack_is_pointer;         /* 1: frame_stack is a pointer, 0: an int index */
     __u8 yf_by_oparg;              /* 3.11/3.12: test the RESUME after the frame's instr */
@@ -59,6 +60,7 @@ struct task_record {
     __u8 awaited_by_is_set;
     __u8 truncated;                /* the chain was deeper than AIOBPF_MAX_DEPTH */
     __u8 pad;
+    __u64 signature;               /* hash of frames[]: an unchanged stack is not copied */
     struct frame_ref frames[AIOBPF_MAX_DEPTH];
 };
 
@@ -75,22 +77,21 @@ struct thread_state {
     __u64 woke_ns;
 };
 
-struct hist_key {
-    __u32 pid;
-    __u32 slot;
+/* What the programs count for one process; updated in place with atomic adds. */
+struct target_stats {
+    __u64 steps;                   /* step starts seen */
+    __u64 captures;                /* records taken */
+    __u64 read_errors;             /* user memory that could not be read */
+    __u64 events_lost;             /* trace events the ring buffer had no room for */
+    __u64 step_hist[AIOBPF_HIST_SLOTS];   /* log2(step duration in ns) */
+    __u64 delay_hist[AIOBPF_HIST_SLOTS];  /* log2(ns from the loop waking to the step) */
+    __u64 depth_hist[AIOBPF_MAX_DEPTH + 1]; /* frames of the suspended stack */
 };
 
-enum counter {
-    COUNT_STEPS = 0,
-    COUNT_CAPTURES = 1,
-    COUNT_READ_ERRORS = 2,
-    COUNT_EVENTS_LOST = 3,
-    COUNT_MAX = 4,
-};
-
-struct counter_key {
-    __u32 pid;
-    __u32 counter;
+/* The value of the `targets` map: settings written by user space, counts by BPF. */
+struct target {
+    struct target_config cfg;
+    struct target_stats stats;
 };
 
 #endif

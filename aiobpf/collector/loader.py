@@ -23,7 +23,6 @@ BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 MAX_DEPTH = 32
 MAX_RESUME_OPS = 4
 HIST_SLOTS = 64
-COUNTERS = ("steps", "captures", "read_errors", "events_lost")
 _HANDLERS = {TASK_WAKEUP: "on_task_wakeup", STEP_WRAPPER_CALL: "on_step_wrapper"}
 
 
@@ -41,7 +40,7 @@ class TargetConfig(ct.Structure):
         ("wrapper_task", ct.c_uint32),
         ("gen_frame_state", ct.c_uint32), ("gen_iframe", ct.c_uint32),
         ("frame_code", ct.c_uint32), ("frame_instr", ct.c_uint32), ("frame_stack", ct.c_uint32),
-        ("frame_localsplus", ct.c_uint32), ("gen_span", ct.c_uint32),
+        ("frame_localsplus", ct.c_uint32), ("gen_span", ct.c_uint32), ("task_span", ct.c_uint32),
         ("st_created", ct.c_int8), ("st_executing", ct.c_int8), ("st_suspended", ct.c_int8),
         ("st_yf", ct.c_int8), ("st_yf_locked", ct.c_int8), ("st_cleared", ct.c_int8),
         ("stack_is_pointer", ct.c_uint8), ("yf_by_oparg", ct.c_uint8), ("yf_depth", ct.c_uint8),
@@ -65,30 +64,35 @@ class TaskRecord(ct.Structure):
         ("steps", ct.c_uint64), ("step_ns", ct.c_uint64),
         ("pid", ct.c_uint32), ("tid", ct.c_uint32), ("depth", ct.c_uint32),
         ("state", ct.c_uint8), ("awaited_by_is_set", ct.c_uint8), ("truncated", ct.c_uint8),
-        ("pad", ct.c_uint8),
+        ("pad", ct.c_uint8), ("signature", ct.c_uint64),
         ("frames", FrameRef * MAX_DEPTH),
     ]
+
+
+class TargetStats(ct.Structure):
+    _fields_ = [
+        ("steps", ct.c_uint64), ("captures", ct.c_uint64),
+        ("read_errors", ct.c_uint64), ("events_lost", ct.c_uint64),
+        ("step_hist", ct.c_uint64 * HIST_SLOTS), ("delay_hist", ct.c_uint64 * HIST_SLOTS),
+        ("depth_hist", ct.c_uint64 * (MAX_DEPTH + 1)),
+    ]
+
+
+class TargetValue(ct.Structure):
+    """struct target: settings from user space, then the programs' counts."""
+
+    _fields_ = [("cfg", TargetConfig), ("stats", TargetStats)]
 
 
 class TaskKey(ct.Structure):
     _fields_ = [("pid", ct.c_uint32), ("pad", ct.c_uint32), ("task", ct.c_uint64)]
 
 
-class PidSlot(ct.Structure):
-    """struct hist_key and struct counter_key: a process and a slot or counter."""
-
-    _fields_ = [("pid", ct.c_uint32), ("slot", ct.c_uint32)]
-
-
 CAPTURE_SUSPENDED, CAPTURE_FINISHED, CAPTURE_RUNNING, CAPTURE_CREATED = 1, 2, 3, 4
 # The maps, with the ctypes of their keys and values (bcc cannot decode int8 fields).
 _TABLES = {
-    "targets": (ct.c_uint32, TargetConfig),
+    "targets": (ct.c_uint32, TargetValue),
     "records": (TaskKey, TaskRecord),
-    "counters": (PidSlot, ct.c_uint64),
-    "step_hist": (PidSlot, ct.c_uint64),
-    "delay_hist": (PidSlot, ct.c_uint64),
-    "depth_hist": (PidSlot, ct.c_uint64),
 }
 
 
@@ -108,8 +112,11 @@ def target_config(target: Target, trace: bool = False) -> TargetConfig:
     cfg.stack_is_pointer = int("frame.stackpointer" in L)
     cfg.frame_stack = L["frame.stackpointer"] if cfg.stack_is_pointer else L["frame.stacktop"]
     cfg.frame_localsplus = L["frame.localsplus"]
-    frame_end = max(cfg.frame_code, cfg.frame_instr, cfg.frame_stack) + 8
-    cfg.gen_span = min(cfg.gen_iframe + frame_end, 504)
+    # A generator's header, its frame and the first slots of the frame's locals and
+    # stack, where the awaited object usually is: one read instead of two.
+    cfg.gen_span = min(cfg.gen_iframe + cfg.frame_localsplus + 8 * 16, 504)
+    cfg.task_span = max(cfg.task_coro, cfg.task_name, cfg.task_fut_waiter, cfg.task_state,
+                        cfg.task_awaited_by, cfg.task_awaited_by_is_set) + 8
     cfg.st_created, cfg.st_executing = L["enum.FRAME_CREATED"], L["enum.FRAME_EXECUTING"]
     cfg.st_suspended, cfg.st_cleared = L["enum.FRAME_SUSPENDED"], L["enum.FRAME_CLEARED"]
     yf = L.get("enum.FRAME_SUSPENDED_YIELD_FROM", 127)
@@ -191,7 +198,8 @@ class Capture:
         host_path = procfs.open_mapped(target.pid, mapping)
         for site in sites.values():
             self._attach(host_path, site)
-        self.tables["targets"][ct.c_uint32(target.pid)] = target_config(target, trace)
+        self.tables["targets"][ct.c_uint32(target.pid)] = TargetValue(
+            target_config(target, trace), TargetStats())
         self._targets[target.pid] = attachment
         return attachment
 
@@ -200,10 +208,9 @@ class Capture:
         self._targets.pop(pid, None)
         with contextlib.suppress(KeyError):
             del self.tables["targets"][ct.c_uint32(pid)]
-        for table in ("records", "counters", "step_hist", "delay_hist", "depth_hist"):
-            for key in [k for k in self.tables[table] if k.pid == pid]:
-                with contextlib.suppress(KeyError):
-                    del self.tables[table][key]
+        for key in [k for k in self.tables["records"] if k.pid == pid]:
+            with contextlib.suppress(KeyError):
+                del self.tables["records"][key]
 
     # -- maps --------------------------------------------------------------------------
     def records(self, pid: int) -> dict[int, TaskRecord]:
@@ -216,16 +223,15 @@ class Capture:
                 out[key.task] = record
         return out
 
-    def counters(self, pid: int) -> dict[str, int]:
-        out = dict.fromkeys(COUNTERS, 0)
-        for key, value in self.tables["counters"].items():
-            if key.pid == pid and key.slot < len(COUNTERS):
-                out[COUNTERS[key.slot]] = value.value
-        return out
-
-    def histogram(self, name: str, pid: int) -> dict[int, int]:
-        """slot -> count of one of step_hist, delay_hist (log2 ns), depth_hist (frames)."""
-        return {k.slot: v.value for k, v in self.tables[name].items() if k.pid == pid}
+    def stats(self, pid: int) -> TargetStats | None:
+        """The programs' counters and histograms for ``pid`` (None when not traced)."""
+        try:
+            value = self.tables["targets"][ct.c_uint32(pid)]
+        except KeyError:
+            return None
+        stats = TargetStats()
+        ct.memmove(ct.byref(stats), ct.byref(value.stats), ct.sizeof(TargetStats))
+        return stats
 
     def close(self) -> None:
         """Detach every probe and release the programs."""
