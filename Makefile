@@ -1,0 +1,33 @@
+# aiobpf: `make help` lists the targets.  Run as root (provisioning installs packages).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SID_ROOT ?= /var/cache/aiobpf/sid-root
+
+.PHONY: help provision demo test lint layouts bench clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+provision:  ## install bcc, kernel headers, the venv and the test interpreters (idempotent)
+	bash scripts/provision.sh
+
+demo: provision  ## run the gh-135371 example under Python 3.14 in the sid root and print its aiobpf pstree
+	bash scripts/demo.sh
+
+test: provision  ## provision, then run the whole test suite (what CI runs)
+	$(PY) -m pytest -v tests
+
+lint:  ## ruff and mypy
+	$(VENV)/bin/ruff check aiobpf tests tools bench
+	$(VENV)/bin/mypy aiobpf
+
+layouts:  ## regenerate aiobpf/collector/layouts/tables.py from the reference builds' DWARF
+	$(PY) tools/gen_layouts.py $$(bash scripts/layout-builds.sh)
+
+bench: provision  ## dump time and tracing overhead, side by side with python3.14 -m asyncio
+	$(PY) bench/dump_time.py --million
+	$(PY) bench/overhead.py
+
+clean:  ## remove the venv and caches (not the interpreter roots in /var/cache/aiobpf)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Provision a Debian machine for aiobpf: bcc, kernel headers, a venv, the test
+# interpreters.  Idempotent: a second run checks and changes nothing.  Each step
+# prints one line: "ok:" (already there), "installed:", "created:", "linked:".
+#
+#   scripts/provision.sh            everything (as root)
+#   scripts/provision.sh --no-sid   skip the test interpreters (the Docker image)
+#
+# Environment: AIOBPF_VENV (default .venv in the repository), AIOBPF_SID_ROOT
+# (default /var/cache/aiobpf/sid-root), AIOBPF_OLD_ROOT (default
+# /var/cache/aiobpf/bullseye-root), AIOBPF_MIRROR (default http://deb.debian.org/debian).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+VENV=${AIOBPF_VENV:-$REPO/.venv}
+SID_ROOT=${AIOBPF_SID_ROOT:-/var/cache/aiobpf/sid-root}
+OLD_ROOT=${AIOBPF_OLD_ROOT:-/var/cache/aiobpf/bullseye-root}
+MIRROR=${AIOBPF_MIRROR:-http://deb.debian.org/debian}
+WITH_SID=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-sid) WITH_SID=0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "provision: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "provision: $*"; }
+die() { echo "provision: FAILED: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (it installs packages and links kernel headers)"
+
+# -- 1. Debian packages ---------------------------------------------------------
+PACKAGES=(python3 python3-venv python3-pip python3-bpfcc bpftool make git ca-certificates)
+# The test interpreters: debootstrap for the sid and bullseye roots; python3.11-dbg
+# for the debug file of Debian's python3.11, which the layout tests check against.
+[ "$WITH_SID" = 1 ] && PACKAGES+=(debootstrap python3.11-dbg)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  say "installed: ${missing[*]}"
+else
+  say "ok: packages ${PACKAGES[*]}"
+fi
+
+# -- 2. kernel headers for bcc --------------------------------------------------
+KREL=$(uname -r)
+MODDIR=/lib/modules/$KREL
+if [ -f "$MODDIR/build/Makefile" ]; then
+  say "ok: kernel headers at $MODDIR/build"
+elif DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "linux-headers-$KREL" >/dev/null 2>&1; then
+  say "installed: linux-headers-$KREL"
+else
+  # A kernel without a headers package (a cloud or VM kernel): bcc compiles its
+  # programs against Debian's generic headers just as well.
+  dpkg-query -W -f='${Status}' linux-headers-amd64 2>/dev/null | grep -q "install ok installed" || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-headers-amd64 >/dev/null
+    say "installed: linux-headers-amd64 (no headers package exists for kernel $KREL)"
+  }
+  build=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$build" ] && [ -n "$common" ] || die "no /usr/src/linux-headers-*-amd64 after installing linux-headers-amd64"
+  mkdir -p "$MODDIR"
+  ln -sfn "$build" "$MODDIR/build"
+  ln -sfn "$common" "$MODDIR/source"
+  say "linked: $MODDIR/build -> $build and source -> $common (fallback for a kernel without a headers package)"
+fi
+
+# -- 3. the venv ------------------------------------------------------------------
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import bcc" 2>/dev/null; then
+  say "ok: venv $VENV sees bcc"
+else
+  rm -rf "$VENV"
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+  say "created: venv $VENV (with system site packages: bcc comes from python3-bpfcc, not PyPI)"
+fi
+if "$VENV/bin/python" -c "import aiobpf, elftools, prometheus_client, pytest, hypothesis, jsonschema" 2>/dev/null \
+   && [ "$("$VENV/bin/python" -c 'import aiobpf, pathlib; print(pathlib.Path(aiobpf.__file__).resolve().parent.parent)')" = "$REPO" ]; then
+  say "ok: aiobpf and its dependencies in the venv"
+else
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
+  say "installed: aiobpf (editable) and its dependencies into the venv"
+fi
+"$VENV/bin/python" -c "import bcc, elftools, prometheus_client, pytest" \
+  || die "the venv cannot import bcc, pyelftools, prometheus_client and pytest"
+
+# -- 4. test interpreters ---------------------------------------------------------
+/usr/bin/python3.11 -c 'import sys' 2>/dev/null || die "Debian's /usr/bin/python3.11 does not run"
+say "ok: debian-3.11 $(/usr/bin/python3.11 -c 'import platform; print(platform.python_version())')"
+
+# A debootstrapped root: built next to its final place and moved there only when
+# complete, so an interrupted run never leaves a half-made root that looks ready.
+make_root() {  # make_root DIR SUITE PACKAGES
+  local dir=$1 suite=$2 packages=$3
+  local marker="$dir/.aiobpf-ready"
+  if [ -f "$marker" ] && [ "$(cat "$marker")" = "$suite $packages" ]; then
+    say "ok: $suite root $dir"
+    return
+  fi
+  local tmp="$dir.tmp.$$"
+  rm -rf "$tmp"
+  mkdir -p "$(dirname "$dir")"
+  debootstrap --variant=minbase --include="$packages" "$suite" "$tmp" "$MIRROR" >"$tmp.log" 2>&1 \
+    || { tail -n 5 "$tmp.log" >&2; rm -rf "$tmp"; die "debootstrap $suite failed (log above)"; }
+  rm -f "$tmp.log"
+  mkdir -p "$tmp/home/user"
+  echo "$suite $packages" >"$tmp/.aiobpf-ready"
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
+  say "created: $suite root $dir with $packages"
+}
+
+if [ "$WITH_SID" = 1 ]; then
+  make_root "$SID_ROOT" sid python3.13,python3.14,python3.15,python3.13-dbg,python3.14-dbg,python3.15-dbg
+  for exe in python3.13 python3.14 python3.15 python3.14d python3.15d; do
+    version=$(chroot "$SID_ROOT" "/usr/bin/$exe" -c 'import platform; print(platform.python_version())') \
+      || die "$exe does not run in $SID_ROOT"
+    say "ok: sid-${exe#python} $version"
+  done
+  # Python 3.9, which aiobpf must refuse by name.
+  make_root "$OLD_ROOT" bullseye python3.9
+  chroot "$OLD_ROOT" /usr/bin/python3.9 -c 'import sys' || die "python3.9 does not run in $OLD_ROOT"
+fi
+
+# -- 5. optional interpreters -------------------------------------------------------
+PYENV_ROOT=${PYENV_ROOT:-$(command -v pyenv >/dev/null && pyenv root || true)}
+if [ -n "${PYENV_ROOT:-}" ] && [ -d "$PYENV_ROOT/versions" ]; then
+  found=$(cd "$PYENV_ROOT/versions" && ls -d 3.1[1-5].* 2>/dev/null | tr '\n' ' ' || true)
+  say "ok: pyenv builds used by the tests: ${found:-none}"
+else
+  say "ok: no pyenv on this machine (its builds are optional)"
+fi
+
+# -- 6. the matrix ------------------------------------------------------------------
+AIOBPF_SID_ROOT=$SID_ROOT AIOBPF_OLD_ROOT=$OLD_ROOT "$VENV/bin/python" - <<'PY'
+from tests.pythons import all_pythons
+print("provision: interpreter matrix")
+for python in all_pythons():
+    state = "present" if python.available() else ("MISSING" if python.required else "absent")
+    kind = "required" if python.required else "optional"
+    print(f"  {python.label:<16} {kind:<9} {state:<8} {python.host_executable}")
+PY
