@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -72,7 +73,7 @@ def run_target(python: Python, script: str | Path, *args: str, name: str | None 
     path = _install(python, source, name)
     argv = python.argv("-u", path, *args)
     if user is not None:
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        argv = _as_user(user, argv)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}, start_new_session=True)
     _started.append(proc)
@@ -93,6 +94,11 @@ def run_target(python: Python, script: str | Path, *args: str, name: str | None 
         yield target
     finally:
         stop(proc)
+
+
+def _as_user(user: str, argv: list[str]) -> list[str]:
+    gid = pwd.getpwnam(user).pw_gid
+    return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups", *argv]
 
 
 def note_used(python: Python) -> None:
@@ -134,7 +140,7 @@ def aiobpf(*args: str, user: str | None = None, timeout: float = 120) -> Result:
     """Run the aiobpf command line as a separate process, as a user would."""
     argv = [sys.executable, "-m", "aiobpf", *args]
     if user is not None:
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        argv = _as_user(user, argv)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     return Result(out.returncode, out.stdout, out.stderr)
