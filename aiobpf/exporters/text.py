@@ -47,11 +47,9 @@ def _inner_first_names(frames: Iterable[Frame]) -> str:
 
 def find_cycles(edges: Iterable[tuple[int, int]]) -> list[list[int]]:
     """Cycles among tasks (depth-first search for back edges), each closed: [a, b, a]."""
-    graph: dict[int, list[int]] = {}
+    graph: dict[int, dict[int, None]] = {}  # an ordered set of children per parent
     for parent, child in edges:
-        kids = graph.setdefault(parent, [])
-        if child not in kids:
-            kids.append(child)
+        graph.setdefault(parent, {})[child] = None
     white, grey, black = 0, 1, 2
     color: dict[int, int] = {}
     cycles: list[list[int]] = []

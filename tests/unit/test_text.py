@@ -1,0 +1,178 @@
+"""ps table and pstree tree, on hand-built snapshots (no process is read)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
+from aiobpf.exporters.text import (
+    CycleFound,
+    find_cycles,
+    format_frame,
+    render_csv,
+    render_table,
+    table_rows,
+    tree_lines,
+)
+
+REFERENCE = Path(__file__).resolve().parents[1] / "reference"
+
+
+def snap(*tasks: Task) -> Snapshot:
+    return Snapshot(1, "3.14.10", "release", "/usr/bin/python3.14", [], list(tasks), 0.0, 0.0)
+
+
+def task(tid: int, name: str, frames: list[Frame], *awaiters: int, thread: int = 7) -> Task:
+    return Task(tid, name, thread, "pending", frames, [Awaiter(a) for a in awaiters])
+
+
+def f(name: str, line: int = 1, filename: str = "/app.py") -> Frame:
+    return Frame(name, filename, line)
+
+
+# -- the gh-135371 example, byte for byte against the real 3.14 output -------------------
+def reference_snapshot() -> Snapshot:
+    """The app.py snapshot with the ids and thread id that the reference ps file shows."""
+    rows = [line for line in (REFERENCE / "app.py.ps.python3.14.txt").read_text().splitlines()[2:]]
+    sleep = Frame("sleep", "/usr/lib/python3.14/asyncio/tasks.py", 716)
+    app = "/home/user/app.py"
+    frames = {
+        "Task-1": [Frame("runner", app, 24), sleep],
+        "foo1": [Frame("foo1", app, 5), Frame("foo11", app, 8), Frame("foo12", app, 13)],
+        "foo2": [Frame("foo2", app, 16), sleep],
+    }
+    tasks: dict[int, Task] = {}
+    for row in rows:
+        tid, task_id, name = int(row[0:10]), int(row[11:31], 16), row[32:52].strip()
+        awaiter = int(row[171:].strip(), 16)
+        if task_id not in tasks:
+            kind = "Task-1" if name == "Task-1" else "foo1" if name.startswith("foo1") else "foo2"
+            tasks[task_id] = Task(task_id, name, tid, "pending", frames[kind])
+        if awaiter:
+            tasks[task_id].awaited_by.append(Awaiter(awaiter))
+    return snap(*tasks.values())
+
+
+def test_table_equals_the_real_3_14_output() -> None:
+    expected = (REFERENCE / "app.py.ps.python3.14.txt").read_text()
+    assert render_table(table_rows(reference_snapshot())) == expected
+
+
+def test_tree_equals_the_real_3_14_output_but_for_single_spaces() -> None:
+    expected = (REFERENCE / "app.py.pstree.python3.14.txt").read_text().replace("──  ", "── ")
+    assert "\n".join(tree_lines(reference_snapshot())) + "\n" == expected
+
+
+# -- tree shapes ------------------------------------------------------------------------
+def test_several_roots_in_task_order() -> None:
+    lines = tree_lines(snap(task(1, "a", [f("x")]), task(2, "b", [f("y")])))
+    assert lines == ["└── (T) a", "    └── x /app.py:1", "└── (T) b", "    └── y /app.py:1"]
+
+
+def test_task_awaited_by_several_parents_appears_under_each() -> None:
+    s = snap(task(1, "p1", [f("wait1", 3)]), task(2, "p2", [f("wait2", 4)]),
+             task(3, "child", [f("work", 9)], 1, 2))
+    text = "\n".join(tree_lines(s))
+    assert text.count("(T) child") == 2
+    assert text.count("work /app.py:9") == 2
+    assert text.index("wait1") < text.index("(T) child") < text.index("wait2")
+
+
+def test_children_awaited_from_one_frame_share_it() -> None:
+    s = snap(task(1, "parent", [f("outer", 1), f("inner", 2)]),
+             task(2, "c1", [f("leaf")], 1), task(3, "c2", [f("leaf")], 1))
+    assert tree_lines(s) == [
+        "└── (T) parent",
+        "    └── outer /app.py:1",
+        "        └── inner /app.py:2",
+        "            ├── (T) c1",
+        "            │   └── leaf /app.py:1",
+        "            └── (T) c2",
+        "                └── leaf /app.py:1",
+    ]
+
+
+def test_an_awaiter_that_is_not_a_task_keeps_the_task() -> None:
+    child = Task(2, "child", 7, "pending", [f("work")],
+                 [Awaiter(0xABC, is_task=False, type_name="_GatheringFuture")])
+    lines = tree_lines(snap(task(1, "main", [f("m")]), child))
+    assert "└── (F) _GatheringFuture 0xabc" in lines
+    assert lines[lines.index("└── (F) _GatheringFuture 0xabc") + 1] == "    └── (T) child"
+    rows = table_rows(snap(child))
+    assert rows == [["7", "0x2", "child", "work", "", "_GatheringFuture", "0xabc"]]
+
+
+def test_a_task_awaiting_itself_is_a_cycle() -> None:
+    with pytest.raises(CycleFound) as raised:
+        tree_lines(snap(task(1, "selfish", [f("x")], 1)))
+    assert raised.value.lines == ["cycle: selfish → selfish"]
+    assert raised.value.cycles == [[1, 1]]
+
+
+def test_longer_cycles_are_all_listed() -> None:
+    s = snap(task(1, "a", [f("x")], 3), task(2, "b", [f("y")], 1), task(3, "c", [f("z")], 2),
+             task(4, "d", [f("w")], 5), task(5, "e", [f("v")], 4), task(6, "free", [f("u")]))
+    with pytest.raises(CycleFound) as raised:
+        tree_lines(s)
+    assert sorted(len(c) for c in raised.value.cycles) == [3, 4]
+    assert all(re.match(r"cycle: \w+( → \w+)+$", line) for line in raised.value.lines)
+    assert len(table_rows(s)) == 6  # ps still lists every task
+
+
+def test_find_cycles_on_a_dag_finds_none() -> None:
+    assert find_cycles([(1, 2), (1, 3), (2, 3), (3, 4)]) == []
+
+
+def test_frame_formatting() -> None:
+    assert format_frame(Frame("run", "/a.py", 5)) == "run /a.py:5"
+    assert format_frame(Frame("<builtin>", "", 0)) == "<builtin>"
+
+
+# -- ps ---------------------------------------------------------------------------------
+def test_rows_one_per_awaiter_innermost_first() -> None:
+    s = snap(task(1, "p", [f("outer"), f("inner")]), task(2, "c", [f("a"), f("b")], 1, 99))
+    assert table_rows(s) == [
+        ["7", "0x1", "p", "inner -> outer", "", "", "0x0"],
+        ["7", "0x2", "c", "b -> a", "inner -> outer", "p", "0x1"],
+        ["7", "0x2", "c", "b -> a", "", "Unknown", "0x63"],
+    ]
+
+
+def test_csv_has_the_header_and_quotes() -> None:
+    text = render_csv(table_rows(snap(task(1, "a,b", [f("x")]))))
+    assert text.splitlines() == [
+        "tid,task id,task name,coroutine stack,awaiter chain,awaiter name,awaiter id",
+        '7,0x1,"a,b",x,,,0x0',
+    ]
+
+
+# -- scale ------------------------------------------------------------------------------
+def _flat(n: int) -> Snapshot:
+    root = task(1, "root", [f("main")])
+    return snap(root, *(task(i + 2, f"t{i}", [f("leaf"), f("sleep")], 1) for i in range(n)))
+
+
+def test_a_flat_tree_of_200k_tasks_renders_in_linear_time() -> None:
+    started = time.perf_counter()
+    small = len(tree_lines(_flat(50_000)))
+    t_small = time.perf_counter() - started
+    started = time.perf_counter()
+    big = len(tree_lines(_flat(200_000)))
+    t_big = time.perf_counter() - started
+    assert (small, big) == (2 + 3 * 50_000, 2 + 3 * 200_000)
+    assert t_big < 8 * t_small + 0.5
+
+
+def test_a_chain_3000_deep_renders_without_recursion() -> None:
+    """Deeper than Python's recursion limit; the text itself grows with the square of
+    the depth (each line is indented by its depth), so the test stops at 3,000."""
+    n = 3_000
+    tasks = [task(1, "t0", [f("step")])]
+    tasks += [task(i + 1, f"t{i}", [f("step")], i) for i in range(1, n)]
+    lines = tree_lines(snap(*tasks))
+    assert len(lines) == 2 * n
+    assert lines[-1].endswith("step /app.py:1")
