@@ -20,11 +20,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from tests.pythons import SID_ROOT, Python, all_pythons
 
 TARGETS = Path(__file__).parent / "targets"
+SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "aiobpf" / "exporters"
+                     / "snapshot.schema.json").read_text())
 IN_ROOT_DIR = "/home/user"            # where targets live as the target sees them
 READY_TIMEOUT = 30.0
 _started: list[subprocess.Popen] = []
@@ -133,7 +136,10 @@ class Result:
     stderr: str
 
     def json(self) -> dict:
-        return json.loads(self.stdout)
+        """The JSON document printed, validated against aiobpf's published schema."""
+        doc = json.loads(self.stdout)
+        jsonschema.validate(doc, SCHEMA)
+        return doc
 
 
 def aiobpf(*args: str, user: str | None = None, timeout: float = 120) -> Result:
