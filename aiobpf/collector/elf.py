@@ -77,7 +77,7 @@ class ElfImage:
         sec = self._elf.get_section_by_name(".note.gnu.build-id")
         if sec is None:
             return None
-        for note in sec.iter_notes():
+        for note in sec.iter_notes():  # type: ignore[attr-defined]
             if note["n_type"] == "NT_GNU_BUILD_ID":
                 return str(note["n_desc"])
         return None
@@ -123,9 +123,9 @@ class ElfImage:
             if not wanted:
                 continue
             for st_name, _info, _other, shndx, value, _size in _SYM.iter_unpack(sec.data()):
-                name = wanted.get(st_name)
-                if name is not None and shndx != 0 and name not in found:
-                    found[name] = value
+                hit = wanted.get(st_name)
+                if hit is not None and shndx != 0 and hit not in found:
+                    found[hit] = value
             if len(found) == len(names):
                 break
         return found

@@ -186,9 +186,9 @@ def find_step_sites(image: ElfImage, debug: ElfImage | None, type_call_offset: i
             found[name] = (addr, "debug file")
     tables = _Tables(image)
     if TASK_WAKEUP not in found:
-        addr = _from_method_table(tables)
-        if addr:
-            found[TASK_WAKEUP] = (addr, "method table")
+        wakeup = _from_method_table(tables)
+        if wakeup:
+            found[TASK_WAKEUP] = (wakeup, "method table")
     if STEP_WRAPPER_CALL not in found:
         hit = _from_type(tables, type_call_offset)
         if hit:

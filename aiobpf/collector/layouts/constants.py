@@ -45,15 +45,13 @@ class Constants:
     long_shift: int = 30
 
 
-_COMMON_311_312 = dict(managed_dict_offset=-24)
-
 CONSTANTS: dict[tuple[int, int], Constants] = {
     (3, 11): Constants(yield_opcodes=frozenset({86}),
                        resume_opcodes=frozenset({151, 150}),        # RESUME, RESUME_QUICK
-                       resume_offset=2, managed_values_offset=-32, **_COMMON_311_312),
+                       resume_offset=2, managed_values_offset=-32),
     (3, 12): Constants(yield_opcodes=frozenset({150, 243}),
                        resume_opcodes=frozenset({151, 240}),        # RESUME, INSTRUMENTED_RESUME
-                       resume_offset=2, dict_or_values_tagged=True, **_COMMON_311_312),
+                       resume_offset=2, dict_or_values_tagged=True),
     (3, 13): Constants(yield_opcodes=frozenset({118, 241}),
                        resume_opcodes=frozenset({149, 207, 236}),   # + RESUME_CHECK
                        inline_values=True),
