@@ -82,11 +82,15 @@ def expected_lines(n: int) -> int:
 def bench_size(n: int, repeat: int, with_cpython: bool) -> dict:
     target = start_target(n)
     pid = str(target.pid)
+    ours: list[Run] = []
+    theirs: list[Run] = []
     try:
-        ours = [measure([sys.executable, "-m", "aiobpf", "pstree", pid])
-                for _ in range(repeat)]
-        theirs = [measure(["chroot", str(SID_ROOT), PYTHON, "-m", "asyncio", "pstree", pid])
-                  for _ in range(repeat)] if with_cpython else []
+        # Interleaved, so that both tools see the same machine (this VM's speed drifts).
+        for _ in range(repeat):
+            ours.append(measure([sys.executable, "-m", "aiobpf", "pstree", pid]))
+            if with_cpython:
+                theirs.append(measure(["chroot", str(SID_ROOT), PYTHON, "-m", "asyncio",
+                                       "pstree", pid]))
     finally:
         os.killpg(target.pid, 9)
         target.wait()

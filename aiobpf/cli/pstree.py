@@ -34,8 +34,10 @@ class PstreeCommand:
             return 0
         require_tasks(snapshot)
         try:
-            lines = text.tree_lines(snapshot)
+            lines = text.iter_tree(snapshot)
         except text.CycleFound as exc:
             raise errors.AwaitCycleError(exc.lines) from None
-        sys.stdout.write("".join(line + "\n" for line in lines))
+        write = sys.stdout.write
+        for line in lines:
+            write(line + "\n")
         return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from aiobpf.collector.model import Frame, Snapshot, Task
 
@@ -88,6 +88,12 @@ def cycles_of(snapshot: Snapshot) -> list[list[int]]:
 # -- pstree -------------------------------------------------------------------
 def tree_lines(snapshot: Snapshot) -> list[str]:
     """The pstree text, one line per element; raises CycleFound for cyclic graphs."""
+    return list(iter_tree(snapshot))
+
+
+def iter_tree(snapshot: Snapshot) -> Iterator[str]:
+    """The pstree lines, produced as they are printed (a million tasks make five
+    million lines); raises CycleFound at once, before the first line."""
     tasks = snapshot.tasks
     by_id = {t.id: t for t in tasks}
     cycles = cycles_of(snapshot)
@@ -96,77 +102,84 @@ def tree_lines(snapshot: Snapshot) -> list[str]:
                                          for tid in c) for c in cycles]
         raise CycleFound(cycles, lines)
 
-    labels: list[str] = []
-    children: list[list[int]] = []
+    # Nodes: the tasks (numbered as in `tasks`), then awaiters that are not pending
+    # tasks, then the frames of tasks that await others (the awaited tasks hang under
+    # their innermost frame, shared as 3.14 shares it).  The frames of a task that
+    # awaits nothing have no children: they are printed straight from the task.
+    labels: list[str] = [f"{TASK_MARK} {t.name}" for t in tasks]
+    children: list[list[int] | None] = [None] * len(tasks)
+    index = {t.id: i for i, t in enumerate(tasks)}
+    other_node: dict[int, int] = {}
+    hook: dict[int, int] = {}              # awaiting task -> node of its innermost frame
+    task_edges: set[tuple[int, int]] = set()
+    is_child = bytearray(len(tasks))
 
     def new_node(label: str) -> int:
         labels.append(label)
-        children.append([])
+        children.append(None)
         return len(labels) - 1
 
-    task_node = {t.id: new_node(f"{TASK_MARK} {t.name}") for t in tasks}
-    other_node: dict[int, int] = {}          # awaiters that are not pending tasks
-    task_edges: set[tuple[int, int]] = set()
-    is_child = bytearray(len(tasks))
-    awaiting: set[int] = set()
+    def add(parent: int, child: int) -> None:
+        kids = children[parent]
+        if kids is None:
+            kids = children[parent] = []
+        kids.append(child)
 
-    def under(task: Task) -> int:
-        """Hang a task's frames under it, outermost first; the innermost frame's node.
-
-        Each task's frames are hung once: under the frame of an awaiting task hang all
-        the tasks it awaits (3.14 shares frame nodes between them the same way)."""
-        cur = task_node[task.id]
+    def hang_frames(task: Task) -> int:
+        cur = index[task.id]
         for frame in task.frames:
             node = new_node(format_frame(frame))
-            children[cur].append(node)
+            add(cur, node)
             cur = node
         return cur
 
-    hook: dict[int, int] = {}  # awaiting task -> node of its innermost frame
-    for task in tasks:
-        child = task_node[task.id]
+    for i, task in enumerate(tasks):
         for awaiter in task.awaited_by:
             parent_task = by_id.get(awaiter.id) if awaiter.is_task else None
             if parent_task is not None:
                 cur = hook.get(awaiter.id, -1)
                 if cur < 0:
-                    awaiting.add(awaiter.id)
-                    cur = hook[awaiter.id] = under(parent_task)
+                    cur = hook[awaiter.id] = hang_frames(parent_task)
             else:
                 cur = other_node.get(awaiter.id, -1)
                 if cur < 0:
                     what = awaiter.type_name if not awaiter.is_task else "Task (not pending)"
                     cur = other_node[awaiter.id] = new_node(
                         f"{FUTURE_MARK} {what} {awaiter.id:#x}")
-            if (cur, child) not in task_edges:
-                task_edges.add((cur, child))
-                children[cur].append(child)
-                is_child[child] = 1
-    for task in tasks:
-        if task.id not in awaiting:
-            under(task)
+            if (cur, i) not in task_edges:
+                task_edges.add((cur, i))
+                add(cur, i)
+                is_child[i] = 1
 
-    roots = [task_node[t.id] for t in tasks if not is_child[task_node[t.id]]]
-    roots += list(other_node.values())
-    out: list[str] = []
-    append = out.append
+    roots = [i for i in range(len(tasks)) if not is_child[i]] + list(other_node.values())
+    return _render(roots, labels, children, tasks, hook)
+
+
+def _render(roots: list[int], labels: list[str], children: list[list[int] | None],
+            tasks: list[Task], hook: dict[int, int]) -> Iterator[str]:
+    n_tasks = len(tasks)
     for root in roots:
         todo: list[tuple[int, str, bool]] = [(root, "", True)]
         pop, push = todo.pop, todo.append
         while todo:
             node, prefix, last = pop()
             if last:
-                append(prefix + "└── " + labels[node])
+                yield prefix + "└── " + labels[node]
                 inner = prefix + "    "
             else:
-                append(prefix + "├── " + labels[node])
+                yield prefix + "├── " + labels[node]
                 inner = prefix + "│   "
+            if node < n_tasks and tasks[node].id not in hook:
+                # A task that awaits no other task: its frames, one under the other.
+                for frame in tasks[node].frames:
+                    yield inner + "└── " + format_frame(frame)
+                    inner += "    "
+                continue
             kids = children[node]
             if kids:
                 push((kids[-1], inner, True))
                 for i in range(len(kids) - 2, -1, -1):
                     push((kids[i], inner, False))
-    return out
 
 
 # -- ps -----------------------------------------------------------------------
