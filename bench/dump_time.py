@@ -52,7 +52,9 @@ def measure(argv: list[str]) -> Run:
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     out = b"".join(out_chunks)
-    last_err = err.decode(errors="replace").strip().splitlines()
+    # python3.14 -m asyncio prints its own errors on stdout.
+    said = err or (out if proc.returncode else b"")
+    last_err = said.decode(errors="replace").strip().splitlines()
     return Run(seconds, usage.ru_maxrss / 1024, proc.returncode, out.count(b"\n"),
                last_err[-1] if last_err else "")
 

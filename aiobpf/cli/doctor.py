@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import os
-import platform
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -35,8 +32,8 @@ def _caps() -> int:
 
 
 def check_kernel() -> Check:
-    arch = platform.machine()
-    detail = f"Linux {platform.release()} on {arch}"
+    arch = os.uname().machine
+    detail = f"Linux {os.uname().release} on {arch}"
     if arch != "x86_64":
         return Check("kernel", FAIL, detail, "aiobpf reads x86-64 processes only", "memory")
     return Check("kernel", OK, detail, needed_for="memory")
@@ -89,6 +86,8 @@ def check_bpf_privileges() -> Check:
 
 def check_bpf_syscall() -> Check:
     """Create (and close) a tiny BPF array map: the bpf() system call works."""
+    import ctypes
+
     class MapAttr(ctypes.Structure):
         _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
                     ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
@@ -133,7 +132,7 @@ def check_bcc() -> Check:
 
 
 def check_kernel_headers() -> Check:
-    build = Path(f"/lib/modules/{platform.release()}/build")
+    build = Path(f"/lib/modules/{os.uname().release}/build")
     if (build / "Makefile").exists():
         return Check("kernel headers", OK, f"{build} -> {build.resolve()}")
     return Check("kernel headers", WARN, f"{build} is missing",
@@ -165,6 +164,8 @@ class DoctorCommand:
     def run(self, args: argparse.Namespace) -> int:
         checks = [check() for check in CHECKS]
         if args.json:
+            import json
+
             print(json.dumps([asdict(c) for c in checks], indent=2))
         else:
             for c in checks:
