@@ -63,7 +63,7 @@ static __always_inline u64 ref_to_object(struct target_config *cfg, u64 bits)
 
 /* Read the coroutine chain of `task`, whose step just ended, into its record. */
 static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task,
-                                    u64 start, u64 now)
+                                    u64 start, u64 delay, u64 now)
 {
     struct target_config *cfg = &t->cfg;
     u32 zero = 0;
@@ -77,6 +77,7 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
     r->tid = tid;
     r->taken_ns = now;
     r->step_start_ns = start;
+    r->wake_delay_ns = delay;
     r->truncated = 0;
     r->awaited = 0;
     r->state = CAPTURE_FINISHED;
@@ -124,6 +125,8 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
         u32 slot = depth & (AIOBPF_MAX_DEPTH - 1);
         r->frames[slot].code = code;
         r->frames[slot].instr = instr;
+        r->kinds[slot] = type == cfg->coro_type ? KIND_COROUTINE
+                         : type == cfg->gen_type ? KIND_GENERATOR : KIND_ASYNC_GENERATOR;
         signature = signature * 1000003 ^ code ^ (instr << 1);
         depth++;
         if (fstate == cfg->st_executing) {
@@ -179,6 +182,7 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
         old->step_ns += duration;
         old->taken_ns = now;
         old->step_start_ns = start;
+        old->wake_delay_ns = delay;
         old->tid = tid;
     } else {
         r->steps = (old ? old->steps : 0) + 1;
@@ -213,10 +217,13 @@ static __always_inline int step_start(struct target *t, u64 task)
     if (ts->task) {
         u64 prev = ts->task;
         ts->task = 0;
-        capture(t, pid, tid, prev, ts->start_ns, now);
+        capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, now);
     }
-    if (ts->woke_ns)
-        __sync_fetch_and_add(&t->stats.delay_hist[log2l(now - ts->woke_ns) & (AIOBPF_HIST_SLOTS - 1)], 1);
+    ts->delay_ns = 0;
+    if (ts->woke_ns) {
+        ts->delay_ns = now - ts->woke_ns;
+        __sync_fetch_and_add(&t->stats.delay_hist[log2l(ts->delay_ns) & (AIOBPF_HIST_SLOTS - 1)], 1);
+    }
     ts->task = task;
     ts->start_ns = now;
     __sync_fetch_and_add(&t->stats.steps, 1);
@@ -265,7 +272,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     if (ts && ts->task) {
         u64 prev = ts->task;
         ts->task = 0;
-        capture(t, pid, tid, prev, ts->start_ns, bpf_ktime_get_ns());
+        capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, bpf_ktime_get_ns());
     }
     return 0;
 }

@@ -47,11 +47,18 @@ enum capture_state {
     CAPTURE_CREATED = 4,           /* not started yet */
 };
 
+enum frame_kind {
+    KIND_COROUTINE = 0,
+    KIND_GENERATOR = 1,
+    KIND_ASYNC_GENERATOR = 2,
+};
+
 /* The state of one task as the step that just ended left it. */
 struct task_record {
     __u64 task, coro, name, fut_waiter, awaited_by, awaited;
     __u64 taken_ns;                /* when the step ended and this was read */
     __u64 step_start_ns;           /* when that step started */
+    __u64 wake_delay_ns;           /* from its loop waking to that step's start (0: unknown) */
     __u64 steps;                   /* steps seen since tracing began */
     __u64 step_ns;                 /* their total duration */
     __u32 pid, tid;
@@ -62,6 +69,7 @@ struct task_record {
     __u8 pad;
     __u64 signature;               /* hash of frames[]: an unchanged stack is not copied */
     struct frame_ref frames[AIOBPF_MAX_DEPTH];
+    __u8 kinds[AIOBPF_MAX_DEPTH];  /* enum frame_kind of each frame */
 };
 
 struct task_key {
@@ -75,6 +83,7 @@ struct thread_state {
     __u64 task;
     __u64 start_ns;
     __u64 woke_ns;
+    __u64 delay_ns;                /* wake-to-start delay of the step now running */
 };
 
 /* What the programs count for one process; updated in place with atomic adds. */

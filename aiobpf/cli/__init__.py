@@ -12,6 +12,7 @@ from aiobpf import __version__, errors
 from aiobpf.cli.doctor import DoctorCommand
 from aiobpf.cli.ps import PsCommand
 from aiobpf.cli.pstree import PstreeCommand
+from aiobpf.cli.trace import TraceCommand
 
 DESCRIPTION = """\
 See every asyncio task of a running CPython 3.11-3.15 process: where inside its own
@@ -23,6 +24,7 @@ examples:
   sudo aiobpf pstree 1234          tree of tasks with their coroutine stacks
   sudo aiobpf ps 1234              table: one row per task and awaiter
   sudo aiobpf ps 1234 --format json
+  sudo aiobpf trace 1234 -o t.json every task step for 10 s, as a Perfetto trace
   aiobpf doctor                    check this host for what aiobpf needs
 
 exit status: 0 ok, 1 error, 2 usage, 3 not a supported Python, 4 nothing to show
@@ -39,7 +41,7 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-COMMANDS: tuple[Command, ...] = (PstreeCommand(), PsCommand(), DoctorCommand())
+COMMANDS: tuple[Command, ...] = (PstreeCommand(), PsCommand(), TraceCommand(), DoctorCommand())
 
 
 def build_parser() -> argparse.ArgumentParser:

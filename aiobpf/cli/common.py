@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from aiobpf import errors
 from aiobpf.collector import procfs
 from aiobpf.collector.layouts import LayoutError
+from aiobpf.collector.loader import Capture, CaptureUnavailable
 from aiobpf.collector.memory import ProcessGone, ReadDenied, RemoteReadError
 from aiobpf.collector.model import Snapshot
 from aiobpf.collector.objects import DecodeError
@@ -15,7 +20,7 @@ from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import NoAsyncio, NotPython, UnsupportedPython, open_target
 
 
-def pid_argument(parser: argparse.ArgumentParser) -> None:
+def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
     parser.add_argument("pid", type=_pid, metavar="PID", help="the process to read")
     parser.add_argument("--no-dwarf", action="store_true",
                         help="ignore the target's DWARF; use the offsets CPython publishes and "
@@ -24,6 +29,15 @@ def pid_argument(parser: argparse.ArgumentParser) -> None:
                         help="where to look for separate debug files of a stripped interpreter "
                              "(by build-id), before /usr/lib/debug in the target's root and "
                              "on the host; repeatable")
+    if not capture:
+        return
+    parser.add_argument("--capture", choices=("auto", "memory", "bpf"), default="auto",
+                        help="where task records come from: memory (read the process now), "
+                             "bpf (attach uprobes for --window seconds and take each task as "
+                             "its last step left it, in kernel space), or auto (default: "
+                             "memory, and bpf when a read tore because the process is busy)")
+    parser.add_argument("--window", type=float, default=0.3, metavar="SECONDS",
+                        help="how long BPF capture watches steps before the read (default 0.3)")
 
 
 def _pid(text: str) -> int:
@@ -36,23 +50,42 @@ def _pid(text: str) -> int:
     return pid
 
 
-def take_snapshot(args: argparse.Namespace, *, details: bool = True) -> Snapshot:
-    """One snapshot of ``args.pid``; every failure becomes an ``AiobpfError``."""
-    pid = args.pid
-    stage = "find"
+def _with_capture(collector: Collector, window: float, details: bool,
+                  first: Snapshot | None) -> Snapshot:
+    """A snapshot whose busy tasks come from BPF records taken at their last suspension;
+    without BPF, ``first`` (or a memory read) with a note saying why."""
+    target = collector.target
     try:
-        target = open_target(pid, use_dwarf=not args.no_dwarf, debug_dirs=args.debug_dir)
-        stage = "read"
-        collector = Collector(target)
-        try:
-            return collector.snapshot(details=details)
-        finally:
-            collector.close()
-            target.close()
+        capture = Capture()
+    except CaptureUnavailable as exc:
+        return _note(first or collector.snapshot(details=details), f"BPF capture is off: {exc}")
+    try:
+        attachment = capture.add(target)
+        if not attachment.active:
+            reason = "; ".join(attachment.notes) or "no probe sites"
+            return _note(first or collector.snapshot(details=details),
+                         f"BPF capture is off: {reason}")
+        time.sleep(window)
+        return collector.snapshot(details=details, records=capture.records(target.pid))
+    finally:
+        capture.close()
+
+
+def _note(snapshot: Snapshot, note: str) -> Snapshot:
+    snapshot.warnings.append(note)
+    print(f"aiobpf: note: {note}; tasks were read from memory", file=sys.stderr)
+    return snapshot
+
+
+@contextmanager
+def translate_errors(pid: int) -> Iterator[None]:
+    """Turn what the collector raises into ``AiobpfError``s that say what to do."""
+    try:
+        yield
     except procfs.ProcessNotFound:
-        if stage == "find":
-            raise errors.ProcessNotFoundError(pid) from None
-        raise errors.ProcessExitedError(pid) from None
+        if procfs.exists(pid):
+            raise errors.ProcessExitedError(pid) from None
+        raise errors.ProcessNotFoundError(pid) from None
     except ProcessGone:
         raise errors.ProcessExitedError(pid) from None
     except (ReadDenied, PermissionError):
@@ -70,6 +103,33 @@ def take_snapshot(args: argparse.Namespace, *, details: bool = True) -> Snapshot
             f"could not read the asyncio state of process {pid}: {exc}",
             "if the program is changing fast, try again; otherwise please report it with the "
             "output of: aiobpf doctor") from None
+
+
+def take_snapshot(args: argparse.Namespace, *, details: bool = True) -> Snapshot:
+    """One snapshot of ``args.pid``; every failure becomes an ``AiobpfError``."""
+    mode = getattr(args, "capture", "memory")
+    found = False
+    try:
+        with translate_errors(args.pid):
+            target = open_target(args.pid, use_dwarf=not args.no_dwarf,
+                                 debug_dirs=args.debug_dir)
+            found = True
+            collector = Collector(target)
+            try:
+                if mode == "bpf":
+                    return _with_capture(collector, args.window, details, None)
+                snapshot = collector.snapshot(details=details)
+                if mode == "auto" and (collector.torn or any(t.errors for t in snapshot.tasks)):
+                    # The process changed under the read: take busy tasks from BPF records.
+                    return _with_capture(collector, args.window, details, snapshot)
+                return snapshot
+            finally:
+                collector.close()
+                target.close()
+    except errors.ProcessNotFoundError:
+        if found:  # it was there a moment ago
+            raise errors.ProcessExitedError(args.pid) from None
+        raise
 
 
 def require_tasks(snapshot: Snapshot) -> None:

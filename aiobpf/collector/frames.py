@@ -97,6 +97,16 @@ class Frames:
             self._frames[key] = frame
         return frame
 
+    def frame_of(self, code: int, instr: int, kind: str) -> Frame:
+        """The Frame of a code object and instruction pointer (as BPF records them)."""
+        key = (code, instr, kind)
+        frame = self._frames.get(key)
+        if frame is None:
+            info = self.objs.code(code)
+            frame = Frame(info.qualname, info.filename, self.objs.line_of(info, instr), kind)
+            self._frames[key] = frame
+        return frame
+
     def clear(self) -> None:
         self._frames.clear()
         self._resume_at.clear()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,12 +62,16 @@ class TaskRecord(ct.Structure):
         ("task", ct.c_uint64), ("coro", ct.c_uint64), ("name", ct.c_uint64),
         ("fut_waiter", ct.c_uint64), ("awaited_by", ct.c_uint64), ("awaited", ct.c_uint64),
         ("taken_ns", ct.c_uint64), ("step_start_ns", ct.c_uint64),
-        ("steps", ct.c_uint64), ("step_ns", ct.c_uint64),
+        ("wake_delay_ns", ct.c_uint64), ("steps", ct.c_uint64), ("step_ns", ct.c_uint64),
         ("pid", ct.c_uint32), ("tid", ct.c_uint32), ("depth", ct.c_uint32),
         ("state", ct.c_uint8), ("awaited_by_is_set", ct.c_uint8), ("truncated", ct.c_uint8),
         ("pad", ct.c_uint8), ("signature", ct.c_uint64),
         ("frames", FrameRef * MAX_DEPTH),
+        ("kinds", ct.c_uint8 * MAX_DEPTH),
     ]
+
+
+FRAME_KINDS = ("coroutine", "generator", "async_generator")  # enum frame_kind
 
 
 class TargetStats(ct.Structure):
@@ -213,6 +218,19 @@ class Capture:
                 del self.tables["records"][key]
 
     # -- maps --------------------------------------------------------------------------
+    def on_steps(self, handler: Callable[[TaskRecord], None]) -> None:
+        """Call ``handler`` with each step-end record of traced processes whose
+        settings ask for events (``add(..., trace=True)``); see ``poll``."""
+        def deliver(_ctx: object, data: int, size: int) -> None:
+            if size >= ct.sizeof(TaskRecord):
+                handler(TaskRecord.from_address(data))
+
+        self._deliver = deliver  # keep the callback alive as long as the ring buffer
+        self.bpf["events"].open_ring_buffer(deliver)
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
     def records(self, pid: int) -> dict[int, TaskRecord]:
         """The latest record of every task of ``pid`` that stepped since tracing began."""
         out = {}

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 
 from aiobpf.collector.awaiters import AwaiterIndex
 from aiobpf.collector.frames import Chain, Frames
 from aiobpf.collector.interpreter import ThreadState, interpreters, modules, thread_states
+from aiobpf.collector.loader import CAPTURE_SUSPENDED, FRAME_KINDS, TaskRecord
 from aiobpf.collector.memory import ReadFault, RemoteMemory
 from aiobpf.collector.model import Snapshot, Task, Thread
 from aiobpf.collector.objects import DecodeError, Objects
@@ -64,6 +66,8 @@ class Collector:
         self.linked = target.layout.has("task.node")
         self._span = task_span(self.objs)
         self._details = True
+        self._records: Mapping[int, TaskRecord] = {}
+        self.torn = 0  # reads of the last snapshot that tore and were taken again
 
     def close(self) -> None:
         self.mem.close()
@@ -97,11 +101,18 @@ class Collector:
             return read_task(self.objs, addr, self._span)
 
     # -- the snapshot -------------------------------------------------------------
-    def snapshot(self, *, details: bool = True) -> Snapshot:
+    def snapshot(self, *, details: bool = True,
+                 records: Mapping[int, TaskRecord] | None = None) -> Snapshot:
         """Read every pending task now.  ``details=False`` skips what only the JSON
-        document shows (what each innermost frame awaits)."""
+        document shows (what each innermost frame awaits).
+
+        ``records`` are the BPF capture's latest records (task address -> record): a
+        task suspended where its record says is shown from it (source "bpf"), as it
+        was when its last step ended; the others are read from memory."""
         started, t0 = time.time(), time.perf_counter()
         self._details = details
+        self._records = records or {}
+        self.torn = 0
         warnings: list[str] = list(self.target.layout.notes)
         for attempt in range(DISCOVERY_ATTEMPTS):
             self.mem.clear()
@@ -119,18 +130,18 @@ class Collector:
                     raise
 
         if self.linked:
-            records = self._read_linked(pairs, threads, warnings)
-            if not records and "asyncio" not in modules(self.objs, interps[0]):
+            found = self._read_linked(pairs, threads, warnings)
+            if not found and "asyncio" not in modules(self.objs, interps[0]):
                 raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
                                 "has not imported asyncio")
         else:
-            records = self._read_registered(pairs, threads, running_by_loop, warnings)
+            found = self._read_registered(pairs, threads, running_by_loop, warnings)
         # An awaiter that finished while the snapshot was taken awaits nothing any more.
-        ids = {t.id for t in records}
-        for task in records:
+        ids = {t.id for t in found}
+        for task in found:
             if any(a.is_task and a.id not in ids for a in task.awaited_by):
                 task.awaited_by = [a for a in task.awaited_by if not a.is_task or a.id in ids]
-        tasks = order_tasks(records, [ts.native_id for ts in threads], by_name=not self.linked)
+        tasks = order_tasks(found, [ts.native_id for ts in threads], by_name=not self.linked)
         return Snapshot(
             pid=self.target.pid,
             python_version=self.target.version_str,
@@ -143,6 +154,7 @@ class Collector:
             duration_s=time.perf_counter() - t0,
             layout_sources=self.target.layout.source_counts(),
             warnings=warnings,
+            capture="bpf+memory" if self._records else "memory",
         )
 
     # The target runs on while it is read, so a page cached for long describes the
@@ -251,6 +263,7 @@ class Collector:
             try:
                 return self.frames.chain(raw.coro)
             except _TRANSIENT as exc:
+                self.torn += 1
                 if attempt == TASK_ATTEMPTS - 1:
                     task.errors.append(f"coroutine stack unreadable: {exc}")
                 self.mem.clear()
@@ -273,6 +286,10 @@ class Collector:
               ) -> Task | None:
         """The task's record; None when it turns out to have finished during the read."""
         task = Task(raw.addr, raw.name, raw.thread_native_id, "pending", [], loop=raw.loop)
+        record = self._records.get(raw.addr)
+        if (record is not None and record.state == CAPTURE_SUSPENDED and record.coro == raw.coro
+                and raw.addr not in running):
+            return self._from_record(task, raw, record, index)
         chain = self._chain(raw, task) if raw.coro else None
         if not raw.coro or (chain is not None and chain.innermost_state == "finished"):
             # Its coroutine is done: the task finished after its state was read.
@@ -298,6 +315,29 @@ class Collector:
                 self.mem.clear()
                 if attempt == TASK_ATTEMPTS - 1:
                     task.errors.append(f"awaiters unreadable: {exc}")
+        return task
+
+    def _from_record(self, task: Task, raw: RawTask, record: TaskRecord,
+                     index: AwaiterIndex) -> Task:
+        """The task as its BPF record shows it: suspended where its last step left it,
+        read in kernel space while its thread held the GIL (code objects, which never
+        change, are decoded from memory)."""
+        task.source = "bpf"
+        try:
+            task.frames = [self.frames.frame_of(record.frames[i].code, record.frames[i].instr,
+                                                FRAME_KINDS[record.kinds[i] % 3])
+                           for i in range(min(record.depth, len(record.frames)))]
+            if record.truncated:
+                task.errors.append(f"more than {len(record.frames)} frames deep")
+            if record.awaited and self._details:
+                task.awaits = self._describe(record.awaited)
+            if self.linked:
+                raw.awaited_by = ([] if not record.awaited_by else
+                                  self.objs.set_items(record.awaited_by)
+                                  if record.awaited_by_is_set else [record.awaited_by])
+            task.awaited_by = index.recorded(raw) if self.linked else index.inferred(raw)
+        except _TRANSIENT as exc:
+            task.errors.append(f"record not decoded: {exc}")
         return task
 
     def _running_stack(self, task: Task, raw: RawTask, ts: ThreadState | None) -> None:
