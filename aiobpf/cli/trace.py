@@ -104,9 +104,15 @@ class TraceCommand:
             steps: list[Step] = []
             emitted = 0
 
+            deadline = time.monotonic() + args.duration
+
             def on_step(record: TaskRecord) -> None:
                 nonlocal emitted, stop
-                if record.pid != target.pid or stop:
+                if stop or record.pid != target.pid:
+                    return
+                if record.step_start_ns > deadline_ns:
+                    stop = True  # events can outpace a poll: end on time, drain the rest
+                    capture.set_trace(target.pid, False)
                     return
                 step = decoder.step(record)
                 emitted += 1
@@ -118,10 +124,11 @@ class TraceCommand:
                 except BrokenPipeError:  # the reader (head, jq) has gone: end quietly
                     stop = True
 
+            deadline_ns = int(deadline * 1e9)
             capture.on_steps(on_step)
-            deadline = time.monotonic() + args.duration
             while not stop and time.monotonic() < deadline:
                 capture.poll(100)
+            capture.set_trace(target.pid, False)
             capture.poll(0)
             stats = capture.stats(target.pid)
             if args.output:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import os
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,23 @@ MAX_DEPTH = 32
 MAX_RESUME_OPS = 4
 HIST_SLOTS = 64
 _HANDLERS = {TASK_WAKEUP: "on_task_wakeup", STEP_WRAPPER_CALL: "on_step_wrapper"}
+
+
+@contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Collect what C code (bcc, clang) writes on file descriptor 2 meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read().decode(errors="replace").splitlines())
 
 
 class CaptureUnavailable(Exception):
@@ -165,13 +185,22 @@ class Capture:
             from bcc import BPF  # Debian's python3-bpfcc; slow to import, so only here
         except ImportError as exc:
             raise CaptureUnavailable("bcc is not installed (apt install python3-bpfcc)") from exc
-        try:
-            self.bpf = BPF(src_file=str(BPF_DIR / "capture.bpf.c").encode(),
-                           cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
-        except Exception as exc:  # bcc raises bare Exceptions
-            raise CaptureUnavailable(f"the BPF programs did not load: {exc}") from exc
+        with _stderr_captured() as said:
+            try:
+                self.bpf = BPF(src_file=str(BPF_DIR / "capture.bpf.c").encode(),
+                               cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
+            except Exception as exc:  # bcc raises bare Exceptions
+                failure: Exception | None = exc
+            else:
+                failure = None
+        if failure is not None:
+            # bcc writes the reason on stderr (from C); say it in one line instead.
+            reason = next((line for line in said if "error" in line.lower()), str(failure))
+            if "not permitted" in reason:
+                reason += " (BPF needs root, or CAP_BPF and CAP_PERFMON)"
+            raise CaptureUnavailable(f"the BPF programs did not load: {reason}") from failure
         self._lib = __import__("bcc").lib
-        self.tables = {name: self.bpf.get_table(name, keytype=key, leaftype=value)
+        self.tables = {name: self.bpf.get_table(name.encode(), keytype=key, leaftype=value)
                        for name, (key, value) in _TABLES.items()}
         self._fds: dict[tuple[int, int, int], int] = {}   # (dev, inode, offset) -> perf fd
         self._targets: dict[int, Attachment] = {}
@@ -226,7 +255,17 @@ class Capture:
                 handler(TaskRecord.from_address(data))
 
         self._deliver = deliver  # keep the callback alive as long as the ring buffer
-        self.bpf["events"].open_ring_buffer(deliver)
+        self.bpf[b"events"].open_ring_buffer(deliver)
+
+    def set_trace(self, pid: int, on: bool) -> None:
+        """Start or stop step events for ``pid`` (records and counters go on)."""
+        key = ct.c_uint32(pid)
+        try:
+            value = self.tables["targets"][key]
+        except KeyError:
+            return
+        value.cfg.trace = int(on)
+        self.tables["targets"][key] = value
 
     def poll(self, timeout_ms: int = 100) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)

@@ -65,11 +65,23 @@ def map_files_path(pid: int, mapping: Mapping) -> Path:
     return Path(f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}")
 
 
+def mapped_paths(pid: int, mapping: Mapping) -> list[Path]:
+    """Host paths that may lead to the file behind ``mapping``: the mapped inode itself
+    (needs CAP_SYS_ADMIN); the path as /proc/PID/maps gives it, which the kernel writes
+    relative to the reader's root (right for a chroot); and that path inside the
+    process's root directory (right for a container with its own mount namespace)."""
+    return [map_files_path(pid, mapping), Path(mapping.path), host_path(pid, mapping.path)]
+
+
 def open_mapped(pid: int, mapping: Mapping) -> Path:
-    """A host path for the file behind ``mapping``, preferring the mapped inode itself."""
-    candidate = map_files_path(pid, mapping)
-    if os.access(candidate, os.R_OK):
-        return candidate
+    """A readable host path to the very file (same inode) behind ``mapping``."""
+    for candidate in mapped_paths(pid, mapping):
+        try:
+            with open(candidate, "rb") as stream:
+                if os.fstat(stream.fileno()).st_ino == mapping.inode:
+                    return candidate
+        except OSError:
+            continue
     return host_path(pid, mapping.path)
 
 

@@ -1,4 +1,4 @@
-"""Reads race with a busy target: no dump may fail, and what it shows must be real.
+"""Memory reads race with a busy target: no dump may fail, what it shows must be real.
 
 The churn target keeps thousands of tasks stepping, being created and finishing.
 Consecutive ``ps --format json`` dumps must all succeed; every frame of the
@@ -30,7 +30,7 @@ def test_consecutive_dumps_of_a_busy_target(python: Python) -> None:
     with run_target(python, "churn.py", "1500") as target:
         partial = total = 0
         for _ in range(DUMPS):
-            result = aiobpf("ps", str(target.pid), "--format", "json")
+            result = aiobpf("ps", str(target.pid), "--format", "json", "--capture", "memory")
             assert result.returncode == 0, result.stderr
             doc = result.json()
             ids = {t["id"] for t in doc["tasks"]}
@@ -46,5 +46,6 @@ def test_consecutive_dumps_of_a_busy_target(python: Python) -> None:
                 for awaiter in task["awaited_by"]:
                     assert awaiter["id"] in ids or not awaiter["is_task"], (task, awaiter)
         # A task that keeps changing under four consecutive reads is reported partial
-        # (with the reason) rather than wrong; it must stay rare.
-        assert partial <= total * 0.05
+        # (with the reason) rather than wrong; it must stay rare.  (BPF capture, tested
+        # in test_capture.py, has none: it reads each task when its step ends.)
+        assert partial <= total * 0.10

@@ -33,8 +33,10 @@ def _binaries(python: Python) -> tuple[Path, Path | None]:
     code = ("import sys, sysconfig, _asyncio, os; "
             "libdir = sysconfig.get_config_var('LIBDIR');"
             "shared = sysconfig.get_config_var('Py_ENABLE_SHARED');"
-            "print(os.path.join(libdir, sysconfig.get_config_var('INSTSONAME')) if shared "
-            "else os.path.realpath(sys.executable));"
+            "lib = os.path.join(libdir, sysconfig.get_config_var('INSTSONAME'));"
+            # Debian links the interpreter statically even where sysconfig says shared.
+            "print(lib if shared and os.path.exists(lib) and 'libpython' in "
+            "open('/proc/self/maps').read() else os.path.realpath(sys.executable));"
             "print(getattr(_asyncio, '__file__', ''))")
     out = subprocess.run(python.argv("-c", code), capture_output=True, text=True, check=True)
     core, asyncio_path = out.stdout.splitlines()

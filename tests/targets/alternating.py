@@ -3,17 +3,20 @@
 Each worker alternates: it waits on a queue (site A), then sleeps a tick (site B).
 A reader that samples such a task from memory races with it all the time; BPF
 capture records it at the end of each step, suspended at A or at B.
-Usage: alternating.py [N]; prints READY once the workers run.
+Usage: alternating.py [N [PAUSE]]; PAUSE seconds at site B (default 0: as fast as
+possible); prints READY once the workers run.
 """
 
 import asyncio
 import sys
 
+PAUSE = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+
 
 async def worker(inbox: asyncio.Queue, outbox: asyncio.Queue) -> None:
     while True:
         item = await inbox.get()  # SITE-A
-        await asyncio.sleep(0)  # SITE-B
+        await asyncio.sleep(PAUSE)  # SITE-B
         outbox.put_nowait(item)
 
 

@@ -1,0 +1,263 @@
+"""BPF capture at the task step and wakeup points, with real uprobes on real targets.
+
+- probe sites are found on every build of the matrix, stripped ones included, and
+  the method-table and type-table routes agree with .symtab wherever it exists;
+- records come from the BPF map, marked as such, and are right;
+- under churn, BPF-sourced stacks are always real suspension points;
+- `aiobpf trace` writes valid JSON lines and a valid Chrome/Perfetto trace whose step
+  count equals the BPF step counter;
+- nothing stays in the kernel after exit, SIGINT, SIGTERM or SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aiobpf.collector.elf import find_debug_file
+from aiobpf.collector.loader import CAPTURE_SUSPENDED, Capture
+from aiobpf.collector.probes import STEP_FUNCTIONS, _from_method_table, _from_type, _Tables
+from aiobpf.collector.snapshot import Collector
+from aiobpf.collector.target import open_target
+from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
+from tests.pythons import Python, by_label
+
+PROGRAMS = ("on_task_wakeup", "on_step_wrapper", "sys_enter", "sys_exit")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _lines(script: str, *markers: str) -> dict[str, int]:
+    text = (TARGETS / script).read_text().splitlines()
+    return {m: next(n for n, line in enumerate(text, 1) if line.rstrip().endswith(f"# {m}"))
+            for m in markers}
+
+
+def _loaded_programs() -> set[int]:
+    """Ids of the loaded BPF programs that have aiobpf's names."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True,
+                         check=True).stdout
+    return {p["id"] for p in json.loads(out) if p.get("name") in PROGRAMS}
+
+
+@pytest.fixture(scope="module")
+def capture():
+    cap = Capture()
+    yield cap
+    cap.close()
+
+
+@pytest.mark.parametrize("python", matrix_params())
+def test_probe_sites_on_every_build(python: Python) -> None:
+    with run_target(python, "seed_app.py") as target:
+        found = open_target(target.pid)
+        holder = found.asyncio or found.core
+        tables = _Tables(holder.image)
+        by_tables = {"task_wakeup": _from_method_table(tables),
+                     "TaskStepMethWrapper_call": (_from_type(tables, found.layout["type.call"])
+                                                  or (None,))[0]}
+        assert all(by_tables.values()), by_tables
+        symbols = holder.image.symbols(set(STEP_FUNCTIONS), tables=(".symtab",))
+        if not symbols:
+            debug = find_debug_file(holder.image, [Path(f"/proc/{target.pid}/root/usr/lib/debug")])
+            symbols = debug.symbols(set(STEP_FUNCTIONS), tables=(".symtab",)) if debug else {}
+        if not python.stripped:
+            assert set(symbols) == set(STEP_FUNCTIONS)
+        for name, addr in symbols.items():
+            assert by_tables[name] == addr, (name, hex(addr), hex(by_tables[name] or 0))
+
+
+@pytest.mark.parametrize("python", matrix_params())
+def test_records_come_from_the_bpf_map(python: Python, capture: Capture) -> None:
+    lines = _lines("alternating.py", "SITE-A", "SITE-B")
+    with run_target(python, "alternating.py", "20") as target:
+        found = open_target(target.pid)
+        attachment = capture.add(found)
+        try:
+            assert attachment.active, attachment.notes
+            time.sleep(0.5)
+            records = capture.records(target.pid)
+            stats = capture.stats(target.pid)
+            assert stats is not None and stats.steps > 100 and stats.read_errors == 0
+            snapshot = Collector(found).snapshot(records=records)
+        finally:
+            capture.remove(target.pid)
+        workers = [t for t in snapshot.tasks if t.name.startswith("w")]
+        assert len(workers) == 20
+        assert all(records[t.id].state == CAPTURE_SUSPENDED for t in workers)
+        from_bpf = [t for t in workers if t.source == "bpf"]
+        assert len(from_bpf) >= 15
+        for task in from_bpf:
+            worker = task.frames[0]
+            assert worker.name == "worker" and worker.filename == target.script
+            assert worker.line in lines.values()
+            inner = [f.name for f in task.frames[1:]]
+            assert inner[:1] == (["Queue.get"] if worker.line == lines["SITE-A"] else ["sleep"])
+
+
+def test_json_marks_bpf_records() -> None:
+    lines = _lines("alternating.py", "SITE-A", "SITE-B")
+    with run_target(by_label("sid-3.14"), "alternating.py", "20") as target:
+        result = aiobpf("ps", str(target.pid), "--format", "json", "--capture", "bpf")
+        assert result.returncode == 0, result.stderr
+        doc = result.json()
+        assert doc["capture"] == "bpf+memory"
+        sources = {t["name"]: t["source"] for t in doc["tasks"]}
+        assert sources["Task-1"] == "memory"  # main only awaits gather(): it never steps
+        assert sum(s == "bpf" for name, s in sources.items() if name.startswith("w")) >= 15
+        for task in doc["tasks"]:
+            if task["source"] == "bpf":
+                assert task["frames"][0]["line"] in lines.values()
+
+
+@pytest.mark.parametrize("python", [by_label("sid-3.14"), by_label("debian-3.11")],
+                         ids=str)
+def test_bpf_dumps_of_a_busy_target_are_consistent(python: Python, capture: Capture) -> None:
+    """200 consecutive dumps of the churn target with records from the BPF map."""
+    text = (TARGETS / "churn.py").read_text().splitlines()
+    suspension = {n for n, line in enumerate(text, 1) if "await " in line or "async def" in line}
+    with run_target(python, "churn.py", "1500") as target:
+        found = open_target(target.pid)
+        capture.add(found)
+        collector = Collector(found)
+        try:
+            time.sleep(0.3)
+            from_bpf = 0
+            for _ in range(200):
+                snapshot = collector.snapshot(records=capture.records(target.pid))
+                ids = {t.id for t in snapshot.tasks}
+                for task in snapshot.tasks:
+                    for awaiter in task.awaited_by:
+                        assert awaiter.id in ids or not awaiter.is_task
+                    if task.source != "bpf":
+                        continue
+                    from_bpf += 1
+                    assert not task.errors, task
+                    for frame in task.frames:
+                        if frame.filename == target.script:
+                            assert frame.line in suspension, (task, frame)
+            assert from_bpf > 200 * 100
+        finally:
+            capture.remove(target.pid)
+
+
+def test_capture_off_is_said_in_one_line() -> None:
+    """With CAP_SYS_PTRACE but no BPF privileges: memory read, and one line saying why."""
+    with run_target(by_label("sid-3.14"), "seed_app.py") as target:
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/tmp"}
+        argv = ["setpriv", "--inh-caps=-all,+sys_ptrace", "--ambient-caps=-all,+sys_ptrace",
+                "--bounding-set=-all,+sys_ptrace", "--reuid=0",
+                sys.executable, "-m", "aiobpf", "pstree", str(target.pid), "--capture", "bpf"]
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "(T) foo1.0" in out.stdout
+        notes = [line for line in out.stderr.splitlines() if line]
+        assert len(notes) == 1 and "BPF capture is off" in notes[0], out.stderr
+        assert "Traceback" not in out.stderr
+
+
+# -- aiobpf trace -------------------------------------------------------------------------
+STEP_KEYS = {"type", "pid", "task", "name", "thread_id", "start_ns", "start_unix_ns",
+             "duration_ns", "wake_delay_ns", "state", "frames"}
+
+
+def test_trace_json_lines() -> None:
+    with run_target(by_label("pyenv-3.12.1") if by_label("pyenv-3.12.1").available()
+                    else by_label("sid-3.14"), "alternating.py", "10", "0.001") as target:
+        result = aiobpf("trace", str(target.pid), "--duration", "1")
+        assert result.returncode == 0, result.stderr
+        steps = [json.loads(line) for line in result.stdout.splitlines()]
+        assert len(steps) > 100
+        traced = int(result.stderr.split("traced ")[1].split()[0])
+        assert traced == len(steps)
+        for step in steps:
+            assert set(step) == STEP_KEYS
+            assert step["type"] == "step" and step["pid"] == target.pid
+            assert step["task"].startswith("0x") and step["duration_ns"] >= 0
+            assert step["state"] in ("suspended", "finished", "running", "created")
+            assert all(set(f) == {"name", "filename", "line", "kind"} for f in step["frames"])
+        starts = [s["start_ns"] for s in steps if s["thread_id"] == target.pid]
+        assert starts == sorted(starts)
+
+
+def test_trace_file_is_a_valid_chrome_trace(tmp_path: Path) -> None:
+    out = tmp_path / "trace.json"
+    with run_target(by_label("sid-3.14"), "alternating.py", "10", "0.001") as target:
+        result = aiobpf("trace", str(target.pid), "--duration", "1", "-o", str(out))
+        assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"traceEvents", "displayTimeUnit", "otherData"}
+    slices = [e for e in doc["traceEvents"] if e["ph"] == "X"]
+    meta = [e for e in doc["traceEvents"] if e["ph"] == "M"]
+    traced = int(result.stderr.split("traced ")[1].split()[0])
+    assert len(slices) == traced > 100 and "lost" not in result.stderr
+    tracks = {e["tid"] for e in slices}
+    assert tracks == {e["tid"] for e in meta if e["name"] == "thread_name"}
+    for event in slices:
+        assert {"name", "cat", "ph", "ts", "dur", "pid", "tid", "args"} <= set(event)
+        assert isinstance(event["ts"], int | float) and event["ts"] >= 0
+        assert isinstance(event["dur"], int | float) and event["dur"] >= 0
+        assert isinstance(event["tid"], int) and event["pid"] == target.pid
+    names = {e["args"]["name"] for e in meta if e["name"] == "thread_name"}
+    assert sum(n.startswith("w") for n in names) == 10
+
+
+def test_trace_step_count_equals_the_bpf_counter(capture: Capture) -> None:
+    """Every step the programs count reaches user space as one event."""
+    with run_target(by_label("sid-3.14"), "alternating.py", "10", "0.001") as target:
+        found = open_target(target.pid)
+        capture.add(found, trace=True)
+        seen: list[int] = []
+        capture.on_steps(lambda r: seen.append(r.task) if r.pid == target.pid else None)
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            capture.poll(50)
+        capture.set_trace(target.pid, False)
+        capture.poll(0)
+        stats = capture.stats(target.pid)
+        capture.remove(target.pid)
+        assert stats is not None and stats.events_lost == 0
+        assert len(seen) > 100
+        # Captures counted after events were switched off produce no event.
+        assert len(seen) <= stats.captures <= len(seen) + 10 * 2
+
+
+# -- nothing left behind --------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["exit", "SIGINT", "SIGTERM", "SIGKILL"])
+def test_nothing_stays_in_the_kernel(how: str) -> None:
+    before = _loaded_programs()  # other tests of this module may hold a capture open
+    with run_target(by_label("sid-3.14"), "alternating.py", "10", "0.001") as target:
+        duration = "1" if how == "exit" else "60"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        tracer = subprocess.Popen([sys.executable, "-m", "aiobpf", "trace", str(target.pid),
+                                   "--duration", duration],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while not _loaded_programs() - before and time.monotonic() < deadline:
+                if tracer.poll() is not None:
+                    break
+                time.sleep(0.1)
+            assert _loaded_programs() - before or how == "exit"
+            if how != "exit":
+                tracer.send_signal(getattr(signal, how))
+            tracer.wait(timeout=60)
+        finally:
+            if tracer.poll() is None:
+                tracer.kill()
+                tracer.wait()
+        assert "Traceback" not in tracer.stderr.read().decode()
+        deadline = time.monotonic() + 5
+        while _loaded_programs() - before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _loaded_programs() - before == set()
+        assert target.proc.poll() is None  # the target never noticed
+        uprobes = Path("/sys/kernel/tracing/uprobe_events")
+        if uprobes.exists():
+            assert "aiobpf" not in uprobes.read_text()
