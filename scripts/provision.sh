@@ -33,8 +33,9 @@ die() { echo "provision: FAILED: $*" >&2; exit 1; }
 # -- 1. Debian packages ---------------------------------------------------------
 PACKAGES=(python3 python3-venv python3-pip python3-bpfcc bpftool make git ca-certificates)
 # The test interpreters: debootstrap for the sid and bullseye roots; python3.11-dbg
-# for the debug file of Debian's python3.11, which the layout tests check against.
-[ "$WITH_SID" = 1 ] && PACKAGES+=(debootstrap python3.11-dbg)
+# for the debug file of Debian's python3.11, which the layout tests check against;
+# wrk, the load generator of bench/overhead.py.
+[ "$WITH_SID" = 1 ] && PACKAGES+=(debootstrap python3.11-dbg wrk)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

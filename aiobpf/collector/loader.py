@@ -24,6 +24,7 @@ from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_WAKEUP, ProbeSite, f
 from aiobpf.collector.target import Target
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
 MAX_DEPTH = 32
 MAX_RESUME_OPS = 4
 HIST_SLOTS = 64
@@ -171,6 +172,7 @@ class Attachment:
     pid: int
     sites: dict[str, ProbeSite] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    file: tuple[int, int] | None = None   # (device, inode) of the probed file
 
     @property
     def active(self) -> bool:
@@ -200,17 +202,27 @@ class Capture:
                 reason += " (BPF needs root, or CAP_BPF and CAP_PERFMON)"
             raise CaptureUnavailable(f"the BPF programs did not load: {reason}") from failure
         self._lib = __import__("bcc").lib
+        self.wait_hooks = self._attach_wait_hooks()
         self.tables = {name: self.bpf.get_table(name.encode(), keytype=key, leaftype=value)
                        for name, (key, value) in _TABLES.items()}
         self._fds: dict[tuple[int, int, int], int] = {}   # (dev, inode, offset) -> perf fd
         self._targets: dict[int, Attachment] = {}
 
     # -- probes ---------------------------------------------------------------------
-    def _attach(self, host_path: Path, site: ProbeSite) -> None:
+    def _attach_wait_hooks(self) -> str:
+        """Learn when an event loop waits for I/O (a step is over) and wakes (its next
+        steps are due), from raw syscall tracepoints.  (The tracepoints of the wait
+        calls alone would spare other processes, but cost the traced loop more.)"""
+        self.bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"on_raw_enter")
+        self.bpf.attach_raw_tracepoint(tp=b"sys_exit", fn_name=b"on_raw_exit")
+        return "raw syscall tracepoints"
+
+    def _attach(self, host_path: Path, site: ProbeSite) -> tuple[int, int]:
+        """Place one probe (once per file and offset); the file's (device, inode)."""
         st = os.stat(host_path)
         key = (st.st_dev, st.st_ino, site.file_offset)
         if key in self._fds:
-            return
+            return key[:2]
         fn = self.bpf.load_func(_HANDLERS[site.function].encode(), self.bpf.KPROBE)
         ev_name = f"aiobpf_{os.getpid()}_{st.st_ino:x}_{site.file_offset:x}".encode()
         fd = self._lib.bpf_attach_uprobe(fn.fd, 0, ev_name, str(host_path).encode(),
@@ -219,6 +231,7 @@ class Capture:
             raise CaptureUnavailable(f"could not attach a uprobe to {site.function} in "
                                      f"{host_path.name} (+{site.file_offset:#x})")
         self._fds[key] = fd
+        return key[:2]
 
     def add(self, target: Target, debug=None, trace: bool = False) -> Attachment:
         """Trace ``target``: place the probes of its _asyncio file (once per file) and
@@ -231,20 +244,26 @@ class Capture:
         mapping = next(m for m in target.maps if m.path == holder.path)
         host_path = procfs.open_mapped(target.pid, mapping)
         for site in sites.values():
-            self._attach(host_path, site)
+            attachment.file = self._attach(host_path, site)
         self.tables["targets"][ct.c_uint32(target.pid)] = TargetValue(
             target_config(target, trace), TargetStats())
         self._targets[target.pid] = attachment
         return attachment
 
     def remove(self, pid: int) -> None:
-        """Stop tracing ``pid`` (its probes stay while other processes share the file)."""
-        self._targets.pop(pid, None)
+        """Stop tracing ``pid``; its file's probes go when no traced process uses it."""
+        attachment = self._targets.pop(pid, None)
         with contextlib.suppress(KeyError):
             del self.tables["targets"][ct.c_uint32(pid)]
         for key in [k for k in self.tables["records"] if k.pid == pid]:
             with contextlib.suppress(KeyError):
                 del self.tables["records"][key]
+        if attachment is None or attachment.file is None:
+            return
+        if any(other.file == attachment.file for other in self._targets.values()):
+            return
+        for key in [k for k in self._fds if k[:2] == attachment.file]:
+            self._lib.bpf_close_perf_event_fd(self._fds.pop(key))
 
     # -- maps --------------------------------------------------------------------------
     def on_steps(self, handler: Callable[[TaskRecord], None]) -> None:

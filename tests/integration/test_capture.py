@@ -29,7 +29,7 @@ from aiobpf.collector.target import open_target
 from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
 from tests.pythons import Python, by_label
 
-PROGRAMS = ("on_task_wakeup", "on_step_wrapper", "sys_enter", "sys_exit")
+PROGRAMS = ("on_task_wakeup", "on_step_wrapper", "on_raw_enter", "on_raw_exit")
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Tracing overhead, side by side in one run: the same target process with and
+without aiobpf's BPF capture (full stack capture at every step end).
+
+(a) worst case: an asyncio.Queue ping-pong between two tasks (two steps per round
+    trip, nothing else);
+(b) a realistic service: an asyncio streams HTTP server under wrk on loopback.
+
+Each target runs once; capture is switched on and off in alternating phases of
+--phase seconds (off, on, off, on, ...), and each phase's throughput and the
+target's CPU time per operation are measured.  "off" means no aiobpf program is
+loaded at all.  Also measured: the cost of one uprobe hit with an empty program
+(the kernel's trap and return), at the probe sites aiobpf uses.
+
+Run as root: ``make bench`` or ``.venv/bin/python bench/overhead.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiobpf.collector.loader import Capture
+from aiobpf.collector.target import open_target
+
+HERE = Path(__file__).resolve().parent
+
+
+def _python() -> list[str]:
+    """The interpreter the targets run under: a pyenv 3.12 if present, else sid's 3.14."""
+    for candidate in sorted(Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+                            .glob("versions/3.12.*/bin/python3.12")):
+        return [str(candidate)]
+    return ["/usr/bin/python3.11"]
+
+
+class Phases:
+    """Alternate capture off/on around a running target and collect per-phase figures."""
+
+    def __init__(self, pid: int, phase: float, rounds: int) -> None:
+        self.pid, self.phase, self.rounds = pid, phase, rounds
+
+    def run(self, sample) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"off": [], "on": []}
+        steps = 0
+        for _ in range(self.rounds):
+            out["off"].append(sample(self.phase))
+            capture = Capture()
+            capture.add(open_target(self.pid))
+            time.sleep(0.2)  # let probes settle before measuring
+            before = capture.stats(self.pid)
+            out["on"].append(sample(self.phase))
+            after = capture.stats(self.pid)
+            steps += (after.steps - before.steps) if before and after else 0
+            capture.close()
+        out["steps_per_second_on"] = [steps / (self.rounds * self.phase)]
+        return out
+
+
+def _ratio(figures: dict[str, list[float]]) -> tuple[float, float, float]:
+    off, on = statistics.median(figures["off"]), statistics.median(figures["on"])
+    return off, on, 100 * (off - on) / off
+
+
+def bench_pingpong(phase: float, rounds: int) -> dict:
+    proc = subprocess.Popen([*_python(), "-u", str(HERE / "targets" / "pingpong.py")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdin and proc.stdout
+    assert proc.stdout.readline().startswith("READY")
+
+    def read() -> tuple[int, float]:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        count, cpu = proc.stdout.readline().split()
+        return int(count), float(cpu)
+
+    def sample(seconds: float) -> float:
+        c0, _ = read()
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        c1, _ = read()
+        return (c1 - c0) / (time.perf_counter() - t0)
+
+    try:
+        figures = Phases(proc.pid, phase, rounds).run(sample)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    off, on, loss = _ratio(figures)
+    return {"name": "queue ping-pong", "unit": "round trips/s", "off": off, "on": on,
+            "loss_percent": loss, "steps_per_second": figures["steps_per_second_on"][0],
+            "phases": figures}
+
+
+def bench_http(phase: float, rounds: int) -> dict:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk is missing: scripts/provision.sh installs it")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([*_python(), "-u", str(HERE / "targets" / "http_server.py"),
+                             str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    assert proc.stdout
+    assert proc.stdout.readline().startswith("READY")
+
+    def sample(seconds: float) -> float:
+        out = subprocess.run([wrk, "-t1", "-c16", f"-d{seconds:.0f}s",
+                              f"http://127.0.0.1:{port}/items"],
+                             capture_output=True, text=True, check=True).stdout
+        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    try:
+        figures = Phases(proc.pid, phase, rounds).run(sample)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    off, on, loss = _ratio(figures)
+    return {"name": "HTTP server (asyncio streams, wrk -c16)", "unit": "requests/s",
+            "off": off, "on": on, "loss_percent": loss,
+            "steps_per_second": figures["steps_per_second_on"][0], "phases": figures}
+
+
+def probe_hit_cost(seconds: float = 2.0) -> dict:
+    """ns per uprobe hit with an empty program, measured by the kernel (bpf_stats) and
+    by the ping-pong's loss of throughput per hit."""
+    from bcc import BPF, lib
+
+    proc = subprocess.Popen([*_python(), "-u", str(HERE / "targets" / "pingpong.py")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdin and proc.stdout
+    assert proc.stdout.readline().startswith("READY")
+
+    def rate(s: float) -> float:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        c0 = int(proc.stdout.readline().split()[0])
+        time.sleep(s)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        return (int(proc.stdout.readline().split()[0]) - c0) / s
+
+    try:
+        target = open_target(proc.pid)
+        holder = target.asyncio or target.core
+        from aiobpf.collector.probes import find_step_sites
+
+        sites, _ = find_step_sites(holder.image, None, target.layout["type.call"])
+        site = sites["task_wakeup"]
+        empty = BPF(text="int hit(void *ctx) { return 0; }")
+        fn = empty.load_func(b"hit", BPF.KPROBE)
+        path = f"/proc/{proc.pid}/root{holder.path}"
+        bare = [rate(seconds)]
+        fd = lib.bpf_attach_uprobe(fn.fd, 0, b"aiobpf_bench_empty", path.encode(),
+                                   site.file_offset, -1)
+        probed = [rate(seconds)]
+        lib.bpf_close_perf_event_fd(fd)
+        bare.append(rate(seconds))
+        # two task_wakeup hits per round trip
+        per_rt_off = 1e9 / statistics.mean(bare)
+        per_rt_on = 1e9 / probed[0]
+        return {"site": f"task_wakeup (+{site.address - site.entry}: {site.instruction})",
+                "ns_per_hit": (per_rt_on - per_rt_off) / 2}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", type=float, default=3.0, help="seconds per phase")
+    parser.add_argument("--rounds", type=int, default=3, help="off/on pairs")
+    parser.add_argument("--json", type=Path, help="write the raw results here")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: BPF capture needs it")
+    results = [bench_pingpong(args.phase, args.rounds), bench_http(args.phase, args.rounds)]
+    hit = probe_hit_cost()
+    print(f"tracing overhead, same process, capture off/on alternating, median of "
+          f"{args.rounds} phases of {args.phase:.0f} s ({' '.join(_python())})")
+    print(f"{'workload':<42} {'off':>12} {'on':>12} {'loss':>7} {'steps/s':>9}")
+    for r in results:
+        print(f"{r['name']:<42} {r['off']:>12.0f} {r['on']:>12.0f} {r['loss_percent']:>6.1f}% "
+              f"{r['steps_per_second']:>9.0f}  ({r['unit']})")
+    print(f"one uprobe hit, empty program, at {hit['site']}: {hit['ns_per_hit']:.0f} ns")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "probe_hit": hit}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
