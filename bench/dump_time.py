@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Dump time and peak memory: ``aiobpf pstree`` against ``python3.14 -m asyncio pstree``.
 
-Both tools read the same running 3.14 process (bench/targets/many_tasks.py, in the
+Both tools read the same running 3.14 process (tests/targets/many_tasks.py, in the
 Debian sid root) with 1k, 10k, 60k and 100k tasks, one after the other, several
 times; the table shows medians and the ratios.  3.14's tool gives up on task
 lists longer than 65,536 ("Task list appears corrupted"); aiobpf also runs at
@@ -62,7 +62,7 @@ def measure(argv: list[str]) -> Run:
 def start_target(n: int) -> subprocess.Popen:
     dest = SID_ROOT / TARGET.lstrip("/")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(HERE / "targets" / "many_tasks.py", dest)
+    shutil.copy(HERE.parent / "tests" / "targets" / "many_tasks.py", dest)
     proc = subprocess.Popen(["chroot", str(SID_ROOT), PYTHON, "-u", TARGET, str(n)],
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout is not None

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SID_ROOT=${AIOBPF_SID_ROOT:-/var/cache/aiobpf/sid-root}
 PY=${AIOBPF_VENV:-.venv}/bin/python
-install -D -m 644 examples/seed_app.py "$SID_ROOT/home/user/app.py"
+install -D -m 644 tests/reference/app.py "$SID_ROOT/home/user/app.py"
 setsid chroot "$SID_ROOT" /usr/bin/python3.14 /home/user/app.py &
 pid=$!
 trap 'kill -9 -- -$pid 2>/dev/null || kill -9 $pid 2>/dev/null || true' EXIT
