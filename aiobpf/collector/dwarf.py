@@ -45,11 +45,6 @@ class Member:
     bit_size: int | None = None
 
 
-def has_dwarf(stream: BinaryIO) -> bool:
-    """True when the ELF file carries a .debug_info section."""
-    return ELFFile(stream).get_section_by_name(".debug_info") is not None
-
-
 def _string_filter(elf: ELFFile):
     """A cheap test that rules out names the DWARF cannot contain.
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiobpf.collector import procfs
+from aiobpf.collector.elf import ElfImage
 from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_WAKEUP, ProbeSite, find_step_sites
 from aiobpf.collector.target import Target
 
@@ -233,7 +234,8 @@ class Capture:
         self._fds[key] = fd
         return key[:2]
 
-    def add(self, target: Target, debug=None, trace: bool = False) -> Attachment:
+    def add(self, target: Target, debug: ElfImage | None = None, trace: bool = False
+            ) -> Attachment:
         """Trace ``target``: place the probes of its _asyncio file (once per file) and
         hand its layout to the programs."""
         holder = target.asyncio or target.core

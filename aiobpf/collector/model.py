@@ -66,6 +66,3 @@ class Snapshot:
     layout_sources: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     capture: str = "memory"       # memory | bpf+memory
-
-    def task_by_id(self) -> dict[int, Task]:
-        return {t.id: t for t in self.tasks}

@@ -124,12 +124,5 @@ def _in_other_root(pid: int) -> bool:
         return False
 
 
-def thread_ids(pid: int) -> list[int]:
-    try:
-        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-    except FileNotFoundError:
-        raise ProcessNotFound(pid) from None
-
-
 def exists(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
