@@ -261,3 +261,24 @@ def test_nothing_stays_in_the_kernel(how: str) -> None:
         uprobes = Path("/sys/kernel/tracing/uprobe_events")
         if uprobes.exists():
             assert "aiobpf" not in uprobes.read_text()
+
+
+def test_one_probe_set_per_file_for_many_processes(capture: Capture) -> None:
+    """Processes of one Python share one set of probes (uprobes are per inode); the
+    probes go when the last of them is removed."""
+    from contextlib import ExitStack
+
+    python = by_label("sid-3.14")
+    with ExitStack() as stack:
+        targets = [stack.enter_context(run_target(python, "alternating.py", "5", "0.001"))
+                   for _ in range(5)]
+        probes_before = len(capture._fds)
+        for target in targets:
+            capture.add(open_target(target.pid))
+        assert len(capture._fds) == probes_before + 2
+        time.sleep(0.5)
+        for target in targets:
+            assert len(capture.records(target.pid)) == 5
+        for target in targets:
+            capture.remove(target.pid)
+        assert len(capture._fds) == probes_before
