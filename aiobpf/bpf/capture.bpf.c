@@ -100,9 +100,26 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
     for (int i = 0; i < AIOBPF_MAX_DEPTH; i++) {
         if (!obj || span < 16)
             break;
+        u32 got = span;
         if (bpf_probe_read_user(buf, span, (void *)obj)) {
-            __sync_fetch_and_add(&t->stats.read_errors, 1);
-            break;
+            /* The slack read past a small object may reach an unmapped page: read the
+             * header alone, then as much as a generator needs. */
+            u32 need = cfg->gen_min_span & (GEN_BUF - 1);
+            if (bpf_probe_read_user(buf, 16, (void *)obj)) {
+                __sync_fetch_and_add(&t->stats.read_errors, 1);
+                break;
+            }
+            u64 head_type = field(buf, cfg->ob_type);
+            if (head_type == cfg->coro_type || head_type == cfg->gen_type ||
+                head_type == cfg->asyncgen_type) {
+                if (need < 16 || bpf_probe_read_user(buf, need, (void *)obj)) {
+                    __sync_fetch_and_add(&t->stats.read_errors, 1);
+                    break;
+                }
+                got = need;
+            } else {
+                got = 16;
+            }
         }
         u64 type = field(buf, cfg->ob_type);
         if (type != cfg->coro_type && type != cfg->gen_type && type != cfg->asyncgen_type) {
@@ -159,7 +176,7 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
             top = frame + cfg->frame_localsplus + 8 * (s64)(index - cfg->yf_depth);
         }
         u64 bits = 0;
-        if (top >= obj && top + 8 <= obj + span) {
+        if (top >= obj && top + 8 <= obj + got) {
             bits = field(buf, (u32)(top - obj));   /* the slot came with the generator */
         } else if (bpf_probe_read_user(&bits, 8, (void *)top)) {
             __sync_fetch_and_add(&t->stats.read_errors, 1);

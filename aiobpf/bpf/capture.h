@@ -21,6 +21,7 @@ struct target_config {
     __u32 frame_localsplus;
     __u32 gen_span;                /* bytes read at once from a generator (< 512) */
     __u32 task_span;               /* bytes read at once from a task (< 512) */
+    __u32 gen_min_span;            /* bytes a generator's header and frame need */
     __s8 st_created, st_executing, st_suspended, st_yf, st_yf_locked, st_cleared;
     __u8 stack_is_pointer;         /* 1: frame_stack is a pointer, 0: an int index */
     __u8 yf_by_oparg;              /* 3.11/3.12: test the RESUME after the frame's instr */

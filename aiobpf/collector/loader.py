@@ -64,6 +64,7 @@ class TargetConfig(ct.Structure):
         ("gen_frame_state", ct.c_uint32), ("gen_iframe", ct.c_uint32),
         ("frame_code", ct.c_uint32), ("frame_instr", ct.c_uint32), ("frame_stack", ct.c_uint32),
         ("frame_localsplus", ct.c_uint32), ("gen_span", ct.c_uint32), ("task_span", ct.c_uint32),
+        ("gen_min_span", ct.c_uint32),
         ("st_created", ct.c_int8), ("st_executing", ct.c_int8), ("st_suspended", ct.c_int8),
         ("st_yf", ct.c_int8), ("st_yf_locked", ct.c_int8), ("st_cleared", ct.c_int8),
         ("stack_is_pointer", ct.c_uint8), ("yf_by_oparg", ct.c_uint8), ("yf_depth", ct.c_uint8),
@@ -142,6 +143,8 @@ def target_config(target: Target, trace: bool = False) -> TargetConfig:
     # A generator's header, its frame and the first slots of the frame's locals and
     # stack, where the awaited object usually is: one read instead of two.
     cfg.gen_span = min(cfg.gen_iframe + cfg.frame_localsplus + 8 * 16, 504)
+    cfg.gen_min_span = max(cfg.gen_frame_state + 1, cfg.gen_iframe + 8 + max(
+        cfg.frame_code, cfg.frame_instr, cfg.frame_stack))
     cfg.task_span = max(cfg.task_coro, cfg.task_name, cfg.task_fut_waiter, cfg.task_state,
                         cfg.task_awaited_by, cfg.task_awaited_by_is_set) + 8
     cfg.st_created, cfg.st_executing = L["enum.FRAME_CREATED"], L["enum.FRAME_EXECUTING"]
