@@ -18,16 +18,18 @@ demo: provision  ## run the gh-135371 example under Python 3.14 in the sid root 
 test: provision  ## provision, then run the whole test suite (what CI runs)
 	$(PY) -m pytest -v tests
 
-lint:  ## ruff and mypy
+lint:  ## ruff, mypy, and the deployment files (hadolint, kubernetes-validate)
 	$(VENV)/bin/ruff check aiobpf tests tools bench
 	$(VENV)/bin/mypy aiobpf
+	bash scripts/lint-deploy.sh
 
 layouts:  ## regenerate aiobpf/collector/layouts/tables.py from the reference builds' DWARF
 	$(PY) tools/gen_layouts.py $$(bash scripts/layout-builds.sh)
 
-bench: provision  ## dump time and tracing overhead, side by side with python3.14 -m asyncio
+bench: provision  ## dump time, tracing overhead, the daemon's overhead, RSS and scrape time
 	$(PY) bench/dump_time.py --million
 	$(PY) bench/overhead.py
+	$(PY) bench/daemon.py
 
 clean:  ## remove the venv and caches (not the interpreter roots in /var/cache/aiobpf)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -46,25 +46,47 @@ def _python() -> list[str]:
     return ["/usr/bin/python3.11"]
 
 
-class Phases:
-    """Alternate capture off/on around a running target and collect per-phase figures."""
+class CaptureTracer:
+    """Full capture: aiobpf's programs on every step, for the whole phase."""
 
-    def __init__(self, pid: int, phase: float, rounds: int) -> None:
-        self.pid, self.phase, self.rounds = pid, phase, rounds
+    label = "full capture"
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.capture: Capture | None = None
+
+    def start(self) -> None:
+        self.capture = Capture()
+        self.capture.add(open_target(self.pid))
+        time.sleep(0.2)  # let probes settle before measuring
+
+    def steps(self) -> int:
+        stats = self.capture.stats(self.pid) if self.capture else None
+        return stats.steps if stats else 0
+
+    def stop(self) -> None:
+        if self.capture:
+            self.capture.close()
+            self.capture = None
+
+
+class Phases:
+    """Alternate the tracer off/on around a running target and collect per-phase figures."""
+
+    def __init__(self, pid: int, phase: float, rounds: int, tracer=CaptureTracer) -> None:
+        self.pid, self.phase, self.rounds, self.tracer = pid, phase, rounds, tracer
 
     def run(self, sample) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {"off": [], "on": []}
         steps = 0
         for _ in range(self.rounds):
             out["off"].append(sample(self.phase))
-            capture = Capture()
-            capture.add(open_target(self.pid))
-            time.sleep(0.2)  # let probes settle before measuring
-            before = capture.stats(self.pid)
+            tracer = self.tracer(self.pid)
+            tracer.start()
+            before = tracer.steps()
             out["on"].append(sample(self.phase))
-            after = capture.stats(self.pid)
-            steps += (after.steps - before.steps) if before and after else 0
-            capture.close()
+            steps += tracer.steps() - before
+            tracer.stop()
         out["steps_per_second_on"] = [steps / (self.rounds * self.phase)]
         return out
 
@@ -74,7 +96,7 @@ def _ratio(figures: dict[str, list[float]]) -> tuple[float, float, float]:
     return off, on, 100 * (off - on) / off
 
 
-def bench_pingpong(phase: float, rounds: int) -> dict:
+def bench_pingpong(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
     proc = subprocess.Popen([*_python(), "-u", str(HERE / "targets" / "pingpong.py")],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -95,7 +117,7 @@ def bench_pingpong(phase: float, rounds: int) -> dict:
         return (c1 - c0) / (time.perf_counter() - t0)
 
     try:
-        figures = Phases(proc.pid, phase, rounds).run(sample)
+        figures = Phases(proc.pid, phase, rounds, tracer).run(sample)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -105,7 +127,7 @@ def bench_pingpong(phase: float, rounds: int) -> dict:
             "phases": figures}
 
 
-def bench_http(phase: float, rounds: int) -> dict:
+def bench_http(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is missing: scripts/provision.sh installs it")
@@ -125,7 +147,7 @@ def bench_http(phase: float, rounds: int) -> dict:
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
     try:
-        figures = Phases(proc.pid, phase, rounds).run(sample)
+        figures = Phases(proc.pid, phase, rounds, tracer).run(sample)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

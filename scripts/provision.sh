@@ -34,15 +34,25 @@ die() { echo "provision: FAILED: $*" >&2; exit 1; }
 PACKAGES=(python3 python3-venv python3-pip python3-bpfcc bpftool make git ca-certificates)
 # The test interpreters: debootstrap for the sid and bullseye roots; python3.11-dbg
 # for the debug file of Debian's python3.11, which the layout tests check against;
-# wrk, the load generator of bench/overhead.py.
-[ "$WITH_SID" = 1 ] && PACKAGES+=(debootstrap python3.11-dbg wrk)
+# wrk, the load generator of bench/overhead.py; prometheus, the server the daemon's
+# tests scrape with (they start their own on loopback; the packaged service is not
+# started).
+[ "$WITH_SID" = 1 ] && PACKAGES+=(debootstrap python3.11-dbg wrk prometheus)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  # Installing must not start services (prometheus would listen on :9090): a
+  # policy-rc.d refuses, for the duration of the install only.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
   say "installed: ${missing[*]}"
 else
   say "ok: packages ${PACKAGES[*]}"
@@ -79,7 +89,7 @@ else
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
   say "created: venv $VENV (with system site packages: bcc comes from python3-bpfcc, not PyPI)"
 fi
-if "$VENV/bin/python" -c "import aiobpf, elftools, prometheus_client, pytest, hypothesis, jsonschema" 2>/dev/null \
+if "$VENV/bin/python" -c "import aiobpf, elftools, prometheus_client, psutil, pytest, hypothesis, jsonschema, kubernetes_validate" 2>/dev/null \
    && [ "$("$VENV/bin/python" -c 'import aiobpf, pathlib; print(pathlib.Path(aiobpf.__file__).resolve().parent.parent)')" = "$REPO" ]; then
   say "ok: aiobpf and its dependencies in the venv"
 else

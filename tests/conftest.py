@@ -142,12 +142,19 @@ class Result:
         return doc
 
 
-def aiobpf(*args: str, user: str | None = None, timeout: float = 120) -> Result:
-    """Run the aiobpf command line as a separate process, as a user would."""
+NO_DAEMON_SOCKET = "/nonexistent/aiobpf.sock"
+
+
+def aiobpf(*args: str, user: str | None = None, timeout: float = 120,
+           socket: str = NO_DAEMON_SOCKET) -> Result:
+    """Run the aiobpf command line as a separate process, as a user would.  ps and
+    pstree ask the daemon at ``socket`` first (by default: none, so tests that do not
+    test the daemon never meet one the machine may run)."""
     argv = [sys.executable, "-m", "aiobpf", *args]
     if user is not None:
         argv = _as_user(user, argv)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "AIOBPF_SOCKET": socket}
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     return Result(out.returncode, out.stdout, out.stderr)
 

@@ -207,6 +207,9 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
         records.update(&key, r);
     }
     __sync_fetch_and_add(&t->stats.captures, 1);
+    __sync_fetch_and_add(&t->stats.step_ns_sum, duration);
+    if (r->state == CAPTURE_FINISHED)
+        __sync_fetch_and_add(&t->stats.finished, 1);
     __sync_fetch_and_add(&t->stats.step_hist[log2l(duration) & (AIOBPF_HIST_SLOTS - 1)], 1);
     if (r->state == CAPTURE_SUSPENDED && depth <= AIOBPF_MAX_DEPTH)
         __sync_fetch_and_add(&t->stats.depth_hist[depth], 1);
@@ -231,15 +234,18 @@ static __always_inline int step_start(struct target *t, u64 task)
         if (!ts)
             return 0;
     }
-    if (ts->task) {
+    /* Thread states from before the probes were last attached describe steps whose
+     * end nobody saw: they are dropped, not measured. */
+    if (ts->task && ts->start_ns >= t->cfg.epoch_ns) {
         u64 prev = ts->task;
         ts->task = 0;
         capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, now);
     }
     ts->delay_ns = 0;
-    if (ts->woke_ns) {
+    if (ts->woke_ns && ts->woke_ns >= t->cfg.epoch_ns) {
         ts->delay_ns = now - ts->woke_ns;
         __sync_fetch_and_add(&t->stats.delay_hist[log2l(ts->delay_ns) & (AIOBPF_HIST_SLOTS - 1)], 1);
+        __sync_fetch_and_add(&t->stats.delay_ns_sum, ts->delay_ns);
     }
     ts->task = task;
     ts->start_ns = now;
@@ -287,7 +293,8 @@ static __always_inline int wait_enter(void)
     if (ts && ts->task) {
         u64 prev = ts->task;
         ts->task = 0;
-        capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, bpf_ktime_get_ns());
+        if (ts->start_ns >= t->cfg.epoch_ns)
+            capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, bpf_ktime_get_ns());
     }
     return 0;
 }

@@ -34,6 +34,7 @@ struct target_config {
     __u64 int_tag;                 /* tagged-int marker (low two bits), 0: none */
     __u64 coro_type, gen_type, asyncgen_type;  /* run-time type object addresses */
     __u64 pending_state;           /* value of STATE_PENDING */
+    __u64 epoch_ns;                /* probes (re)attached then: older thread states are stale */
 };
 
 struct frame_ref {
@@ -93,6 +94,9 @@ struct target_stats {
     __u64 captures;                /* records taken */
     __u64 read_errors;             /* user memory that could not be read */
     __u64 events_lost;             /* trace events the ring buffer had no room for */
+    __u64 finished;                /* steps that ended with the task's coroutine done */
+    __u64 step_ns_sum;             /* total duration of the captured steps */
+    __u64 delay_ns_sum;            /* total wake-to-step delay of the steps that have one */
     __u64 step_hist[AIOBPF_HIST_SLOTS];   /* log2(step duration in ns) */
     __u64 delay_hist[AIOBPF_HIST_SLOTS];  /* log2(ns from the loop waking to the step) */
     __u64 depth_hist[AIOBPF_MAX_DEPTH + 1]; /* frames of the suspended stack */

@@ -9,6 +9,7 @@ import traceback
 from typing import Protocol
 
 from aiobpf import __version__, errors
+from aiobpf.cli.daemon import DaemonCommand, ExporterCommand
 from aiobpf.cli.doctor import DoctorCommand
 from aiobpf.cli.ps import PsCommand
 from aiobpf.cli.pstree import PstreeCommand
@@ -25,6 +26,8 @@ examples:
   sudo aiobpf ps 1234              table: one row per task and awaiter
   sudo aiobpf ps 1234 --format json
   sudo aiobpf trace 1234 -o t.json every task step for 10 s, as a Perfetto trace
+  sudo aiobpf exporter --pid 1234  Prometheus metrics of one process
+  sudo aiobpf daemon               every asyncio process of the host: metrics, dumps
   aiobpf doctor                    check this host for what aiobpf needs
 
 exit status: 0 ok, 1 error, 2 usage, 3 not a supported Python, 4 nothing to show
@@ -41,7 +44,8 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-COMMANDS: tuple[Command, ...] = (PstreeCommand(), PsCommand(), TraceCommand(), DoctorCommand())
+COMMANDS: tuple[Command, ...] = (PstreeCommand(), PsCommand(), TraceCommand(), ExporterCommand(),
+                                 DaemonCommand(), DoctorCommand())
 
 
 def build_parser() -> argparse.ArgumentParser:

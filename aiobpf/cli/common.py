@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +39,32 @@ def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
                              "memory, and bpf when a read tore because the process is busy)")
     parser.add_argument("--window", type=float, default=0.3, metavar="SECONDS",
                         help="how long BPF capture watches steps before the read (default 0.3)")
+    parser.add_argument("--no-daemon", action="store_true",
+                        help="read the process here even if an aiobpf daemon traces it (by "
+                             "default the daemon is asked first, over its socket: "
+                             "$AIOBPF_SOCKET or /run/aiobpf/aiobpf.sock)")
+
+
+def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
+    """Print the daemon's answer for ``args.pid`` and return the exit status; None when
+    no daemon traces the process (or options ask for a reading of one's own)."""
+    if args.no_daemon or args.no_dwarf or args.debug_dir:
+        return None
+    from aiobpf.daemon import dumps
+    from aiobpf.daemon.config import DEFAULT_SOCKET
+
+    path = Path(os.environ.get("AIOBPF_SOCKET", DEFAULT_SOCKET))
+    reply = dumps.request(path, {"pid": args.pid, "format": fmt, "capture": args.capture})
+    if reply is None:
+        return None
+    sys.stdout.write(reply.get("output", ""))
+    for note in reply.get("notes", []):
+        print(f"aiobpf: note: {note}", file=sys.stderr)
+    if "error" in reply:
+        error = errors.AiobpfError(reply["error"], reply.get("hint", ""))
+        error.exit_code = int(reply.get("exit_code", errors.EXIT_ERROR))
+        raise error
+    return 0
 
 
 def _pid(text: str) -> int:
@@ -130,8 +157,3 @@ def take_snapshot(args: argparse.Namespace, *, details: bool = True) -> Snapshot
         if found:  # it was there a moment ago
             raise errors.ProcessExitedError(args.pid) from None
         raise
-
-
-def require_tasks(snapshot: Snapshot) -> None:
-    if not snapshot.tasks:
-        raise errors.NoTasksError(snapshot.pid, snapshot.python_version)

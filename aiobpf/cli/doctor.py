@@ -21,7 +21,7 @@ class Check:
     status: str          # ok | warn | FAIL
     detail: str          # what was found
     fix: str = ""        # what to do about it
-    needed_for: str = "bpf"  # memory (ps/pstree) or bpf (capture)
+    needed_for: str = "bpf"  # memory (ps/pstree), bpf (capture) or daemon
 
 
 def _caps() -> int:
@@ -77,9 +77,13 @@ def check_lockdown() -> Check:
 
 def check_bpf_privileges() -> Check:
     caps = _caps()
-    if os.geteuid() == 0 or caps >> CAP_SYS_ADMIN & 1 or (caps >> CAP_BPF & 1
-                                                          and caps >> CAP_PERFMON & 1):
-        return Check("BPF privileges", OK, "CAP_BPF and CAP_PERFMON (or root)")
+    if os.geteuid() == 0 or caps >> CAP_SYS_ADMIN & 1:
+        return Check("BPF privileges", OK, "root or CAP_SYS_ADMIN")
+    if caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1:
+        return Check("BPF privileges", WARN, "CAP_BPF and CAP_PERFMON without CAP_SYS_ADMIN",
+                     "kernels since 6.16 (and stable series with the backport of \"perf: "
+                     "Revert to requiring CAP_SYS_ADMIN for uprobes\") refuse uprobes "
+                     "without CAP_SYS_ADMIN: grant it if BPF capture stays off")
     return Check("BPF privileges", WARN, "neither root nor CAP_BPF + CAP_PERFMON",
                  "BPF capture will be off; run as root or grant CAP_BPF and CAP_PERFMON")
 
@@ -140,10 +144,23 @@ def check_kernel_headers() -> Check:
                  "which links Debian's linux-headers-amd64 for kernels without a headers package")
 
 
+def check_daemon() -> Check:
+    from aiobpf.daemon.config import DEFAULT_SOCKET
+    from aiobpf.daemon.dumps import answers
+
+    path = Path(os.environ.get("AIOBPF_SOCKET", DEFAULT_SOCKET))
+    if path.exists() and answers(path):
+        return Check("daemon", OK, f"an aiobpf daemon answers on {path}: ps and pstree ask "
+                                   "it first", needed_for="daemon")
+    return Check("daemon", OK, f"no aiobpf daemon on {path}: ps and pstree read processes "
+                               "themselves (optional: aiobpf daemon --help)",
+                 needed_for="daemon")
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (
     check_kernel, check_memory_access, check_ptrace_scope, check_lockdown,
     check_bpf_privileges, check_bpf_syscall, check_uprobes, check_btf, check_bcc,
-    check_kernel_headers,
+    check_kernel_headers, check_daemon,
 )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aiobpf.cli.common import pid_argument, require_tasks, take_snapshot
-from aiobpf.exporters import json_doc, text
+from aiobpf.cli.common import ask_daemon, pid_argument, take_snapshot
+from aiobpf.cli.output import render
 
 
 class PsCommand:
@@ -26,13 +26,10 @@ class PsCommand:
                                  "full snapshot: threads, states, frames with files and lines)")
 
     def run(self, args: argparse.Namespace) -> int:
+        status = ask_daemon(args, args.format)
+        if status is not None:
+            return status
         snapshot = take_snapshot(args, details=args.format == "json")
-        if args.format == "json":
-            sys.stdout.write(json_doc.render(snapshot))
-        else:
-            require_tasks(snapshot)
-            rows = text.table_rows(snapshot)
-            sys.stdout.write(text.render_table(rows) if args.format == "table"
-                             else text.render_csv(rows))
-        require_tasks(snapshot)
+        for chunk in render(snapshot, args.format):
+            sys.stdout.write(chunk)
         return 0

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aiobpf import errors
-from aiobpf.cli.common import pid_argument, require_tasks, take_snapshot
-from aiobpf.exporters import json_doc, text
+from aiobpf.cli.common import ask_daemon, pid_argument, take_snapshot
+from aiobpf.cli.output import render
 
 
 class PstreeCommand:
@@ -27,17 +26,11 @@ class PstreeCommand:
                             help="tree (default) or json (the same document as ps --format json)")
 
     def run(self, args: argparse.Namespace) -> int:
+        status = ask_daemon(args, args.format)
+        if status is not None:
+            return status
         snapshot = take_snapshot(args, details=args.format == "json")
-        if args.format == "json":
-            sys.stdout.write(json_doc.render(snapshot))
-            require_tasks(snapshot)
-            return 0
-        require_tasks(snapshot)
-        try:
-            lines = text.iter_tree(snapshot)
-        except text.CycleFound as exc:
-            raise errors.AwaitCycleError(exc.lines) from None
         write = sys.stdout.write
-        for line in lines:
-            write(line + "\n")
+        for chunk in render(snapshot, args.format):
+            write(chunk)
         return 0

@@ -14,6 +14,7 @@ import ctypes as ct
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,26 @@ def _stderr_captured() -> Iterator[list[str]]:
             lines.extend(sink.read().decode(errors="replace").splitlines())
 
 
+_MADV_PAGEOUT = 21  # Linux 5.4+
+_COMPILER_LIBS = ("libLLVM", "libclang")
+
+
+def _release_compiler_memory() -> None:
+    """After the compile, give back what clang and LLVM used: the heap glibc would keep
+    (~30 MB) and their code pages (~80 MB of file-backed RSS that a long-running daemon
+    never runs again; the kernel reads them back if a later compile needs them)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ct.CDLL("libc.so.6", use_errno=True)
+        libc.malloc_trim(0)
+        libc.madvise.argtypes = [ct.c_void_p, ct.c_size_t, ct.c_int]
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            fields = line.split()
+            if len(fields) < 6 or not any(lib in fields[5] for lib in _COMPILER_LIBS):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            libc.madvise(start, end - start, _MADV_PAGEOUT)
+
+
 class CaptureUnavailable(Exception):
     """BPF capture cannot run here (no bcc, no privileges, no probe sites)."""
 
@@ -72,7 +93,7 @@ class TargetConfig(ct.Structure):
         ("resume_ops", ct.c_uint8 * MAX_RESUME_OPS),
         ("ref_clear", ct.c_uint64), ("int_tag", ct.c_uint64),
         ("coro_type", ct.c_uint64), ("gen_type", ct.c_uint64), ("asyncgen_type", ct.c_uint64),
-        ("pending_state", ct.c_uint64),
+        ("pending_state", ct.c_uint64), ("epoch_ns", ct.c_uint64),
     ]
 
 
@@ -101,6 +122,7 @@ class TargetStats(ct.Structure):
     _fields_ = [
         ("steps", ct.c_uint64), ("captures", ct.c_uint64),
         ("read_errors", ct.c_uint64), ("events_lost", ct.c_uint64),
+        ("finished", ct.c_uint64), ("step_ns_sum", ct.c_uint64), ("delay_ns_sum", ct.c_uint64),
         ("step_hist", ct.c_uint64 * HIST_SLOTS), ("delay_hist", ct.c_uint64 * HIST_SLOTS),
         ("depth_hist", ct.c_uint64 * (MAX_DEPTH + 1)),
     ]
@@ -177,6 +199,7 @@ class Attachment:
     sites: dict[str, ProbeSite] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     file: tuple[int, int] | None = None   # (device, inode) of the probed file
+    host_path: Path | None = None         # where aiobpf opens that file
 
     @property
     def active(self) -> bool:
@@ -206,36 +229,45 @@ class Capture:
                 reason += " (BPF needs root, or CAP_BPF and CAP_PERFMON)"
             raise CaptureUnavailable(f"the BPF programs did not load: {reason}") from failure
         self._lib = __import__("bcc").lib
-        self.wait_hooks = self._attach_wait_hooks()
+        _release_compiler_memory()
         self.tables = {name: self.bpf.get_table(name.encode(), keytype=key, leaftype=value)
                        for name, (key, value) in _TABLES.items()}
-        self._fds: dict[tuple[int, int, int], int] = {}   # (dev, inode, offset) -> perf fd
+        self._fds: dict[tuple[int, int], list[int]] = {}   # file -> perf fds ([]: paused)
+        self._since: dict[tuple[int, int], int] = {}       # file -> attached since (ns)
         self._targets: dict[int, Attachment] = {}
+        self.wait_hooks = ""
+        self._set_wait_hooks(True)
 
     # -- probes ---------------------------------------------------------------------
-    def _attach_wait_hooks(self) -> str:
+    def _set_wait_hooks(self, on: bool) -> None:
         """Learn when an event loop waits for I/O (a step is over) and wakes (its next
         steps are due), from raw syscall tracepoints.  (The tracepoints of the wait
-        calls alone would spare other processes, but cost the traced loop more.)"""
-        self.bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"on_raw_enter")
-        self.bpf.attach_raw_tracepoint(tp=b"sys_exit", fn_name=b"on_raw_exit")
-        return "raw syscall tracepoints"
+        calls alone would spare other processes, but cost the traced loop more.)  They
+        run for every system call of the host, so they are removed while no probe is."""
+        if on and not self.wait_hooks:
+            self.bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"on_raw_enter")
+            self.bpf.attach_raw_tracepoint(tp=b"sys_exit", fn_name=b"on_raw_exit")
+            self.wait_hooks = "raw syscall tracepoints"
+        elif not on and self.wait_hooks:
+            self.bpf.detach_raw_tracepoint(tp=b"sys_enter")
+            self.bpf.detach_raw_tracepoint(tp=b"sys_exit")
+            self.wait_hooks = ""
 
-    def _attach(self, host_path: Path, site: ProbeSite) -> tuple[int, int]:
-        """Place one probe (once per file and offset); the file's (device, inode)."""
-        st = os.stat(host_path)
-        key = (st.st_dev, st.st_ino, site.file_offset)
-        if key in self._fds:
-            return key[:2]
-        fn = self.bpf.load_func(_HANDLERS[site.function].encode(), self.bpf.KPROBE)
-        ev_name = f"aiobpf_{os.getpid()}_{st.st_ino:x}_{site.file_offset:x}".encode()
-        fd = self._lib.bpf_attach_uprobe(fn.fd, 0, ev_name, str(host_path).encode(),
-                                         site.file_offset, -1)
-        if fd < 0:
-            raise CaptureUnavailable(f"could not attach a uprobe to {site.function} in "
-                                     f"{host_path.name} (+{site.file_offset:#x})")
-        self._fds[key] = fd
-        return key[:2]
+    def _place(self, host_path: Path, sites: dict[str, ProbeSite]) -> list[int]:
+        """Perf-event uprobes at ``sites`` of the file at ``host_path``."""
+        fds: list[int] = []
+        for site in sites.values():
+            fn = self.bpf.load_func(_HANDLERS[site.function].encode(), self.bpf.KPROBE)
+            ev_name = f"aiobpf_{os.getpid()}_{site.file_offset:x}".encode()
+            fd = self._lib.bpf_attach_uprobe(fn.fd, 0, ev_name, str(host_path).encode(),
+                                             site.file_offset, -1)
+            if fd < 0:
+                for placed in fds:
+                    self._lib.bpf_close_perf_event_fd(placed)
+                raise CaptureUnavailable(f"could not attach a uprobe to {site.function} in "
+                                         f"{host_path.name} (+{site.file_offset:#x})")
+            fds.append(fd)
+        return fds
 
     def add(self, target: Target, debug: ElfImage | None = None, trace: bool = False
             ) -> Attachment:
@@ -247,12 +279,17 @@ class Capture:
         if not sites:
             return attachment
         mapping = next(m for m in target.maps if m.path == holder.path)
-        host_path = procfs.open_mapped(target.pid, mapping)
-        for site in sites.values():
-            attachment.file = self._attach(host_path, site)
-        self.tables["targets"][ct.c_uint32(target.pid)] = TargetValue(
-            target_config(target, trace), TargetStats())
+        attachment.host_path = procfs.open_mapped(target.pid, mapping)
+        st = os.stat(attachment.host_path)
+        attachment.file = (st.st_dev, st.st_ino)
+        if attachment.file not in self._fds:
+            self._fds[attachment.file] = self._place(attachment.host_path, sites)
+            self._since[attachment.file] = time.monotonic_ns()
+        config = target_config(target, trace)
+        config.epoch_ns = self._since[attachment.file]
+        self.tables["targets"][ct.c_uint32(target.pid)] = TargetValue(config, TargetStats())
         self._targets[target.pid] = attachment
+        self._set_wait_hooks(True)
         return attachment
 
     def remove(self, pid: int) -> None:
@@ -267,8 +304,49 @@ class Capture:
             return
         if any(other.file == attachment.file for other in self._targets.values()):
             return
-        for key in [k for k in self._fds if k[:2] == attachment.file]:
-            self._lib.bpf_close_perf_event_fd(self._fds.pop(key))
+        for fd in self._fds.pop(attachment.file, []):
+            self._lib.bpf_close_perf_event_fd(fd)
+        self._since.pop(attachment.file, None)
+        self._set_wait_hooks(any(self._fds.values()))
+
+    # -- windows: probes off and on again, per file -----------------------------------
+    def probe_count(self) -> int:
+        """Uprobes in place now (one per probe site and file)."""
+        return sum(len(fds) for fds in self._fds.values())
+
+    def is_attached(self, file: tuple[int, int]) -> bool:
+        return bool(self._fds.get(file))
+
+    def attached_since(self, file: tuple[int, int]) -> int | None:
+        """CLOCK_MONOTONIC ns since which the file's probes have been in place."""
+        return self._since.get(file) if self.is_attached(file) else None
+
+    def pause(self, file: tuple[int, int]) -> None:
+        """Remove the file's probes; its processes stay configured (and counted)."""
+        for fd in self._fds.get(file, []):
+            self._lib.bpf_close_perf_event_fd(fd)
+        if file in self._fds:
+            self._fds[file] = []
+        self._set_wait_hooks(any(self._fds.values()))
+
+    def resume(self, file: tuple[int, int]) -> None:
+        """Place the file's probes again.  Steps that began before are not measured."""
+        if self.is_attached(file) or file not in self._fds:
+            return
+        users = [a for a in self._targets.values() if a.file == file]
+        now = time.monotonic_ns()
+        for attachment in users:
+            self._update_config(attachment.pid, epoch_ns=now)
+        for attachment in users:
+            if attachment.host_path is None:
+                continue
+            try:
+                self._fds[file] = self._place(attachment.host_path, attachment.sites)
+                break
+            except CaptureUnavailable:
+                continue  # that process (and its /proc path) is gone; try another
+        self._since[file] = now
+        self._set_wait_hooks(any(self._fds.values()))
 
     # -- maps --------------------------------------------------------------------------
     def on_steps(self, handler: Callable[[TaskRecord], None]) -> None:
@@ -283,22 +361,27 @@ class Capture:
 
     def set_trace(self, pid: int, on: bool) -> None:
         """Start or stop step events for ``pid`` (records and counters go on)."""
+        self._update_config(pid, trace=int(on))
+
+    def _update_config(self, pid: int, **settings: int) -> None:
         key = ct.c_uint32(pid)
         try:
             value = self.tables["targets"][key]
         except KeyError:
             return
-        value.cfg.trace = int(on)
+        for name, setting in settings.items():
+            setattr(value.cfg, name, setting)
         self.tables["targets"][key] = value
 
     def poll(self, timeout_ms: int = 100) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)
 
-    def records(self, pid: int) -> dict[int, TaskRecord]:
-        """The latest record of every task of ``pid`` that stepped since tracing began."""
+    def records(self, pid: int, since_ns: int = 0) -> dict[int, TaskRecord]:
+        """The latest record of every task of ``pid`` that stepped since tracing began
+        (and, with ``since_ns``, whose record was taken after that CLOCK_MONOTONIC time)."""
         out = {}
         for key, value in self.tables["records"].items():
-            if key.pid == pid:
+            if key.pid == pid and value.taken_ns >= since_ns:
                 record = TaskRecord()
                 ct.memmove(ct.byref(record), ct.byref(value), ct.sizeof(TaskRecord))
                 out[key.task] = record
@@ -316,7 +399,8 @@ class Capture:
 
     def close(self) -> None:
         """Detach every probe and release the programs."""
-        for fd in self._fds.values():
-            self._lib.bpf_close_perf_event_fd(fd)
+        for fds in self._fds.values():
+            for fd in fds:
+                self._lib.bpf_close_perf_event_fd(fd)
         self._fds.clear()
         self.bpf.cleanup()

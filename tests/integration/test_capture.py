@@ -272,13 +272,13 @@ def test_one_probe_set_per_file_for_many_processes(capture: Capture) -> None:
     with ExitStack() as stack:
         targets = [stack.enter_context(run_target(python, "alternating.py", "5", "0.001"))
                    for _ in range(5)]
-        probes_before = len(capture._fds)
+        probes_before = capture.probe_count()
         for target in targets:
             capture.add(open_target(target.pid))
-        assert len(capture._fds) == probes_before + 2
+        assert capture.probe_count() == probes_before + 2
         time.sleep(0.5)
         for target in targets:
             assert len(capture.records(target.pid)) == 5
         for target in targets:
             capture.remove(target.pid)
-        assert len(capture._fds) == probes_before
+        assert capture.probe_count() == probes_before

@@ -153,7 +153,7 @@ def test_help_teaches() -> None:
     assert top.returncode == 0
     for needle in ("pstree", "ps", "doctor", "exit status", "77 permission", "CAP_SYS_PTRACE"):
         assert needle in top.stdout
-    for command in ("ps", "pstree", "doctor"):
+    for command in ("ps", "pstree", "doctor", "trace", "exporter", "daemon"):
         result = aiobpf(command, "--help")
         assert result.returncode == 0 and len(result.stdout.splitlines()) > 5
 
@@ -162,7 +162,7 @@ def test_doctor_as_root() -> None:
     result = aiobpf("doctor")
     assert result.returncode == 0, result.stdout
     names = ("kernel", "memory reads", "ptrace scope", "lockdown", "BPF privileges",
-             "bpf() system call", "uprobes", "BTF", "bcc", "kernel headers")
+             "bpf() system call", "uprobes", "BTF", "bcc", "kernel headers", "daemon")
     for name in names:
         assert name in result.stdout
     checks = json.loads(aiobpf("doctor", "--json").stdout)

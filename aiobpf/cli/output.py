@@ -1,0 +1,38 @@
+"""The output of ps and pstree from a snapshot, in pieces: shared by the CLI, which
+writes them as they come, and the daemon, which sends them over its dump socket."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiobpf import errors
+from aiobpf.collector.model import Snapshot
+from aiobpf.exporters import json_doc, text
+
+FORMATS = ("tree", "table", "csv", "json")
+
+
+def render(snapshot: Snapshot, fmt: str) -> Iterator[str]:
+    """The text of ``fmt`` for ``snapshot``.  Raises ``AiobpfError`` when there is
+    nothing to show (after the JSON document, which shows it) or the tasks await
+    each other in a cycle (no tree can be drawn)."""
+    if fmt == "json":
+        yield json_doc.render(snapshot)
+        require_tasks(snapshot)
+        return
+    require_tasks(snapshot)
+    if fmt == "tree":
+        try:
+            lines = text.iter_tree(snapshot)
+        except text.CycleFound as exc:
+            raise errors.AwaitCycleError(exc.lines) from None
+        for line in lines:
+            yield line + "\n"
+        return
+    rows = text.table_rows(snapshot)
+    yield text.render_table(rows) if fmt == "table" else text.render_csv(rows)
+
+
+def require_tasks(snapshot: Snapshot) -> None:
+    if not snapshot.tasks:
+        raise errors.NoTasksError(snapshot.pid, snapshot.python_version)

@@ -1,0 +1,69 @@
+"""The overhead budget: how much of each probed file's time its probes may stay attached.
+
+Every captured step costs the traced process about ``probe_cost`` seconds (the uprobe
+trap and the programs).  Over a window with the probes attached, a process's step
+rate and CPU rate give the overhead full capture would impose::
+
+    overhead = steps/s * cost / (CPU s/s - steps/s * cost)
+
+(the probes' cost is charged to the process's own CPU time, so it is taken out of
+the denominator).  When that exceeds the budget, the file's probes are attached
+for ``window`` seconds out of every ``window / duty`` seconds, with
+``duty = budget / overhead`` (the smallest duty of the file's processes, since one
+uprobe serves every process of a file).  Between windows, the daemon adds the rates
+the last window saw for the time that passes: estimates without bias while the
+rate is steady, which never run ahead of time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MIN_CPU_RATE = 1e-3   # a process that sleeps: its few steps decide nothing
+MIN_OWN_SHARE = 0.1   # when the model charges the probes nearly all CPU, it is off
+MIN_DUTY = 0.0005     # a window at least every window/MIN_DUTY s: estimates need samples
+
+
+def full_overhead(step_rate: float, cpu_rate: float, probe_cost: float) -> float:
+    """The overhead ratio full capture imposes, from rates measured with probes on."""
+    tracer = step_rate * probe_cost
+    own = max(cpu_rate - tracer, MIN_OWN_SHARE * cpu_rate, MIN_CPU_RATE)
+    return tracer / own
+
+
+def duty_for(overhead: float, budget: float) -> float:
+    """The fraction of time probes may stay attached so as to stay within ``budget``."""
+    if overhead <= budget:
+        return 1.0
+    return max(budget / overhead, MIN_DUTY)
+
+
+@dataclass
+class FileWindow:
+    """The attach/detach schedule of one probed file."""
+
+    window: float
+    duty: float = 1.0
+    attached: bool = True
+    switch_at: float = 0.0         # when to attach or detach next (0: never)
+    overheads: dict[int, float] = field(default_factory=dict)  # pid -> full overhead
+
+    def plan(self, budget: float) -> None:
+        """Choose the duty from the latest estimates of the file's processes."""
+        worst = max(self.overheads.values(), default=0.0)
+        self.duty = duty_for(worst, budget)
+
+    def step(self, now: float) -> bool | None:
+        """Advance the schedule; True: attach now, False: detach now, None: keep."""
+        if self.duty >= 1.0:
+            self.switch_at = 0.0
+            return None if self.attached else True
+        if self.switch_at == 0.0:
+            self.switch_at = now + (self.window if self.attached else 0.0)
+        if now < self.switch_at:
+            return None
+        if self.attached:
+            self.switch_at = now + self.window * (1.0 / self.duty - 1.0)
+            return False
+        self.switch_at = now + self.window
+        return True

@@ -1,0 +1,112 @@
+"""The daemon's settings: a TOML file (deploy/aiobpf.toml documents every key)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:9477"
+DEFAULT_SOCKET = "/run/aiobpf/aiobpf.sock"
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; the message says which key and why."""
+
+
+@dataclass
+class Selection:
+    """Which processes to trace.  Empty lists select everything."""
+
+    cmdline: list[str] = field(default_factory=list)
+    exclude_cmdline: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    containers: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        try:
+            self._include = [re.compile(p) for p in self.cmdline]
+            self._exclude = [re.compile(p) for p in self.exclude_cmdline]
+        except re.error as exc:
+            raise ConfigError(f"[select]: bad regular expression: {exc}") from None
+
+    def accepts(self, cmdline: str, uid: int, user: str, container: str) -> bool:
+        if self._include and not any(p.search(cmdline) for p in self._include):
+            return False
+        if any(p.search(cmdline) for p in self._exclude):
+            return False
+        if self.users and user not in self.users and str(uid) not in self.users:
+            return False
+        if self.containers:
+            name = container or "host"
+            return any(name.startswith(c) for c in self.containers)
+        return True
+
+
+@dataclass
+class Config:
+    listen: str = DEFAULT_LISTEN
+    socket: str = DEFAULT_SOCKET
+    scan_interval: float = 1.0
+    refresh_interval: float = 5.0
+    budget: float = 0.01
+    probe_cost_us: float = 10.0
+    window: float = 0.5
+    top_sites: int = 10
+    max_processes: int = 256
+    select: Selection = field(default_factory=Selection)
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"listen: expected HOST:PORT, got {self.listen!r}")
+        return host.strip("[]"), int(port)
+
+    def check(self) -> Config:
+        self.listen_address  # noqa: B018 -- validates
+        positive = ("scan_interval", "refresh_interval", "probe_cost_us", "window")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be positive")
+        if not 0 < self.budget <= 1:
+            raise ConfigError("budget: a fraction of the target's CPU time, in (0, 1]")
+        if self.top_sites < 1 or self.max_processes < 1:
+            raise ConfigError("top_sites and max_processes: at least 1")
+        return self
+
+
+def load(path: Path | None) -> Config:
+    """The config at ``path`` (defaults for every key it does not set)."""
+    if path is None:
+        return Config().check()
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    unknown = set(data) - {"daemon", "select"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+    daemon = dict(data.get("daemon", {}))
+    known = {f.name: f for f in fields(Config) if f.name != "select"}
+    for key, value in daemon.items():
+        if key not in known:
+            raise ConfigError(f"{path}: [daemon] has no key {key!r}")
+        expected = type(getattr(Config(), key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise ConfigError(f"{path}: [daemon] {key} must be a {expected.__name__}")
+        daemon[key] = value
+    select = data.get("select", {})
+    sel_keys = {f.name for f in fields(Selection)}
+    for key, value in select.items():
+        if key not in sel_keys:
+            raise ConfigError(f"{path}: [select] has no key {key!r}")
+        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+            raise ConfigError(f"{path}: [select] {key} must be a list of strings")
+    selection = Selection(**{k: [str(v) for v in vs] for k, vs in select.items()})
+    return Config(**daemon, select=selection).check()

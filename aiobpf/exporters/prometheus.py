@@ -1,0 +1,266 @@
+"""Prometheus metrics of traced processes: what each family means and how snapshots and
+BPF counters become its samples.
+
+Per-process series carry ``pid``, ``process``, ``python`` and ``container`` labels and
+nothing unbounded: no task names or ids; await sites are limited to the top K per
+process, the rest summed under ``site="(other)"``.  A process therefore exports at
+most ``SERIES_FIXED + top_sites + 1`` series (``series_cap``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from aiobpf import __version__
+from aiobpf.collector.model import Snapshot, Task
+
+LABELS = ("pid", "process", "python", "container")
+STACK_DEPTH_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)
+AWAIT_DEPTH_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16)
+# Bucket edges of the time histograms, 2^12 ns (4 us) to 2^36 ns (69 s), one per two of
+# the BPF histograms' log2 slots (fewer series per process, cheaper scrapes).
+TIME_EDGES = range(12, 37, 2)
+OTHER_SITE = "(other)"
+# Series per process besides the await sites (buckets included).
+SERIES_FIXED = (1 + (len(STACK_DEPTH_BUCKETS) + 3) + (len(AWAIT_DEPTH_BUCKETS) + 3)
+                + 3 + 2 * (len(TIME_EDGES) + 3) + 4 + 1)
+# Frames of the standard library are not await sites: the user code that called them is.
+_STDLIB = re.compile(r"/lib/python3\.\d+[a-z]*/(?!site-packages/|dist-packages/)|^<frozen ")
+
+
+def series_cap(top_sites: int) -> int:
+    """The most series one traced process can export."""
+    return SERIES_FIXED + top_sites + 1
+
+
+@dataclass
+class SnapshotSummary:
+    """What the gauges show of one memory read: exact at the time of that read."""
+
+    pending: int = 0
+    stack_depths: Counter[int] = field(default_factory=Counter)   # frames -> suspended tasks
+    await_depths: Counter[int] = field(default_factory=Counter)   # awaiting tasks -> tasks
+    sites: list[tuple[str, int]] = field(default_factory=list)    # top K, then (other)
+    read_seconds: float = 0.0
+
+
+def await_site(task: Task) -> str | None:
+    """The innermost frame of user code the task is suspended in, as "qualname file:line"."""
+    for frame in reversed(task.frames):
+        if not _STDLIB.search(frame.filename):
+            return f"{frame.name} {frame.filename}:{frame.line}"
+    return None
+
+
+def _await_depths(tasks: list[Task]) -> Counter[int]:
+    """For each task, the tasks between it and its root (following first awaiters)."""
+    first = {t.id: next((a.id for a in t.awaited_by if a.is_task), None) for t in tasks}
+    depth: dict[int, int] = {}
+    for start in first:
+        path: list[int] = []
+        node: int | None = start
+        while node is not None and node not in depth and node in first and node not in path:
+            path.append(node)
+            node = first[node]
+        base = depth.get(node, -1) if node is not None and node not in path else -1
+        for i, tid in enumerate(reversed(path)):
+            depth[tid] = base + 1 + i
+    return Counter(depth.values())
+
+
+def summarize(snapshot: Snapshot, top_sites: int) -> SnapshotSummary:
+    suspended = [t for t in snapshot.tasks if t.state == "pending" and t.frames]
+    sites = Counter(s for s in map(await_site, suspended) if s is not None)
+    top = sites.most_common(top_sites)
+    rest = sum(sites.values()) - sum(n for _, n in top)
+    if rest:
+        top.append((OTHER_SITE, rest))
+    return SnapshotSummary(
+        pending=len(snapshot.tasks),
+        stack_depths=Counter(len(t.frames) for t in suspended),
+        await_depths=_await_depths(snapshot.tasks),
+        sites=top,
+        read_seconds=snapshot.duration_s,
+    )
+
+
+@dataclass
+class StepCounts:
+    """The BPF counters of one process; between capture windows, estimated."""
+
+    steps: float = 0.0
+    finished: float = 0.0
+    created: float = 0.0
+    step_hist: list[float] = field(default_factory=lambda: [0.0] * 64)
+    step_sum_ns: float = 0.0
+    delay_hist: list[float] = field(default_factory=lambda: [0.0] * 64)
+    delay_sum_ns: float = 0.0
+
+    def add(self, other: StepCounts, scale: float = 1.0) -> None:
+        """Add ``other``'s counts, multiplied by ``scale`` (``created`` is derived)."""
+        self.steps += other.steps * scale
+        self.finished += other.finished * scale
+        self.step_sum_ns += other.step_sum_ns * scale
+        self.delay_sum_ns += other.delay_sum_ns * scale
+        for i, n in enumerate(other.step_hist):
+            self.step_hist[i] += n * scale
+        for i, n in enumerate(other.delay_hist):
+            self.delay_hist[i] += n * scale
+
+
+@dataclass
+class ProcessView:
+    """Everything exported about one traced process (made by the daemon, read by scrapes)."""
+
+    pid: int
+    process: str
+    python: str
+    container: str
+    capture: str                      # full | windowed | memory
+    summary: SnapshotSummary | None
+    counts: StepCounts
+    probe_hits: int = 0               # step starts the probes saw (not scaled)
+    capture_fraction: float = 0.0     # time with probes attached / time traced
+    overhead: float = 0.0             # estimated tracing overhead ratio
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(self.pid), self.process, self.python, self.container]
+
+
+def _depth_buckets(counts: Counter[int], bounds: tuple[int, ...]) -> list[tuple[str, float]]:
+    out, total = [], 0
+    for bound in bounds:
+        total = sum(n for d, n in counts.items() if d <= bound)
+        out.append((str(bound), float(total)))
+    out.append(("+Inf", float(sum(counts.values()))))
+    return out
+
+
+def _time_buckets(hist: list[float]) -> list[tuple[str, float]]:
+    """log2 slots (slot k: [2^k, 2^(k+1)) ns) as cumulative buckets in seconds: bucket
+    le=2^e ns counts the slots below e."""
+    out = []
+    for edge in TIME_EDGES:
+        out.append((f"{2.0 ** edge / 1e9:.9g}", float(sum(hist[:edge]))))
+    out.append(("+Inf", float(sum(hist))))
+    return out
+
+
+class Families:
+    """The metric families of one scrape, filled process by process."""
+
+    def __init__(self) -> None:
+        lab = list(LABELS)
+        self.info = GaugeMetricFamily(
+            "aiobpf_process_info", "A traced process; capture is full, windowed or memory.",
+            labels=[*lab, "capture"])
+        self.pending = GaugeMetricFamily(
+            "aiobpf_tasks_pending", "Pending asyncio tasks (memory read).", labels=lab)
+        self.stack = GaugeHistogramMetricFamily(
+            "aiobpf_task_stack_depth",
+            "Coroutine frames of each suspended task's stack (memory read).", labels=lab)
+        self.await_ = GaugeHistogramMetricFamily(
+            "aiobpf_task_await_depth",
+            "Tasks between each pending task and the root of its await chain (memory read).",
+            labels=lab)
+        self.created = CounterMetricFamily(
+            "aiobpf_tasks_created", "Tasks created since tracing began (estimate).", labels=lab)
+        self.finished = CounterMetricFamily(
+            "aiobpf_tasks_finished", "Tasks whose last step aiobpf saw end (estimate).",
+            labels=lab)
+        self.steps = CounterMetricFamily(
+            "aiobpf_task_steps", "Task steps (estimated between capture windows).",
+            labels=lab)
+        self.step_time = HistogramMetricFamily(
+            "aiobpf_task_step_duration_seconds",
+            "Duration of task steps: a long step is an event loop blocked.", labels=lab)
+        self.delay = HistogramMetricFamily(
+            "aiobpf_task_wakeup_delay_seconds",
+            "From the event loop waking to a task's step starting: loop lag.", labels=lab)
+        self.sites = GaugeMetricFamily(
+            "aiobpf_suspended_tasks",
+            "Suspended tasks by await site (innermost user frame), top K per process.",
+            labels=[*lab, "site"])
+        self.fraction = GaugeMetricFamily(
+            "aiobpf_capture_fraction",
+            "Fraction of time the process's probes were attached (1: full capture).",
+            labels=lab)
+        self.overhead = GaugeMetricFamily(
+            "aiobpf_estimated_overhead_ratio",
+            "Estimated CPU aiobpf's probes cost the process, as a fraction of its own.",
+            labels=lab)
+        self.hits = CounterMetricFamily(
+            "aiobpf_probe_hits", "Step starts seen by the probes (not scaled).", labels=lab)
+        self.read_time = GaugeMetricFamily(
+            "aiobpf_snapshot_read_seconds", "Duration of the last memory read.", labels=lab)
+
+    def add(self, view: ProcessView) -> None:
+        lab = view.labels
+        self.info.add_metric([*lab, view.capture], 1)
+        c = view.counts
+        self.created.add_metric(lab, c.created)
+        self.finished.add_metric(lab, c.finished)
+        self.steps.add_metric(lab, c.steps)
+        self.step_time.add_metric(lab, _time_buckets(c.step_hist), c.step_sum_ns / 1e9)
+        self.delay.add_metric(lab, _time_buckets(c.delay_hist), c.delay_sum_ns / 1e9)
+        self.fraction.add_metric(lab, view.capture_fraction)
+        self.overhead.add_metric(lab, view.overhead)
+        self.hits.add_metric(lab, view.probe_hits)
+        s = view.summary
+        if s is None:
+            return
+        self.pending.add_metric(lab, s.pending)
+        self.stack.add_metric(lab, _depth_buckets(s.stack_depths, STACK_DEPTH_BUCKETS),
+                              sum(d * n for d, n in s.stack_depths.items()))
+        self.await_.add_metric(lab, _depth_buckets(s.await_depths, AWAIT_DEPTH_BUCKETS),
+                               sum(d * n for d, n in s.await_depths.items()))
+        for site, n in s.sites:
+            self.sites.add_metric([*lab, site], n)
+        self.read_time.add_metric(lab, s.read_seconds)
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(vars(self).values())
+
+
+@dataclass
+class DaemonState:
+    """What the exporter says about aiobpf itself."""
+
+    views: list[ProcessView] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+class MetricsCollector(Collector):
+    """A prometheus_client collector over the daemon's latest state (no work at scrape)."""
+
+    def __init__(self, state: Callable[[], DaemonState]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterable[Metric]:
+        state = self._state()
+        yield InfoMetricFamily("aiobpf_build", "aiobpf's version.", value={"version": __version__})
+        attached = GaugeMetricFamily("aiobpf_attached_processes", "Processes traced now.")
+        attached.add_metric([], len(state.views))
+        yield attached
+        errors = CounterMetricFamily("aiobpf_errors", "Errors by kind.", labels=["kind"])
+        for kind, n in sorted(state.errors.items()):
+            errors.add_metric([kind], n)
+        yield errors
+        families = Families()
+        for view in state.views:
+            families.add(view)
+        yield from families

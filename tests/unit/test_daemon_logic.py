@@ -1,0 +1,185 @@
+"""Pure logic of the daemon: the budget's schedule, metric families, config, selection."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
+from aiobpf.daemon.budget import FileWindow, duty_for, full_overhead
+from aiobpf.daemon.config import ConfigError, Selection, load
+from aiobpf.exporters.prometheus import (
+    OTHER_SITE,
+    DaemonState,
+    MetricsCollector,
+    ProcessView,
+    StepCounts,
+    await_site,
+    series_cap,
+    summarize,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -- budget --------------------------------------------------------------------------------
+def test_overhead_takes_the_probes_cost_out_of_the_cpu_time() -> None:
+    # 100k steps/s at 3 us: 0.3 CPU s/s of the 0.8 measured are the probes'
+    assert full_overhead(100_000, 0.8, 3e-6) == pytest.approx(0.3 / 0.5)
+    assert full_overhead(0, 0.5, 3e-6) == 0.0
+    assert duty_for(0.005, 0.01) == 1.0
+    assert duty_for(0.4, 0.01) == pytest.approx(0.025)
+    # a model that charges the probes all the CPU is not believed all the way
+    assert full_overhead(100_000, 0.3, 3e-6) == pytest.approx(10.0)
+    assert duty_for(1000.0, 0.01) == 0.0005
+
+
+def test_windows_attach_for_the_duty_fraction_of_the_time() -> None:
+    window = FileWindow(window=0.5)
+    window.overheads = {1: 0.2, 2: 0.05}      # the costliest process decides
+    window.plan(budget=0.01)
+    assert window.duty == pytest.approx(0.05)
+    attached_time, t, dt = 0.0, 0.0, 0.01
+    while t < 100:
+        change = window.step(t)
+        if change is not None:
+            window.attached = change
+        if window.attached:
+            attached_time += dt
+        t += dt
+    assert attached_time / t == pytest.approx(0.05, abs=0.01)
+
+
+def test_full_capture_within_the_budget_never_detaches() -> None:
+    window = FileWindow(window=0.5, attached=False)
+    window.overheads = {1: 0.004}
+    window.plan(budget=0.01)
+    assert window.step(0.0) is True           # re-attached at once
+    window.attached = True
+    assert all(window.step(t) is None for t in range(1, 100))
+
+
+# -- metrics ---------------------------------------------------------------------------------
+def _task(tid: int, depth: int, awaited_by: list[int] = (), filename: str = "/app/x.py"
+          ) -> Task:
+    frames = [Frame(f"f{i}", filename, 10 + i) for i in range(depth)]
+    return Task(tid, f"t{tid}", 1, "pending", frames,
+                awaited_by=[Awaiter(a) for a in awaited_by])
+
+
+def _snapshot(tasks: list[Task]) -> Snapshot:
+    return Snapshot(1, "3.14.0", "release", "/usr/bin/python3", [], tasks, 0.0, 0.01)
+
+
+def test_summary_depths_and_sites() -> None:
+    root = _task(1, 1)
+    middle = _task(2, 3, [1])
+    leaves = [_task(10 + i, 2, [2]) for i in range(5)]
+    cycle_a, cycle_b = _task(50, 1, [51]), _task(51, 1, [50])   # must not loop
+    summary = summarize(_snapshot([root, middle, *leaves, cycle_a, cycle_b]), top_sites=2)
+    assert summary.pending == 9
+    assert summary.stack_depths == Counter({1: 3, 3: 1, 2: 5})
+    assert summary.await_depths[2] == 5
+    assert sum(summary.await_depths.values()) == 9     # the cycle counted, once each
+    acyclic = summarize(_snapshot([root, middle, *leaves]), top_sites=2)
+    assert acyclic.await_depths == Counter({0: 1, 1: 1, 2: 5})
+    assert summary.sites[0] == ("f1 /app/x.py:11", 5)
+    assert summary.sites[-1][0] == OTHER_SITE
+    assert sum(n for _, n in summary.sites) == 9
+
+
+def test_await_site_skips_the_standard_library() -> None:
+    task = Task(1, "t", 1, "pending", [
+        Frame("handler", "/srv/app.py", 7),
+        Frame("Queue.get", "/usr/lib/python3.14/asyncio/queues.py", 186),
+    ])
+    assert await_site(task) == "handler /srv/app.py:7"
+    vendored = Task(1, "t", 1, "pending", [
+        Frame("fetch", "/usr/lib/python3/dist-packages/aiohttp/client.py", 5)])
+    assert await_site(vendored) == "fetch /usr/lib/python3/dist-packages/aiohttp/client.py:5"
+
+
+def _exposition(views: list[ProcessView]) -> str:
+    registry = CollectorRegistry()
+    registry.register(MetricsCollector(lambda: DaemonState(views, Counter({"attach": 2}))))
+    return generate_latest(registry).decode()
+
+
+def test_exposition_and_the_series_cap() -> None:
+    tasks = [_task(i, 1 + i % 40, filename=f"/app/m{i}.py") for i in range(500)]
+    counts = StepCounts()
+    counts.step_hist[25] = 4          # four steps of 33.5-67.1 ms
+    counts.steps = 4
+    view = ProcessView(7, "python3", "3.14.0", "", "full",
+                       summarize(_snapshot(tasks), top_sites=10), counts)
+    text = _exposition([view])
+    per_process = [ln for ln in text.splitlines() if 'pid="7"' in ln]
+    assert len(per_process) == series_cap(10)
+    assert 'aiobpf_task_step_duration_seconds_bucket{container="",le="0.016777216"' in text
+    bucket = next(ln for ln in per_process
+                  if "step_duration_seconds_bucket" in ln and 'le="0.067108864"' in ln)
+    assert bucket.endswith(" 4.0")
+    assert 'aiobpf_errors_total{kind="attach"} 2.0' in text
+    assert "aiobpf_build_info{" in text
+
+
+# -- config and selection ------------------------------------------------------------------------
+def test_the_documented_config_loads() -> None:
+    config = load(REPO / "deploy" / "aiobpf.toml")
+    assert config.listen_address == ("127.0.0.1", 9477)
+    assert config.budget == 0.01
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("[daemon]\nbudget = 2\n", "budget"),
+    ("[daemon]\nlisten = \"nowhere\"\n", "HOST:PORT"),
+    ("[daemon]\nlisen = \"x:1\"\n", "lisen"),
+    ("[select]\ncmdline = [\"(\"]\n", "regular expression"),
+    ("[other]\n", "unknown section"),
+    ("[daemon\n", "aiobpf.toml"),
+])
+def test_config_errors_name_the_key(tmp_path: Path, text: str, said: str) -> None:
+    path = tmp_path / "aiobpf.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=said.replace("(", r"\(")):
+        load(path)
+
+
+def test_selection() -> None:
+    everything = Selection()
+    assert everything.accepts("python app.py", 1000, "app", "")
+    chosen = Selection(cmdline=["app\\.py"], exclude_cmdline=["--test"], users=["app"],
+                       containers=["host"])
+    assert chosen.accepts("python app.py", 1000, "app", "")
+    assert not chosen.accepts("python app.py --test", 1000, "app", "")
+    assert not chosen.accepts("python other.py", 1000, "app", "")
+    assert not chosen.accepts("python app.py", 0, "root", "")
+    assert not chosen.accepts("python app.py", 1000, "app", "0123456789ab")
+    by_id = Selection(containers=["0123"], users=["1000"])
+    assert by_id.accepts("x", 1000, "app", "0123456789ab")
+
+
+def test_the_dashboard_queries_only_what_is_exported() -> None:
+    import json
+    import re
+
+    dashboard = (REPO / "deploy" / "grafana" / "aiobpf-dashboard.json").read_text()
+    queried = set(re.findall(r"aiobpf_\w+", "".join(
+        str(v) for v in _values(json.loads(dashboard), "expr"))))
+    view = ProcessView(7, "python3", "3.14.0", "", "full",
+                       summarize(_snapshot([_task(1, 2)]), top_sites=10), StepCounts())
+    exported = {line.split("{")[0].split(" ")[0]
+                for line in _exposition([view]).splitlines() if not line.startswith("#")}
+    assert queried and queried <= exported, queried - exported
+
+
+def _values(node: object, key: str) -> list:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == key] + [
+            x for v in node.values() for x in _values(v, key)]
+    if isinstance(node, list):
+        return [x for v in node for x in _values(v, key)]
+    return []
