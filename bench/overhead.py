@@ -96,6 +96,18 @@ def _ratio(figures: dict[str, list[float]]) -> tuple[float, float, float]:
     return off, on, 100 * (off - on) / off
 
 
+def _measure(proc: subprocess.Popen, phases: Phases, sample, name: str, unit: str) -> dict:
+    """Run the phases on the target ``proc``, stop it, and summarise."""
+    try:
+        figures = phases.run(sample)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    off, on, loss = _ratio(figures)
+    return {"name": name, "unit": unit, "off": off, "on": on, "loss_percent": loss,
+            "steps_per_second": figures["steps_per_second_on"][0], "phases": figures}
+
+
 def bench_pingpong(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
     proc = subprocess.Popen([*_python(), "-u", str(HERE / "targets" / "pingpong.py")],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -116,15 +128,8 @@ def bench_pingpong(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
         c1, _ = read()
         return (c1 - c0) / (time.perf_counter() - t0)
 
-    try:
-        figures = Phases(proc.pid, phase, rounds, tracer).run(sample)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    off, on, loss = _ratio(figures)
-    return {"name": "queue ping-pong", "unit": "round trips/s", "off": off, "on": on,
-            "loss_percent": loss, "steps_per_second": figures["steps_per_second_on"][0],
-            "phases": figures}
+    return _measure(proc, Phases(proc.pid, phase, rounds, tracer), sample,
+                    "queue ping-pong", "round trips/s")
 
 
 def bench_http(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
@@ -146,15 +151,8 @@ def bench_http(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
                              capture_output=True, text=True, check=True).stdout
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
-    try:
-        figures = Phases(proc.pid, phase, rounds, tracer).run(sample)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    off, on, loss = _ratio(figures)
-    return {"name": "HTTP server (asyncio streams, wrk -c16)", "unit": "requests/s",
-            "off": off, "on": on, "loss_percent": loss,
-            "steps_per_second": figures["steps_per_second_on"][0], "phases": figures}
+    return _measure(proc, Phases(proc.pid, phase, rounds, tracer), sample,
+                    "HTTP server (asyncio streams, wrk -c16)", "requests/s")
 
 
 def probe_hit_cost(seconds: float = 2.0) -> dict:
