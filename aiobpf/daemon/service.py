@@ -97,12 +97,10 @@ class Daemon:
         self.state = DaemonState()
         self._bpf_lock = threading.RLock()
         self._stop = threading.Event()
-        self.capture_off = ""
         try:
             self.capture: Capture | None = Capture()
         except CaptureUnavailable as exc:
             self.capture = None
-            self.capture_off = str(exc)
             log.warning("BPF capture is off (%s); metrics come from memory reads only", exc)
         self._reader = threading.Thread(target=self._read_loop, name="aiobpf-reader",
                                         daemon=True)

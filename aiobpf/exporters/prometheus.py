@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -160,80 +161,74 @@ def _time_buckets(hist: list[float]) -> list[tuple[str, float]]:
     return out
 
 
+# attribute, family class, name, help, extra label of the per-process families
+_FAMILIES = (
+    ("info", GaugeMetricFamily, "aiobpf_process_info",
+     "A traced process; capture is full, windowed or memory.", "capture"),
+    ("pending", GaugeMetricFamily, "aiobpf_tasks_pending",
+     "Pending asyncio tasks (memory read).", None),
+    ("stack", GaugeHistogramMetricFamily, "aiobpf_task_stack_depth",
+     "Coroutine frames of each suspended task's stack (memory read).", None),
+    ("await_", GaugeHistogramMetricFamily, "aiobpf_task_await_depth",
+     "Tasks between each pending task and the root of its await chain (memory read).", None),
+    ("created", CounterMetricFamily, "aiobpf_tasks_created",
+     "Tasks created since tracing began (estimate).", None),
+    ("finished", CounterMetricFamily, "aiobpf_tasks_finished",
+     "Tasks whose last step aiobpf saw end (estimate).", None),
+    ("steps", CounterMetricFamily, "aiobpf_task_steps",
+     "Task steps (estimated between capture windows).", None),
+    ("step_time", HistogramMetricFamily, "aiobpf_task_step_duration_seconds",
+     "Duration of task steps: a long step is an event loop blocked.", None),
+    ("delay", HistogramMetricFamily, "aiobpf_task_wakeup_delay_seconds",
+     "From the event loop waking to a task's step starting: loop lag.", None),
+    ("sites", GaugeMetricFamily, "aiobpf_suspended_tasks",
+     "Suspended tasks by await site (innermost user frame), top K per process.", "site"),
+    ("fraction", GaugeMetricFamily, "aiobpf_capture_fraction",
+     "Fraction of time the process's probes were attached (1: full capture).", None),
+    ("overhead", GaugeMetricFamily, "aiobpf_estimated_overhead_ratio",
+     "Estimated CPU aiobpf's probes cost the process, as a fraction of its own.", None),
+    ("hits", CounterMetricFamily, "aiobpf_probe_hits",
+     "Step starts seen by the probes (not scaled).", None),
+    ("read_time", GaugeMetricFamily, "aiobpf_snapshot_read_seconds",
+     "Duration of the last memory read.", None),
+)
+
+
 class Families:
     """The metric families of one scrape, filled process by process."""
 
     def __init__(self) -> None:
-        lab = list(LABELS)
-        self.info = GaugeMetricFamily(
-            "aiobpf_process_info", "A traced process; capture is full, windowed or memory.",
-            labels=[*lab, "capture"])
-        self.pending = GaugeMetricFamily(
-            "aiobpf_tasks_pending", "Pending asyncio tasks (memory read).", labels=lab)
-        self.stack = GaugeHistogramMetricFamily(
-            "aiobpf_task_stack_depth",
-            "Coroutine frames of each suspended task's stack (memory read).", labels=lab)
-        self.await_ = GaugeHistogramMetricFamily(
-            "aiobpf_task_await_depth",
-            "Tasks between each pending task and the root of its await chain (memory read).",
-            labels=lab)
-        self.created = CounterMetricFamily(
-            "aiobpf_tasks_created", "Tasks created since tracing began (estimate).", labels=lab)
-        self.finished = CounterMetricFamily(
-            "aiobpf_tasks_finished", "Tasks whose last step aiobpf saw end (estimate).",
-            labels=lab)
-        self.steps = CounterMetricFamily(
-            "aiobpf_task_steps", "Task steps (estimated between capture windows).",
-            labels=lab)
-        self.step_time = HistogramMetricFamily(
-            "aiobpf_task_step_duration_seconds",
-            "Duration of task steps: a long step is an event loop blocked.", labels=lab)
-        self.delay = HistogramMetricFamily(
-            "aiobpf_task_wakeup_delay_seconds",
-            "From the event loop waking to a task's step starting: loop lag.", labels=lab)
-        self.sites = GaugeMetricFamily(
-            "aiobpf_suspended_tasks",
-            "Suspended tasks by await site (innermost user frame), top K per process.",
-            labels=[*lab, "site"])
-        self.fraction = GaugeMetricFamily(
-            "aiobpf_capture_fraction",
-            "Fraction of time the process's probes were attached (1: full capture).",
-            labels=lab)
-        self.overhead = GaugeMetricFamily(
-            "aiobpf_estimated_overhead_ratio",
-            "Estimated CPU aiobpf's probes cost the process, as a fraction of its own.",
-            labels=lab)
-        self.hits = CounterMetricFamily(
-            "aiobpf_probe_hits", "Step starts seen by the probes (not scaled).", labels=lab)
-        self.read_time = GaugeMetricFamily(
-            "aiobpf_snapshot_read_seconds", "Duration of the last memory read.", labels=lab)
+        self.by_key: dict[str, Any] = {
+            key: family(name, documentation, labels=[*LABELS, extra] if extra else list(LABELS))
+            for key, family, name, documentation, extra in _FAMILIES}
 
     def add(self, view: ProcessView) -> None:
         lab = view.labels
-        self.info.add_metric([*lab, view.capture], 1)
+        f = self.by_key
+        f["info"].add_metric([*lab, view.capture], 1)
         c = view.counts
-        self.created.add_metric(lab, c.created)
-        self.finished.add_metric(lab, c.finished)
-        self.steps.add_metric(lab, c.steps)
-        self.step_time.add_metric(lab, _time_buckets(c.step_hist), c.step_sum_ns / 1e9)
-        self.delay.add_metric(lab, _time_buckets(c.delay_hist), c.delay_sum_ns / 1e9)
-        self.fraction.add_metric(lab, view.capture_fraction)
-        self.overhead.add_metric(lab, view.overhead)
-        self.hits.add_metric(lab, view.probe_hits)
+        f["created"].add_metric(lab, c.created)
+        f["finished"].add_metric(lab, c.finished)
+        f["steps"].add_metric(lab, c.steps)
+        f["step_time"].add_metric(lab, _time_buckets(c.step_hist), c.step_sum_ns / 1e9)
+        f["delay"].add_metric(lab, _time_buckets(c.delay_hist), c.delay_sum_ns / 1e9)
+        f["fraction"].add_metric(lab, view.capture_fraction)
+        f["overhead"].add_metric(lab, view.overhead)
+        f["hits"].add_metric(lab, view.probe_hits)
         s = view.summary
         if s is None:
             return
-        self.pending.add_metric(lab, s.pending)
-        self.stack.add_metric(lab, _depth_buckets(s.stack_depths, STACK_DEPTH_BUCKETS),
-                              sum(d * n for d, n in s.stack_depths.items()))
-        self.await_.add_metric(lab, _depth_buckets(s.await_depths, AWAIT_DEPTH_BUCKETS),
-                               sum(d * n for d, n in s.await_depths.items()))
+        f["pending"].add_metric(lab, s.pending)
+        f["stack"].add_metric(lab, _depth_buckets(s.stack_depths, STACK_DEPTH_BUCKETS),
+                           sum(d * n for d, n in s.stack_depths.items()))
+        f["await_"].add_metric(lab, _depth_buckets(s.await_depths, AWAIT_DEPTH_BUCKETS),
+                            sum(d * n for d, n in s.await_depths.items()))
         for site, n in s.sites:
-            self.sites.add_metric([*lab, site], n)
-        self.read_time.add_metric(lab, s.read_seconds)
+            f["sites"].add_metric([*lab, site], n)
+        f["read_time"].add_metric(lab, s.read_seconds)
 
     def __iter__(self) -> Iterator[Metric]:
-        return iter(vars(self).values())
+        return iter(self.by_key.values())
 
 
 @dataclass
