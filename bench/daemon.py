@@ -35,7 +35,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from overhead import _python, bench_http, bench_pingpong  # noqa: E402
+from overhead import _cpu_seconds, _python, bench_http, bench_pingpong  # noqa: E402
 
 
 def _port() -> int:
@@ -75,6 +75,7 @@ class DaemonTracer:
     """`aiobpf exporter --pid PID` at its default budget, for the whole phase."""
 
     label = "daemon, default budget"
+    options: ClassVar[list[str]] = []
     last: ClassVar[dict[str, float]] = {}
 
     def __init__(self, pid: int) -> None:
@@ -85,7 +86,8 @@ class DaemonTracer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aiobpf", "exporter", "--pid", str(self.pid),
-             "--listen", f"127.0.0.1:{self.port}"], cwd=REPO, start_new_session=True)
+             "--listen", f"127.0.0.1:{self.port}", *self.options], cwd=REPO,
+            start_new_session=True)
         _wait(self.port, lambda t: _sample(t, "aiobpf_process_info", self.pid) is not None)
 
     def steps(self) -> int:
@@ -97,6 +99,10 @@ class DaemonTracer:
         }
         return int(_sample(text, "aiobpf_probe_hits_total", self.pid) or 0)
 
+    def pid_of_tracer(self) -> int:
+        assert self.proc
+        return self.proc.pid
+
     def stop(self) -> None:
         if self.proc:
             self.proc.send_signal(signal.SIGTERM)
@@ -104,9 +110,15 @@ class DaemonTracer:
             self.proc = None
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+class MemoryOnlyTracer(DaemonTracer):
+    """`aiobpf exporter --pid PID --no-bpf`: the daemon's memory reads and scrapes, no
+    probes: what the daemon costs a busy host apart from the probes."""
+
+    label = "daemon, memory reads only"
+    options: ClassVar[list[str]] = ["--no-bpf"]
+
+
+TRACERS = {"budget": DaemonTracer, "memory": MemoryOnlyTracer}
 
 
 def fifty(count: int) -> dict:
@@ -171,6 +183,8 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=50)
     parser.add_argument("--workloads", default="pingpong,http",
                         help="comma-separated: pingpong, http (empty: none)")
+    parser.add_argument("--tracers", default="memory,budget",
+                        help="comma-separated: memory (--no-bpf), budget (the default)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: BPF capture needs it")
@@ -179,19 +193,28 @@ def main() -> int:
     for name in filter(None, args.workloads.split(",")):
         if name not in benches:
             parser.error(f"unknown workload {name!r}")
-        result = benches[name](args.phase, args.rounds, DaemonTracer)
-        rows.append((result, dict(DaemonTracer.last)))
+        for variant in filter(None, args.tracers.split(",")):
+            if variant not in TRACERS:
+                parser.error(f"unknown tracer {variant!r}")
+            tracer = TRACERS[variant]
+            result = benches[name](args.phase, args.rounds, tracer)
+            result["name"] = f"{result['name'].split(' (')[0]}: {tracer.label}"
+            rows.append((result, dict(tracer.last) if variant == "budget" else {}))
     scale = fifty(args.processes)
     print(f"daemon overhead at the default budget (1%), same process, off/on alternating, "
           f"median of {args.rounds} phases of {args.phase:.0f} s ({' '.join(_python())})")
-    print(f"{'workload':<42} {'off':>10} {'on':>10} {'loss':>7} {'noise':>6} {'captured':>9} "
-          f"{'est.':>6}")
+    print(f"{'workload: tracer':<45} {'off':>8} {'on':>8} {'loss':>6} {'noise':>6} "
+          f"{'CPU/op':>8} {'on':>8} {'more':>6} {'daemon':>7} {'captured':>8} {'est.':>5}")
     for r, last in rows:
-        print(f"{r['name']:<42} {r['off']:>10.0f} {r['on']:>10.0f} {r['loss_percent']:>6.1f}% "
-              f"{_noise(r['phases']['off']):>5.1f}% {100 * last.get('fraction', 0):>8.1f}% "
-              f"{100 * last.get('overhead', 0):>5.1f}%  ({r['unit']})")
-    print("noise: median change between consecutive phases without a tracer (the VM's "
-          "drift); captured: time with probes attached; est.: the daemon's own estimate")
+        daemon_cpu = 100 * r["tracer_cpu"] if r["tracer_cpu"] is not None else float("nan")
+        print(f"{r['name']:<45} {r['off']:>8.0f} {r['on']:>8.0f} {r['loss_percent']:>5.1f}% "
+              f"{_noise(r['phases']['off']):>5.1f}% {r['cpu_us_off']:>6.2f}us "
+              f"{r['cpu_us_on']:>6.2f}us {r['cpu_percent']:>5.1f}% {daemon_cpu:>6.1f}% "
+              f"{100 * last.get('fraction', 0):>7.1f}% {100 * last.get('overhead', 0):>4.1f}%")
+    print("loss: throughput lost; noise: median change between consecutive phases without "
+          "a tracer (the VM's drift); CPU/op: the target's CPU time per operation, off and "
+          "on; more: CPU/op added; daemon: the daemon's own CPU, % of a core; captured: "
+          "time with probes attached; est.: the daemon's own overhead estimate")
     print(f"daemon with {scale['processes']} traced processes: all attached in "
           f"{scale['attach_s']:.1f} s, RSS {scale['rss_mb']:.0f} MB, CPU "
           f"{scale['cpu_percent']:.1f}% of a core, scrape "

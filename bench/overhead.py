@@ -71,24 +71,45 @@ class CaptureTracer:
 
 
 class Phases:
-    """Alternate the tracer off/on around a running target and collect per-phase figures."""
+    """Alternate the tracer off/on around a running target and collect per-phase figures.
+
+    ``sample(seconds)`` returns the phase's throughput (operations/s) and the target's
+    CPU time per operation (us): a tracer's cost shows in the second even when the load
+    generator, not the target, limits the first."""
 
     def __init__(self, pid: int, phase: float, rounds: int, tracer=CaptureTracer) -> None:
         self.pid, self.phase, self.rounds, self.tracer = pid, phase, rounds, tracer
 
     def run(self, sample) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {"off": [], "on": []}
+        out: dict[str, list[float]] = {"off": [], "on": [], "off_cpu": [], "on_cpu": [],
+                                       "tracer_cpu": []}
         steps = 0
         for _ in range(self.rounds):
-            out["off"].append(sample(self.phase))
+            rate, cpu = sample(self.phase)
+            out["off"].append(rate)
+            out["off_cpu"].append(cpu)
             tracer = self.tracer(self.pid)
             tracer.start()
             before = tracer.steps()
-            out["on"].append(sample(self.phase))
+            own = _cpu_seconds(tracer.pid_of_tracer()) if hasattr(tracer, "pid_of_tracer") \
+                else None
+            t0 = time.perf_counter()
+            rate, cpu = sample(self.phase)
+            if own is not None:
+                out["tracer_cpu"].append((_cpu_seconds(tracer.pid_of_tracer()) - own)
+                                         / (time.perf_counter() - t0))
+            out["on"].append(rate)
+            out["on_cpu"].append(cpu)
             steps += tracer.steps() - before
             tracer.stop()
         out["steps_per_second_on"] = [steps / (self.rounds * self.phase)]
         return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ratio(figures: dict[str, list[float]]) -> tuple[float, float, float]:
@@ -104,7 +125,11 @@ def _measure(proc: subprocess.Popen, phases: Phases, sample, name: str, unit: st
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     off, on, loss = _ratio(figures)
+    cpu_off, cpu_on = statistics.median(figures["off_cpu"]), statistics.median(figures["on_cpu"])
+    tracer_cpu = statistics.median(figures["tracer_cpu"]) if figures["tracer_cpu"] else None
     return {"name": name, "unit": unit, "off": off, "on": on, "loss_percent": loss,
+            "cpu_us_off": cpu_off, "cpu_us_on": cpu_on,
+            "cpu_percent": 100 * (cpu_on - cpu_off) / cpu_off, "tracer_cpu": tracer_cpu,
             "steps_per_second": figures["steps_per_second_on"][0], "phases": figures}
 
 
@@ -121,12 +146,12 @@ def bench_pingpong(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
         count, cpu = proc.stdout.readline().split()
         return int(count), float(cpu)
 
-    def sample(seconds: float) -> float:
-        c0, _ = read()
+    def sample(seconds: float) -> tuple[float, float]:
+        c0, cpu0 = read()
         t0 = time.perf_counter()
         time.sleep(seconds)
-        c1, _ = read()
-        return (c1 - c0) / (time.perf_counter() - t0)
+        c1, cpu1 = read()
+        return (c1 - c0) / (time.perf_counter() - t0), 1e6 * (cpu1 - cpu0) / (c1 - c0)
 
     return _measure(proc, Phases(proc.pid, phase, rounds, tracer), sample,
                     "queue ping-pong", "round trips/s")
@@ -142,14 +167,23 @@ def bench_http(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
     proc = subprocess.Popen([*_python(), "-u", str(HERE / "targets" / "http_server.py"),
                              str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, start_new_session=True)
-    assert proc.stdout
+    assert proc.stdin and proc.stdout
     assert proc.stdout.readline().startswith("READY")
 
-    def sample(seconds: float) -> float:
+    def cpu() -> float:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        return float(proc.stdout.readline())
+
+    def sample(seconds: float) -> tuple[float, float]:
+        cpu0 = cpu()
         out = subprocess.run([wrk, "-t1", "-c16", f"-d{seconds:.0f}s",
                               f"http://127.0.0.1:{port}/items"],
                              capture_output=True, text=True, check=True).stdout
-        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        cpu1 = cpu()
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        return rate, 1e6 * (cpu1 - cpu0) / requests
 
     return _measure(proc, Phases(proc.pid, phase, rounds, tracer), sample,
                     "HTTP server (asyncio streams, wrk -c16)", "requests/s")
@@ -201,6 +235,18 @@ def probe_hit_cost(seconds: float = 2.0) -> dict:
         proc.wait()
 
 
+def print_table(results: list[dict]) -> None:
+    """Throughput and the target's CPU per operation, off and on, side by side."""
+    print(f"{'workload':<42} {'off':>9} {'on':>9} {'loss':>7}   {'CPU/op off':>10} "
+          f"{'on':>8} {'more':>7} {'steps/s':>9}")
+    for r in results:
+        print(f"{r['name']:<42} {r['off']:>9.0f} {r['on']:>9.0f} {r['loss_percent']:>6.1f}%   "
+              f"{r['cpu_us_off']:>8.2f}us {r['cpu_us_on']:>6.2f}us {r['cpu_percent']:>6.1f}% "
+              f"{r['steps_per_second']:>9.0f}  ({r['unit']})")
+    print("loss: throughput lost; more: the target's CPU time per operation added (the "
+          "cost even where the load generator, not the target, sets the pace)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,10 +260,7 @@ def main() -> int:
     hit = probe_hit_cost()
     print(f"tracing overhead, same process, capture off/on alternating, median of "
           f"{args.rounds} phases of {args.phase:.0f} s ({' '.join(_python())})")
-    print(f"{'workload':<42} {'off':>12} {'on':>12} {'loss':>7} {'steps/s':>9}")
-    for r in results:
-        print(f"{r['name']:<42} {r['off']:>12.0f} {r['on']:>12.0f} {r['loss_percent']:>6.1f}% "
-              f"{r['steps_per_second']:>9.0f}  ({r['unit']})")
+    print_table(results)
     print(f"one uprobe hit, empty program, at {hit['site']}: {hit['ns_per_hit']:.0f} ns")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "probe_hit": hit}, indent=2))

@@ -250,6 +250,7 @@ static __always_inline int step_start(struct target *t, u64 task)
     ts->task = task;
     ts->start_ns = now;
     __sync_fetch_and_add(&t->stats.steps, 1);
+    __sync_fetch_and_add(&t->stats.prog_ns_sum, bpf_ktime_get_ns() - now);
     return 0;
 }
 
@@ -293,8 +294,11 @@ static __always_inline int wait_enter(void)
     if (ts && ts->task) {
         u64 prev = ts->task;
         ts->task = 0;
-        if (ts->start_ns >= t->cfg.epoch_ns)
-            capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, bpf_ktime_get_ns());
+        if (ts->start_ns >= t->cfg.epoch_ns) {
+            u64 now = bpf_ktime_get_ns();
+            capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, now);
+            __sync_fetch_and_add(&t->stats.prog_ns_sum, bpf_ktime_get_ns() - now);
+        }
     }
     return 0;
 }
@@ -329,4 +333,11 @@ int on_raw_exit(struct bpf_raw_tracepoint_args *ctx)
     if (!is_wait(nr))
         return 0;
     return wait_exit();
+}
+
+/* Nothing: the probe aiobpf times to learn what one uprobe hit costs on this machine
+ * (aiobpf/collector/probe_cost.py). */
+int on_calibrate(struct pt_regs *ctx)
+{
+    return 0;
 }

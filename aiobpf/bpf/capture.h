@@ -97,6 +97,7 @@ struct target_stats {
     __u64 finished;                /* steps that ended with the task's coroutine done */
     __u64 step_ns_sum;             /* total duration of the captured steps */
     __u64 delay_ns_sum;            /* total wake-to-step delay of the steps that have one */
+    __u64 prog_ns_sum;             /* time the programs spent on this process's steps */
     __u64 step_hist[AIOBPF_HIST_SLOTS];   /* log2(step duration in ns) */
     __u64 delay_hist[AIOBPF_HIST_SLOTS];  /* log2(ns from the loop waking to the step) */
     __u64 depth_hist[AIOBPF_MAX_DEPTH + 1]; /* frames of the suspended stack */

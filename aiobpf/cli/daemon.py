@@ -22,6 +22,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, metavar="FRACTION",
                         help="tracing overhead allowed, as a fraction of each process's CPU "
                              "time (default 0.01); above it, probes are attached in windows")
+    parser.add_argument("--no-bpf", action="store_true",
+                        help="no probes at all: only the metrics that memory reads give "
+                             "(tasks, depths, sites), at no cost to the step path")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every attach")
 
 
@@ -44,6 +47,8 @@ def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
             config.listen = args.listen
         if args.budget is not None:
             config.budget = args.budget
+        if args.no_bpf:
+            config.bpf = False
         if getattr(args, "socket", None):
             config.socket = str(args.socket)
         config.check()

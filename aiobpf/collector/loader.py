@@ -123,6 +123,7 @@ class TargetStats(ct.Structure):
         ("steps", ct.c_uint64), ("captures", ct.c_uint64),
         ("read_errors", ct.c_uint64), ("events_lost", ct.c_uint64),
         ("finished", ct.c_uint64), ("step_ns_sum", ct.c_uint64), ("delay_ns_sum", ct.c_uint64),
+        ("prog_ns_sum", ct.c_uint64),
         ("step_hist", ct.c_uint64 * HIST_SLOTS), ("delay_hist", ct.c_uint64 * HIST_SLOTS),
         ("depth_hist", ct.c_uint64 * (MAX_DEPTH + 1)),
     ]
@@ -235,8 +236,7 @@ class Capture:
         self._fds: dict[tuple[int, int], list[int]] = {}   # file -> perf fds ([]: paused)
         self._since: dict[tuple[int, int], int] = {}       # file -> attached since (ns)
         self._targets: dict[int, Attachment] = {}
-        self.wait_hooks = ""
-        self._set_wait_hooks(True)
+        self.wait_hooks = ""   # attached with the first probes (add), not before
 
     # -- probes ---------------------------------------------------------------------
     def _set_wait_hooks(self, on: bool) -> None:
@@ -252,6 +252,27 @@ class Capture:
             self.bpf.detach_raw_tracepoint(tp=b"sys_enter")
             self.bpf.detach_raw_tracepoint(tp=b"sys_exit")
             self.wait_hooks = ""
+
+    def set_wait_hooks(self, on: bool) -> bool:
+        """Attach or detach the syscall hooks by hand (calibration); returns whether
+        they were attached before."""
+        before = bool(self.wait_hooks)
+        self._set_wait_hooks(on)
+        return before
+
+    @contextmanager
+    def empty_uprobe(self, path: str, offset: int) -> Iterator[None]:
+        """A uprobe whose program does nothing, at ``offset`` of the file at ``path``,
+        for as long as the ``with`` block runs."""
+        fn = self.bpf.load_func(b"on_calibrate", self.bpf.KPROBE)
+        fd = self._lib.bpf_attach_uprobe(fn.fd, 0, f"aiobpf_{os.getpid()}_cal".encode(),
+                                         path.encode(), offset, -1)
+        if fd < 0:
+            raise CaptureUnavailable(f"could not attach a uprobe to {path}")
+        try:
+            yield
+        finally:
+            self._lib.bpf_close_perf_event_fd(fd)
 
     def _place(self, host_path: Path, sites: dict[str, ProbeSite]) -> list[int]:
         """Perf-event uprobes at ``sites`` of the file at ``host_path``."""
@@ -289,7 +310,7 @@ class Capture:
         config.epoch_ns = self._since[attachment.file]
         self.tables["targets"][ct.c_uint32(target.pid)] = TargetValue(config, TargetStats())
         self._targets[target.pid] = attachment
-        self._set_wait_hooks(True)
+        self._set_wait_hooks(any(self._fds.values()))   # not while the file is paused
         return attachment
 
     def remove(self, pid: int) -> None:

@@ -1,8 +1,9 @@
 """The overhead budget: how much of each probed file's time its probes may stay attached.
 
 Every captured step costs the traced process about ``probe_cost`` seconds (the uprobe
-trap and the programs).  Over a window with the probes attached, a process's step
-rate and CPU rate give the overhead full capture would impose::
+trap, the programs, the syscall hooks: measured, see aiobpf.collector.probe_cost).
+Over a window with the probes attached, a process's step rate and CPU rate give the
+overhead full capture would impose::
 
     overhead = steps/s * cost / (CPU s/s - steps/s * cost)
 

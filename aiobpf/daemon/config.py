@@ -51,11 +51,17 @@ class Config:
     scan_interval: float = 1.0
     refresh_interval: float = 5.0
     budget: float = 0.01
-    probe_cost_us: float = 10.0
+    probe_cost_us: float | str = "auto"   # "auto": measured (collector/probe_cost.py)
     window: float = 0.5
     top_sites: int = 10
     max_processes: int = 256
+    bpf: bool = True
     select: Selection = field(default_factory=Selection)
+
+    @property
+    def fixed_probe_cost(self) -> float | None:
+        """Seconds per captured step when configured, None when measured."""
+        return None if self.probe_cost_us == "auto" else float(self.probe_cost_us) * 1e-6
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -66,10 +72,13 @@ class Config:
 
     def check(self) -> Config:
         self.listen_address  # noqa: B018 -- validates
-        positive = ("scan_interval", "refresh_interval", "probe_cost_us", "window")
+        positive = ("scan_interval", "refresh_interval", "window")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be positive")
+        cost = self.probe_cost_us
+        if cost != "auto" and (isinstance(cost, str) or cost <= 0):
+            raise ConfigError("probe_cost_us: \"auto\" or a positive number of microseconds")
         if not 0 < self.budget <= 1:
             raise ConfigError("budget: a fraction of the target's CPU time, in (0, 1]")
         if self.top_sites < 1 or self.max_processes < 1:
@@ -95,10 +104,14 @@ def load(path: Path | None) -> Config:
     for key, value in daemon.items():
         if key not in known:
             raise ConfigError(f"{path}: [daemon] has no key {key!r}")
+        if key == "probe_cost_us" and isinstance(value, int | float | str) \
+                and not isinstance(value, bool):
+            daemon[key] = float(value) if isinstance(value, int) else value
+            continue
         expected = type(getattr(Config(), key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise ConfigError(f"{path}: [daemon] {key} must be a {expected.__name__}")
         daemon[key] = value
     select = data.get("select", {})

@@ -23,9 +23,11 @@ import psutil
 from aiobpf import errors
 from aiobpf.cli.common import translate_errors
 from aiobpf.cli.output import FORMATS, render
+from aiobpf.collector import probe_cost
 from aiobpf.collector.loader import Attachment, Capture, CaptureUnavailable, TargetStats
 from aiobpf.collector.memory import ProcessGone, RemoteReadError
 from aiobpf.collector.objects import DecodeError
+from aiobpf.collector.probe_cost import ProbeCosts
 from aiobpf.collector.procfs import ProcessNotFound
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPython, open_target
@@ -42,6 +44,7 @@ from aiobpf.exporters.prometheus import (
 
 log = logging.getLogger("aiobpf")
 TICK_S = 0.2
+FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6)   # when timing fails: pessimistic
 RATE_SMOOTHING = 0.5       # weight of the newest window in the step and CPU rates
 _GONE = (ProcessGone, ProcessNotFound, psutil.NoSuchProcess, FileNotFoundError,
          ProcessLookupError)
@@ -68,7 +71,8 @@ class Traced:
     attached_s: float = 0.0
     step_rate: float = 0.0
     cpu_rate: float = 0.0
-    cpu_seen: tuple[float, float, int] | None = None   # (monotonic, CPU s, steps)
+    cpu_seen: tuple[float, float, int, int] | None = None  # (monotonic, CPU s, steps, prog ns)
+    step_cost: float = 0.0                              # seconds one captured step costs
     overhead_full: float = 0.0
     next_read: float = 0.0
     gone: bool = False
@@ -97,13 +101,32 @@ class Daemon:
         self.state = DaemonState()
         self._bpf_lock = threading.RLock()
         self._stop = threading.Event()
-        try:
-            self.capture: Capture | None = Capture()
-        except CaptureUnavailable as exc:
-            self.capture = None
-            log.warning("BPF capture is off (%s); metrics come from memory reads only", exc)
+        self.capture: Capture | None = None
+        self.costs: ProbeCosts | None = None
+        if not config.bpf:
+            log.info("BPF capture is off (bpf = false): metrics come from memory reads only")
+        else:
+            try:
+                self.capture = Capture()
+            except CaptureUnavailable as exc:
+                log.warning("BPF capture is off (%s); metrics come from memory reads only", exc)
+        if self.capture is not None and config.fixed_probe_cost is None:
+            self.costs = self._calibrate(self.capture)
         self._reader = threading.Thread(target=self._read_loop, name="aiobpf-reader",
                                         daemon=True)
+
+    @staticmethod
+    def _calibrate(capture: Capture) -> ProbeCosts:
+        """Time a uprobe hit and the syscall hooks' toll on this machine."""
+        try:
+            costs = probe_cost.measure(capture)
+        except (OSError, CaptureUnavailable) as exc:
+            costs = FALLBACK_COSTS
+            log.warning("could not time the probes (%s); assuming %.1f us per hit",
+                        exc, costs.trap_s * 1e6)
+        log.info("a uprobe hit costs %.2f us, the syscall hooks %.2f us per system call",
+                 costs.trap_s * 1e6, costs.syscall_s * 1e6)
+        return costs
 
     # -- lifecycle ----------------------------------------------------------------------
     def run(self) -> None:
@@ -358,19 +381,29 @@ class Daemon:
             return
         seen = traced.cpu_seen
         if seen is None:
-            traced.cpu_seen = (now, cpu, stats.steps)
+            traced.cpu_seen = (now, cpu, stats.steps, stats.prog_ns_sum)
             return
         span = now - seen[0]
         if span < min(1.0, 0.6 * self.config.window):
             return
-        traced.cpu_seen = (now, cpu, stats.steps)
-        step_rate = (stats.steps - seen[2]) / span
+        traced.cpu_seen = (now, cpu, stats.steps, stats.prog_ns_sum)
+        steps = stats.steps - seen[2]
+        step_rate = steps / span
         cpu_rate = (cpu - seen[1]) / span
         a = RATE_SMOOTHING if traced.cpu_rate else 1.0   # the first measure stands alone
         traced.step_rate = a * step_rate + (1 - a) * traced.step_rate
         traced.cpu_rate = a * cpu_rate + (1 - a) * traced.cpu_rate
+        cost = self.config.fixed_probe_cost
+        if cost is None and self.costs is not None:
+            if steps <= 0 and traced.step_cost:
+                cost = traced.step_cost
+            else:
+                program = (stats.prog_ns_sum - seen[3]) / 1e9 / steps if steps > 0 else 0.0
+                cost = self.costs.per_step(program)
+                cost = a * cost + (1 - a) * traced.step_cost if traced.step_cost else cost
+        traced.step_cost = cost or 0.0
         traced.overhead_full = full_overhead(traced.step_rate, traced.cpu_rate,
-                                             self.config.probe_cost_us * 1e-6)
+                                             traced.step_cost)
 
     # -- memory reads -------------------------------------------------------------------
     def _read_loop(self) -> None:
@@ -440,7 +473,7 @@ class Daemon:
                 python=traced.target.version_str, container=traced.candidate.container,
                 capture=self._capture_kind(traced), summary=traced.summary,
                 counts=traced.counts, probe_hits=traced.hits, capture_fraction=fraction,
-                overhead=traced.overhead_full * duty))
+                overhead=traced.overhead_full * duty, step_cost=traced.step_cost))
         self.state = DaemonState(views, Counter(self.errors))
 
     def current_state(self) -> DaemonState:

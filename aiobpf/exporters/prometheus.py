@@ -37,7 +37,7 @@ TIME_EDGES = range(12, 37, 2)
 OTHER_SITE = "(other)"
 # Series per process besides the await sites (buckets included).
 SERIES_FIXED = (1 + (len(STACK_DEPTH_BUCKETS) + 3) + (len(AWAIT_DEPTH_BUCKETS) + 3)
-                + 3 + 2 * (len(TIME_EDGES) + 3) + 4 + 1)
+                + 3 + 2 * (len(TIME_EDGES) + 3) + 5 + 1)
 # Frames of the standard library are not await sites: the user code that called them is.
 _STDLIB = re.compile(r"/lib/python3\.\d+[a-z]*/(?!site-packages/|dist-packages/)|^<frozen ")
 
@@ -136,6 +136,7 @@ class ProcessView:
     probe_hits: int = 0               # step starts the probes saw (not scaled)
     capture_fraction: float = 0.0     # time with probes attached / time traced
     overhead: float = 0.0             # estimated tracing overhead ratio
+    step_cost: float = 0.0            # estimated seconds one captured step costs
 
     @property
     def labels(self) -> list[str]:
@@ -187,6 +188,9 @@ _FAMILIES = (
      "Fraction of time the process's probes were attached (1: full capture).", None),
     ("overhead", GaugeMetricFamily, "aiobpf_estimated_overhead_ratio",
      "Estimated CPU aiobpf's probes cost the process, as a fraction of its own.", None),
+    ("step_cost", GaugeMetricFamily, "aiobpf_step_cost_seconds",
+     "Estimated CPU time one captured step costs the process (uprobe trap, programs, "
+     "syscall hooks).", None),
     ("hits", CounterMetricFamily, "aiobpf_probe_hits",
      "Step starts seen by the probes (not scaled).", None),
     ("read_time", GaugeMetricFamily, "aiobpf_snapshot_read_seconds",
@@ -206,15 +210,17 @@ class Families:
         lab = view.labels
         f = self.by_key
         f["info"].add_metric([*lab, view.capture], 1)
-        c = view.counts
-        f["created"].add_metric(lab, c.created)
-        f["finished"].add_metric(lab, c.finished)
-        f["steps"].add_metric(lab, c.steps)
-        f["step_time"].add_metric(lab, _time_buckets(c.step_hist), c.step_sum_ns / 1e9)
-        f["delay"].add_metric(lab, _time_buckets(c.delay_hist), c.delay_sum_ns / 1e9)
         f["fraction"].add_metric(lab, view.capture_fraction)
         f["overhead"].add_metric(lab, view.overhead)
-        f["hits"].add_metric(lab, view.probe_hits)
+        if view.capture != "memory":   # without probes, step counts are unknown, not 0
+            c = view.counts
+            f["created"].add_metric(lab, c.created)
+            f["finished"].add_metric(lab, c.finished)
+            f["steps"].add_metric(lab, c.steps)
+            f["step_time"].add_metric(lab, _time_buckets(c.step_hist), c.step_sum_ns / 1e9)
+            f["delay"].add_metric(lab, _time_buckets(c.delay_hist), c.delay_sum_ns / 1e9)
+            f["hits"].add_metric(lab, view.probe_hits)
+            f["step_cost"].add_metric(lab, view.step_cost)
         s = view.summary
         if s is None:
             return

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from aiobpf.collector import probe_cost
 from aiobpf.collector.elf import find_debug_file
 from aiobpf.collector.loader import CAPTURE_SUSPENDED, Capture
 from aiobpf.collector.probes import STEP_FUNCTIONS, _from_method_table, _from_type, _Tables
@@ -29,7 +30,7 @@ from aiobpf.collector.target import open_target
 from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
 from tests.pythons import Python, by_label
 
-PROGRAMS = ("on_task_wakeup", "on_step_wrapper", "on_raw_enter", "on_raw_exit")
+PROGRAMS = ("on_task_wakeup", "on_step_wrapper", "on_raw_enter", "on_raw_exit", "on_calibrate")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -226,6 +227,35 @@ def test_trace_step_count_equals_the_bpf_counter(capture: Capture) -> None:
         assert len(seen) > 100
         # Captures counted after events were switched off produce no event.
         assert len(seen) <= stats.captures <= len(seen) + 10 * 2
+
+
+def _own_uprobes() -> int:
+    out = subprocess.run(["bpftool", "perf", "list", "--json"], capture_output=True,
+                         text=True, check=True).stdout
+    return sum(1 for e in json.loads(out)
+               if e.get("pid") == os.getpid() and e.get("fd_type") == "uprobe")
+
+
+def test_what_a_step_costs_is_measured(capture: Capture) -> None:
+    """The trap of a uprobe hit and the syscall hooks' toll are timed on this machine
+    (and leave no probe or hook behind); the programs add up their own time per step."""
+    hooks, uprobes = capture.wait_hooks, _own_uprobes()
+    costs = probe_cost.measure(capture)
+    assert 0.02e-6 < costs.trap_s < 50e-6
+    assert 0.0 < costs.syscall_s < 10e-6
+    assert capture.wait_hooks == hooks
+    assert _own_uprobes() == uprobes
+    with run_target(by_label("sid-3.14"), "alternating.py", "10", "0.001") as target:
+        capture.add(open_target(target.pid))
+        time.sleep(1)
+        stats = capture.stats(target.pid)
+        capture.remove(target.pid)
+    assert stats is not None and stats.steps > 100
+    program = stats.prog_ns_sum / 1e9 / stats.steps
+    assert 0.01e-6 < program < 50e-6
+    print(f"uprobe hit {1e6 * costs.trap_s:.2f} us, syscall hooks {1e6 * costs.syscall_s:.2f} "
+          f"us per call, programs {1e6 * program:.2f} us per step: "
+          f"{1e6 * costs.per_step(program):.2f} us per captured step")
 
 
 # -- nothing left behind --------------------------------------------------------------------

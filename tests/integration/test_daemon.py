@@ -86,8 +86,10 @@ class DaemonProcess:
 
 @contextmanager
 def run_daemon(tmp: Path, *, budget: float = 1.0, refresh: float = 1.0,
-               select: str = SELECT, socket_dir: Path | None = None
-               ) -> Iterator[DaemonProcess]:
+               select: str = SELECT, socket_dir: Path | None = None, bpf: bool = True,
+               probe_cost_us: float | None = None) -> Iterator[DaemonProcess]:
+    """A daemon tracing the processes that match ``select``; with the default budget
+    (1.0) and per-step cost (measured: "auto"), the test targets are captured in full."""
     port = free_port()
     sock = (socket_dir or tmp / "run") / "aiobpf.sock"
     config = tmp / "aiobpf.toml"
@@ -98,6 +100,8 @@ def run_daemon(tmp: Path, *, budget: float = 1.0, refresh: float = 1.0,
         f"refresh_interval = {refresh}\n"
         f"budget = {budget}\n"
         f"top_sites = {TOP_SITES}\n"
+        f"bpf = {str(bpf).lower()}\n"
+        + (f"probe_cost_us = {probe_cost_us}\n" if probe_cost_us is not None else "") +
         "[select]\n"
         f"cmdline = [{json.dumps(select)}]\n")
     log = tmp / f"daemon-{port}.log"
@@ -230,11 +234,32 @@ def test_budget_windows_a_busy_process(tmp_path: Path) -> None:
         fraction = value("aiobpf_capture_fraction")
         assert 0 < fraction < 0.5
         assert value("aiobpf_estimated_overhead_ratio") <= 0.0101
+        # the cost per step is measured (trap, programs, syscall hooks): within reason
+        assert 0.1e-6 < value("aiobpf_step_cost_seconds") < 50e-6
         hits, steps = value("aiobpf_probe_hits_total"), value("aiobpf_task_steps_total")
         assert steps > 2 * hits                      # scaled by 1/duty
         assert 0.33 < steps / (hits / fraction) < 3  # and by about the time not seen
         print(f"windowed: captured {100 * fraction:.1f}% of the time, {hits:.0f} steps seen, "
-              f"{steps:.0f} estimated")
+              f"{steps:.0f} estimated, "
+              f"{1e6 * value('aiobpf_step_cost_seconds'):.2f} us per captured step")
+
+
+def test_memory_only_daemon_places_no_probes(tmp_path: Path) -> None:
+    """`bpf = false`: the process is traced from memory reads alone; no program and no
+    probe is loaded, and the step metrics are absent rather than zero."""
+    python = by_label("sid-3.14")
+    with (run_target(python, "depth.py", "20", "3") as target,
+          run_daemon(tmp_path, bpf=False) as daemon):
+        daemon.wait_traced(target.pid)
+        deadline = time.monotonic() + 10
+        while not daemon.series("aiobpf_tasks_pending", target.pid):
+            assert time.monotonic() < deadline, "no memory read in 10 s"
+            time.sleep(0.2)
+        assert 'capture="memory"' in "".join(daemon.series("aiobpf_process_info", target.pid))
+        assert daemon.series("aiobpf_tasks_pending", target.pid)[0].endswith(" 21.0")
+        assert not daemon.series("aiobpf_task_steps_total", target.pid)
+        assert daemon_uprobes(daemon.proc.pid) == set()
+        assert daemon_programs(daemon.proc.pid) == 0
 
 
 # -- acceptance 2: discovery, several versions, one probe set per file -------------------------

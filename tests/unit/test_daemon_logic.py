@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
 from aiobpf.daemon.budget import FileWindow, duty_for, full_overhead
+from aiobpf.collector.probe_cost import SYSCALLS_PER_STEP, ProbeCosts
 from aiobpf.daemon.config import ConfigError, Selection, load
 from aiobpf.exporters.prometheus import (
     OTHER_SITE,
@@ -131,6 +132,19 @@ def test_the_documented_config_loads() -> None:
     config = load(REPO / "deploy" / "aiobpf.toml")
     assert config.listen_address == ("127.0.0.1", 9477)
     assert config.budget == 0.01
+    assert config.bpf is True
+    assert config.fixed_probe_cost is None       # "auto": measured
+
+
+def test_a_fixed_probe_cost(tmp_path: Path) -> None:
+    path = tmp_path / "aiobpf.toml"
+    path.write_text("[daemon]\nprobe_cost_us = 3\n")
+    assert load(path).fixed_probe_cost == pytest.approx(3e-6)
+
+
+def test_cost_per_step_adds_the_trap_the_programs_and_the_syscall_hooks() -> None:
+    costs = ProbeCosts(trap_s=0.5e-6, syscall_s=0.1e-6)
+    assert costs.per_step(0.3e-6) == pytest.approx((0.5 + 0.3 + SYSCALLS_PER_STEP * 0.1) * 1e-6)
 
 
 @pytest.mark.parametrize(("text", "said"), [
@@ -140,6 +154,10 @@ def test_the_documented_config_loads() -> None:
     ("[select]\ncmdline = [\"(\"]\n", "regular expression"),
     ("[other]\n", "unknown section"),
     ("[daemon\n", "aiobpf.toml"),
+    ("[daemon]\nbpf = 1\n", "bpf must be a bool"),
+    ("[daemon]\nprobe_cost_us = \"fast\"\n", "probe_cost_us"),
+    ("[daemon]\nprobe_cost_us = -1\n", "probe_cost_us"),
+    ("[daemon]\nbudget = true\n", "budget must be a float"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, text: str, said: str) -> None:
     path = tmp_path / "aiobpf.toml"
