@@ -28,8 +28,8 @@ layouts:  ## regenerate aiobpf/collector/layouts/tables.py from the reference bu
 
 bench: provision  ## dump time, tracing overhead, the daemon's overhead, RSS and scrape time
 	$(PY) bench/dump_time.py --million
-	$(PY) bench/overhead.py
-	$(PY) bench/daemon.py
+	$(PY) bench/overhead.py --breakdown
+	$(PY) bench/daemon.py --phase 60 --rounds 6
 
 clean:  ## remove the venv and caches (not the interpreter roots in /var/cache/aiobpf)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

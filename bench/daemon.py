@@ -71,11 +71,15 @@ def _wait(port: int, check, timeout: float = 60) -> str:
         time.sleep(0.2)
 
 
+SETTLE_S = 5.0
+
+
 class DaemonTracer:
     """`aiobpf exporter --pid PID` at its default budget, for the whole phase."""
 
     label = "daemon, default budget"
     options: ClassVar[list[str]] = []
+    settle_s = SETTLE_S
     last: ClassVar[dict[str, float]] = {}
 
     def __init__(self, pid: int) -> None:
@@ -89,14 +93,28 @@ class DaemonTracer:
              "--listen", f"127.0.0.1:{self.port}", *self.options], cwd=REPO,
             start_new_session=True)
         _wait(self.port, lambda t: _sample(t, "aiobpf_process_info", self.pid) is not None)
+        self.traced_at = time.monotonic()
+        # Measure the steady state: the daemon starts with its probes attached until
+        # it knows what full capture costs (about a second), a one-time cost.
+        deadline = time.monotonic() + self.settle_s
+        while time.monotonic() < deadline and 'capture="windowed"' not in "".join(
+                line for line in _scrape(self.port).splitlines()
+                if line.startswith("aiobpf_process_info")):
+            time.sleep(0.2)
+        self.seen: list[tuple[float, float]] = []
 
     def steps(self) -> int:
+        """Probe hits so far; the second call also sums up the phase in ``last``."""
         text = _scrape(self.port)
-        DaemonTracer.last = {
-            "fraction": _sample(text, "aiobpf_capture_fraction", self.pid) or 0.0,
-            "overhead": _sample(text, "aiobpf_estimated_overhead_ratio", self.pid) or 0.0,
-            "steps_estimate": _sample(text, "aiobpf_task_steps_total", self.pid) or 0.0,
-        }
+        fraction = _sample(text, "aiobpf_capture_fraction", self.pid) or 0.0
+        self.seen.append((time.monotonic() - self.traced_at, fraction))
+        if len(self.seen) == 2:
+            (t0, f0), (t1, f1) = self.seen
+            DaemonTracer.last = {
+                "fraction": (f1 * t1 - f0 * t0) / (t1 - t0),   # attached, in this phase
+                "overhead": _sample(text, "aiobpf_estimated_overhead_ratio", self.pid) or 0.0,
+                "step_cost": _sample(text, "aiobpf_step_cost_seconds", self.pid) or 0.0,
+            }
         return int(_sample(text, "aiobpf_probe_hits_total", self.pid) or 0)
 
     def pid_of_tracer(self) -> int:
@@ -116,6 +134,7 @@ class MemoryOnlyTracer(DaemonTracer):
 
     label = "daemon, memory reads only"
     options: ClassVar[list[str]] = ["--no-bpf"]
+    settle_s = 0.0
 
 
 TRACERS = {"budget": DaemonTracer, "memory": MemoryOnlyTracer}
@@ -197,24 +216,28 @@ def main() -> int:
             if variant not in TRACERS:
                 parser.error(f"unknown tracer {variant!r}")
             tracer = TRACERS[variant]
-            result = benches[name](args.phase, args.rounds, tracer)
+            result = benches[name](args.phase, args.rounds, [tracer])[0]
             result["name"] = f"{result['name'].split(' (')[0]}: {tracer.label}"
             rows.append((result, dict(tracer.last) if variant == "budget" else {}))
     scale = fifty(args.processes)
     print(f"daemon overhead at the default budget (1%), same process, off/on alternating, "
           f"median of {args.rounds} phases of {args.phase:.0f} s ({' '.join(_python())})")
     print(f"{'workload: tracer':<45} {'off':>8} {'on':>8} {'loss':>6} {'noise':>6} "
-          f"{'CPU/op':>8} {'on':>8} {'more':>6} {'daemon':>7} {'captured':>8} {'est.':>5}")
+          f"{'CPU/op':>8} {'on':>8} {'more':>6} {'daemon':>7} {'captured':>8} {'est.':>5} "
+          f"{'cost/step':>9}")
     for r, last in rows:
         daemon_cpu = 100 * r["tracer_cpu"] if r["tracer_cpu"] is not None else float("nan")
         print(f"{r['name']:<45} {r['off']:>8.0f} {r['on']:>8.0f} {r['loss_percent']:>5.1f}% "
-              f"{_noise(r['phases']['off']):>5.1f}% {r['cpu_us_off']:>6.2f}us "
+              f"{_noise(r['off_phases']):>5.1f}% {r['cpu_us_off']:>6.2f}us "
               f"{r['cpu_us_on']:>6.2f}us {r['cpu_percent']:>5.1f}% {daemon_cpu:>6.1f}% "
-              f"{100 * last.get('fraction', 0):>7.1f}% {100 * last.get('overhead', 0):>4.1f}%")
+              f"{100 * last.get('fraction', 0):>7.1f}% {100 * last.get('overhead', 0):>4.1f}% "
+              f"{1e6 * last.get('step_cost', 0):>7.2f}us")
     print("loss: throughput lost; noise: median change between consecutive phases without "
           "a tracer (the VM's drift); CPU/op: the target's CPU time per operation, off and "
           "on; more: CPU/op added; daemon: the daemon's own CPU, % of a core; captured: "
-          "time with probes attached; est.: the daemon's own overhead estimate")
+          "time with probes attached in the phase (after the first second's full capture); "
+          "est.: the daemon's own overhead estimate; cost/step: its measured cost of a "
+          "captured step")
     print(f"daemon with {scale['processes']} traced processes: all attached in "
           f"{scale['attach_s']:.1f} s, RSS {scale['rss_mb']:.0f} MB, CPU "
           f"{scale['cpu_percent']:.1f}% of a core, scrape "

@@ -9,8 +9,10 @@ without aiobpf's BPF capture (full stack capture at every step end).
 Each target runs once; capture is switched on and off in alternating phases of
 --phase seconds (off, on, off, on, ...), and each phase's throughput and the
 target's CPU time per operation are measured.  "off" means no aiobpf program is
-loaded at all.  Also measured: the cost of one uprobe hit with an empty program
-(the kernel's trap and return), at the probe sites aiobpf uses.
+loaded at all.  With --breakdown, two more tracers say where full capture's cost
+goes: the syscall hooks alone, and uprobes at aiobpf's probe sites whose programs do
+nothing (the traps alone).  Last, a uprobe hit and the syscall hooks' toll are timed
+as the daemon times them (aiobpf/collector/probe_cost.py).
 
 Run as root: ``make bench`` or ``.venv/bin/python bench/overhead.py``.
 """
@@ -28,11 +30,15 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aiobpf.collector import probe_cost, procfs
 from aiobpf.collector.loader import Capture
+from aiobpf.collector.probes import find_step_sites
 from aiobpf.collector.target import open_target
 
 HERE = Path(__file__).resolve().parent
@@ -70,6 +76,37 @@ class CaptureTracer:
             self.capture = None
 
 
+class HooksOnlyTracer(CaptureTracer):
+    """The syscall hooks alone, no uprobe: their toll on the target's system calls."""
+
+    label = "syscall hooks only"
+
+    def start(self) -> None:
+        self.capture = Capture()
+        self.capture.set_wait_hooks(True)
+
+
+class TrapsOnlyTracer(CaptureTracer):
+    """Uprobes at aiobpf's probe sites whose program does nothing: the traps alone."""
+
+    label = "uprobe traps only"
+
+    def start(self) -> None:
+        self.capture = Capture()
+        self.probes = ExitStack()
+        target = open_target(self.pid)
+        holder = target.asyncio or target.core
+        sites, _ = find_step_sites(holder.image, None, target.layout["type.call"])
+        mapping = next(m for m in target.maps if m.path == holder.path)
+        path = str(procfs.open_mapped(self.pid, mapping))
+        for site in sites.values():
+            self.probes.enter_context(self.capture.empty_uprobe(path, site.file_offset))
+
+    def stop(self) -> None:
+        self.probes.close()
+        super().stop()
+
+
 class Phases:
     """Alternate the tracer off/on around a running target and collect per-phase figures.
 
@@ -77,33 +114,36 @@ class Phases:
     CPU time per operation (us): a tracer's cost shows in the second even when the load
     generator, not the target, limits the first."""
 
-    def __init__(self, pid: int, phase: float, rounds: int, tracer=CaptureTracer) -> None:
-        self.pid, self.phase, self.rounds, self.tracer = pid, phase, rounds, tracer
+    def __init__(self, pid: int, phase: float, rounds: int, tracers: Sequence[type]) -> None:
+        self.pid, self.phase, self.rounds, self.tracers = pid, phase, rounds, tracers
 
-    def run(self, sample) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {"off": [], "on": [], "off_cpu": [], "on_cpu": [],
-                                       "tracer_cpu": []}
-        steps = 0
+    def run(self, sample) -> tuple[dict[str, list[float]], list[dict[str, list[float]]]]:
+        """The untraced phases (pooled) and, per tracer, its traced phases."""
+        off: dict[str, list[float]] = {"rate": [], "cpu": []}
+        on: list[dict[str, list[float]]] = [
+            {"rate": [], "cpu": [], "tracer_cpu": [], "steps": []} for _ in self.tracers]
         for _ in range(self.rounds):
-            rate, cpu = sample(self.phase)
-            out["off"].append(rate)
-            out["off_cpu"].append(cpu)
-            tracer = self.tracer(self.pid)
-            tracer.start()
-            before = tracer.steps()
-            own = _cpu_seconds(tracer.pid_of_tracer()) if hasattr(tracer, "pid_of_tracer") \
-                else None
-            t0 = time.perf_counter()
-            rate, cpu = sample(self.phase)
-            if own is not None:
-                out["tracer_cpu"].append((_cpu_seconds(tracer.pid_of_tracer()) - own)
-                                         / (time.perf_counter() - t0))
-            out["on"].append(rate)
-            out["on_cpu"].append(cpu)
-            steps += tracer.steps() - before
-            tracer.stop()
-        out["steps_per_second_on"] = [steps / (self.rounds * self.phase)]
-        return out
+            for figures, tracer_class in zip(on, self.tracers, strict=True):
+                rate, cpu = sample(self.phase)
+                off["rate"].append(rate)
+                off["cpu"].append(cpu)
+                tracer = tracer_class(self.pid)
+                tracer.start()
+                try:
+                    before = tracer.steps()
+                    own = getattr(tracer, "pid_of_tracer", lambda: None)()
+                    own_cpu = _cpu_seconds(own) if own else 0.0
+                    t0 = time.perf_counter()
+                    rate, cpu = sample(self.phase)
+                    if own:
+                        figures["tracer_cpu"].append((_cpu_seconds(own) - own_cpu)
+                                                     / (time.perf_counter() - t0))
+                    figures["rate"].append(rate)
+                    figures["cpu"].append(cpu)
+                    figures["steps"].append((tracer.steps() - before) / self.phase)
+                finally:
+                    tracer.stop()
+        return off, on
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -112,28 +152,32 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _ratio(figures: dict[str, list[float]]) -> tuple[float, float, float]:
-    off, on = statistics.median(figures["off"]), statistics.median(figures["on"])
-    return off, on, 100 * (off - on) / off
-
-
-def _measure(proc: subprocess.Popen, phases: Phases, sample, name: str, unit: str) -> dict:
-    """Run the phases on the target ``proc``, stop it, and summarise."""
+def _measure(proc: subprocess.Popen, phases: Phases, sample, name: str, unit: str
+             ) -> list[dict]:
+    """Run the phases on the target ``proc``, stop it, and summarise per tracer."""
     try:
-        figures = phases.run(sample)
+        off, on = phases.run(sample)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    off, on, loss = _ratio(figures)
-    cpu_off, cpu_on = statistics.median(figures["off_cpu"]), statistics.median(figures["on_cpu"])
-    tracer_cpu = statistics.median(figures["tracer_cpu"]) if figures["tracer_cpu"] else None
-    return {"name": name, "unit": unit, "off": off, "on": on, "loss_percent": loss,
+    rate_off, cpu_off = statistics.median(off["rate"]), statistics.median(off["cpu"])
+    results = []
+    for tracer, figures in zip(phases.tracers, on, strict=True):
+        rate_on, cpu_on = statistics.median(figures["rate"]), statistics.median(figures["cpu"])
+        results.append({
+            "name": name, "tracer": tracer.label, "unit": unit, "off": rate_off, "on": rate_on,
+            "loss_percent": 100 * (rate_off - rate_on) / rate_off,
             "cpu_us_off": cpu_off, "cpu_us_on": cpu_on,
-            "cpu_percent": 100 * (cpu_on - cpu_off) / cpu_off, "tracer_cpu": tracer_cpu,
-            "steps_per_second": figures["steps_per_second_on"][0], "phases": figures}
+            "cpu_percent": 100 * (cpu_on - cpu_off) / cpu_off,
+            "tracer_cpu": statistics.median(figures["tracer_cpu"]) if figures["tracer_cpu"]
+            else None,
+            "steps_per_second": statistics.median(figures["steps"]),
+            "off_phases": off["rate"], "phases": figures})
+    return results
 
 
-def bench_pingpong(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
+def bench_pingpong(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTracer,)
+                   ) -> list[dict]:
     proc = subprocess.Popen([*_python(), "-u", str(HERE / "targets" / "pingpong.py")],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -153,11 +197,12 @@ def bench_pingpong(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
         c1, cpu1 = read()
         return (c1 - c0) / (time.perf_counter() - t0), 1e6 * (cpu1 - cpu0) / (c1 - c0)
 
-    return _measure(proc, Phases(proc.pid, phase, rounds, tracer), sample,
+    return _measure(proc, Phases(proc.pid, phase, rounds, tracers), sample,
                     "queue ping-pong", "round trips/s")
 
 
-def bench_http(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
+def bench_http(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTracer,)
+               ) -> list[dict]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is missing: scripts/provision.sh installs it")
@@ -185,64 +230,18 @@ def bench_http(phase: float, rounds: int, tracer=CaptureTracer) -> dict:
         rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         return rate, 1e6 * (cpu1 - cpu0) / requests
 
-    return _measure(proc, Phases(proc.pid, phase, rounds, tracer), sample,
+    return _measure(proc, Phases(proc.pid, phase, rounds, tracers), sample,
                     "HTTP server (asyncio streams, wrk -c16)", "requests/s")
-
-
-def probe_hit_cost(seconds: float = 2.0) -> dict:
-    """ns per uprobe hit with an empty program, measured by the kernel (bpf_stats) and
-    by the ping-pong's loss of throughput per hit."""
-    from bcc import BPF, lib
-
-    proc = subprocess.Popen([*_python(), "-u", str(HERE / "targets" / "pingpong.py")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    assert proc.stdin and proc.stdout
-    assert proc.stdout.readline().startswith("READY")
-
-    def rate(s: float) -> float:
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        c0 = int(proc.stdout.readline().split()[0])
-        time.sleep(s)
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        return (int(proc.stdout.readline().split()[0]) - c0) / s
-
-    try:
-        target = open_target(proc.pid)
-        holder = target.asyncio or target.core
-        from aiobpf.collector.probes import find_step_sites
-
-        sites, _ = find_step_sites(holder.image, None, target.layout["type.call"])
-        site = sites["task_wakeup"]
-        empty = BPF(text="int hit(void *ctx) { return 0; }")
-        fn = empty.load_func(b"hit", BPF.KPROBE)
-        path = f"/proc/{proc.pid}/root{holder.path}"
-        bare = [rate(seconds)]
-        fd = lib.bpf_attach_uprobe(fn.fd, 0, b"aiobpf_bench_empty", path.encode(),
-                                   site.file_offset, -1)
-        probed = [rate(seconds)]
-        lib.bpf_close_perf_event_fd(fd)
-        bare.append(rate(seconds))
-        # two task_wakeup hits per round trip
-        per_rt_off = 1e9 / statistics.mean(bare)
-        per_rt_on = 1e9 / probed[0]
-        return {"site": f"task_wakeup (+{site.address - site.entry}: {site.instruction})",
-                "ns_per_hit": (per_rt_on - per_rt_off) / 2}
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def print_table(results: list[dict]) -> None:
     """Throughput and the target's CPU per operation, off and on, side by side."""
-    print(f"{'workload':<42} {'off':>9} {'on':>9} {'loss':>7}   {'CPU/op off':>10} "
+    print(f"{'workload: tracer':<45} {'off':>9} {'on':>9} {'loss':>7}   {'CPU/op off':>10} "
           f"{'on':>8} {'more':>7} {'steps/s':>9}")
     for r in results:
-        print(f"{r['name']:<42} {r['off']:>9.0f} {r['on']:>9.0f} {r['loss_percent']:>6.1f}%   "
-              f"{r['cpu_us_off']:>8.2f}us {r['cpu_us_on']:>6.2f}us {r['cpu_percent']:>6.1f}% "
-              f"{r['steps_per_second']:>9.0f}  ({r['unit']})")
+        print(f"{r['name'] + ': ' + r['tracer']:<45} {r['off']:>9.0f} {r['on']:>9.0f} "
+              f"{r['loss_percent']:>6.1f}%   {r['cpu_us_off']:>8.2f}us {r['cpu_us_on']:>6.2f}us "
+              f"{r['cpu_percent']:>6.1f}% {r['steps_per_second']:>9.0f}  ({r['unit']})")
     print("loss: throughput lost; more: the target's CPU time per operation added (the "
           "cost even where the load generator, not the target, sets the pace)")
 
@@ -253,17 +252,28 @@ def main() -> int:
     parser.add_argument("--phase", type=float, default=3.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=3, help="off/on pairs")
     parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also measure the syscall hooks alone and the uprobe traps alone")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: BPF capture needs it")
-    results = [bench_pingpong(args.phase, args.rounds), bench_http(args.phase, args.rounds)]
-    hit = probe_hit_cost()
-    print(f"tracing overhead, same process, capture off/on alternating, median of "
+    tracers = [HooksOnlyTracer, TrapsOnlyTracer, CaptureTracer] if args.breakdown \
+        else [CaptureTracer]
+    results = [*bench_pingpong(args.phase, args.rounds, tracers),
+               *bench_http(args.phase, args.rounds, tracers)]
+    capture = Capture()
+    try:
+        costs = probe_cost.measure(capture)
+    finally:
+        capture.close()
+    print(f"tracing overhead, same process, tracer off/on alternating, median of "
           f"{args.rounds} phases of {args.phase:.0f} s ({' '.join(_python())})")
     print_table(results)
-    print(f"one uprobe hit, empty program, at {hit['site']}: {hit['ns_per_hit']:.0f} ns")
+    print(f"one uprobe hit on a push, empty program: {1e9 * costs.trap_s:.0f} ns; "
+          f"the syscall hooks' toll: {1e9 * costs.syscall_s:.0f} ns per system call")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "probe_hit": hit}, indent=2))
+        args.json.write_text(json.dumps({"results": results, "trap_s": costs.trap_s,
+                                         "syscall_s": costs.syscall_s}, indent=2))
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import errno
 import os
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiobpf.collector import procfs
 from aiobpf.collector.elf import ElfImage
@@ -30,6 +32,7 @@ BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 MAX_DEPTH = 32
 MAX_RESUME_OPS = 4
 HIST_SLOTS = 64
+BATCH_ENTRIES = 1024   # map entries read per system call
 _HANDLERS = {TASK_WAKEUP: "on_task_wakeup", STEP_WRAPPER_CALL: "on_step_wrapper"}
 
 
@@ -141,7 +144,7 @@ class TaskKey(ct.Structure):
 
 CAPTURE_SUSPENDED, CAPTURE_FINISHED, CAPTURE_RUNNING, CAPTURE_CREATED = 1, 2, 3, 4
 # The maps, with the ctypes of their keys and values (bcc cannot decode int8 fields).
-_TABLES = {
+_TABLES: dict[str, tuple[Any, Any]] = {
     "targets": (ct.c_uint32, TargetValue),
     "records": (TaskKey, TaskRecord),
 }
@@ -265,8 +268,8 @@ class Capture:
         """A uprobe whose program does nothing, at ``offset`` of the file at ``path``,
         for as long as the ``with`` block runs."""
         fn = self.bpf.load_func(b"on_calibrate", self.bpf.KPROBE)
-        fd = self._lib.bpf_attach_uprobe(fn.fd, 0, f"aiobpf_{os.getpid()}_cal".encode(),
-                                         path.encode(), offset, -1)
+        fd = self._lib.bpf_attach_uprobe(fn.fd, 0, f"aiobpf_{os.getpid()}_cal_{offset:x}"
+                                         .encode(), path.encode(), offset, -1)
         if fd < 0:
             raise CaptureUnavailable(f"could not attach a uprobe to {path}")
         try:
@@ -318,7 +321,8 @@ class Capture:
         attachment = self._targets.pop(pid, None)
         with contextlib.suppress(KeyError):
             del self.tables["targets"][ct.c_uint32(pid)]
-        for key in [k for k in self.tables["records"] if k.pid == pid]:
+        for key in [TaskKey(k.pid, 0, k.task) for k, _ in self._entries("records")
+                    if k.pid == pid]:
             with contextlib.suppress(KeyError):
                 del self.tables["records"][key]
         if attachment is None or attachment.file is None:
@@ -401,12 +405,38 @@ class Capture:
         """The latest record of every task of ``pid`` that stepped since tracing began
         (and, with ``since_ns``, whose record was taken after that CLOCK_MONOTONIC time)."""
         out = {}
-        for key, value in self.tables["records"].items():
+        for key, value in self._entries("records"):
             if key.pid == pid and value.taken_ns >= since_ns:
                 record = TaskRecord()
                 ct.memmove(ct.byref(record), ct.byref(value), ct.sizeof(TaskRecord))
                 out[key.task] = record
         return out
+
+    def _entries(self, name: str) -> Iterator[tuple]:
+        """Every (key, value) of a hash map, BATCH_ENTRIES per system call
+        (BPF_MAP_LOOKUP_BATCH, Linux 5.6+) instead of two system calls per entry.  The
+        pairs yielded are overwritten by the next batch: copy what is kept."""
+        table = self.tables[name]
+        key_type, value_type = _TABLES[name]
+        keys, values = (key_type * BATCH_ENTRIES)(), (value_type * BATCH_ENTRIES)()
+        cursor, count = ct.c_uint32(0), ct.c_uint32(0)
+        first = True
+        while True:
+            count.value = BATCH_ENTRIES
+            failed = self._lib.bpf_lookup_batch(
+                table.map_fd, None if first else ct.byref(cursor), ct.byref(cursor),
+                ct.byref(keys), ct.byref(values), ct.byref(count))
+            err = ct.get_errno() if failed else 0
+            if failed and err not in (errno.ENOENT, 0):
+                if first and err in (errno.EINVAL, errno.ENOTSUP, errno.ENOSYS):
+                    yield from table.items()   # a kernel without batch lookups
+                    return
+                raise OSError(err, f"reading the {name} map: {os.strerror(err)}")
+            for i in range(count.value):
+                yield keys[i], values[i]
+            if failed:
+                return   # ENOENT: that was the last batch
+            first = False
 
     def stats(self, pid: int) -> TargetStats | None:
         """The programs' counters and histograms for ``pid`` (None when not traced)."""

@@ -47,6 +47,7 @@ class FileWindow:
     duty: float = 1.0
     attached: bool = True
     switch_at: float = 0.0         # when to attach or detach next (0: never)
+    attached_at: float = 0.0       # when the probes were last attached
     overheads: dict[int, float] = field(default_factory=dict)  # pid -> full overhead
 
     def plan(self, budget: float) -> None:
@@ -55,16 +56,23 @@ class FileWindow:
         self.duty = duty_for(worst, budget)
 
     def step(self, now: float) -> bool | None:
-        """Advance the schedule; True: attach now, False: detach now, None: keep."""
+        """Advance the schedule; True: attach now, False: detach now, None: keep.
+
+        The pause after a window is sized from how long the probes really stayed
+        attached (the caller looks only every tick, so a window runs over), which
+        keeps the attached fraction at the duty."""
         if self.duty >= 1.0:
             self.switch_at = 0.0
             return None if self.attached else True
         if self.switch_at == 0.0:
             self.switch_at = now + (self.window if self.attached else 0.0)
+            self.attached_at = now
         if now < self.switch_at:
             return None
         if self.attached:
-            self.switch_at = now + self.window * (1.0 / self.duty - 1.0)
+            attached_for = max(now - self.attached_at, self.window)
+            self.switch_at = now + attached_for * (1.0 / self.duty - 1.0)
             return False
         self.switch_at = now + self.window
+        self.attached_at = now
         return True

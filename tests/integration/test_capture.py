@@ -23,7 +23,7 @@ import pytest
 
 from aiobpf.collector import probe_cost
 from aiobpf.collector.elf import find_debug_file
-from aiobpf.collector.loader import CAPTURE_SUSPENDED, Capture
+from aiobpf.collector.loader import BATCH_ENTRIES, CAPTURE_SUSPENDED, Capture
 from aiobpf.collector.probes import STEP_FUNCTIONS, _from_method_table, _from_type, _Tables
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import open_target
@@ -256,6 +256,26 @@ def test_what_a_step_costs_is_measured(capture: Capture) -> None:
     print(f"uprobe hit {1e6 * costs.trap_s:.2f} us, syscall hooks {1e6 * costs.syscall_s:.2f} "
           f"us per call, programs {1e6 * program:.2f} us per step: "
           f"{1e6 * costs.per_step(program):.2f} us per captured step")
+
+
+def test_records_of_thousands_of_tasks(capture: Capture) -> None:
+    """More records than one batch read (BATCH_ENTRIES) holds: all of them come back,
+    and only the asked process's."""
+    with (run_target(by_label("sid-3.14"), "alternating.py", "3000", "0.01") as many,
+          run_target(by_label("sid-3.14"), "alternating.py", "10", "0.001") as other):
+        capture.add(open_target(many.pid))
+        capture.add(open_target(other.pid))
+        deadline = time.monotonic() + 20
+        while len(records := capture.records(many.pid)) < 3000:
+            assert time.monotonic() < deadline, f"{len(records)} records after 20 s"
+            time.sleep(0.5)
+        assert len(records) == 3000 > BATCH_ENTRIES
+        assert all(r.pid == many.pid for r in records.values())
+        assert len(capture.records(other.pid)) == 10
+        capture.remove(many.pid)
+        assert capture.records(many.pid) == {}
+        assert len(capture.records(other.pid)) == 10
+        capture.remove(other.pid)
 
 
 # -- nothing left behind --------------------------------------------------------------------

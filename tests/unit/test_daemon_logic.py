@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
-from aiobpf.daemon.budget import FileWindow, duty_for, full_overhead
 from aiobpf.collector.probe_cost import SYSCALLS_PER_STEP, ProbeCosts
+from aiobpf.daemon.budget import FileWindow, duty_for, full_overhead
 from aiobpf.daemon.config import ConfigError, Selection, load
 from aiobpf.exporters.prometheus import (
     OTHER_SITE,
@@ -52,6 +52,24 @@ def test_windows_attach_for_the_duty_fraction_of_the_time() -> None:
             attached_time += dt
         t += dt
     assert attached_time / t == pytest.approx(0.05, abs=0.01)
+
+
+@pytest.mark.parametrize("tick", [0.2, 0.35])
+def test_windows_that_run_over_a_tick_still_keep_the_duty(tick: float) -> None:
+    """The daemon looks every tick (0.2 s), so a 0.5 s window lasts 0.6 s: the pause
+    after it grows to match, and the fraction stays at the duty."""
+    window = FileWindow(window=0.5)
+    window.overheads = {1: 0.5}
+    window.plan(budget=0.01)                  # duty 2 %
+    attached_time, t = 0.0, 0.0
+    while t < 3000:
+        change = window.step(t)
+        if change is not None:
+            window.attached = change
+        if window.attached:
+            attached_time += tick
+        t += tick
+    assert attached_time / t == pytest.approx(0.02, rel=0.1)
 
 
 def test_full_capture_within_the_budget_never_detaches() -> None:
