@@ -38,20 +38,25 @@ def test_overhead_takes_the_probes_cost_out_of_the_cpu_time() -> None:
     assert duty_for(1000.0, 0.01) == 0.0005
 
 
+def _attached_fraction(window: FileWindow, tick: float, until: float) -> float:
+    """Run the schedule as the daemon does, looking every ``tick`` seconds."""
+    attached_time, t = 0.0, 0.0
+    while t < until:
+        change = window.step(t)
+        if change is not None:
+            window.attached = change
+        if window.attached:
+            attached_time += tick
+        t += tick
+    return attached_time / t
+
+
 def test_windows_attach_for_the_duty_fraction_of_the_time() -> None:
     window = FileWindow(window=0.5)
     window.overheads = {1: 0.2, 2: 0.05}      # the costliest process decides
     window.plan(budget=0.01)
     assert window.duty == pytest.approx(0.05)
-    attached_time, t, dt = 0.0, 0.0, 0.01
-    while t < 100:
-        change = window.step(t)
-        if change is not None:
-            window.attached = change
-        if window.attached:
-            attached_time += dt
-        t += dt
-    assert attached_time / t == pytest.approx(0.05, abs=0.01)
+    assert _attached_fraction(window, tick=0.01, until=100) == pytest.approx(0.05, abs=0.01)
 
 
 @pytest.mark.parametrize("tick", [0.2, 0.35])
@@ -61,15 +66,7 @@ def test_windows_that_run_over_a_tick_still_keep_the_duty(tick: float) -> None:
     window = FileWindow(window=0.5)
     window.overheads = {1: 0.5}
     window.plan(budget=0.01)                  # duty 2 %
-    attached_time, t = 0.0, 0.0
-    while t < 3000:
-        change = window.step(t)
-        if change is not None:
-            window.attached = change
-        if window.attached:
-            attached_time += tick
-        t += tick
-    assert attached_time / t == pytest.approx(0.02, rel=0.1)
+    assert _attached_fraction(window, tick, until=3000) == pytest.approx(0.02, rel=0.1)
 
 
 def test_full_capture_within_the_budget_never_detaches() -> None:
