@@ -27,6 +27,9 @@ from aiobpf.collector.layouts.spec import ASYNCIO, CORE
 from tests.conftest import aiobpf, matrix_params, require, run_target
 from tests.pythons import Python
 
+# The sid builds answer where their binaries are from inside their root: /proc there.
+pytestmark = pytest.mark.usefixtures("sid_proc")
+
 
 def _binaries(python: Python) -> tuple[Path, Path | None]:
     """(interpreter binary holding _PyRuntime, _asyncio module or None when built in)."""
