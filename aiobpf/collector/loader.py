@@ -242,11 +242,13 @@ class Capture:
         self.wait_hooks = ""   # attached with the first probes (add), not before
 
     # -- probes ---------------------------------------------------------------------
-    def _set_wait_hooks(self, on: bool) -> None:
+    def set_wait_hooks(self, on: bool) -> bool:
         """Learn when an event loop waits for I/O (a step is over) and wakes (its next
         steps are due), from raw syscall tracepoints.  (The tracepoints of the wait
         calls alone would spare other processes, but cost the traced loop more.)  They
-        run for every system call of the host, so they are removed while no probe is."""
+        run for every system call of the host, so they are removed while no probe is.
+        Returns whether they were attached before."""
+        before = bool(self.wait_hooks)
         if on and not self.wait_hooks:
             self.bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"on_raw_enter")
             self.bpf.attach_raw_tracepoint(tp=b"sys_exit", fn_name=b"on_raw_exit")
@@ -255,12 +257,6 @@ class Capture:
             self.bpf.detach_raw_tracepoint(tp=b"sys_enter")
             self.bpf.detach_raw_tracepoint(tp=b"sys_exit")
             self.wait_hooks = ""
-
-    def set_wait_hooks(self, on: bool) -> bool:
-        """Attach or detach the syscall hooks by hand (calibration); returns whether
-        they were attached before."""
-        before = bool(self.wait_hooks)
-        self._set_wait_hooks(on)
         return before
 
     @contextmanager
@@ -313,7 +309,7 @@ class Capture:
         config.epoch_ns = self._since[attachment.file]
         self.tables["targets"][ct.c_uint32(target.pid)] = TargetValue(config, TargetStats())
         self._targets[target.pid] = attachment
-        self._set_wait_hooks(any(self._fds.values()))   # not while the file is paused
+        self.set_wait_hooks(any(self._fds.values()))   # not while the file is paused
         return attachment
 
     def remove(self, pid: int) -> None:
@@ -332,7 +328,7 @@ class Capture:
         for fd in self._fds.pop(attachment.file, []):
             self._lib.bpf_close_perf_event_fd(fd)
         self._since.pop(attachment.file, None)
-        self._set_wait_hooks(any(self._fds.values()))
+        self.set_wait_hooks(any(self._fds.values()))
 
     # -- windows: probes off and on again, per file -----------------------------------
     def probe_count(self) -> int:
@@ -352,7 +348,7 @@ class Capture:
             self._lib.bpf_close_perf_event_fd(fd)
         if file in self._fds:
             self._fds[file] = []
-        self._set_wait_hooks(any(self._fds.values()))
+        self.set_wait_hooks(any(self._fds.values()))
 
     def resume(self, file: tuple[int, int]) -> None:
         """Place the file's probes again.  Steps that began before are not measured."""
@@ -371,7 +367,7 @@ class Capture:
             except CaptureUnavailable:
                 continue  # that process (and its /proc path) is gone; try another
         self._since[file] = now
-        self._set_wait_hooks(any(self._fds.values()))
+        self.set_wait_hooks(any(self._fds.values()))
 
     # -- maps --------------------------------------------------------------------------
     def on_steps(self, handler: Callable[[TaskRecord], None]) -> None:
@@ -426,8 +422,8 @@ class Capture:
             failed = self._lib.bpf_lookup_batch(
                 table.map_fd, None if first else ct.byref(cursor), ct.byref(cursor),
                 ct.byref(keys), ct.byref(values), ct.byref(count))
-            err = ct.get_errno() if failed else 0
-            if failed and err not in (errno.ENOENT, 0):
+            err = ct.get_errno() if failed else errno.ENOENT
+            if err != errno.ENOENT:
                 if first and err in (errno.EINVAL, errno.ENOTSUP, errno.ENOSYS):
                     yield from table.items()   # a kernel without batch lookups
                     return

@@ -394,14 +394,10 @@ class Daemon:
         traced.step_rate = a * step_rate + (1 - a) * traced.step_rate
         traced.cpu_rate = a * cpu_rate + (1 - a) * traced.cpu_rate
         cost = self.config.fixed_probe_cost
-        if cost is None and self.costs is not None:
-            if steps <= 0 and traced.step_cost:
-                cost = traced.step_cost
-            else:
-                program = (stats.prog_ns_sum - seen[3]) / 1e9 / steps if steps > 0 else 0.0
-                cost = self.costs.per_step(program)
-                cost = a * cost + (1 - a) * traced.step_cost if traced.step_cost else cost
-        traced.step_cost = cost or 0.0
+        if cost is None and self.costs is not None and steps > 0:
+            measured = self.costs.per_step((stats.prog_ns_sum - seen[3]) / 1e9 / steps)
+            cost = a * measured + (1 - a) * traced.step_cost if traced.step_cost else measured
+        traced.step_cost = cost if cost is not None else traced.step_cost
         traced.overhead_full = full_overhead(traced.step_rate, traced.cpu_rate,
                                              traced.step_cost)
 
