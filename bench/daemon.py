@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import re
 import signal
@@ -81,6 +82,7 @@ class DaemonTracer:
     options: ClassVar[list[str]] = []
     settle_s = SETTLE_S
     last: ClassVar[dict[str, float]] = {}
+    fractions: ClassVar[list[float]] = []     # attached, per phase
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -93,7 +95,6 @@ class DaemonTracer:
              "--listen", f"127.0.0.1:{self.port}", *self.options], cwd=REPO,
             start_new_session=True)
         _wait(self.port, lambda t: _sample(t, "aiobpf_process_info", self.pid) is not None)
-        self.traced_at = time.monotonic()
         # Measure the steady state: the daemon starts with its probes attached until
         # it knows what full capture costs (about a second), a one-time cost.
         deadline = time.monotonic() + self.settle_s
@@ -101,17 +102,26 @@ class DaemonTracer:
                 line for line in _scrape(self.port).splitlines()
                 if line.startswith("aiobpf_process_info")):
             time.sleep(0.2)
+        # ... and the end of that first window: the phase starts with probes detached.
+        attached = -1.0
+        while time.monotonic() < deadline + self.settle_s:
+            now = _sample(_scrape(self.port), "aiobpf_probes_attached_seconds_total", self.pid)
+            if now == attached:
+                break
+            attached = now
+            time.sleep(0.5)
         self.seen: list[tuple[float, float]] = []
 
     def steps(self) -> int:
         """Probe hits so far; the second call also sums up the phase in ``last``."""
         text = _scrape(self.port)
-        fraction = _sample(text, "aiobpf_capture_fraction", self.pid) or 0.0
-        self.seen.append((time.monotonic() - self.traced_at, fraction))
+        attached = _sample(text, "aiobpf_probes_attached_seconds_total", self.pid) or 0.0
+        self.seen.append((time.monotonic(), attached))
         if len(self.seen) == 2:
-            (t0, f0), (t1, f1) = self.seen
+            (t0, a0), (t1, a1) = self.seen
+            DaemonTracer.fractions.append((a1 - a0) / (t1 - t0))
             DaemonTracer.last = {
-                "fraction": (f1 * t1 - f0 * t0) / (t1 - t0),   # attached, in this phase
+                "fraction": statistics.median(DaemonTracer.fractions),
                 "overhead": _sample(text, "aiobpf_estimated_overhead_ratio", self.pid) or 0.0,
                 "step_cost": _sample(text, "aiobpf_step_cost_seconds", self.pid) or 0.0,
             }
@@ -137,7 +147,17 @@ class MemoryOnlyTracer(DaemonTracer):
     settle_s = 0.0
 
 
-TRACERS = {"budget": DaemonTracer, "memory": MemoryOnlyTracer}
+class FullCaptureTracer(DaemonTracer):
+    """`aiobpf exporter --pid PID --budget 1`: probes attached all the time.  Its
+    measured cost against the daemon's own estimate checks the cost model the budget
+    is planned with."""
+
+    label = "daemon, full capture (budget 1)"
+    options: ClassVar[list[str]] = ["--budget", "1"]
+    settle_s = 2.0
+
+
+TRACERS = {"budget": DaemonTracer, "memory": MemoryOnlyTracer, "full": FullCaptureTracer}
 
 
 def fifty(count: int) -> dict:
@@ -199,11 +219,14 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", type=float, default=60.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs")
-    parser.add_argument("--processes", type=int, default=50)
+    parser.add_argument("--json", type=Path, help="write the raw per-phase results here")
+    parser.add_argument("--processes", type=int, default=50,
+                        help="traced processes for the RSS and scrape figures (0: skip)")
     parser.add_argument("--workloads", default="pingpong,http",
                         help="comma-separated: pingpong, http (empty: none)")
     parser.add_argument("--tracers", default="memory,budget",
-                        help="comma-separated: memory (--no-bpf), budget (the default)")
+                        help="comma-separated: memory (--no-bpf), budget (the default), "
+                        "full (--budget 1: checks the daemon's cost estimate)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: BPF capture needs it")
@@ -216,28 +239,36 @@ def main() -> int:
             if variant not in TRACERS:
                 parser.error(f"unknown tracer {variant!r}")
             tracer = TRACERS[variant]
+            DaemonTracer.fractions.clear()
             result = benches[name](args.phase, args.rounds, [tracer])[0]
             result["name"] = f"{result['name'].split(' (')[0]}: {tracer.label}"
-            rows.append((result, dict(tracer.last) if variant == "budget" else {}))
-    scale = fifty(args.processes)
+            rows.append((result, dict(tracer.last) if variant != "memory" else {}))
+    scale = fifty(args.processes) if args.processes else None
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "scale": scale}, indent=2))
     print(f"daemon overhead at the default budget (1%), same process, off/on alternating, "
           f"median of {args.rounds} phases of {args.phase:.0f} s ({' '.join(_python())})")
     print(f"{'workload: tracer':<45} {'off':>8} {'on':>8} {'loss':>6} {'noise':>6} "
-          f"{'CPU/op':>8} {'on':>8} {'more':>6} {'daemon':>7} {'captured':>8} {'est.':>5} "
-          f"{'cost/step':>9}")
+          f"{'CPU/op':>8} {'on':>8} {'more':>6} {'±':>5} {'daemon':>7} {'captured':>8} "
+          f"{'est.':>5} {'cost/step':>9}")
     for r, last in rows:
         daemon_cpu = 100 * r["tracer_cpu"] if r["tracer_cpu"] is not None else float("nan")
         print(f"{r['name']:<45} {r['off']:>8.0f} {r['on']:>8.0f} {r['loss_percent']:>5.1f}% "
               f"{_noise(r['off_phases']):>5.1f}% {r['cpu_us_off']:>6.2f}us "
-              f"{r['cpu_us_on']:>6.2f}us {r['cpu_percent']:>5.1f}% {daemon_cpu:>6.1f}% "
+              f"{r['cpu_us_on']:>6.2f}us {r['cpu_paired'][0]:>5.2f}% "
+              f"{r['cpu_paired'][1]:>4.2f}% {daemon_cpu:>6.1f}% "
               f"{100 * last.get('fraction', 0):>7.1f}% {100 * last.get('overhead', 0):>4.1f}% "
               f"{1e6 * last.get('step_cost', 0):>7.2f}us")
     print("loss: throughput lost; noise: median change between consecutive phases without "
           "a tracer (the VM's drift); CPU/op: the target's CPU time per operation, off and "
-          "on; more: CPU/op added; daemon: the daemon's own CPU, % of a core; captured: "
-          "time with probes attached in the phase (after the first second's full capture); "
+          "on (medians); more: CPU/op added, mean of each traced phase against the untraced phases "
+          "around it, ± its standard error; daemon: the daemon's own CPU, % of a core; captured: "
+          "time with probes attached in a phase (median) (after the first window, a one-time "
+          "full capture until the daemon knows the cost); "
           "est.: the daemon's own overhead estimate; cost/step: its measured cost of a "
           "captured step")
+    if scale is None:
+        return 0
     print(f"daemon with {scale['processes']} traced processes: all attached in "
           f"{scale['attach_s']:.1f} s, RSS {scale['rss_mb']:.0f} MB, CPU "
           f"{scale['cpu_percent']:.1f}% of a core, scrape "

@@ -52,6 +52,15 @@ def _python() -> list[str]:
     return ["/usr/bin/python3.11"]
 
 
+def _start_target(argv: list[str]) -> subprocess.Popen:
+    """Start a target program and wait for its READY line."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdin and proc.stdout
+    assert proc.stdout.readline().startswith("READY")
+    return proc
+
+
 class CaptureTracer:
     """Full capture: aiobpf's programs on every step, for the whole phase."""
 
@@ -152,6 +161,22 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _paired(off: list[float], on: list[float], index: int, stride: int
+            ) -> tuple[float, float]:
+    """Mean and standard error, in percent, of each traced phase's CPU/op against the
+    untraced phases around it (the one before and, where there is one, the one after:
+    a steady drift of the machine cancels out).  ``off`` holds every untraced phase;
+    tracer ``index`` of ``stride`` ran after untraced phase ``index + k * stride``."""
+    ratios = []
+    for k, value in enumerate(on):
+        at = index + k * stride
+        around = off[at:at + 2]
+        ratios.append(100 * (value / statistics.fmean(around) - 1))
+    if len(ratios) < 2:
+        return (ratios[0] if ratios else float("nan"), float("nan"))
+    return statistics.fmean(ratios), statistics.stdev(ratios) / len(ratios) ** 0.5
+
+
 def _measure(proc: subprocess.Popen, phases: Phases, sample, name: str, unit: str
              ) -> list[dict]:
     """Run the phases on the target ``proc``, stop it, and summarise per tracer."""
@@ -162,27 +187,25 @@ def _measure(proc: subprocess.Popen, phases: Phases, sample, name: str, unit: st
         proc.wait()
     rate_off, cpu_off = statistics.median(off["rate"]), statistics.median(off["cpu"])
     results = []
-    for tracer, figures in zip(phases.tracers, on, strict=True):
+    for index, (tracer, figures) in enumerate(zip(phases.tracers, on, strict=True)):
         rate_on, cpu_on = statistics.median(figures["rate"]), statistics.median(figures["cpu"])
         results.append({
             "name": name, "tracer": tracer.label, "unit": unit, "off": rate_off, "on": rate_on,
             "loss_percent": 100 * (rate_off - rate_on) / rate_off,
             "cpu_us_off": cpu_off, "cpu_us_on": cpu_on,
             "cpu_percent": 100 * (cpu_on - cpu_off) / cpu_off,
+            "cpu_paired": _paired(off["cpu"], figures["cpu"], index, len(phases.tracers)),
             "tracer_cpu": statistics.median(figures["tracer_cpu"]) if figures["tracer_cpu"]
             else None,
             "steps_per_second": statistics.median(figures["steps"]),
-            "off_phases": off["rate"], "phases": figures})
+            "off_phases": off["rate"], "off_cpu_phases": off["cpu"], "phases": figures})
     return results
 
 
 def bench_pingpong(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTracer,)
                    ) -> list[dict]:
-    proc = subprocess.Popen([*_python(), "-u", str(HERE / "targets" / "pingpong.py")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = _start_target([*_python(), "-u", str(HERE / "targets" / "pingpong.py")])
     assert proc.stdin and proc.stdout
-    assert proc.stdout.readline().startswith("READY")
 
     def read() -> tuple[int, float]:
         proc.stdin.write("\n")
@@ -209,11 +232,9 @@ def bench_http(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTrac
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([*_python(), "-u", str(HERE / "targets" / "http_server.py"),
-                             str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = _start_target([*_python(), "-u", str(HERE / "targets" / "http_server.py"),
+                          str(port)])
     assert proc.stdin and proc.stdout
-    assert proc.stdout.readline().startswith("READY")
 
     def cpu() -> float:
         proc.stdin.write("\n")
@@ -237,13 +258,15 @@ def bench_http(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTrac
 def print_table(results: list[dict]) -> None:
     """Throughput and the target's CPU per operation, off and on, side by side."""
     print(f"{'workload: tracer':<45} {'off':>9} {'on':>9} {'loss':>7}   {'CPU/op off':>10} "
-          f"{'on':>8} {'more':>7} {'steps/s':>9}")
+          f"{'on':>8} {'more':>7} {'±':>6} {'steps/s':>9}")
     for r in results:
         print(f"{r['name'] + ': ' + r['tracer']:<45} {r['off']:>9.0f} {r['on']:>9.0f} "
               f"{r['loss_percent']:>6.1f}%   {r['cpu_us_off']:>8.2f}us {r['cpu_us_on']:>6.2f}us "
-              f"{r['cpu_percent']:>6.1f}% {r['steps_per_second']:>9.0f}  ({r['unit']})")
+              f"{r['cpu_percent']:>6.1f}% {r['cpu_paired'][1]:>5.2f}% "
+              f"{r['steps_per_second']:>9.0f}  ({r['unit']})")
     print("loss: throughput lost; more: the target's CPU time per operation added (the "
-          "cost even where the load generator, not the target, sets the pace)")
+          "cost even where the load generator, not the target, sets the pace; medians), ± "
+          "the standard error of each traced phase against the untraced ones around it")
 
 
 def main() -> int:

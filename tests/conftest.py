@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -32,6 +33,7 @@ IN_ROOT_DIR = "/home/user"            # where targets live as the target sees th
 READY_TIMEOUT = 30.0
 _started: list[subprocess.Popen] = []
 _used: dict[str, str] = {}           # label -> version string, for the summary
+_cleanup: list[Path] = []            # directories to remove at session end
 
 
 @dataclass
@@ -104,6 +106,34 @@ def _as_user(user: str, argv: list[str]) -> list[str]:
     return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups", *argv]
 
 
+_readable: dict[str, Path] = {}
+
+
+def readable_package(user: str) -> Path:
+    """A directory holding a copy of the aiobpf package that ``user`` can import (the
+    checkout may be private to root); fails the test, saying why, when ``user`` cannot
+    run this venv's interpreter and import aiobpf's dependencies."""
+    if user in _readable:
+        return _readable[user]
+    copy = Path(tempfile.mkdtemp(prefix="aiobpf-readable-"))
+    _cleanup.append(copy)
+    shutil.copytree(Path(__file__).resolve().parent.parent / "aiobpf", copy / "aiobpf",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [copy, *copy.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    probe = subprocess.run(
+        _as_user(user, [sys.executable, "-c", "import aiobpf.cli, psutil, elftools"]),
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(copy), "HOME": "/tmp"})
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.fail(f"{user} cannot run {sys.executable} with aiobpf's dependencies "
+                    f"({last}): the checkout and its venv must be readable by other users "
+                    "(clone into a directory with mode 0755)", pytrace=False)
+    _readable[user] = copy
+    return copy
+
+
 def note_used(python: Python) -> None:
     """Record that a test ran a target under ``python`` (for the matrix summary)."""
     _used.setdefault(python.label, _version_of(python))
@@ -151,10 +181,11 @@ def aiobpf(*args: str, user: str | None = None, timeout: float = 120,
     pstree ask the daemon at ``socket`` first (by default: none, so tests that do not
     test the daemon never meet one the machine may run)."""
     argv = [sys.executable, "-m", "aiobpf", *args]
+    package = Path(__file__).resolve().parent.parent
     if user is not None:
         argv = _as_user(user, argv)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-           "AIOBPF_SOCKET": socket}
+        package = readable_package(user)
+    env = {**os.environ, "PYTHONPATH": str(package), "AIOBPF_SOCKET": socket}
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     return Result(out.returncode, out.stdout, out.stderr)
 
@@ -181,6 +212,8 @@ def sid_proc() -> Iterator[None]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for proc in _started:
         stop(proc)
+    for directory in _cleanup:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config) -> None:

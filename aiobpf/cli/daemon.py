@@ -21,7 +21,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "loopback, since metrics name processes and code locations)")
     parser.add_argument("--budget", type=float, metavar="FRACTION",
                         help="tracing overhead allowed, as a fraction of each process's CPU "
-                             "time (default 0.01); above it, probes are attached in windows")
+                             "time (default 0.01); above half of it, probes are attached in "
+                             "windows planned for half (room for the estimate's error)")
     parser.add_argument("--no-bpf", action="store_true",
                         help="no probes at all: only the metrics that memory reads give "
                              "(tasks, depths, sites), at no cost to the step path")

@@ -469,6 +469,7 @@ class Daemon:
                 python=traced.target.version_str, container=traced.candidate.container,
                 capture=self._capture_kind(traced), summary=traced.summary,
                 counts=traced.counts, probe_hits=traced.hits, capture_fraction=fraction,
+                attached_seconds=traced.attached_s,
                 overhead=traced.overhead_full * duty, step_cost=traced.step_cost))
         self.state = DaemonState(views, Counter(self.errors))
 

@@ -37,7 +37,7 @@ TIME_EDGES = range(12, 37, 2)
 OTHER_SITE = "(other)"
 # Series per process besides the await sites (buckets included).
 SERIES_FIXED = (1 + (len(STACK_DEPTH_BUCKETS) + 3) + (len(AWAIT_DEPTH_BUCKETS) + 3)
-                + 3 + 2 * (len(TIME_EDGES) + 3) + 5 + 1)
+                + 3 + 2 * (len(TIME_EDGES) + 3) + 6 + 1)
 # Frames of the standard library are not await sites: the user code that called them is.
 _STDLIB = re.compile(r"/lib/python3\.\d+[a-z]*/(?!site-packages/|dist-packages/)|^<frozen ")
 
@@ -135,6 +135,7 @@ class ProcessView:
     counts: StepCounts
     probe_hits: int = 0               # step starts the probes saw (not scaled)
     capture_fraction: float = 0.0     # time with probes attached / time traced
+    attached_seconds: float = 0.0     # time with probes attached
     overhead: float = 0.0             # estimated tracing overhead ratio
     step_cost: float = 0.0            # estimated seconds one captured step costs
 
@@ -185,7 +186,11 @@ _FAMILIES = (
     ("sites", GaugeMetricFamily, "aiobpf_suspended_tasks",
      "Suspended tasks by await site (innermost user frame), top K per process.", "site"),
     ("fraction", GaugeMetricFamily, "aiobpf_capture_fraction",
-     "Fraction of time the process's probes were attached (1: full capture).", None),
+     "Fraction of the time since tracing began that the process's probes were attached "
+     "(1: full capture).", None),
+    ("attached", CounterMetricFamily, "aiobpf_probes_attached_seconds",
+     "Seconds the process's probes were attached; its rate() is the attached fraction "
+     "over any range.", None),
     ("overhead", GaugeMetricFamily, "aiobpf_estimated_overhead_ratio",
      "Estimated CPU aiobpf's probes cost the process, as a fraction of its own.", None),
     ("step_cost", GaugeMetricFamily, "aiobpf_step_cost_seconds",
@@ -211,6 +216,7 @@ class Families:
         f = self.by_key
         f["info"].add_metric([*lab, view.capture], 1)
         f["fraction"].add_metric(lab, view.capture_fraction)
+        f["attached"].add_metric(lab, view.attached_seconds)
         f["overhead"].add_metric(lab, view.overhead)
         if view.capture != "memory":   # without probes, step counts are unknown, not 0
             c = view.counts

@@ -19,7 +19,15 @@ import pytest
 from aiobpf import errors
 from aiobpf.cli import common
 from aiobpf.collector import target as target_mod
-from tests.conftest import TARGETS, Result, aiobpf, matrix_params, run_target, stop
+from tests.conftest import (
+    TARGETS,
+    Result,
+    aiobpf,
+    matrix_params,
+    readable_package,
+    run_target,
+    stop,
+)
 from tests.pythons import Python, by_label, unsupported_pythons
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,15 +44,9 @@ def _one_error(result: Result, status: int, *needles: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def readable_copy():
-    """The package and venv where ``nobody`` can read them: a copy of aiobpf in /tmp."""
-    tmp = Path(tempfile.mkdtemp(prefix="aiobpf-nobody-"))
-    shutil.copytree(REPO / "aiobpf", tmp / "aiobpf", ignore=shutil.ignore_patterns("__pycache__"))
-    os.chmod(tmp, 0o755)
-    for path in tmp.rglob("*"):
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    yield tmp
-    shutil.rmtree(tmp, ignore_errors=True)
+def readable_copy() -> Path:
+    """The package where ``nobody`` can read it (the checkout may not be)."""
+    return readable_package("nobody")
 
 
 def _as_nobody(readable_copy: Path, *args: str) -> Result:

@@ -38,6 +38,7 @@ METRICS = [
     "aiobpf_tasks_created_total", "aiobpf_tasks_finished_total", "aiobpf_task_steps_total",
     "aiobpf_task_step_duration_seconds_bucket", "aiobpf_task_wakeup_delay_seconds_bucket",
     "aiobpf_suspended_tasks", "aiobpf_capture_fraction", "aiobpf_estimated_overhead_ratio",
+    "aiobpf_probes_attached_seconds_total",
     "aiobpf_attached_processes", "aiobpf_probe_hits_total", "aiobpf_errors_total",
     "aiobpf_build_info",
 ]
