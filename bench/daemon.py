@@ -263,8 +263,8 @@ def main() -> int:
           "a tracer (the VM's drift); CPU/op: the target's CPU time per operation, off and "
           "on (medians); more: CPU/op added, mean of each traced phase against the untraced phases "
           "around it, ± its standard error; daemon: the daemon's own CPU, % of a core; captured: "
-          "time with probes attached in a phase (median) (after the first window, a one-time "
-          "full capture until the daemon knows the cost); "
+          "median time with probes attached in a phase, which starts after the first window "
+          "(a one-time full capture until the daemon knows the cost); "
           "est.: the daemon's own overhead estimate; cost/step: its measured cost of a "
           "captured step")
     if scale is None:
