@@ -80,3 +80,10 @@ class FileWindow:
         self.switch_at = now + self.window
         self.attached_at = now
         return True
+
+    def detach_took(self, seconds: float) -> None:
+        """The detach took ``seconds`` (closing a uprobe waits for the kernel's grace
+        periods: ~250 ms here), with probes still in place: attached time, which the
+        pause after the window grows to match."""
+        if self.duty < 1.0:
+            self.switch_at += seconds * (1.0 / self.duty - 1.0)

@@ -313,11 +313,17 @@ class Daemon:
             if change is None:
                 continue
             with self._bpf_lock:
+                started = time.monotonic()
                 if change:
                     self.capture.resume(file)
                 else:
                     self.capture.pause(file)
+                took = time.monotonic() - started
             if not change:
+                window.detach_took(took)
+                for traced in self.traced.values():
+                    if traced.file == file:
+                        traced.attached_s += took   # the next tick sees them detached
                 self._close_window(file)
             window.attached = change
             for traced in self.traced.values():

@@ -69,6 +69,27 @@ def test_windows_that_run_over_a_tick_still_keep_the_duty(tick: float) -> None:
     assert _attached_fraction(window, tick, until=3000) == pytest.approx(0.02, rel=0.1)
 
 
+def test_a_slow_detach_counts_as_attached_time() -> None:
+    """Closing uprobes takes ~250 ms: the pause after the window grows so that the
+    fraction, detach included, stays at the duty."""
+    window = FileWindow(window=0.5)
+    window.overheads = {1: 0.5}
+    window.plan(budget=0.02)                  # duty 2 %
+    attached, t, detach = 0.0, 0.0, 0.25
+    while t < 3000:
+        change = window.step(t)
+        if change is False:
+            attached += detach                # the probes stay in place meanwhile
+            window.detach_took(detach)
+            t += detach
+        if window.attached if change is None else change:
+            attached += 0.2
+        if change is not None:
+            window.attached = change
+        t += 0.2
+    assert attached / t == pytest.approx(0.02, rel=0.1)
+
+
 def test_windows_plan_for_half_the_budget() -> None:
     """Room for the estimate's error: a process whose full capture is estimated at
     0.8 % of its CPU is windowed under a 1 % budget, to 0.5 % expected."""
