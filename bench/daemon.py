@@ -8,7 +8,10 @@
 (b) the daemon with 50 traced processes: its RSS and the time of one scrape.
 
 Phases must be long: at the default budget, windowed capture attaches the probes
-for a fraction of a second every few tens of seconds.
+for a fraction of a second every few tens of seconds.  Each traced phase is seen
+two ways: against the untraced phases around it ("more"), and against its own
+seconds far from any window ("in-phase": the target and the daemon are asked for
+their counts every second), which the VM's drift between phases does not blur.
 
 Run as root: ``.venv/bin/python bench/daemon.py [--phase 60] [--rounds 2]``.
 """
@@ -26,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -36,7 +40,14 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from overhead import _cpu_seconds, _python, bench_http, bench_pingpong  # noqa: E402
+from overhead import (  # noqa: E402
+    Counter,
+    _cpu_seconds,
+    _python,
+    _start_target,
+    bench_http,
+    bench_pingpong,
+)
 
 
 def _port() -> int:
@@ -73,21 +84,54 @@ def _wait(port: int, check, timeout: float = 60) -> str:
 
 
 SETTLE_S = 5.0
+BIN_S = 1.0      # the in-phase view: the target and the daemon looked at every second
+NEAR_BINS = 2    # bins either side of one with probes attached that count as "near"
+
+
+def in_phase_cost(samples: list[tuple[float, int, float, float]]) -> dict[str, float]:
+    """What the windows cost, from within one traced phase.
+
+    ``samples``: (time, target operations, target CPU s, probes attached s) every
+    BIN_S.  The target's CPU per operation in the bins far from any window (no probe
+    attached within NEAR_BINS) is the phase's own baseline; whatever the phase used
+    beyond baseline x operations is what the windows cost, attach and detach included.
+    Unlike the comparison with untraced phases, this is immune to the VM's drift
+    between phases; it does not see a cost spread evenly over the phase (the
+    daemon's memory reads: ``--tracers memory`` measures those)."""
+    bins = [(b[1] - a[1], b[2] - a[2], b[3] - a[3]) for a, b in itertools.pairwise(samples)]
+    hot = [attached > 0 for _, _, attached in bins]
+    near = [any(hot[max(0, i - NEAR_BINS):i + NEAR_BINS + 1]) for i in range(len(bins))]
+    quiet_ops = sum(ops for (ops, _, _), n in zip(bins, near, strict=True) if not n)
+    quiet_cpu = sum(cpu for (_, cpu, _), n in zip(bins, near, strict=True) if not n)
+    ops = sum(b[0] for b in bins)
+    if not quiet_ops or not ops:
+        return {"percent": float("nan"), "windows": 0.0}
+    base = quiet_cpu / quiet_ops
+    excess = sum(b[1] for b in bins) - base * ops
+    windows = sum(1 for i, h in enumerate(hot) if h and (i == 0 or not hot[i - 1]))
+    return {"percent": 100 * excess / (base * ops), "windows": float(windows),
+            "excess_ms_per_window": 1000 * excess / windows if windows else 0.0}
 
 
 class DaemonTracer:
-    """`aiobpf exporter --pid PID` at its default budget, for the whole phase."""
+    """`aiobpf exporter --pid PID` at its default budget, for the whole phase.
+
+    While it runs, a thread asks the target and the daemon every BIN_S for their
+    counts: ``phase_info()`` sums the phase up (attached time, the daemon's estimates,
+    and ``in_phase_cost``)."""
 
     label = "daemon, default budget"
     options: ClassVar[list[str]] = []
     settle_s = SETTLE_S
-    last: ClassVar[dict[str, float]] = {}
-    fractions: ClassVar[list[float]] = []     # attached, per phase
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, pid: int, counter: Counter) -> None:
+        self.pid, self.counter = pid, counter
         self.port = _port()
         self.proc: subprocess.Popen | None = None
+        self.samples: list[tuple[float, int, float, float]] = []
+        self.latest = ""
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample_loop, daemon=True)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -105,33 +149,50 @@ class DaemonTracer:
         # ... and the end of that first window: the phase starts with probes detached.
         attached = -1.0
         while time.monotonic() < deadline + self.settle_s:
-            now = _sample(_scrape(self.port), "aiobpf_probes_attached_seconds_total", self.pid)
+            now = self._attached(_scrape(self.port))
             if now == attached:
                 break
             attached = now
             time.sleep(0.5)
-        self.seen: list[tuple[float, float]] = []
+        self._sampler.start()
+
+    def _attached(self, text: str) -> float:
+        return _sample(text, "aiobpf_probes_attached_seconds_total", self.pid) or 0.0
+
+    def _sample_loop(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            text = _scrape(self.port)
+            ops, cpu = self.counter()
+            self.samples.append((time.monotonic(), ops, cpu, self._attached(text)))
+            self.latest = text
+            next_at += BIN_S
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
 
     def steps(self) -> int:
-        """Probe hits so far; the second call also sums up the phase in ``last``."""
-        text = _scrape(self.port)
-        attached = _sample(text, "aiobpf_probes_attached_seconds_total", self.pid) or 0.0
-        self.seen.append((time.monotonic(), attached))
-        if len(self.seen) == 2:
-            (t0, a0), (t1, a1) = self.seen
-            DaemonTracer.fractions.append((a1 - a0) / (t1 - t0))
-            DaemonTracer.last = {
-                "fraction": statistics.median(DaemonTracer.fractions),
-                "overhead": _sample(text, "aiobpf_estimated_overhead_ratio", self.pid) or 0.0,
-                "step_cost": _sample(text, "aiobpf_step_cost_seconds", self.pid) or 0.0,
-            }
-        return int(_sample(text, "aiobpf_probe_hits_total", self.pid) or 0)
+        """Probe hits so far."""
+        return int(_sample(_scrape(self.port), "aiobpf_probe_hits_total", self.pid) or 0)
+
+    def phase_info(self) -> dict[str, float]:
+        """The phase so far: time with probes attached (a fraction), the daemon's
+        overhead estimate and per-step cost, and ``in_phase_cost``."""
+        if len(self.samples) < 2:
+            return {}
+        (t0, *_, a0), (t1, *_, a1) = self.samples[0], self.samples[-1]
+        return {"fraction": (a1 - a0) / (t1 - t0),
+                "overhead": _sample(self.latest, "aiobpf_estimated_overhead_ratio",
+                                    self.pid) or 0.0,
+                "step_cost": _sample(self.latest, "aiobpf_step_cost_seconds", self.pid) or 0.0,
+                **in_phase_cost(self.samples)}
 
     def pid_of_tracer(self) -> int:
         assert self.proc
         return self.proc.pid
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._sampler.is_alive():
+            self._sampler.join()
         if self.proc:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
@@ -157,7 +218,18 @@ class FullCaptureTracer(DaemonTracer):
     settle_s = 2.0
 
 
-TRACERS = {"budget": DaemonTracer, "memory": MemoryOnlyTracer, "full": FullCaptureTracer}
+class TenfoldTracer(DaemonTracer):
+    """`aiobpf exporter --pid PID --budget 0.1`: the same windows, about ten times as
+    much attached time (up to full capture for a light target).  The cost is then well
+    above the VM's noise; scaled back by the attached time, a sharper figure for the
+    default budget, if cost follows attached time (which both together check)."""
+
+    label = "daemon, budget 10%"
+    options: ClassVar[list[str]] = ["--budget", "0.1"]
+
+
+TRACERS = {"budget": DaemonTracer, "memory": MemoryOnlyTracer, "full": FullCaptureTracer,
+           "tenfold": TenfoldTracer}
 
 
 def fifty(count: int) -> dict:
@@ -168,11 +240,7 @@ def fifty(count: int) -> dict:
     script.write_text((REPO / "tests" / "targets" / "alternating.py").read_text())
     try:
         for _ in range(count):
-            proc = subprocess.Popen([*_python(), "-u", str(script), "4", "0.05"],
-                                    stdout=subprocess.PIPE, text=True, start_new_session=True)
-            targets.append(proc)
-        for proc in targets:
-            assert proc.stdout and proc.stdout.readline().startswith("READY")
+            targets.append(_start_target([*_python(), "-u", str(script), "4", "0.05"]))
         port = _port()
         config = work / "aiobpf.toml"
         config.write_text(f'[daemon]\nlisten = "127.0.0.1:{port}"\n'
@@ -214,6 +282,46 @@ def _noise(off: list[float]) -> float:
     return 100 * statistics.median(steps) if steps else float("nan")
 
 
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v == v]   # phases without a quiet second give NaN
+    if len(values) < 2:
+        return (values[0] if values else float("nan"), float("nan"))
+    return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
+
+
+def summarize(infos: list[dict[str, float]]) -> dict:
+    """The traced phases' ``phase_info()`` in one row."""
+    infos = [i for i in infos if i]
+    if not infos:
+        return {"fraction": 0.0, "overhead": 0.0, "step_cost": 0.0, "windows": 0.0,
+                "in_phase": (float("nan"), float("nan"))}
+    return {"fraction": statistics.fmean(i["fraction"] for i in infos),
+            "overhead": statistics.median(i["overhead"] for i in infos),
+            "step_cost": statistics.median(i["step_cost"] for i in infos),
+            "windows": sum(i["windows"] for i in infos),
+            "in_phase": _mean_se([i["percent"] for i in infos])}
+
+
+def _scaled(rows: list[tuple[dict, dict]]) -> list[str]:
+    """The tenfold rows' cost, scaled to the default budget's attached time."""
+    lines = []
+    for r, info in rows:
+        if not r["name"].endswith(TenfoldTracer.label):
+            continue
+        default = next((i for d, i in rows if d["workload"] == r["workload"]
+                        and d["name"].endswith(DaemonTracer.label)), None)
+        if default is None or not info["fraction"]:
+            continue
+        ratio = default["fraction"] / info["fraction"]
+        (more, more_se), (inside, inside_se) = r["cpu_paired"], info["in_phase"]
+        lines.append(f"{r['name'].split(':')[0]}: at the default budget's attached time "
+                     f"({100 * default['fraction']:.2f}%, {ratio:.3f} of budget 10%'s), the "
+                     f"cost at budget 10% scales to {ratio * more:+.2f} ± "
+                     f"{ratio * more_se:.2f}% (more), {ratio * inside:+.2f} ± "
+                     f"{ratio * inside_se:.2f}% (in-phase)")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,8 +332,9 @@ def main() -> int:
                         help="traced processes for the RSS and scrape figures (0: skip)")
     parser.add_argument("--workloads", default="pingpong,http",
                         help="comma-separated: pingpong, http (empty: none)")
-    parser.add_argument("--tracers", default="memory,budget",
+    parser.add_argument("--tracers", default="memory,budget,tenfold",
                         help="comma-separated: memory (--no-bpf), budget (the default), "
+                        "tenfold (--budget 0.1: ten times the attached time), "
                         "full (--budget 1: checks the daemon's cost estimate)")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -235,38 +344,46 @@ def main() -> int:
     for name in filter(None, args.workloads.split(",")):
         if name not in benches:
             parser.error(f"unknown workload {name!r}")
-        for variant in filter(None, args.tracers.split(",")):
+        variants = list(filter(None, args.tracers.split(",")))
+        for variant in variants:
             if variant not in TRACERS:
                 parser.error(f"unknown tracer {variant!r}")
-            tracer = TRACERS[variant]
-            DaemonTracer.fractions.clear()
-            result = benches[name](args.phase, args.rounds, [tracer])[0]
+        tracers = [TRACERS[v] for v in variants]
+        for result, tracer in zip(benches[name](args.phase, args.rounds, tracers), tracers,
+                                  strict=True):
             result["name"] = f"{result['name'].split(' (')[0]}: {tracer.label}"
-            rows.append((result, dict(tracer.last) if variant != "memory" else {}))
+            result["workload"] = name
+            rows.append((result, summarize(result["phases"]["info"])))
     scale = fifty(args.processes) if args.processes else None
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "scale": scale}, indent=2))
     print(f"daemon overhead at the default budget (1%), same process, off/on alternating, "
-          f"median of {args.rounds} phases of {args.phase:.0f} s ({' '.join(_python())})")
+          f"{args.rounds} phases of {args.phase:.0f} s each ({' '.join(_python())})")
     print(f"{'workload: tracer':<45} {'off':>8} {'on':>8} {'loss':>6} {'noise':>6} "
-          f"{'CPU/op':>8} {'on':>8} {'more':>6} {'±':>5} {'daemon':>7} {'captured':>8} "
-          f"{'est.':>5} {'cost/step':>9}")
-    for r, last in rows:
+          f"{'CPU/op':>8} {'on':>8} {'more':>6} {'±':>5} {'in-phase':>8} {'±':>5} "
+          f"{'windows':>7} {'daemon':>7} {'captured':>8} {'est.':>5} {'cost/step':>9}")
+    for r, info in rows:
         daemon_cpu = 100 * r["tracer_cpu"] if r["tracer_cpu"] is not None else float("nan")
         print(f"{r['name']:<45} {r['off']:>8.0f} {r['on']:>8.0f} {r['loss_percent']:>5.1f}% "
               f"{_noise(r['off_phases']):>5.1f}% {r['cpu_us_off']:>6.2f}us "
               f"{r['cpu_us_on']:>6.2f}us {r['cpu_paired'][0]:>5.2f}% "
-              f"{r['cpu_paired'][1]:>4.2f}% {daemon_cpu:>6.1f}% "
-              f"{100 * last.get('fraction', 0):>7.1f}% {100 * last.get('overhead', 0):>4.1f}% "
-              f"{1e6 * last.get('step_cost', 0):>7.2f}us")
+              f"{r['cpu_paired'][1]:>4.2f}% {info['in_phase'][0]:>7.2f}% "
+              f"{info['in_phase'][1]:>4.2f}% {info['windows']:>7.0f} {daemon_cpu:>6.1f}% "
+              f"{100 * info['fraction']:>7.2f}% {100 * info['overhead']:>4.1f}% "
+              f"{1e6 * info['step_cost']:>7.2f}us")
     print("loss: throughput lost; noise: median change between consecutive phases without "
           "a tracer (the VM's drift); CPU/op: the target's CPU time per operation, off and "
-          "on (medians); more: CPU/op added, mean of each traced phase against the untraced phases "
-          "around it, ± its standard error; daemon: the daemon's own CPU, % of a core; captured: "
-          "median time with probes attached in a phase, which starts after the first window "
-          "(a one-time full capture until the daemon knows the cost); "
-          "est.: the daemon's own overhead estimate; cost/step: its measured cost of a "
-          "captured step")
+          "on (medians); more: CPU/op added, mean of each traced phase against the untraced "
+          "phases around it, ± its standard error; in-phase: CPU/op added, each traced "
+          "phase against its own seconds far from any window (immune to the drift between "
+          "phases, blind to a cost spread evenly: see the memory-only row), mean ± standard "
+          "error; windows: how many the traced phases held in all; daemon: the daemon's own "
+          "CPU, % of a core; captured: time with probes attached (all traced phases), "
+          "which start after the first window (a one-time full capture until the daemon "
+          "knows the cost); est.: the daemon's own overhead estimate; cost/step: its "
+          "measured cost of a captured step (medians)")
+    for line in _scaled(rows):
+        print(line)
     if scale is None:
         return 0
     print(f"daemon with {scale['processes']} traced processes: all attached in "

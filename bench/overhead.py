@@ -29,8 +29,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from aiobpf.collector.probes import find_step_sites
 from aiobpf.collector.target import open_target
 
 HERE = Path(__file__).resolve().parent
+Counter = Callable[[], tuple[int, float]]   # a target's operations and CPU seconds so far
 
 
 def _python() -> list[str]:
@@ -53,11 +55,15 @@ def _python() -> list[str]:
 
 
 def _start_target(argv: list[str]) -> subprocess.Popen:
-    """Start a target program and wait for its READY line."""
+    """Start a target program and wait for its READY line (or stop it and fail)."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     assert proc.stdin and proc.stdout
-    assert proc.stdout.readline().startswith("READY")
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise SystemExit(f"{' '.join(argv)}: did not start (said {line!r})")
     return proc
 
 
@@ -66,8 +72,8 @@ class CaptureTracer:
 
     label = "full capture"
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, pid: int, counter: Counter) -> None:
+        self.pid, self.counter = pid, counter
         self.capture: Capture | None = None
 
     def start(self) -> None:
@@ -121,22 +127,26 @@ class Phases:
 
     ``sample(seconds)`` returns the phase's throughput (operations/s) and the target's
     CPU time per operation (us): a tracer's cost shows in the second even when the load
-    generator, not the target, limits the first."""
+    generator, not the target, limits the first.  A tracer with a ``phase_info()``
+    method adds what it says of each phase to the tracer's figures ("info")."""
 
-    def __init__(self, pid: int, phase: float, rounds: int, tracers: Sequence[type]) -> None:
+    def __init__(self, pid: int, phase: float, rounds: int, tracers: Sequence[type],
+                 counter: Counter) -> None:
         self.pid, self.phase, self.rounds, self.tracers = pid, phase, rounds, tracers
+        self.counter = counter
 
     def run(self, sample) -> tuple[dict[str, list[float]], list[dict[str, list[float]]]]:
         """The untraced phases (pooled) and, per tracer, its traced phases."""
         off: dict[str, list[float]] = {"rate": [], "cpu": []}
         on: list[dict[str, list[float]]] = [
-            {"rate": [], "cpu": [], "tracer_cpu": [], "steps": []} for _ in self.tracers]
+            {"rate": [], "cpu": [], "tracer_cpu": [], "steps": [], "info": []}
+            for _ in self.tracers]
         for _ in range(self.rounds):
             for figures, tracer_class in zip(on, self.tracers, strict=True):
                 rate, cpu = sample(self.phase)
                 off["rate"].append(rate)
                 off["cpu"].append(cpu)
-                tracer = tracer_class(self.pid)
+                tracer = tracer_class(self.pid, self.counter)
                 tracer.start()
                 try:
                     before = tracer.steps()
@@ -150,6 +160,8 @@ class Phases:
                     figures["rate"].append(rate)
                     figures["cpu"].append(cpu)
                     figures["steps"].append((tracer.steps() - before) / self.phase)
+                    if hasattr(tracer, "phase_info"):
+                        figures["info"].append(tracer.phase_info())
                 finally:
                     tracer.stop()
         return off, on
@@ -202,16 +214,26 @@ def _measure(proc: subprocess.Popen, phases: Phases, sample, name: str, unit: st
     return results
 
 
+def _counter(proc: subprocess.Popen) -> Counter:
+    """Ask a bench target for its operations and CPU seconds so far (one line each way;
+    a tracer may ask from its own thread while a phase is measured)."""
+    assert proc.stdin and proc.stdout
+    lock = threading.Lock()
+
+    def read() -> tuple[int, float]:
+        with lock:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            count, cpu = proc.stdout.readline().split()
+        return int(count), float(cpu)
+
+    return read
+
+
 def bench_pingpong(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTracer,)
                    ) -> list[dict]:
     proc = _start_target([*_python(), "-u", str(HERE / "targets" / "pingpong.py")])
-    assert proc.stdin and proc.stdout
-
-    def read() -> tuple[int, float]:
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        count, cpu = proc.stdout.readline().split()
-        return int(count), float(cpu)
+    read = _counter(proc)
 
     def sample(seconds: float) -> tuple[float, float]:
         c0, cpu0 = read()
@@ -220,7 +242,7 @@ def bench_pingpong(phase: float, rounds: int, tracers: Sequence[type] = (Capture
         c1, cpu1 = read()
         return (c1 - c0) / (time.perf_counter() - t0), 1e6 * (cpu1 - cpu0) / (c1 - c0)
 
-    return _measure(proc, Phases(proc.pid, phase, rounds, tracers), sample,
+    return _measure(proc, Phases(proc.pid, phase, rounds, tracers, read), sample,
                     "queue ping-pong", "round trips/s")
 
 
@@ -234,12 +256,10 @@ def bench_http(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTrac
         port = s.getsockname()[1]
     proc = _start_target([*_python(), "-u", str(HERE / "targets" / "http_server.py"),
                           str(port)])
-    assert proc.stdin and proc.stdout
+    read = _counter(proc)
 
     def cpu() -> float:
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        return float(proc.stdout.readline())
+        return read()[1]
 
     def sample(seconds: float) -> tuple[float, float]:
         cpu0 = cpu()
@@ -251,7 +271,7 @@ def bench_http(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTrac
         rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         return rate, 1e6 * (cpu1 - cpu0) / requests
 
-    return _measure(proc, Phases(proc.pid, phase, rounds, tracers), sample,
+    return _measure(proc, Phases(proc.pid, phase, rounds, tracers, read), sample,
                     "HTTP server (asyncio streams, wrk -c16)", "requests/s")
 
 

@@ -2,13 +2,15 @@
 
 Each request is parsed, a JSON body is built (with a little work and an await on
 another coroutine), and sent.  Usage: http_server.py PORT.  Prints READY; each line
-read on stdin is answered with its CPU seconds so far.
+read on stdin is answered with "REQUESTS CPU_SECONDS" so far.
 """
 
 import asyncio
 import json
 import sys
 import time
+
+served = 0
 
 
 async def render(path: str) -> bytes:
@@ -18,11 +20,13 @@ async def render(path: str) -> bytes:
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    global served
     try:
         while True:
             request = await reader.readuntil(b"\r\n\r\n")
             path = request.split(b" ", 2)[1].decode()
             body = await render(path)
+            served += 1
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
             await writer.drain()
@@ -40,7 +44,7 @@ async def main(port: int) -> None:
     print("READY", flush=True)
     async with server:
         while await reader.readline():
-            print(time.process_time(), flush=True)
+            print(served, time.process_time(), flush=True)
 
 
 asyncio.run(main(int(sys.argv[1])))
