@@ -29,8 +29,9 @@ layouts:  ## regenerate aiobpf/collector/layouts/tables.py from the reference bu
 bench: provision  ## dump time, tracing overhead, the daemon's overhead, RSS and scrape time
 	$(PY) bench/dump_time.py --million
 	$(PY) bench/overhead.py --breakdown
-	$(PY) bench/daemon.py --tracers full --phase 10 --rounds 4 --processes 0
-	$(PY) bench/daemon.py --phase 60 --rounds 6
+	$(PY) bench/daemon.py --tracers full --phase 10 --rounds 6 --processes 0
+	$(PY) bench/daemon.py --workloads pingpong --tracers budget --phase 200 --rounds 3 --processes 0
+	$(PY) bench/daemon.py --workloads http --tracers memory,budget --phase 60 --rounds 6
 
 clean:  ## remove the venv and caches (not the interpreter roots in /var/cache/aiobpf)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

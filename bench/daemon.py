@@ -8,7 +8,8 @@
 (b) the daemon with 50 traced processes: its RSS and the time of one scrape.
 
 Phases must be long: at the default budget, windowed capture attaches the probes
-for a fraction of a second every few tens of seconds.  Each traced phase is seen
+for a fraction of a second every half minute (an HTTP server) to two minutes (the
+ping-pong), and each traced phase starts a new daemon.  Each traced phase is seen
 two ways: against the untraced phases around it ("more"), and against its own
 seconds far from any window ("in-phase": the target and the daemon are asked for
 their counts every second), which the VM's drift between phases does not blur.
@@ -104,13 +105,13 @@ def in_phase_cost(samples: list[tuple[float, int, float, float]]) -> dict[str, f
     quiet_ops = sum(ops for (ops, _, _), n in zip(bins, near, strict=True) if not n)
     quiet_cpu = sum(cpu for (_, cpu, _), n in zip(bins, near, strict=True) if not n)
     ops = sum(b[0] for b in bins)
-    if not quiet_ops or not ops:
-        return {"percent": float("nan"), "windows": 0.0}
+    windows = sum(1 for i, h in enumerate(hot) if h and (i == 0 or not hot[i - 1]))
+    if not quiet_ops or not ops or not windows:   # no window: nothing to measure
+        return {"percent": float("nan"), "windows": float(windows)}
     base = quiet_cpu / quiet_ops
     excess = sum(b[1] for b in bins) - base * ops
-    windows = sum(1 for i, h in enumerate(hot) if h and (i == 0 or not hot[i - 1]))
     return {"percent": 100 * excess / (base * ops), "windows": float(windows),
-            "excess_ms_per_window": 1000 * excess / windows if windows else 0.0}
+            "excess_ms_per_window": 1000 * excess / windows}
 
 
 class DaemonTracer:
@@ -384,6 +385,12 @@ def main() -> int:
           "measured cost of a captured step (medians)")
     for line in _scaled(rows):
         print(line)
+    for r, info in rows:
+        windowed = r["name"].endswith((DaemonTracer.label, TenfoldTracer.label))
+        if windowed and not info["fraction"]:
+            print(f"{r['name']}: no window opened in a traced phase (each starts a new "
+                  "daemon, and its pause after the first window outlasted the phase): "
+                  "the in-phase view needs a longer --phase")
     if scale is None:
         return 0
     print(f"daemon with {scale['processes']} traced processes: all attached in "

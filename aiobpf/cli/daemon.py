@@ -21,12 +21,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "loopback, since metrics name processes and code locations)")
     parser.add_argument("--budget", type=float, metavar="FRACTION",
                         help="tracing overhead allowed, as a fraction of each process's CPU "
-                             "time (default 0.01); above half of it, probes are attached in "
-                             "windows planned for half (room for the estimate's error)")
+                             "time (default 0.01); above a third of it, probes are attached "
+                             "in windows planned for a third (room for the estimate's "
+                             "error); 1: no limit, full capture")
     parser.add_argument("--no-bpf", action="store_true",
                         help="no probes at all: only the metrics that memory reads give "
                              "(tasks, depths, sites), at no cost to the step path")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every attach")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log every attach and the probes' measured cost; -vv: also "
+                             "each window's cost estimate")
 
 
 def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
@@ -40,7 +43,8 @@ def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
         if not procfs.exists(pid):
             raise errors.ProcessNotFoundError(pid)
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level,
                         format="aiobpf: %(message)s", stream=sys.stderr)
     try:
         config = load(getattr(args, "config", None))

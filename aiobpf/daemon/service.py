@@ -406,6 +406,9 @@ class Daemon:
         traced.step_cost = cost if cost is not None else traced.step_cost
         traced.overhead_full = full_overhead(traced.step_rate, traced.cpu_rate,
                                              traced.step_cost)
+        log.debug("pid %d: %.0f steps/s, %.2f CPU s/s, %.2f us per captured step: full "
+                  "capture would cost %.1f%%", traced.pid, traced.step_rate, traced.cpu_rate,
+                  traced.step_cost * 1e6, 100 * traced.overhead_full)
 
     # -- memory reads -------------------------------------------------------------------
     def _read_loop(self) -> None:

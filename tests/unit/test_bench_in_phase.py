@@ -54,3 +54,9 @@ def test_windows_are_counted_once_however_many_seconds_they_span() -> None:
 def test_no_quiet_second_no_figure() -> None:
     cost = in_phase_cost(_samples([(1000, 1.0, 1.0)] * 5))
     assert math.isnan(cost["percent"])
+
+
+def test_no_window_no_figure() -> None:
+    """A phase that held no window says nothing about what windows cost."""
+    cost = in_phase_cost(_samples([(1000, 1.0, 0.0)] * 20))
+    assert math.isnan(cost["percent"]) and cost["windows"] == 0
