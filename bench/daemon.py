@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from overhead import (  # noqa: E402
-    Counter,
+    OpsCounter,
     _cpu_seconds,
     _python,
     _start_target,
@@ -125,7 +125,7 @@ class DaemonTracer:
     options: ClassVar[list[str]] = []
     settle_s = SETTLE_S
 
-    def __init__(self, pid: int, counter: Counter) -> None:
+    def __init__(self, pid: int, counter: OpsCounter) -> None:
         self.pid, self.counter = pid, counter
         self.port = _port()
         self.proc: subprocess.Popen | None = None

@@ -43,7 +43,7 @@ from aiobpf.collector.probes import find_step_sites
 from aiobpf.collector.target import open_target
 
 HERE = Path(__file__).resolve().parent
-Counter = Callable[[], tuple[int, float]]   # a target's operations and CPU seconds so far
+OpsCounter = Callable[[], tuple[int, float]]   # a target's operations and CPU seconds so far
 
 
 def _python() -> list[str]:
@@ -72,7 +72,7 @@ class CaptureTracer:
 
     label = "full capture"
 
-    def __init__(self, pid: int, counter: Counter) -> None:
+    def __init__(self, pid: int, counter: OpsCounter) -> None:
         self.pid, self.counter = pid, counter
         self.capture: Capture | None = None
 
@@ -131,7 +131,7 @@ class Phases:
     method adds what it says of each phase to the tracer's figures ("info")."""
 
     def __init__(self, pid: int, phase: float, rounds: int, tracers: Sequence[type],
-                 counter: Counter) -> None:
+                 counter: OpsCounter) -> None:
         self.pid, self.phase, self.rounds, self.tracers = pid, phase, rounds, tracers
         self.counter = counter
 
@@ -214,7 +214,7 @@ def _measure(proc: subprocess.Popen, phases: Phases, sample, name: str, unit: st
     return results
 
 
-def _counter(proc: subprocess.Popen) -> Counter:
+def _counter(proc: subprocess.Popen) -> OpsCounter:
     """Ask a bench target for its operations and CPU seconds so far (one line each way;
     a tracer may ask from its own thread while a phase is measured)."""
     assert proc.stdin and proc.stdout
