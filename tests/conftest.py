@@ -102,8 +102,13 @@ def run_target(python: Python, script: str | Path, *args: str, name: str | None 
 
 
 def _as_user(user: str, argv: list[str]) -> list[str]:
-    gid = pwd.getpwnam(user).pw_gid
-    return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups", *argv]
+    """``argv`` run as ``user``; a command that enters a chroot (``Python.argv``) drops to
+    the user after the chroot, which only root may enter."""
+    entry = pwd.getpwnam(user)
+    if argv[:1] == ["chroot"]:
+        return ["chroot", f"--userspec={entry.pw_uid}:{entry.pw_gid}", "--groups=", *argv[1:]]
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups",
+            *argv]
 
 
 _readable: dict[str, Path] = {}

@@ -99,6 +99,7 @@ class Daemon:
         self.windows: dict[tuple[int, int], FileWindow] = {}
         self.errors: Counter[str] = Counter()
         self.state = DaemonState()
+        self.last_scan = 0.0
         self._bpf_lock = threading.RLock()
         self._stop = threading.Event()
         self.capture: Capture | None = None
@@ -182,6 +183,7 @@ class Daemon:
                 continue
             verdict = self._attach(candidate)
             self.discovery.settle(candidate.identity.pid, verdict, now)
+        self.last_scan = time.time()
 
     def _attach(self, candidate: Candidate) -> str:
         """Trace ``candidate`` if it is an asyncio CPython; the discovery verdict."""
@@ -480,7 +482,7 @@ class Daemon:
                 counts=traced.counts, probe_hits=traced.hits, capture_fraction=fraction,
                 attached_seconds=traced.attached_s,
                 overhead=traced.overhead_full * duty, step_cost=traced.step_cost))
-        self.state = DaemonState(views, Counter(self.errors))
+        self.state = DaemonState(views, Counter(self.errors), self.last_scan)
 
     def current_state(self) -> DaemonState:
         return self.state

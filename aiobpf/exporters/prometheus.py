@@ -249,6 +249,7 @@ class DaemonState:
 
     views: list[ProcessView] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    last_scan: float = 0.0    # Unix time the last discovery scan ended (0: none yet)
 
 
 class MetricsCollector(Collector):
@@ -267,6 +268,12 @@ class MetricsCollector(Collector):
         for kind, n in sorted(state.errors.items()):
             errors.add_metric([kind], n)
         yield errors
+        scanned = GaugeMetricFamily(
+            "aiobpf_last_scan_timestamp_seconds",
+            "Unix time the daemon's last discovery scan ended: it advances every "
+            "scan_interval while the daemon's loop is healthy.")
+        scanned.add_metric([], state.last_scan)
+        yield scanned
         families = Families()
         for view in state.views:
             families.add(view)

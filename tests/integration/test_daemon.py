@@ -33,124 +33,17 @@ import pytest
 
 from aiobpf.exporters.prometheus import series_cap
 from tests.conftest import TARGETS, aiobpf, run_target
-from tests.integration.prom import Prometheus, free_port
+from tests.integration.daemon_proc import (
+    REPO,
+    SELECT,
+    TOP_SITES,
+    DaemonProcess,
+    daemon_programs,
+    daemon_uprobes,
+    run_daemon,
+)
+from tests.integration.prom import Prometheus
 from tests.pythons import by_label
-
-REPO = Path(__file__).resolve().parents[2]
-TOP_SITES = 10
-# Only the test targets are traced, never other Pythons of the machine.
-SELECT = (r" (/home/user|" + re.escape(str(TARGETS)) +
-          r")/(depth|loop_lag|many_sites|exec_into|alternating|seed_app)\.py")
-
-
-@dataclass
-class DaemonProcess:
-    proc: subprocess.Popen
-    port: int
-    socket: Path
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
-
-    def scrape(self, timeout: float = 10) -> str:
-        with urllib.request.urlopen(self.url, timeout=timeout) as reply:
-            return reply.read().decode()
-
-    def series(self, name: str, pid: int) -> list[str]:
-        return [line for line in self.scrape().splitlines()
-                if line.startswith(name) and f'pid="{pid}"' in line]
-
-    def wait_traced(self, pid: int, timeout: float = 5.0) -> float:
-        """Seconds until ``pid`` shows in the metrics; fails after ``timeout``."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.series("aiobpf_process_info", pid):
-                return time.monotonic() - t0
-            time.sleep(0.1)
-        pytest.fail(f"pid {pid} not in the metrics after {timeout} s:\n{self.log.read_text()}")
-
-    def wait_untraced(self, pid: int, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.series("aiobpf_process_info", pid):
-            if time.monotonic() > deadline:
-                pytest.fail(f"pid {pid} still in the metrics after {timeout} s")
-            time.sleep(0.1)
-
-    def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(ln.split()[1] for ln in status.splitlines()
-                        if ln.startswith("VmRSS"))) / 1024
-
-
-@contextmanager
-def run_daemon(tmp: Path, *, budget: float = 1.0, refresh: float = 1.0,
-               select: str = SELECT, socket_dir: Path | None = None, bpf: bool = True,
-               probe_cost_us: float | None = None) -> Iterator[DaemonProcess]:
-    """A daemon tracing the processes that match ``select``; with the default budget
-    (1.0) and per-step cost (measured: "auto"), the test targets are captured in full."""
-    port = free_port()
-    sock = (socket_dir or tmp / "run") / "aiobpf.sock"
-    config = tmp / "aiobpf.toml"
-    config.write_text(
-        "[daemon]\n"
-        f'listen = "127.0.0.1:{port}"\n'
-        f'socket = "{sock}"\n'    # scan_interval: the default (1 s)
-        f"refresh_interval = {refresh}\n"
-        f"budget = {budget}\n"
-        f"top_sites = {TOP_SITES}\n"
-        f"bpf = {str(bpf).lower()}\n"
-        + (f"probe_cost_us = {probe_cost_us}\n" if probe_cost_us is not None else "") +
-        "[select]\n"
-        f"cmdline = [{json.dumps(select)}]\n")
-    log = tmp / f"daemon-{port}.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "daemon", "--config",
-                                 str(config), "-v"], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=REPO, start_new_session=True)
-    daemon = DaemonProcess(proc, port, sock, log)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                daemon.scrape(timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the daemon did not start:\n{log.read_text()}")
-                time.sleep(0.2)
-        yield daemon
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    assert "Traceback" not in log.read_text(), log.read_text()
-
-
-def daemon_uprobes(pid: int) -> set[tuple[str, int]]:
-    """(file, offset) of the uprobes a process holds, from the kernel (bpftool)."""
-    out = subprocess.run(["bpftool", "perf", "list", "--json"], capture_output=True,
-                         text=True, check=True).stdout
-    return {(e["filename"], e["offset"]) for e in json.loads(out)
-            if e.get("pid") == pid and e.get("fd_type") == "uprobe"}
-
-
-def daemon_programs(pid: int) -> int:
-    """BPF programs a process holds open (fdinfo of its descriptors)."""
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if os.readlink(fd) == "anon_inode:bpf-prog":
-                count += 1
-        except OSError:
-            continue
-    return count
-
 
 @pytest.fixture
 def prometheus_for(tmp_path: Path) -> Iterator:

@@ -1,0 +1,62 @@
+"""Attacks on a root daemon from an unprivileged user of the same host.
+
+Each test here starts a real ``aiobpf daemon`` (root, real BPF), lets a process of
+``hostile_user`` (a system user created for the session, removed after) do something
+a hostile or faulty target could do, and asserts that the attack fails while the daemon
+stays healthy: it keeps discovering new processes, its last-scan timestamp advances,
+and SIGTERM stops it within 3 s.
+"""
+
+from __future__ import annotations
+
+import pwd
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import run_target
+from tests.integration.daemon_proc import DaemonProcess
+from tests.pythons import by_label
+
+HOSTILE = "aiobpf-hostile"
+STOP_WITHIN_S = 3.0
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+
+
+@pytest.fixture(scope="session")
+def hostile_user() -> Iterator[User]:
+    """An unprivileged system user, created for this session (and removed at its end
+    when this session created it)."""
+    created = False
+    try:
+        entry = pwd.getpwnam(HOSTILE)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", HOSTILE], check=True)
+        created = True
+        entry = pwd.getpwnam(HOSTILE)
+    yield User(entry.pw_name, entry.pw_uid, entry.pw_gid)
+    if created:
+        subprocess.run(["userdel", HOSTILE], check=False)
+
+
+def assert_healthy(daemon: DaemonProcess) -> None:
+    """The daemon still works after an attack: its loop advances and a process that
+    starts now is discovered and traced within 10 s.  (The daemon's select pattern must
+    accept ``depth.py``.)"""
+    daemon.assert_fresh()
+    with run_target(by_label("sid-3.14"), "depth.py", "3", "2") as fresh:
+        daemon.wait_traced(fresh.pid, timeout=10.0)
+
+
+def stop_in_time(daemon: DaemonProcess) -> None:
+    took = daemon.stop_within(STOP_WITHIN_S)
+    assert took < STOP_WITHIN_S
