@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -23,10 +22,8 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -35,15 +32,15 @@ from aiobpf.exporters.prometheus import series_cap
 from tests.conftest import TARGETS, aiobpf, run_target
 from tests.integration.daemon_proc import (
     REPO,
-    SELECT,
     TOP_SITES,
     DaemonProcess,
     daemon_programs,
     daemon_uprobes,
     run_daemon,
 )
-from tests.integration.prom import Prometheus
+from tests.integration.prom import Prometheus, free_port
 from tests.pythons import by_label
+
 
 @pytest.fixture
 def prometheus_for(tmp_path: Path) -> Iterator:
