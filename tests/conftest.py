@@ -70,9 +70,10 @@ def require(python: Python) -> None:
 
 @contextmanager
 def run_target(python: Python, script: str | Path, *args: str, name: str | None = None,
-               env: dict[str, str] | None = None, user: str | None = None
-               ) -> Iterator[RunningTarget]:
-    """Start ``tests/targets/<script>`` under ``python`` and wait for its READY line."""
+               env: dict[str, str] | None = None, user: str | None = None,
+               stdin: bool = False) -> Iterator[RunningTarget]:
+    """Start ``tests/targets/<script>`` under ``python`` and wait for its READY line
+    (``stdin``: with a pipe to its standard input, ``.proc.stdin``)."""
     require(python)
     source = TARGETS / script if isinstance(script, str) else script
     path = _install(python, source, name)
@@ -80,6 +81,7 @@ def run_target(python: Python, script: str | Path, *args: str, name: str | None 
     if user is not None:
         argv = _as_user(user, argv)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                             env={**os.environ, **(env or {})}, start_new_session=True)
     _started.append(proc)
     target = RunningTarget(python, proc, path)
@@ -150,7 +152,7 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     with suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    for stream in (proc.stdout, proc.stderr):
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
 

@@ -14,12 +14,14 @@ import ctypes
 import errno
 import os
 import struct
+import time
 from collections.abc import Iterable, Sequence
 
 PAGE = 4096
 _PAGE_MASK = ~(PAGE - 1)
 _IOV_MAX = 1024
 _MAX_ADDR = 0x7FFF_FFFF_FFFF  # user space on x86-64
+MAX_READ = 64 << 20  # bytes in one read: no real object is larger, a forged size may be
 
 
 class RemoteReadError(Exception):
@@ -41,6 +43,11 @@ class ReadDenied(RemoteReadError):
 
 class ProcessGone(RemoteReadError):
     """The target exited (ESRCH)."""
+
+
+class ReadLimitExceeded(RemoteReadError):
+    """The read ran past its deadline, or was cancelled: a target whose structures never
+    end (forged or corrupt) costs the reader bounded time."""
 
 
 class _IOVec(ctypes.Structure):
@@ -69,6 +76,27 @@ class RemoteMemory:
         self._mem_fd: int | None = None
         self.syscalls = 0
         self.bytes_read = 0
+        self.deadline: float | None = None   # time.monotonic() past which reads fail
+        self._cancelled = False
+
+    # -- limits -------------------------------------------------------------
+    def limit(self, seconds: float | None) -> None:
+        """Reads from now on fail with ReadLimitExceeded after ``seconds`` (None: never)."""
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def cancel(self) -> None:
+        """Make every further read fail at once (from another thread: stopping)."""
+        self._cancelled = True
+
+    def _check(self, size: int) -> None:
+        """Called before every system call: the only place reads are bounded in time."""
+        if self._cancelled:
+            raise ReadLimitExceeded(f"reading process {self.pid} was cancelled")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ReadLimitExceeded(f"reading process {self.pid} took longer than allowed "
+                                    "(its task structures may be corrupt or forged)")
+        if size > MAX_READ:
+            raise ReadFault(0, size)
 
     # -- raw reads --------------------------------------------------------
     def _raise(self, err: int, addr: int, size: int) -> None:
@@ -87,9 +115,10 @@ class RemoteMemory:
         return out
 
     def _readv_chunk(self, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        total = sum(n for _, n in ranges)
+        self._check(total)
         if _process_vm_readv is None:
             return [self._read_mem(a, n) for a, n in ranges]
-        total = sum(n for _, n in ranges)
         buf = ctypes.create_string_buffer(total)
         local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), total)
         remote = (_IOVec * len(ranges))(*[_IOVec(a, n) for a, n in ranges])
@@ -119,6 +148,7 @@ class RemoteMemory:
         return out
 
     def _read_one_or_none(self, addr: int, size: int) -> bytes | None:
+        self._check(size)
         if _process_vm_readv is None:
             return self._read_mem(addr, size)
         buf = ctypes.create_string_buffer(size)

@@ -17,7 +17,7 @@ from aiobpf.collector.memory import ReadFault, RemoteMemory
 
 MAX_STR = 1 << 16          # characters decoded from one str (names, paths)
 MAX_SEQ = 1 << 27          # items in one tuple/list
-MAX_LOG2_TABLE = 30        # dict/set hash table size
+MAX_LOG2_TABLE = 23        # dict/set hash table size (8M slots: sets of 4M tasks)
 MAX_TYPE_NAME = 256
 
 _Q = struct.Struct("<Q")
@@ -50,6 +50,18 @@ class CodeInfo:
     linetable_addr: int
     code_start: int          # address of the first code unit
     _table: LineTable | None = None
+
+
+# Entries kept per cache within one snapshot.  A real process has a few hundred types
+# and code objects; a forged one can point a million tasks at distinct "types": past the
+# cap a cache starts afresh (only time is lost, never memory).
+CACHE_CAP = 1 << 16
+
+
+def _keep(cache: dict, key: int, value: object) -> None:
+    if len(cache) >= CACHE_CAP:
+        cache.clear()
+    cache[key] = value
 
 
 def u64(blob: bytes, off: int) -> int:
@@ -106,7 +118,7 @@ class Objects:
             info = TypeInfo(name, flags, i64(blob, L["type.basicsize"]),
                             i64(blob, L["type.dictoffset"]), u64(blob, L["type.base"]),
                             bool(flags & self.consts.tpflags_heaptype))
-            self._types[tp] = info
+            _keep(self._types, tp, info)
         return info
 
     def type_name(self, obj: int) -> str:
@@ -118,7 +130,8 @@ class Objects:
         kind = self._kinds.get(tp)
         if kind is None:
             info = self.type_info(tp)
-            kind = self._kinds[tp] = "~" + info.name if info.is_heap else info.name
+            kind = "~" + info.name if info.is_heap else info.name
+            _keep(self._kinds, tp, kind)
         return kind
 
     def is_subtype(self, tp: int, name: str, depth: int = 64) -> bool:
@@ -148,10 +161,11 @@ class Objects:
             chunk = min(chunk * 2, 1024)
         return data.decode("utf-8", "replace")
 
-    def str_(self, addr: int) -> str:
-        """Decode a str object of any kind (ASCII, Latin-1, UCS-2, UCS-4)."""
+    def str_(self, addr: int, limit: int = MAX_STR) -> str:
+        """Decode a str object of any kind (ASCII, Latin-1, UCS-2, UCS-4), its first
+        ``limit`` characters (then "…")."""
         cached = self._strs.get(addr)
-        if cached is not None:
+        if cached is not None and (len(cached) <= limit or limit >= MAX_STR):
             return cached
         head = self.mem.read(addr, self._u_compact_size)
         length = i64(head, self._u_len)
@@ -163,7 +177,7 @@ class Objects:
         ascii_ = (state >> self._u_ascii) & 1
         if kind not in (1, 2, 4):
             raise DecodeError(f"str at {addr:#x} has kind {kind}")
-        n = min(length, MAX_STR)
+        n = min(length, limit, MAX_STR)
         if compact and ascii_:
             data_addr = addr + self._u_ascii_size
         elif compact:
@@ -173,7 +187,8 @@ class Objects:
         raw = self.mem.read(data_addr, n * kind) if n else b""
         codec = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
         text = raw.decode(codec, "replace") + ("…" if n < length else "")
-        self._strs[addr] = text
+        if n == length or limit >= MAX_STR:
+            _keep(self._strs, addr, text)
         return text
 
     def int_(self, addr: int) -> int:
@@ -358,7 +373,7 @@ class Objects:
                 linetable_addr=u64(blob, L["code.linetable"]),
                 code_start=addr + L["code.code_adaptive"],
             )
-            self._codes[addr] = info
+            _keep(self._codes, addr, info)
         return info
 
     def line_of(self, code: CodeInfo, instr: int) -> int:

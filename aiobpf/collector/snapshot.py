@@ -22,6 +22,7 @@ from aiobpf.collector.model import Snapshot, Task, Thread
 from aiobpf.collector.objects import DecodeError, Objects
 from aiobpf.collector.target import NoAsyncio, Target
 from aiobpf.collector.tasks import (
+    MAX_TASKS,
     RawTask,
     linked_tasks,
     loop_thread_id,
@@ -35,6 +36,17 @@ DISCOVERY_ATTEMPTS = 5
 BATCH = 256  # tasks decoded from one generation of cached pages
 TASK_ATTEMPTS = 4  # reads of one busy task before it is reported partial
 _DIGITS = re.compile(r"(\d+)")
+
+
+MAX_WARNINGS = 1000  # per snapshot: a process of garbage tasks must not fill the reader
+
+
+def _warn(warnings: list[str], text: str) -> None:
+    """Add a warning, up to MAX_WARNINGS (then one line says that more were left out)."""
+    if len(warnings) < MAX_WARNINGS:
+        warnings.append(text)
+    elif len(warnings) == MAX_WARNINGS:
+        warnings.append("more warnings were left out")
 
 
 def _natural(name: str) -> list[object]:
@@ -58,8 +70,9 @@ def order_tasks(tasks: list[Task], thread_order: list[int], *, by_name: bool) ->
 class Collector:
     """Reads snapshots of one target process, reusing its discovery between reads."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, max_tasks: int = MAX_TASKS) -> None:
         self.target = target
+        self.max_tasks = max_tasks
         self.mem = RemoteMemory(target.pid)
         self.objs = Objects(self.mem, target.layout)
         self.frames = Frames(self.objs)
@@ -68,6 +81,7 @@ class Collector:
         self._details = True
         self._records: Mapping[int, TaskRecord] = {}
         self.torn = 0  # reads of the last snapshot that tore and were taken again
+        self.truncated = False  # the last snapshot left tasks out (more than max_tasks)
 
     def close(self) -> None:
         self.mem.close()
@@ -77,7 +91,9 @@ class Collector:
                         ) -> tuple[list[tuple[int, int]], dict[int, int]]:
         """(task, native thread id or 0) pairs, and loop -> running task (3.11-3.13)."""
         if self.linked:
-            return linked_tasks(self.objs, threads, interps, warnings), {}
+            linked = linked_tasks(self.objs, threads, interps, warnings, self.max_tasks)
+            self.truncated = len(linked) >= self.max_tasks
+            return linked, {}
         pairs: list[tuple[int, int]] = []
         running: dict[int, int] = {}
         seen_asyncio = False
@@ -86,7 +102,12 @@ class Collector:
             if found is None:
                 continue
             seen_asyncio = True
-            pairs.extend((t, 0) for t in found[0])
+            room = self.max_tasks - len(pairs)
+            if len(found[0]) > room:
+                self.truncated = True
+                warnings.append(f"more tasks than the {self.max_tasks:,} aiobpf reads: "
+                                "the rest are left out")
+            pairs.extend((t, 0) for t in found[0][:room])
             running.update(found[1])
         if not seen_asyncio:
             raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
@@ -113,6 +134,7 @@ class Collector:
         self._details = details
         self._records = records or {}
         self.torn = 0
+        self.truncated = False
         warnings: list[str] = list(self.target.layout.notes)
         for attempt in range(DISCOVERY_ATTEMPTS):
             self.mem.clear()
@@ -178,7 +200,7 @@ class Collector:
                 try:
                     raw = self._read_raw(addr)
                 except _TRANSIENT as exc:
-                    warnings.append(f"task {addr:#x} could not be read: {exc}")
+                    _warn(warnings, f"task {addr:#x} could not be read: {exc}")
                     continue
                 if raw.state == pending:
                     raw.thread_native_id = tid
@@ -199,7 +221,7 @@ class Collector:
             try:
                 raw = self._read_raw(addr)
             except _TRANSIENT as exc:
-                warnings.append(f"task {addr:#x} could not be read: {exc}")
+                _warn(warnings, f"task {addr:#x} could not be read: {exc}")
                 continue
             if raw.state == pending:
                 raws.append(raw)

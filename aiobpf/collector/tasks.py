@@ -17,7 +17,12 @@ from aiobpf.collector.interpreter import ThreadState, module_globals, modules
 from aiobpf.collector.memory import ReadFault
 from aiobpf.collector.objects import DecodeError, Objects, u64
 
-MAX_TASKS = 1 << 32  # no practical cap: loops are caught by cycle detection instead
+# Tasks read from one process.  Loops are caught by cycle detection; this bounds what a
+# forged list (millions of distinct nodes) costs the reader in memory and time.
+MAX_TASKS = 1 << 22
+# Characters of a task name kept: a name is read for each of up to MAX_TASKS tasks, and a
+# forged one may claim 64k characters.
+MAX_TASK_NAME = 1024
 
 
 class TaskListCorrupt(Exception):
@@ -39,8 +44,9 @@ class RawTask:
     awaited_by: list[int] = field(default_factory=list)   # 3.14+: task_awaited_by
 
 
-def walk_llist(objs: Objects, head: int) -> Iterator[int]:
-    """Nodes of a circular ``llist_node`` list, with Brent's cycle detection."""
+def walk_llist(objs: Objects, head: int, limit: int = MAX_TASKS) -> Iterator[int]:
+    """Nodes of a circular ``llist_node`` list, with Brent's cycle detection; at most
+    ``limit`` of them."""
     nxt = objs.layout["llist.next"]
     node = objs.mem.ptr(head + nxt)
     saved, power, lam = head, 1, 0
@@ -48,8 +54,11 @@ def walk_llist(objs: Objects, head: int) -> Iterator[int]:
     while node and node != head:
         yield node
         count += 1
-        if node == saved or count > MAX_TASKS:
+        if node == saved:
             raise TaskListCorrupt(f"task list at {head:#x} loops")
+        if count >= limit:
+            raise TaskListCorrupt(f"more tasks than the {limit:,} aiobpf reads (task list "
+                                  f"at {head:#x}): the rest are left out")
         lam += 1
         if lam == power:
             saved, power, lam = node, power * 2, 0
@@ -57,16 +66,20 @@ def walk_llist(objs: Objects, head: int) -> Iterator[int]:
 
 
 def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],
-                 errors: list[str]) -> list[tuple[int, int]]:
-    """(task address, native thread id) from the per-thread and per-interpreter lists."""
+                 errors: list[str], limit: int = MAX_TASKS) -> list[tuple[int, int]]:
+    """(task address, native thread id) from the per-thread and per-interpreter lists;
+    at most ``limit`` of them."""
     L = objs.layout.values
     node_off = L["task.node"]
     out: list[tuple[int, int]] = []
     heads = [(ts.addr + L["tstate.asyncio_tasks_head"], ts.native_id) for ts in threads]
     heads += [(interp + L["interp.asyncio_tasks_head"], 0) for interp in interps]
     for head, tid in heads:
+        if len(out) >= limit:
+            break
         try:
-            out.extend((node - node_off, tid) for node in walk_llist(objs, head))
+            out.extend((node - node_off, tid)
+                       for node in walk_llist(objs, head, limit - len(out)))
         except TaskListCorrupt as exc:
             errors.append(str(exc))
     return out
@@ -120,7 +133,7 @@ def task_name(objs: Objects, name_obj: int) -> str:
     kind = objs.kind(name_obj)
     if kind == "str" or objs.type_info(objs.type_of(name_obj)).flags & \
             objs.consts.tpflags_unicode_subclass:
-        return objs.str_(name_obj)
+        return objs.str_(name_obj, MAX_TASK_NAME)
     if kind == "int":
         return f"Task-{objs.int_(name_obj)}"
     return f"<{kind.lstrip('~')}>"

@@ -25,7 +25,7 @@ from aiobpf.cli.common import translate_errors
 from aiobpf.cli.output import FORMATS, render
 from aiobpf.collector import probe_cost
 from aiobpf.collector.loader import Attachment, Capture, CaptureUnavailable, TargetStats
-from aiobpf.collector.memory import ProcessGone, RemoteReadError
+from aiobpf.collector.memory import ProcessGone, ReadLimitExceeded, RemoteReadError
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.probe_cost import ProbeCosts
 from aiobpf.collector.procfs import ProcessNotFound
@@ -46,6 +46,11 @@ log = logging.getLogger("aiobpf")
 TICK_S = 0.2
 FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6)   # when timing fails: pessimistic
 RATE_SMOOTHING = 0.5       # weight of the newest window in the step and CPU rates
+# The longest one memory read of a process may take (a million tasks take a few seconds;
+# a forged task list would take forever), for the gauges and for dumps.
+READ_DEADLINE_S = 30.0
+DUMP_DEADLINE_S = 120.0
+MAX_TASKS = 1 << 20        # tasks the daemon reads of one process (a forged list costs that)
 _GONE = (ProcessGone, ProcessNotFound, psutil.NoSuchProcess, FileNotFoundError,
          ProcessLookupError)
 
@@ -153,6 +158,8 @@ class Daemon:
 
     def close(self) -> None:
         self._stop.set()
+        for traced in list(self.traced.values()):
+            traced.collector.mem.cancel()   # a read in progress ends at its next system call
         for pid in list(self.traced):
             self._drop(pid, "stopping")
         if self.capture is not None:
@@ -208,8 +215,10 @@ class Daemon:
 
         try:
             target = open_target(pid)
-            collector = Collector(target)
+            collector = Collector(target, MAX_TASKS)
+            collector.mem.limit(READ_DEADLINE_S)
             snapshot = collector.snapshot(details=False)
+            collector.mem.limit(None)
         except NoAsyncio as exc:
             release()
             if self.discovery.only:
@@ -432,18 +441,24 @@ class Daemon:
         started = time.monotonic()
         try:
             with traced.lock:
+                traced.collector.mem.limit(READ_DEADLINE_S)
                 try:
                     snapshot = traced.collector.snapshot(details=False,
                                                          records=self._records(traced))
                 finally:
+                    traced.collector.mem.limit(None)
                     traced.collector.mem.clear()   # no pages kept between reads
             traced.summary = summarize(snapshot, self.config.top_sites)
+            if traced.collector.truncated:
+                self.errors["tasks_left_out"] += 1
+                log.warning("pid %d: more than %d tasks: the rest were left out of the read",
+                            traced.pid, traced.collector.max_tasks)
         except NoAsyncio:
             traced.summary = SnapshotSummary()
         except _GONE:
             traced.gone = True
         except (RemoteReadError, DecodeError, OSError) as exc:
-            self.errors["read"] += 1
+            self.errors["read_limit" if isinstance(exc, ReadLimitExceeded) else "read"] += 1
             log.warning("pid %d: memory read failed: %s", traced.pid, exc)
         # A process whose read takes long is read less often: the reader's share of
         # CPU stays bounded.
@@ -502,10 +517,12 @@ class Daemon:
         out: list[str] = []
         try:
             with translate_errors(pid), traced.lock:
+                traced.collector.mem.limit(DUMP_DEADLINE_S)
                 try:
                     snapshot = traced.collector.snapshot(details=fmt == "json",
                                                          records=records)
                 finally:
+                    traced.collector.mem.limit(None)
                     traced.collector.mem.clear()
             out.extend(render(snapshot, fmt))
         except errors.AiobpfError as exc:
