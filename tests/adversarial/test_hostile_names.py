@@ -3,9 +3,9 @@ them: the metrics endpoint (a label that is not UTF-8 made every scrape of the h
 the daemon's log, and root's terminal (``aiobpf ps/pstree``).
 
 The targets (``tests/targets/hostile_names.py``) run as the hostile user: one names
-itself through a 10 kB argv[0] (``exec -a``) and its comm, with a ``\\xff`` byte, ANSI
-escapes, a newline, quotes, braces and backslashes; the other sets only a short comm
-with such bytes.  Both name their tasks, and the qualname and file name of the coroutine
+itself through a 10 kB argv[0] (``exec -a``) and its comm, with ANSI escapes, a newline,
+a ``\\xff`` byte, quotes, braces and backslashes; the other sets only a short comm
+with such bytes (its /proc/PID/status is not UTF-8).  Both name their tasks, and the qualname and file name of the coroutine
 their tasks wait in, with terminal escapes, newlines and lone surrogates.
 """
 
@@ -118,8 +118,8 @@ def test_hostile_process_and_code_names_leave_every_scrape_valid(tmp_path, hosti
                 assert len(value) <= limit, (key, len(value))
         process = {s["pid"]: s["process"] for s in labels}
         long_name = process[str(pids[0])]
-        assert long_name.startswith("\ufffd" + r'\x1b[2J\nfake line"}\\\x1b]0;pwned\x07n'), (
-            long_name)
+        assert long_name.startswith(r"\x1b[2J\nfake line" + "\ufffd"
+                                    + r'"}\\\x1b]0;pwned\x07n'), long_name
         assert long_name.endswith("…") and len(long_name) == NAME_MAX
         assert process[str(pids[1])] == "\ufffd" + r'\x1b[31m\n"}\\' + "\ufffd"
         sites = {s["site"] for s in labels if "site" in s}
@@ -159,7 +159,7 @@ def test_task_and_code_names_reach_the_terminal_escaped(tmp_path, hostile_user):
     back every name exactly."""
     with run_daemon(tmp_path, select=SELECT) as daemon, \
             hostile_targets(hostile_user) as targets:
-        pid = targets[1].pid
+        pid = targets[0].pid
         daemon.wait_traced(pid, timeout=15)
         for socket in (str(daemon.socket), "/nonexistent/aiobpf.sock"):
             for args in (("pstree",), ("ps",), ("ps", "--format", "csv")):

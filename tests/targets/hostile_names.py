@@ -4,8 +4,10 @@ backslashes, braces and 10 kB of text.
 
 ``python hostile_names.py argv0``: re-executes itself with such an argv[0] (as
 ``exec -a`` does) and sets its comm (``prctl(PR_SET_NAME)``) to argv[0]'s first 15
-bytes, so that psutil takes the whole argv[0] as its name.
-``python hostile_names.py comm``: only sets a short comm with such bytes.
+bytes (UTF-8, but with an escape and a newline), so that psutil takes the whole
+argv[0], a ``\xff`` byte included, as its name.
+``python hostile_names.py comm``: only sets a short comm with a ``\xff`` byte, which
+makes /proc/PID/status not UTF-8.
 
 Prints READY once every task is parked.
 """
@@ -16,7 +18,7 @@ import os
 import sys
 
 PR_SET_NAME = 15
-ARGV0 = b"\xff\x1b[2J\nfake line\"}\\\x1b]0;pwned\x07" + b"n" * 10_000
+ARGV0 = b"\x1b[2J\nfake line\xff\"}\\\x1b]0;pwned\x07" + b"n" * 10_000
 COMM = b"\xff\x1b[31m\n\"}\\\x9b"
 # Task names, and the qualname and file name given to the coroutine's code.
 TASK_NAMES = ["\x1b[2J\nfake line", 'quote"brace}back\\slash', "surrogate\udcff",
