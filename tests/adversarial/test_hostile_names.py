@@ -5,8 +5,9 @@ the daemon's log, and root's terminal (``aiobpf ps/pstree``).
 The targets (``tests/targets/hostile_names.py``) run as the hostile user: one names
 itself through a 10 kB argv[0] (``exec -a``) and its comm, with ANSI escapes, a newline,
 a ``\\xff`` byte, quotes, braces and backslashes; the other sets only a short comm
-with such bytes (its /proc/PID/status is not UTF-8).  Both name their tasks, and the qualname and file name of the coroutine
-their tasks wait in, with terminal escapes, newlines and lone surrogates.
+with such bytes (its /proc/PID/status is not UTF-8).  Both name their tasks, and the
+qualname and file name of the coroutine their tasks wait in, with terminal escapes,
+newlines and lone surrogates.
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def hostile_targets(user: User) -> Iterator[list[RunningTarget]]:
-    """The two hostile targets, as ``user`` (argv[0] + comm, then comm only)."""
+def hostile_targets(user: User, modes: tuple[str, ...] = ("argv0", "comm")
+                    ) -> Iterator[list[RunningTarget]]:
+    """The hostile targets, as ``user``: "argv0" (argv[0] + comm), "comm" (comm only)."""
     python = by_label("sid-3.14")
     with ExitStack() as stack:
         yield [stack.enter_context(run_target(python, "hostile_names.py", mode, user=user.name))
-               for mode in ("argv0", "comm")]
+               for mode in modes]
 
 
 def scrape_status(daemon: DaemonProcess) -> tuple[int, bytes]:
@@ -118,7 +120,7 @@ def test_hostile_process_and_code_names_leave_every_scrape_valid(tmp_path, hosti
                 assert len(value) <= limit, (key, len(value))
         process = {s["pid"]: s["process"] for s in labels}
         long_name = process[str(pids[0])]
-        assert long_name.startswith(r"\x1b[2J\nfake line" + "\ufffd"
+        assert long_name.startswith(r"\x1b[2J\nfake line!" + "\ufffd"
                                     + r'"}\\\x1b]0;pwned\x07n'), long_name
         assert long_name.endswith("…") and len(long_name) == NAME_MAX
         assert process[str(pids[1])] == "\ufffd" + r'\x1b[31m\n"}\\' + "\ufffd"
@@ -160,8 +162,9 @@ def test_task_and_code_names_reach_the_terminal_escaped(tmp_path, hostile_user):
     with run_daemon(tmp_path, select=SELECT) as daemon, \
             hostile_targets(hostile_user) as targets:
         pid = targets[0].pid
-        daemon.wait_traced(pid, timeout=15)
-        for socket in (str(daemon.socket), "/nonexistent/aiobpf.sock"):
+        for socket in ("/nonexistent/aiobpf.sock", str(daemon.socket)):   # alone, then asked
+            if socket == str(daemon.socket):
+                daemon.wait_traced(pid, timeout=15)
             for args in (("pstree",), ("ps",), ("ps", "--format", "csv")):
                 out = run_cli(*args, str(pid), socket=socket)
                 assert out.returncode == 0, (args, out.stderr[-2000:])
@@ -183,5 +186,23 @@ def test_task_and_code_names_reach_the_terminal_escaped(tmp_path, hostile_user):
             frames = {(f["name"], f["filename"]) for t in document["tasks"] for f in t["frames"]}
             assert ("evil\n\"}\\\x1b[31mqual\ufffd",
                     "/tmp/evil\n\"}\\\x1b[2J\ufffd" + "f" * 10_000 + ".py") in frames
+        assert_healthy(daemon)
+        stop_in_time(daemon)
+
+
+def test_a_process_whose_status_is_not_utf8_is_traced_and_shown(tmp_path, hostile_user):
+    """A comm with a \\xff byte (prctl) makes /proc/PID/status not UTF-8: the process is
+    still traced by the daemon, and ps/pstree show it, alone and through the daemon."""
+    with run_daemon(tmp_path, select=SELECT) as daemon, \
+            hostile_targets(hostile_user, ("comm",)) as targets:
+        pid = targets[0].pid
+        for socket in ("/nonexistent/aiobpf.sock", str(daemon.socket)):
+            if socket == str(daemon.socket):
+                wait_listed(daemon, pid)
+            for command in ("pstree", "ps"):
+                out = run_cli(command, str(pid), socket=socket)
+                assert out.returncode == 0, (command, socket, out.stderr[-2000:])
+                assert "(T) bidi\\u202eevil" in assert_terminal_safe(out.stdout, command) \
+                    or command == "ps"
         assert_healthy(daemon)
         stop_in_time(daemon)

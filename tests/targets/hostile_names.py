@@ -18,7 +18,7 @@ import os
 import sys
 
 PR_SET_NAME = 15
-ARGV0 = b"\x1b[2J\nfake line\xff\"}\\\x1b]0;pwned\x07" + b"n" * 10_000
+ARGV0 = b"\x1b[2J\nfake line!\xff\"}\\\x1b]0;pwned\x07" + b"n" * 10_000
 COMM = b"\xff\x1b[31m\n\"}\\\x9b"
 # Task names, and the qualname and file name given to the coroutine's code.
 TASK_NAMES = ["\x1b[2J\nfake line", 'quote"brace}back\\slash', "surrogate\udcff",
