@@ -12,6 +12,7 @@ newlines and lone surrogates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -206,3 +207,46 @@ def test_a_process_whose_status_is_not_utf8_is_traced_and_shown(tmp_path, hostil
                     or command == "ps"
         assert_healthy(daemon)
         stop_in_time(daemon)
+
+
+CGROUP2 = Path("/sys/fs/cgroup/unified")   # hybrid hierarchy; /sys/fs/cgroup on pure v2
+CRAFTED_CGROUP = b"\xff\x1b[2J" + b"ab" * 32   # not UTF-8, an escape, and 64 hex digits
+
+
+def cgroup2_root() -> Path:
+    for root in (Path("/sys/fs/cgroup"), CGROUP2):
+        if (root / "cgroup.procs").exists() and (root / "cgroup.controllers").exists():
+            return root
+    pytest.fail("no cgroup2 hierarchy mounted (/sys/fs/cgroup or /sys/fs/cgroup/unified)")
+
+
+def test_a_cgroup_name_that_is_not_utf8_stops_no_discovery(tmp_path, hostile_user):
+    """A user with a delegated cgroup (as systemd gives user@.service) moves its process
+    into a cgroup whose name is not UTF-8: the daemon still discovers every process (the
+    host's scan must not fail on it) and traces that one with a printable container label."""
+    delegated = cgroup2_root() / f"aiobpf-test-{os.getpid()}"
+    delegated.mkdir()
+    crafted = os.path.join(os.fsencode(delegated), CRAFTED_CGROUP)
+    try:
+        for path in (delegated, delegated / "cgroup.procs"):
+            os.chown(path, hostile_user.uid, hostile_user.gid)
+        with hostile_targets(hostile_user, ("comm",)) as targets:
+            pid = targets[0].pid
+            (delegated / "cgroup.procs").write_text(str(pid))    # root delegates it
+            move = (f"import os; os.mkdir({crafted!r}); "
+                    f"open(os.path.join({crafted!r}, b'cgroup.procs'), 'w').write('{pid}')")
+            subprocess.run(["setpriv", f"--reuid={hostile_user.uid}",
+                            f"--regid={hostile_user.gid}", "--clear-groups",
+                            "/usr/bin/python3", "-c", move], check=True, timeout=30)
+            assert CRAFTED_CGROUP in Path(f"/proc/{pid}/cgroup").read_bytes()
+            with run_daemon(tmp_path, select=SELECT) as daemon:
+                wait_listed(daemon, pid)
+                body = daemon.scrape()
+                containers = {s["container"] for s in per_process_labels(body, [pid])}
+                assert containers == {"abababababab"}
+                assert_healthy(daemon)
+                stop_in_time(daemon)
+    finally:
+        for path in (crafted, os.fsencode(delegated)):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
