@@ -14,6 +14,7 @@ from aiobpf.cli.doctor import DoctorCommand
 from aiobpf.cli.ps import PsCommand
 from aiobpf.cli.pstree import PstreeCommand
 from aiobpf.cli.trace import TraceCommand
+from aiobpf.safe_text import escape, terminal_lines
 
 DESCRIPTION = """\
 See every asyncio task of a running CPython 3.11-3.15 process: where inside its own
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler.run(args)
     except errors.AiobpfError as exc:
         sys.stdout.flush()
-        print(exc.render(), file=sys.stderr)
+        print(terminal_lines(exc.render()), file=sys.stderr)   # may quote target names
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -76,6 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("AIOBPF_DEBUG"):
             traceback.print_exc()
-        print(f"aiobpf: internal error: {type(exc).__name__}: {exc}\n"
+        print(f"aiobpf: internal error: {type(exc).__name__}: {escape(str(exc))}\n"
               "  please report it; AIOBPF_DEBUG=1 prints the traceback", file=sys.stderr)
         return errors.EXIT_ERROR

@@ -19,6 +19,7 @@ from aiobpf.collector.model import Snapshot
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import NoAsyncio, NotPython, UnsupportedPython, open_target
+from aiobpf.safe_text import escape
 
 
 def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
@@ -59,7 +60,7 @@ def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
         return None
     sys.stdout.write(reply.get("output", ""))
     for note in reply.get("notes", []):
-        print(f"aiobpf: note: {note}", file=sys.stderr)
+        print(f"aiobpf: note: {escape(str(note))}", file=sys.stderr)
     if "error" in reply:
         error = errors.AiobpfError(reply["error"], reply.get("hint", ""))
         error.exit_code = int(reply.get("exit_code", errors.EXIT_ERROR))
@@ -100,7 +101,7 @@ def _with_capture(collector: Collector, window: float, details: bool,
 
 def _note(snapshot: Snapshot, note: str) -> Snapshot:
     snapshot.warnings.append(note)
-    print(f"aiobpf: note: {note}; tasks were read from memory", file=sys.stderr)
+    print(f"aiobpf: note: {escape(note)}; tasks were read from memory", file=sys.stderr)
     return snapshot
 
 

@@ -1,5 +1,9 @@
 """The output of ps and pstree from a snapshot, in pieces: shared by the CLI, which
-writes them as they come, and the daemon, which sends them over its dump socket."""
+writes them as they come, and the daemon, which sends them over its dump socket.
+
+Every format is safe to print on a terminal: tree, table and CSV escape what the
+target named (``exporters.text``); JSON keeps every name exact, with the characters
+a terminal could act on (and lone surrogates) written as ``\\uNNNN`` escapes."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Iterator
 from aiobpf import errors
 from aiobpf.collector.model import Snapshot
 from aiobpf.exporters import json_doc, text
+from aiobpf.safe_text import json_exact
 
 FORMATS = ("tree", "table", "csv", "json")
 
@@ -17,7 +22,7 @@ def render(snapshot: Snapshot, fmt: str) -> Iterator[str]:
     nothing to show (after the JSON document, which shows it) or the tasks await
     each other in a cycle (no tree can be drawn)."""
     if fmt == "json":
-        yield json_doc.render(snapshot)
+        yield json_exact(json_doc.render(snapshot))
         require_tasks(snapshot)
         return
     require_tasks(snapshot)

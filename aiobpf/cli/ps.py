@@ -14,7 +14,14 @@ class PsCommand:
     stack (innermost first), and for each task awaiting it that task's stack, name and id.
 
     The columns are those of `python3.14 -m asyncio ps`; aiobpf reads every CPython
-    from 3.11 to 3.15, every thread's tasks, and needs nothing from the target."""
+    from 3.11 to 3.15, every thread's tasks, and needs nothing from the target.
+
+    Names come from the traced process and are not trusted: in the tree, the table and
+    CSV, control characters, separators and backslashes in task, function and file
+    names are escaped as Python's repr writes them (ESC as \\x1b, a newline as \\n, a
+    backslash as \\\\), bytes that are not UTF-8 show as U+FFFD, and a CSV field that
+    starts with = + - or @ gets a leading ' (spreadsheets would run it as a formula).
+    --format json keeps every name exact."""
 
     name = "ps"
     help = "table of pending tasks, their stacks and awaiters"

@@ -15,7 +15,14 @@ class PstreeCommand:
     awaits them, the tasks it waits for. A task awaited by several tasks appears under each.
 
     If tasks await each other in a cycle, no tree can be drawn: the cycles are printed
-    on stderr and aiobpf exits with status 1 (aiobpf ps still lists them)."""
+    on stderr and aiobpf exits with status 1 (aiobpf ps still lists them).
+
+    Names come from the traced process and are not trusted: in the tree, the table and
+    CSV, control characters, separators and backslashes in task, function and file
+    names are escaped as Python's repr writes them (ESC as \\x1b, a newline as \\n, a
+    backslash as \\\\), bytes that are not UTF-8 show as U+FFFD, and a CSV field that
+    starts with = + - or @ gets a leading ' (spreadsheets would run it as a formula).
+    --format json keeps every name exact."""
 
     name = "pstree"
     help = "tree of tasks with their coroutine stacks"

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiobpf.safe_text import from_bytes
+
 
 class ProcessNotFound(Exception):
     """No process has this PID (or it exited)."""
@@ -96,12 +98,17 @@ class ProcessInfo:
 
 
 def process_info(pid: int) -> ProcessInfo:
+    """Name, executable, command line and owner of ``pid``.  Its files are read as
+    bytes and decoded with U+FFFD for what is not UTF-8 (a process names itself: its
+    name and command line may hold any bytes); ``exe`` keeps undecodable bytes as
+    surrogates, as ``os`` does (``safe_text`` makes it printable)."""
     base = Path(f"/proc/{pid}")
     try:
-        status = dict(line.split(":", 1) for line in (base / "status").read_text().splitlines()
-                      if ":" in line)
+        status_text = from_bytes((base / "status").read_bytes())
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessNotFound(pid) from None
+    # Lines end at "\n" only: str.splitlines would also split a name at \x1c-\x1e or \x85.
+    status = dict(line.split(":", 1) for line in status_text.split("\n") if ":" in line)
     if status.get("State", "").strip().startswith("Z"):
         raise ProcessNotFound(pid)  # a zombie has no memory left to read
     try:
@@ -109,7 +116,7 @@ def process_info(pid: int) -> ProcessInfo:
     except OSError:
         exe = ""
     try:
-        cmdline = (base / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+        cmdline = from_bytes((base / "cmdline").read_bytes()).split("\0")[:-1]
     except OSError:
         cmdline = []
     uid = int(status.get("Uid", "0").split()[0])

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from aiobpf.daemon.config import Selection
+from aiobpf.safe_text import from_bytes, valid
 
 # What makes a process worth a closer look: an interpreter or asyncio module mapped.
 _PYTHON_MAPPED = re.compile(rb"(?:python3\.\d+|_asyncio\.)")
@@ -56,9 +57,10 @@ class Candidate:
 
 
 def container_of(pid: int) -> str:
-    """The container id of ``pid`` from its cgroup, "" for a process of the host."""
+    """The container id of ``pid`` from its cgroup, "" for a process of the host: 12 hex
+    digits (a cgroup path may hold any bytes; only a run of 64 hex digits is taken)."""
     try:
-        text = Path(f"/proc/{pid}/cgroup").read_text()
+        text = from_bytes(Path(f"/proc/{pid}/cgroup").read_bytes())
     except OSError:
         return ""
     found = _CONTAINER_ID.findall(text)
@@ -159,9 +161,11 @@ class Discovery:
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():
-                cmdline = " ".join(proc.cmdline())
+                # psutil keeps bytes that are not UTF-8 as lone surrogates: made valid
+                # here, escaped where shown (labels, logs).
+                cmdline = valid(" ".join(proc.cmdline()))
                 uid = proc.uids().real
-                name = proc.name()
+                name = valid(proc.name())
         except psutil.Error:
             return None
         container = container_of(pid)

@@ -41,8 +41,10 @@ from aiobpf.exporters.prometheus import (
     StepCounts,
     summarize,
 )
+from aiobpf.safe_text import NAME_MAX, SafeLogRecords, bound
 
 log = logging.getLogger("aiobpf")
+log.addFilter(SafeLogRecords())   # names and paths in messages come from targets
 TICK_S = 0.2
 FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6)   # when timing fails: pessimistic
 RATE_SMOOTHING = 0.5       # weight of the newest window in the step and CPU rates
@@ -256,7 +258,7 @@ class Daemon:
         self.traced[pid] = traced
         if traced.file is not None:
             self.windows.setdefault(traced.file, FileWindow(self.config.window))
-        log.info("pid %d (%s, Python %s%s): traced, %s", pid, candidate.name,
+        log.info("pid %d (%s, Python %s%s): traced, %s", pid, bound(candidate.name, NAME_MAX),
                  target.version_str, f", container {candidate.container}"
                  if candidate.container else "", self._capture_kind(traced))
         return "candidate"

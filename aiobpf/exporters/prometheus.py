@@ -3,7 +3,9 @@ BPF counters become its samples.
 
 Per-process series carry ``pid``, ``process``, ``python`` and ``container`` labels and
 nothing unbounded: no task names or ids; await sites are limited to the top K per
-process, the rest summed under ``site="(other)"``.  A process therefore exports at
+process, the rest summed under ``site="(other)"``.  Every label value a target
+controls goes through ``safe_text.label``: valid UTF-8, control characters escaped,
+at most 128 characters (256 for sites).  A process therefore exports at
 most ``SERIES_FIXED + top_sites + 1`` series (``series_cap``).
 """
 
@@ -27,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from aiobpf import __version__
 from aiobpf.collector.model import Snapshot, Task
+from aiobpf.safe_text import SITE_MAX, label
 
 LABELS = ("pid", "process", "python", "container")
 STACK_DEPTH_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)
@@ -59,10 +62,11 @@ class SnapshotSummary:
 
 
 def await_site(task: Task) -> str | None:
-    """The innermost frame of user code the task is suspended in, as "qualname file:line"."""
+    """The innermost frame of user code the task is suspended in, as "qualname file:line"
+    (a label value: escaped and bounded, see ``safe_text``)."""
     for frame in reversed(task.frames):
         if not _STDLIB.search(frame.filename):
-            return f"{frame.name} {frame.filename}:{frame.line}"
+            return label(f"{frame.name} {frame.filename}:{frame.line}", SITE_MAX)
     return None
 
 
@@ -141,7 +145,8 @@ class ProcessView:
 
     @property
     def labels(self) -> list[str]:
-        return [str(self.pid), self.process, self.python, self.container]
+        """The per-process label values; all but the PID come from the target."""
+        return [str(self.pid), label(self.process), label(self.python), label(self.container)]
 
 
 def _depth_buckets(counts: Counter[int], bounds: tuple[int, ...]) -> list[tuple[str, float]]:

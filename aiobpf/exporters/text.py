@@ -8,6 +8,14 @@ introduced internal stacks, gh-135371, shows), an awaiter that is not a task
 gets a node of its own instead of making the task vanish, and building is
 linear and iterative, so a million tasks or a chain ten thousand deep render.
 
+Names come from the target: task names, qualnames, file names and type names are
+printed with ``safe_text.escape`` (control characters, separators and the backslash
+as escapes, ``\\x1b`` for ESC, ``\\n`` for a newline), so that a name can neither
+drive the terminal nor forge a line.  CSV fields are escaped the same way, and a
+field that begins with ``=``, ``+``, ``-`` or ``@`` gets a leading ``'`` so that a
+spreadsheet shows it as text instead of running it as a formula.  The JSON output
+(``json_doc``) keeps names exact.
+
 Pure functions of a ``Snapshot``: no process is read here.
 """
 
@@ -18,6 +26,7 @@ import io
 from collections.abc import Iterable, Iterator
 
 from aiobpf.collector.model import Frame, Snapshot, Task
+from aiobpf.safe_text import escape
 
 TASK_MARK = "(T)"
 FUTURE_MARK = "(F)"
@@ -35,14 +44,19 @@ class CycleFound(Exception):
         self.lines = lines
 
 
+# Spreadsheets run a cell that starts with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@")
+
+
 def format_frame(frame: Frame) -> str:
+    """"qualname file:line", escaped for a terminal."""
     if frame.line == 0 and frame.filename == "":
-        return frame.name
-    return f"{frame.name} {frame.filename}:{frame.line}"
+        return escape(frame.name)
+    return f"{escape(frame.name)} {escape(frame.filename)}:{frame.line}"
 
 
 def _inner_first_names(frames: Iterable[Frame]) -> str:
-    return " -> ".join(f.name for f in reversed(list(frames)))
+    return " -> ".join(escape(f.name) for f in reversed(list(frames)))
 
 
 def find_cycles(edges: Iterable[tuple[int, int]]) -> list[list[int]]:
@@ -98,7 +112,7 @@ def iter_tree(snapshot: Snapshot) -> Iterator[str]:
     by_id = {t.id: t for t in tasks}
     cycles = cycles_of(snapshot)
     if cycles:
-        lines = ["cycle: " + " → ".join(by_id[tid].name if tid in by_id else hex(tid)
+        lines = ["cycle: " + " → ".join(escape(by_id[tid].name) if tid in by_id else hex(tid)
                                          for tid in c) for c in cycles]
         raise CycleFound(cycles, lines)
 
@@ -106,7 +120,7 @@ def iter_tree(snapshot: Snapshot) -> Iterator[str]:
     # tasks, then the frames of tasks that await others (the awaited tasks hang under
     # their innermost frame, shared as 3.14 shares it).  The frames of a task that
     # awaits nothing have no children: they are printed straight from the task.
-    labels: list[str] = [f"{TASK_MARK} {t.name}" for t in tasks]
+    labels: list[str] = [f"{TASK_MARK} {escape(t.name)}" for t in tasks]
     children: list[list[int] | None] = [None] * len(tasks)
     index = {t.id: i for i, t in enumerate(tasks)}
     other_node: dict[int, int] = {}
@@ -143,7 +157,8 @@ def iter_tree(snapshot: Snapshot) -> Iterator[str]:
             else:
                 cur = other_node.get(awaiter.id, -1)
                 if cur < 0:
-                    what = awaiter.type_name if not awaiter.is_task else "Task (not pending)"
+                    what = (escape(awaiter.type_name) if not awaiter.is_task
+                            else "Task (not pending)")
                     cur = other_node[awaiter.id] = new_node(
                         f"{FUTURE_MARK} {what} {awaiter.id:#x}")
             if (cur, i) not in task_edges:
@@ -184,22 +199,24 @@ def _render(roots: list[int], labels: list[str], children: list[list[int] | None
 
 # -- ps -----------------------------------------------------------------------
 def table_rows(snapshot: Snapshot) -> list[list[str]]:
+    """The ps rows, names escaped for a terminal."""
     by_id: dict[int, Task] = {t.id: t for t in snapshot.tasks}
     rows: list[list[str]] = []
     for task in snapshot.tasks:
         stack = _inner_first_names(task.frames)
         tid = str(task.thread_id)
+        name = escape(task.name)
         if not task.awaited_by:
-            rows.append([tid, hex(task.id), task.name, stack, "", "", "0x0"])
+            rows.append([tid, hex(task.id), name, stack, "", "", "0x0"])
             continue
         for awaiter in task.awaited_by:
             parent = by_id.get(awaiter.id) if awaiter.is_task else None
             if parent is not None:
-                rows.append([tid, hex(task.id), task.name, stack,
-                             _inner_first_names(parent.frames), parent.name, hex(awaiter.id)])
+                rows.append([tid, hex(task.id), name, stack, _inner_first_names(parent.frames),
+                             escape(parent.name), hex(awaiter.id)])
             else:
-                rows.append([tid, hex(task.id), task.name, stack, "",
-                             awaiter.type_name if not awaiter.is_task else "Unknown",
+                rows.append([tid, hex(task.id), name, stack, "",
+                             escape(awaiter.type_name) if not awaiter.is_task else "Unknown",
                              hex(awaiter.id)])
     return rows
 
@@ -214,8 +231,14 @@ def render_table(rows: list[list[str]]) -> str:
 
 
 def render_csv(rows: list[list[str]]) -> str:
+    """CSV of ``table_rows`` (escaped already: no field holds a line break), with
+    fields that a spreadsheet would run as a formula prefixed with ``'``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(TABLE_HEADER)
-    writer.writerows(rows)
+    writer.writerows([_not_formula(cell) for cell in row] for row in rows)
     return buf.getvalue()
+
+
+def _not_formula(cell: str) -> str:
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell

@@ -176,3 +176,56 @@ def test_a_chain_3000_deep_renders_without_recursion() -> None:
     lines = tree_lines(snap(*tasks))
     assert len(lines) == 2 * n
     assert lines[-1].endswith("step /app.py:1")
+
+
+# -- hostile names ------------------------------------------------------------------------
+HOSTILE = "\x1b[2J\nfake line"
+_RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202e\ud800-\udfff]")
+
+
+def _hostile_snapshot() -> Snapshot:
+    code = Frame("evil\n\x1b[31mqual\udcff", "/tmp/e\x1b]0;x\x07\r.py", 3)
+    parent = task(1, HOSTILE, [code])
+    child = Task(2, "bidi\u202eevil\\", 7, "pending", [code],
+                 [Awaiter(1), Awaiter(0x99, is_task=False, type_name="Fut\x1b[0m\n")])
+    return snap(parent, child)
+
+
+def test_tree_escapes_names_qualnames_and_files_visibly() -> None:
+    lines = tree_lines(_hostile_snapshot())
+    text = "\n".join(lines)
+    assert not _RAW.search(text), text
+    assert "(T) \\x1b[2J\\nfake line" in text
+    assert "evil\\n\\x1b[31mqual\ufffd /tmp/e\\x1b]0;x\\x07\\r.py:3" in text
+    assert "(T) bidi\\u202eevil\\\\" in text
+    assert "(F) Fut\\x1b[0m\\n 0x99" in text
+    assert not any(line.lstrip("│├└─ ").startswith("fake line") for line in lines)
+
+
+def test_a_cycle_of_hostile_names_is_reported_escaped() -> None:
+    s = snap(task(1, HOSTILE, [f("x")], 2), task(2, "b\x1b", [f("y")], 1))
+    with pytest.raises(CycleFound) as found:
+        tree_lines(s)
+    assert found.value.lines == ["cycle: b\\x1b → \\x1b[2J\\nfake line → b\\x1b"]
+
+
+def test_table_and_csv_escape_names_and_hold_one_row_per_line() -> None:
+    rows = table_rows(_hostile_snapshot())
+    for text in (render_table(rows), render_csv(rows)):
+        assert not _RAW.search(text), text
+        assert len(text.splitlines()) == len(rows) + (2 if text.startswith("tid ") else 1)
+        assert "\\x1b[2J\\nfake line" in text and "Fut\\x1b[0m\\n" in text
+
+
+def test_csv_fields_a_spreadsheet_would_run_as_formulas_start_with_a_quote() -> None:
+    s = snap(task(1, "=HYPERLINK(\"http://x\")", [f("+a")]), task(2, "@SUM(A1)", [f("b")], 1),
+             task(3, "-2+3", [f("c")]), task(4, "plain", [f("d")]))
+    lines = render_csv(table_rows(s)).splitlines()[1:]
+    assert lines == [
+        "7,0x1,\"'=HYPERLINK(\"\"http://x\"\")\",'+a,,,0x0",
+        "7,0x2,'@SUM(A1),b,'+a,\"'=HYPERLINK(\"\"http://x\"\")\",0x1",
+        "7,0x3,'-2+3,c,,,0x0",
+        "7,0x4,plain,d,,,0x0",
+    ]
+    # the table (for terminals) shows names as they are
+    assert "=HYPERLINK" in render_table(table_rows(s)).splitlines()[2]
