@@ -133,3 +133,72 @@ def _in_other_root(pid: int) -> bool:
 
 def exists(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
+
+
+# -- identity: what changes when a PID is given to another process, or a process execs --
+AT_NULL, AT_RANDOM = 0, 25
+_AUXV_ENTRY = 16        # (key, value), two 64-bit words on x86-64
+_AUXV_MAX = 4096        # the kernel's vector is a few hundred bytes
+_STAT_MAX = 4096
+_STARTTIME = 19         # /proc/PID/stat field 22, counted from the state (field 3)
+
+
+def _read_small(path: str, limit: int) -> bytes:
+    """One read of a /proc file of the kernel's making (never larger than ``limit``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessNotFound(path) from None
+    try:
+        return os.read(fd, limit)
+    except ProcessLookupError:
+        raise ProcessNotFound(path) from None
+    finally:
+        os.close(fd)
+
+
+def start_time(pid: int) -> int:
+    """When ``pid`` started, in clock ticks since boot: a process that is given a PID
+    used before starts later than the one that had it."""
+    data = _read_small(f"/proc/{pid}/stat", _STAT_MAX)
+    fields = data[data.rfind(b")") + 1:].split()   # the name may hold ")" and spaces
+    try:
+        return int(fields[_STARTTIME])
+    except (IndexError, ValueError):
+        raise ProcessNotFound(pid) from None   # an exiting process's partial file
+
+
+def auxv_value(auxv: bytes, key: int) -> int | None:
+    """The value of ``key`` in an auxiliary vector (/proc/PID/auxv), None if absent."""
+    for offset in range(0, len(auxv) - _AUXV_ENTRY + 1, _AUXV_ENTRY):
+        found = int.from_bytes(auxv[offset:offset + 8], "little")
+        if found == key:
+            return int.from_bytes(auxv[offset + 8:offset + _AUXV_ENTRY], "little")
+        if found == AT_NULL:
+            return None
+    return None
+
+
+def exec_generation(pid: int) -> bytes:
+    """What tells one program image of ``pid`` from the next one: the 16 random bytes
+    the kernel writes on the new stack at every exec (where AT_RANDOM points; glibc
+    seeds its stack protector with them), with their address.  They change at every
+    exec, of the same executable too, with or without address randomization (``setarch
+    -R``).  The process may overwrite them (they are on its own stack), which can only
+    confuse the tracing of that process itself.  Without them (a kernel thread, a
+    32-bit process, the mm gone mid-exec): the auxiliary vector itself."""
+    auxv = _read_small(f"/proc/{pid}/auxv", _AUXV_MAX)
+    address = auxv_value(auxv, AT_RANDOM)
+    if address is None:
+        return auxv
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessNotFound(pid) from None
+    try:
+        random = os.pread(fd, 16, address)
+    except OSError:
+        return auxv
+    finally:
+        os.close(fd)
+    return address.to_bytes(8, "little") + random if len(random) == 16 else auxv

@@ -2,8 +2,11 @@
 containers, as they start, exec and exit.
 
 A scan lists /proc (through psutil) and looks closer only at what is new or has
-changed: a process never seen, one whose executable changed (it exec'd), or a
-Python that has not imported asyncio yet (looked at again with growing pauses).
+changed: a process never seen, one that is not the process or the program it was
+(see ``Identity``), or a Python that has not imported asyncio yet (looked at again
+with growing pauses).  Every process that maps a Python has its whole identity
+checked at every scan (about 20 us each); one that maps none, only its executable
+(a few us): nothing short of running another executable makes it a Python.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from aiobpf.collector import procfs
 from aiobpf.daemon.config import Selection
 from aiobpf.safe_text import from_bytes, valid
 
@@ -29,20 +33,27 @@ RECHECK_MAX_S = 30.0
 
 @dataclass(frozen=True)
 class Identity:
-    """A process as the daemon knows it; a new identity after an exec."""
+    """Who a process is, beyond its PID (which the kernel gives out again): when it
+    started (a process given a used PID starts later), its executable's (device, inode)
+    and its exec generation (which changes at every exec, of the same executable too:
+    ``procfs.exec_generation``).  Any difference: another process, or another program in
+    the same one; whatever was known of the old one no longer holds."""
 
     pid: int
-    started: float        # psutil create_time
-    exe: tuple[int, int]  # (device, inode) of /proc/PID/exe
+    started: int             # clock ticks since boot
+    exe: tuple[int, int]     # (device, inode) of /proc/PID/exe; (0, 0): none (kernel thread)
+    generation: bytes = b""
 
     @staticmethod
     def of(pid: int) -> Identity | None:
+        """``pid``'s identity now; None when it is gone."""
         try:
-            started = psutil.Process(pid).create_time()
-            st = os.stat(f"/proc/{pid}/exe")
-        except (psutil.Error, OSError):
+            started = procfs.start_time(pid)
+            exe = _exe_of(pid)
+            generation = procfs.exec_generation(pid)
+        except (procfs.ProcessNotFound, OSError):
             return None
-        return Identity(pid, started, (st.st_dev, st.st_ino))
+        return Identity(pid, started, exe, generation)
 
 
 @dataclass
@@ -87,6 +98,7 @@ def maps_python(pid: int) -> bool:
 class _Seen:
     identity: Identity
     verdict: str           # candidate | ignored | waiting (a Python without asyncio yet)
+    python: bool = True    # maps a Python (False: only another executable can change that)
     next_check: float = 0.0
     pause: float = 1.0
 
@@ -100,12 +112,14 @@ class Discovery:
         self._seen: dict[int, _Seen] = {}
         self._self = os.getpid()
         self.passed_over: list[int] = []   # PIDs the last scan found no Python in, or unselected
+        self.failed: list[tuple[int, str]] = []   # (PID, error) the last scan could not examine
 
     def scan(self, now: float | None = None) -> tuple[list[Candidate], list[int]]:
-        """(processes to look at closely now, PIDs that exited or exec'd since the last
-        scan).  Look-closer verdicts are reported back with ``settle``."""
+        """(processes to look at closely now, PIDs whose process exited, exec'd or was
+        replaced by a new one since the last scan: whatever was known of them is over).
+        A PID can be in both.  Look-closer verdicts are reported back with ``settle``."""
         now = time.monotonic() if now is None else now
-        self.passed_over = []
+        self.passed_over, self.failed = [], []
         pids = set(psutil.pids()) if self.only is None else {
             p for p in self.only if psutil.pid_exists(p)}
         pids.discard(self._self)
@@ -115,22 +129,25 @@ class Discovery:
         fresh: list[Candidate] = []
         for pid in pids:
             seen = self._seen.get(pid)
-            if (seen is not None and seen.verdict == "ignored" and self.only is None
+            if (seen is not None and not seen.python and self.only is None
                     and _exe_of(pid) == seen.identity.exe):
-                continue  # the cheap test for an exec: the executable's identity
+                continue  # no Python in it, and the same executable: still none
             identity = Identity.of(pid)
             if identity is None:
                 continue
             if seen is not None and seen.identity != identity:
-                gone.append(pid)              # it exec'd: whatever it was is over
+                gone.append(pid)              # another process or program: start afresh
+                del self._seen[pid]
                 seen = None
-            if seen is not None and (seen.verdict == "candidate" or now < seen.next_check):
+            if seen is not None and (seen.verdict != "waiting" or now < seen.next_check):
                 continue
-            if seen is not None and seen.verdict == "ignored":
-                continue
-            candidate = self._examine(identity)
+            try:
+                candidate = self._examine(identity)
+            except Exception as exc:  # one odd process must not stop the scan of the others
+                self.failed.append((pid, type(exc).__name__))
+                candidate = None
             if candidate is None:
-                self._seen[pid] = _Seen(identity, "ignored")
+                self._seen[pid] = _Seen(identity, "ignored", python=maps_python(pid))
                 self.passed_over.append(pid)
                 continue
             entry = seen or _Seen(identity, "waiting")
@@ -174,11 +191,11 @@ class Discovery:
         return Candidate(identity, name, cmdline, uid, container)
 
 
-def _exe_of(pid: int) -> tuple[int, int] | None:
+def _exe_of(pid: int) -> tuple[int, int]:
+    """(device, inode) of ``pid``'s executable; (0, 0) when it has none (a kernel
+    thread, a zombie)."""
     try:
         st = os.stat(f"/proc/{pid}/exe")
     except OSError:
-        return None
+        return (0, 0)
     return (st.st_dev, st.st_ino)
-
-

@@ -33,7 +33,7 @@ from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPython, open_target
 from aiobpf.daemon.budget import FileWindow, full_overhead
 from aiobpf.daemon.config import Config
-from aiobpf.daemon.discovery import Candidate, Discovery
+from aiobpf.daemon.discovery import Candidate, Discovery, Identity
 from aiobpf.exporters.prometheus import (
     DaemonState,
     ProcessView,
@@ -55,6 +55,8 @@ DUMP_DEADLINE_S = 120.0
 MAX_TASKS = 1 << 20        # tasks the daemon reads of one process (a forged list costs that)
 _GONE = (ProcessGone, ProcessNotFound, psutil.NoSuchProcess, FileNotFoundError,
          ProcessLookupError)
+CHANGED = ("process {pid} is not the one this daemon traced (it exec'd, or a new process "
+           "has its PID): the daemon looks at it again at its next scan")
 
 
 @dataclass
@@ -171,28 +173,46 @@ class Daemon:
 
     # -- discovery ----------------------------------------------------------------------
     def _scan(self, now: float) -> None:
+        # Processes found gone (or changed) since the last scan go first, so that the
+        # scan looks at their PIDs afresh.
+        for pid in [p for p, t in self.traced.items() if t.gone]:
+            self._drop(pid, "gone or changed")
+            self.discovery.forget(pid)
         try:
             fresh, gone = self.discovery.scan(now)
         except Exception as exc:
             self.errors["scan"] += 1
             log.warning("scan failed: %s", exc)
             return
+        for pid, error in self.discovery.failed:
+            self.errors["scan"] += 1
+            log.warning("pid %d: not examined: unexpected %s; passed over until it changes",
+                        pid, error)
         if self.discovery.only:
             for pid in self.discovery.passed_over:
                 log.warning("pid %d: not traced: it runs no CPython (none in its mappings)", pid)
         for pid in gone:
-            self._drop(pid, "exited or exec'd")
-        for pid in [p for p, t in self.traced.items() if t.gone]:
-            self._drop(pid, "gone")
-            self.discovery.forget(pid)
+            self._drop(pid, "exited, exec'd, or its PID was given to a new process")
         for candidate in fresh:
+            pid = candidate.identity.pid
+            self._drop(pid, "replaced")   # (never two at one PID)
             if len(self.traced) >= self.config.max_processes:
                 self.errors["too_many_processes"] += 1
-                self.discovery.settle(candidate.identity.pid, "waiting", now)
+                self.discovery.settle(pid, "waiting", now)
                 continue
             verdict = self._attach(candidate)
-            self.discovery.settle(candidate.identity.pid, verdict, now)
+            self.discovery.settle(pid, verdict, now)
         self.last_scan = time.time()
+
+    @staticmethod
+    def _unchanged(traced: Traced) -> bool:
+        """Whether ``traced``'s PID still names the process and program it was traced as
+        (not after an exec, nor a new process given its PID); if not, it is marked gone:
+        the next scan drops it and looks at its PID afresh."""
+        if Identity.of(traced.pid) == traced.candidate.identity:
+            return True
+        traced.gone = True
+        return False
 
     def _attach(self, candidate: Candidate) -> str:
         """Trace ``candidate`` if it is an asyncio CPython; the discovery verdict."""
@@ -450,18 +470,20 @@ class Daemon:
                 finally:
                     traced.collector.mem.limit(None)
                     traced.collector.mem.clear()   # no pages kept between reads
-            traced.summary = summarize(snapshot, self.config.top_sites)
-            if traced.collector.truncated:
-                self.errors["tasks_left_out"] += 1
-                log.warning("pid %d: more than %d tasks: the rest were left out of the read",
-                            traced.pid, traced.collector.max_tasks)
+            if self._unchanged(traced):   # else it was read from another process or program
+                traced.summary = summarize(snapshot, self.config.top_sites)
+                if traced.collector.truncated:
+                    self.errors["tasks_left_out"] += 1
+                    log.warning("pid %d: more than %d tasks: the rest were left out of the "
+                                "read", traced.pid, traced.collector.max_tasks)
         except NoAsyncio:
             traced.summary = SnapshotSummary()
         except _GONE:
             traced.gone = True
         except (RemoteReadError, DecodeError, OSError) as exc:
-            self.errors["read_limit" if isinstance(exc, ReadLimitExceeded) else "read"] += 1
-            log.warning("pid %d: memory read failed: %s", traced.pid, exc)
+            if self._unchanged(traced):   # (else the old program's addresses are stale)
+                self.errors["read_limit" if isinstance(exc, ReadLimitExceeded) else "read"] += 1
+                log.warning("pid %d: memory read failed: %s", traced.pid, exc)
         # A process whose read takes long is read less often: the reader's share of
         # CPU stays bounded.
         took = time.monotonic() - started
@@ -511,6 +533,8 @@ class Daemon:
         traced = self.traced.get(pid)
         if traced is None or traced.gone:
             return {"fallback": f"process {pid} is not traced by this daemon"}
+        if not self._unchanged(traced):
+            return {"fallback": CHANGED.format(pid=pid)}
         if fmt not in FORMATS:
             return {"error": f"unknown format {fmt!r}", "exit_code": errors.EXIT_USAGE}
         records = None if request.get("capture") == "memory" else self._records(traced)
@@ -526,8 +550,12 @@ class Daemon:
                 finally:
                     traced.collector.mem.limit(None)
                     traced.collector.mem.clear()
+            if not self._unchanged(traced):   # it changed while being read
+                return {"fallback": CHANGED.format(pid=pid)}
             out.extend(render(snapshot, fmt))
         except errors.AiobpfError as exc:
+            if not self._unchanged(traced):
+                return {"fallback": CHANGED.format(pid=pid)}
             return {"output": "".join(out), "error": exc.message, "hint": exc.hint,
                     "exit_code": exc.exit_code}
         return {"output": "".join(out), "notes": []}
