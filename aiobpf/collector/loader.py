@@ -222,6 +222,12 @@ class Capture:
             try:
                 self.bpf = BPF(src_file=str(BPF_DIR / "capture.bpf.c").encode(),
                                cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
+                # Every program now: verifying one takes up to a second, which must not
+                # pass while a file's first probes are already in place.
+                for name in _HANDLERS.values():
+                    self.bpf.load_func(name.encode(), BPF.KPROBE)
+                for name in ("on_raw_enter", "on_raw_exit"):
+                    self.bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
             except Exception as exc:  # bcc raises bare Exceptions
                 failure: Exception | None = exc
             else:

@@ -20,6 +20,15 @@ in its user time: a trap disturbs the caches of the interpreter's hot loop, whic
 the calibration, with a small working set, does not see.  Between windows, the
 daemon adds the rates the last window saw for the time that passes: estimates
 without bias while the rate is steady, which never run ahead of time.
+
+A process is held to the budget from its discovery on: until its cost has been
+measured it counts at ``PRIOR_OVERHEAD`` (as costly as full capture may be), so a
+file with a process not yet measured is windowed, and the window that measures it is
+short (``MEASURING_WINDOW``: rates over one tick of the daemon's loop).  The pause
+after it is sized from the measurement, or from the prior when none came in; a
+process that measures within the budget is captured in full at once (its probes
+stay on).  A process that joins a file during a pause waits for the file's next
+window: the pause pays for the windows of the file's other processes.
 """
 
 from __future__ import annotations
@@ -30,6 +39,11 @@ MIN_CPU_RATE = 1e-3   # a process that sleeps: its few steps decide nothing
 MIN_OWN_SHARE = 0.1   # when the model charges the probes nearly all CPU, it is off
 MIN_DUTY = 0.0005     # a window at least every window/MIN_DUTY s: estimates need samples
 PLAN_SHARE = 1 / 3    # plan for this share of the budget: room for the estimate's error
+PRIOR_OVERHEAD = 2.0  # a process not yet measured: full capture of the costliest steps
+                      # (a queue ping-pong pays 80-104% here), with room to spare
+MEASURING_WINDOW = 0.15   # s: a window that measures a new process (rates over a tick)
+MEASURE_RETRY = 0.05  # s: a measuring window waits this much more for its measurement
+MEASURE_LIMIT = 1.0   # s: ... and closes after this long even without one
 
 
 def full_overhead(step_rate: float, cpu_rate: float, probe_cost: float) -> float:
@@ -54,36 +68,59 @@ class FileWindow:
     duty: float = 1.0
     attached: bool = True
     switch_at: float = 0.0         # when to attach or detach next (0: never)
-    attached_at: float = 0.0       # when the probes were last attached
-    overheads: dict[int, float] = field(default_factory=dict)  # pid -> full overhead
+    attached_at: float = 0.0       # when the probes were last attached (or placed)
+    length: float = 0.0            # the planned length of the open window
+    # pid -> overhead of full capture; None: not measured yet (counts as the prior)
+    overheads: dict[int, float | None] = field(default_factory=dict)
+
+    @property
+    def measuring(self) -> bool:
+        """Some process of the file has not been measured yet."""
+        return any(overhead is None for overhead in self.overheads.values())
+
+    def worst_overhead(self) -> float:
+        """The costliest process's overhead, the ones not measured yet at the prior."""
+        return max((PRIOR_OVERHEAD if overhead is None else overhead
+                    for overhead in self.overheads.values()), default=0.0)
 
     def plan(self, budget: float) -> None:
         """Choose the duty from the latest estimates of the file's processes (a budget
         of 1, all of the process's CPU time, means no limit: full capture)."""
-        worst = max(self.overheads.values(), default=0.0)
-        self.duty = 1.0 if budget >= 1.0 else duty_for(worst, PLAN_SHARE * budget)
+        self.duty = 1.0 if budget >= 1.0 else duty_for(self.worst_overhead(),
+                                                       PLAN_SHARE * budget)
 
     def step(self, now: float) -> bool | None:
         """Advance the schedule; True: attach now, False: detach now, None: keep.
 
         The pause after a window is sized from how long the probes really stayed
         attached (the caller looks only every tick, so a window runs over), which
-        keeps the attached fraction at the duty."""
+        keeps the attached fraction at the duty.  A window that measures a process
+        waits for the measurement (up to ``MEASURE_LIMIT``)."""
         if self.duty >= 1.0:
             self.switch_at = 0.0
             return None if self.attached else True
-        if self.switch_at == 0.0:
-            self.switch_at = now + (self.window if self.attached else 0.0)
-            self.attached_at = now
+        if self.switch_at == 0.0:          # windows begin: the probes are on or due
+            if not self.attached:
+                self.switch_at = now
+            else:                          # (a new file's probes: since they were placed)
+                self._open(max(now, self.attached_at))
         if now < self.switch_at:
             return None
         if self.attached:
-            attached_for = max(now - self.attached_at, self.window)
+            if self.measuring and now - self.attached_at < MEASURE_LIMIT:
+                self.switch_at = now + MEASURE_RETRY
+                return None
+            attached_for = max(now - self.attached_at, self.length)
             self.switch_at = now + attached_for * (1.0 / self.duty - 1.0)
             return False
-        self.switch_at = now + self.window
-        self.attached_at = now
+        self._open(now)
         return True
+
+    def _open(self, now: float) -> None:
+        """A window starts now: a short one when it is to measure a new process."""
+        self.length = MEASURING_WINDOW if self.measuring else self.window
+        self.switch_at = now + self.length
+        self.attached_at = now
 
     def detach_took(self, seconds: float) -> None:
         """The detach took ``seconds`` (closing a uprobe waits for the kernel's grace
@@ -91,3 +128,8 @@ class FileWindow:
         pause after the window grows to match."""
         if self.duty < 1.0:
             self.switch_at += seconds * (1.0 / self.duty - 1.0)
+
+
+def next_switch(windows: list[FileWindow]) -> float | None:
+    """The earliest time a window is due to open or close (None: none is planned)."""
+    return min((w.switch_at for w in windows if w.switch_at), default=None)

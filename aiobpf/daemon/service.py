@@ -31,7 +31,7 @@ from aiobpf.collector.probe_cost import ProbeCosts
 from aiobpf.collector.procfs import ProcessNotFound
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPython, open_target
-from aiobpf.daemon.budget import FileWindow, full_overhead
+from aiobpf.daemon.budget import MEASURING_WINDOW, FileWindow, full_overhead, next_switch
 from aiobpf.daemon.config import Config
 from aiobpf.daemon.discovery import Candidate, Discovery, Identity
 from aiobpf.exporters.prometheus import (
@@ -46,6 +46,7 @@ from aiobpf.safe_text import NAME_MAX, SafeLogRecords, bound
 log = logging.getLogger("aiobpf")
 log.addFilter(SafeLogRecords())   # names and paths in messages come from targets
 TICK_S = 0.2
+MIN_SLEEP_S = 0.01         # the loop wakes for a window's switch, but never spins
 FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6)   # when timing fails: pessimistic
 RATE_SMOOTHING = 0.5       # weight of the newest window in the step and CPU rates
 # The longest one memory read of a process may take (a million tasks take a few seconds;
@@ -83,6 +84,8 @@ class Traced:
     cpu_seen: tuple[float, float, int, int] | None = None  # (monotonic, CPU s, steps, prog ns)
     step_cost: float = 0.0                              # seconds one captured step costs
     overhead_full: float = 0.0
+    measured: bool = False                              # overhead_full has been measured
+    accounted_at: float | None = None                   # the loop's last look at it
     next_read: float = 0.0
     gone: bool = False
 
@@ -143,17 +146,15 @@ class Daemon:
         """Trace until ``stop()``; everything is released on the way out."""
         self._reader.start()
         next_scan = 0.0
-        last = time.monotonic()
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_scan:
                     self._scan(now)
                     next_scan = now + self.config.scan_interval
-                self._account(now - last, now)
-                last = now
+                self._account(now)
                 self._publish()
-                self._stop.wait(TICK_S)
+                self._stop.wait(self._sleep_for(time.monotonic()))
         finally:
             self.close()
 
@@ -277,7 +278,8 @@ class Daemon:
         traced.next_read = time.monotonic() + self.config.refresh_interval
         self.traced[pid] = traced
         if traced.file is not None:
-            self.windows.setdefault(traced.file, FileWindow(self.config.window))
+            self.windows.setdefault(traced.file, FileWindow(self.config.window,
+                                                            attached_at=time.monotonic()))
         log.info("pid %d (%s, Python %s%s): traced, %s", pid, bound(candidate.name, NAME_MAX),
                  target.version_str, f", container {candidate.container}"
                  if candidate.container else "", self._capture_kind(traced))
@@ -299,12 +301,12 @@ class Daemon:
         log.info("pid %d: no longer traced (%s)", pid, why)
 
     # -- BPF counters and the budget ---------------------------------------------------------
-    def _account(self, dt: float, now: float) -> None:
+    def _account(self, now: float) -> None:
         if self.capture is None:
             return
         for traced in list(self.traced.values()):
             try:
-                self._account_one(traced, dt, now)
+                self._account_one(traced, now)
             except Exception as exc:  # one bad process must never stop the others
                 self.errors["internal"] += 1
                 traced.gone = True
@@ -312,11 +314,17 @@ class Daemon:
                             type(exc).__name__, exc)
         self._schedule(now)
 
-    def _account_one(self, traced: Traced, dt: float, now: float) -> None:
+    def _account_one(self, traced: Traced, now: float) -> None:
         """Counters since the last tick, and the rates the budget is planned with."""
         file = traced.file
         if self.capture is None or file is None:
             return
+        if traced.accounted_at is None:   # attached by this tick's scan, which began
+            dt = 0.0                      # before ``now``: its time counts from here
+            traced.accounted_at = time.monotonic()
+        else:
+            dt = now - traced.accounted_at
+            traced.accounted_at = now
         window = self.windows[file]
         attached = self.capture.is_attached(file)
         with self._bpf_lock:
@@ -333,8 +341,8 @@ class Daemon:
         cpu = self._cpu_time(traced)
         if attached:
             traced.attached_s += dt
-            self._measure(traced, stats, cpu, now)
-        window.overheads[traced.pid] = traced.overhead_full
+            self._measure(traced, stats, cpu)
+        window.overheads[traced.pid] = traced.overhead_full if traced.measured else None
 
     def _schedule(self, now: float) -> None:
         """Attach or detach each file's probes as its window plan says."""
@@ -362,6 +370,24 @@ class Daemon:
             for traced in self.traced.values():
                 if traced.file == file:
                     traced.cpu_seen = None   # rates are measured within one window
+                    if change:               # ... from its start
+                        self._start_measuring(traced)
+
+    def _sleep_for(self, now: float) -> float:
+        """Until the next tick, or sooner when a window is due to open or close."""
+        due = next_switch(list(self.windows.values()))
+        if due is None:
+            return TICK_S
+        return min(TICK_S, max(due - now, MIN_SLEEP_S))
+
+    def _start_measuring(self, traced: Traced) -> None:
+        """The probes were just attached: the rates of the window count from now."""
+        if self.capture is None:
+            return
+        with self._bpf_lock:
+            stats = self.capture.stats(traced.pid)
+        if stats is not None:
+            self._measure(traced, stats, self._cpu_time(traced))
 
     def _count(self, traced: Traced, stats: TargetStats, dt: float) -> None:
         """Add what the programs counted since the last look (probes attached), and
@@ -413,17 +439,20 @@ class Daemon:
             return None
         return times.user + times.system
 
-    def _measure(self, traced: Traced, stats: TargetStats, cpu: float | None,
-                 now: float) -> None:
+    def _measure(self, traced: Traced, stats: TargetStats, cpu: float | None) -> None:
         """Step and CPU rates over the last stretch with probes attached."""
         if cpu is None:
             return
+        now = time.monotonic()   # not the tick's start: that came before the tick's scan
         seen = traced.cpu_seen
         if seen is None:
             traced.cpu_seen = (now, cpu, stats.steps, stats.prog_ns_sum)
             return
         span = now - seen[0]
-        if span < min(1.0, 0.6 * self.config.window):
+        # a process not measured yet is measured over a short window (see budget)
+        needed = 0.8 * MEASURING_WINDOW if not traced.measured else min(
+            1.0, 0.6 * self.config.window)
+        if span < needed:
             return
         traced.cpu_seen = (now, cpu, stats.steps, stats.prog_ns_sum)
         steps = stats.steps - seen[2]
@@ -439,6 +468,7 @@ class Daemon:
         traced.step_cost = cost if cost is not None else traced.step_cost
         traced.overhead_full = full_overhead(traced.step_rate, traced.cpu_rate,
                                              traced.step_cost)
+        traced.measured = True
         log.debug("pid %d: %.0f steps/s, %.2f CPU s/s, %.2f us per captured step: full "
                   "capture would cost %.1f%%", traced.pid, traced.step_rate, traced.cpu_rate,
                   traced.step_cost * 1e6, 100 * traced.overhead_full)

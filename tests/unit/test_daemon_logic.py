@@ -10,7 +10,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
 from aiobpf.collector.probe_cost import SYSCALLS_PER_STEP, ProbeCosts
-from aiobpf.daemon.budget import PLAN_SHARE, FileWindow, duty_for, full_overhead
+from aiobpf.daemon.budget import (
+    MEASURE_LIMIT,
+    MEASURING_WINDOW,
+    PLAN_SHARE,
+    PRIOR_OVERHEAD,
+    FileWindow,
+    duty_for,
+    full_overhead,
+    next_switch,
+)
 from aiobpf.daemon.config import ConfigError, Selection, load
 from aiobpf.exporters.prometheus import (
     OTHER_SITE,
@@ -110,6 +119,135 @@ def test_full_capture_within_the_budget_never_detaches() -> None:
     window.overheads = {1: 0.9}
     window.plan(budget=1.0)                   # no limit: full capture, whatever it costs
     assert window.duty == 1.0
+
+
+def test_a_process_not_yet_measured_counts_at_the_prior() -> None:
+    """Until measured, a process is assumed as costly as full capture may be: its file
+    is windowed from the start, and the costliest process (measured or not) decides."""
+    window = FileWindow(window=0.5)
+    window.overheads = {1: None}
+    window.plan(budget=0.01)
+    assert window.measuring
+    assert window.duty == pytest.approx(PLAN_SHARE * 0.01 / PRIOR_OVERHEAD)
+    window.overheads = {1: 0.001, 2: None}    # an idle process and a newcomer
+    window.plan(budget=0.01)
+    assert window.duty == pytest.approx(PLAN_SHARE * 0.01 / PRIOR_OVERHEAD)
+    window.overheads = {1: 0.001, 2: 3 * PRIOR_OVERHEAD}
+    window.plan(budget=0.01)
+    assert not window.measuring
+    assert window.duty == pytest.approx(PLAN_SHARE * 0.01 / (3 * PRIOR_OVERHEAD))
+    window.overheads = {1: None}
+    window.plan(budget=1.0)                   # no limit: full capture, measured or not
+    assert window.duty == 1.0
+
+
+def _discover(measured_at: float | None, overhead: float, tick: float = 0.05,
+              until: float = 300.0, budget: float = 0.01, detach: float = 0.25
+              ) -> tuple[FileWindow, list[tuple[float, bool]]]:
+    """A new file, its probes placed at 0, run as the daemon does: the process's cost
+    comes in at ``measured_at`` (None: never); a detach takes ``detach`` s with the
+    probes in place.  Returns the window and its switches (time, attached)."""
+    window = FileWindow(window=0.5, attached_at=0.0)
+    switches: list[tuple[float, bool]] = []
+    t = 0.0
+    while t < until:
+        measured = measured_at is not None and t >= measured_at
+        window.overheads = {1: overhead if measured else None}
+        window.plan(budget)
+        change = window.step(t)
+        if change is not None:
+            window.attached = change
+            switches.append((t, change))
+        if change is False:
+            window.detach_took(detach)
+            t += detach
+        t += tick
+    return window, switches
+
+
+def _attached_until(switches: list[tuple[float, bool]], until: float,
+                    detach: float = 0.25) -> float:
+    """Seconds attached in [0, until] (detaches included), the probes placed at 0."""
+    on, since = 0.0, 0.0
+    for t, attached in switches:
+        if t > until:
+            break
+        if attached:
+            since = t
+        else:
+            on += min(t + detach, until) - since
+            since = -1.0
+    return on + (until - since if since >= 0 else 0.0)
+
+
+def test_a_new_busy_process_is_measured_in_a_short_window_then_paused() -> None:
+    """No full capture until measured: the probes come off after a short measuring
+    window (and its slow detach), and the pause after it, sized from the measurement,
+    keeps the first cycle's attached fraction at the duty."""
+    window, switches = _discover(measured_at=MEASURING_WINDOW, overhead=0.5)
+    first_detach, first_attach = switches[0][0], switches[1][0]
+    assert switches[0][1] is False and switches[1][1] is True
+    assert first_detach <= MEASURING_WINDOW + 0.1       # a tick late at most
+    on = first_detach + 0.25                            # the detach counts as attached
+    assert on / first_attach == pytest.approx(window.duty, rel=0.05)
+    assert _attached_until(switches, 10.0) == pytest.approx(on)
+    # then windows of the configured length, at the same duty
+    assert switches[2][0] - switches[1][0] >= window.window
+
+
+def test_a_measuring_window_waits_for_the_measurement_within_a_limit() -> None:
+    """A measurement that comes in late keeps the window open for it; one that never
+    comes closes it at ``MEASURE_LIMIT``, and the prior sizes the pause."""
+    _, switches = _discover(measured_at=0.4, overhead=0.5)
+    assert 0.4 <= switches[0][0] <= 0.5
+    _, switches = _discover(measured_at=None, overhead=0.5, until=4000)
+    assert MEASURE_LIMIT <= switches[0][0] <= MEASURE_LIMIT + 0.1
+    on = switches[0][0] + 0.25
+    assert on / switches[1][0] == pytest.approx(PLAN_SHARE * 0.01 / PRIOR_OVERHEAD, rel=0.05)
+
+
+def test_a_new_process_within_the_budget_keeps_its_probes() -> None:
+    """An idle process is measured within the budget in its first window: full
+    capture, without a detach."""
+    _, switches = _discover(measured_at=MEASURING_WINDOW, overhead=0.001)
+    assert switches == []
+
+
+def test_a_process_that_joins_a_paused_file_waits_for_its_next_window() -> None:
+    """The pause pays for the windows of the file's other processes: a newcomer does
+    not open a window early; the next window is a short one that measures it."""
+    window = FileWindow(window=0.5, attached=False, switch_at=100.0)
+    window.overheads = {1: 0.5, 2: None}
+    window.plan(budget=0.01)
+    assert all(window.step(t) is None for t in range(50, 100))
+    assert window.step(100.0) is True
+    window.attached = True
+    assert window.switch_at == pytest.approx(100.0 + MEASURING_WINDOW)
+
+
+def test_a_process_that_joins_a_fully_captured_file_is_measured_at_once() -> None:
+    """A busy newcomer on a file captured in full (its other processes idle) does not
+    get full capture until measured: a measuring window starts, then a pause."""
+    window = FileWindow(window=0.5)
+    window.overheads = {1: 0.001}
+    window.plan(budget=0.01)
+    assert window.step(10.0) is None and window.duty == 1.0
+    window.overheads = {1: 0.001, 2: None}
+    window.plan(budget=0.01)
+    assert window.step(20.0) is None
+    assert window.switch_at == pytest.approx(20.0 + MEASURING_WINDOW)
+    window.overheads = {1: 0.001, 2: 0.5}
+    window.plan(budget=0.01)
+    assert window.step(20.0 + MEASURING_WINDOW) is False
+
+
+def test_the_loop_wakes_for_the_next_switch() -> None:
+    idle = FileWindow(window=0.5)                      # full capture: no switch planned
+    paused = FileWindow(window=0.5, attached=False, switch_at=42.0)
+    measuring = FileWindow(window=0.5, switch_at=7.5)
+    assert next_switch([]) is None
+    assert next_switch([idle]) is None
+    assert next_switch([idle, paused, measuring]) == 7.5
 
 
 # -- metrics ---------------------------------------------------------------------------------
