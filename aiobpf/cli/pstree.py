@@ -22,7 +22,8 @@ class PstreeCommand:
     names are escaped as Python's repr writes them (ESC as \\x1b, a newline as \\n, a
     backslash as \\\\), bytes that are not UTF-8 show as U+FFFD, and a CSV field that
     starts with = + - or @ gets a leading ' (spreadsheets would run it as a formula).
-    --format json keeps every name exact."""
+    --format json keeps every name exact, except that a task name longer than 1024
+    characters is cut there (and ends in …)."""
 
     name = "pstree"
     help = "tree of tasks with their coroutine stacks"

@@ -9,6 +9,7 @@ and SIGTERM stops it within 3 s.
 
 from __future__ import annotations
 
+import os
 import pwd
 import subprocess
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from tests.conftest import run_target
 from tests.integration.daemon_proc import DaemonProcess
 from tests.pythons import by_label
 
-HOSTILE = "aiobpf-hostile"
+HOSTILE = f"aiobpf-h{os.getpid()}"   # one per session: sessions may run side by side
 STOP_WITHIN_S = 3.0
 
 
@@ -33,18 +34,13 @@ class User:
 
 @pytest.fixture(scope="session")
 def hostile_user() -> Iterator[User]:
-    """An unprivileged system user, created for this session (and removed at its end
-    when this session created it)."""
-    created = False
+    """An unprivileged system user of this session's own, removed at its end."""
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                    "/usr/sbin/nologin", HOSTILE], check=True)
     try:
         entry = pwd.getpwnam(HOSTILE)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                        "/usr/sbin/nologin", HOSTILE], check=True)
-        created = True
-        entry = pwd.getpwnam(HOSTILE)
-    yield User(entry.pw_name, entry.pw_uid, entry.pw_gid)
-    if created:
+        yield User(entry.pw_name, entry.pw_uid, entry.pw_gid)
+    finally:
         subprocess.run(["userdel", HOSTILE], check=False)
 
 

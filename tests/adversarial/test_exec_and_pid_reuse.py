@@ -226,18 +226,20 @@ def test_a_reused_pid_of_a_passed_over_process_is_looked_at(tmp_path: Path,
 
 def test_a_dump_after_an_exec_is_not_answered_from_the_old_program(
         tmp_path: Path, hostile_user: User) -> None:
-    """Right after an exec, before the daemon's next scan (6 s apart here), a dump through
+    """Right after an exec, before the daemon's next scan (4.5 s apart here), a dump through
     the daemon is not answered from what it knew of the old program: it is handed back to
     the CLI (which reads the new program itself) or answered from the new program."""
     python = by_label(PIE)   # the old program's addresses are all wrong in the new one
-    with (run_daemon(tmp_path, select=SELECT, extra="scan_interval = 6\n") as daemon,
+    with (run_daemon(tmp_path, select=SELECT, extra="scan_interval = 4.5\n") as daemon,
           hostile_target(hostile_user, python, str(FIRST), str(SECOND)) as target):
         pid = target.pid
         daemon.wait_traced(pid, timeout=15)
-        daemon.assert_fresh(within=8)            # a scan just happened: 6 s till the next
+        daemon.assert_fresh(within=8)            # a scan just happened: 4.5 s till the next
         target.proc.send_signal(10)   # SIGUSR1: exec
         assert _wait_ready(target, "the exec'd program") == "READY second"
         reply = dumps.request(daemon.socket, {"pid": pid, "format": "tree"})
+        print("the dump right after the exec:", "handed back to the CLI" if reply is None
+              else "answered from the new program")
         if reply is not None:                    # None: handed back to the CLI
             assert "error" not in reply, reply
             assert "second-7" in reply["output"] and "first-" not in reply["output"]
