@@ -171,6 +171,7 @@ def test_example_config_has_the_daemon_contract_keys() -> None:
         "daemon", "daemon.listen", "daemon.socket", "daemon.scan_interval",
         "daemon.refresh_interval", "daemon.budget", "daemon.probe_cost_us",
         "daemon.window", "daemon.top_sites", "daemon.max_processes", "daemon.bpf",
+        "daemon.web_config",
         "select", "select.cmdline", "select.exclude_cmdline", "select.users",
         "select.containers",
     }
