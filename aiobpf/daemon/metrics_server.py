@@ -246,19 +246,35 @@ class _Server(ThreadingMixIn, WSGIServer):
                   exc.__class__.__name__ + (f": {exc}" if str(exc) else ""))
 
 
+class _Fixed(Collector):
+    """Metric families collected once, encoded as often as asked."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics
+
+    describe = collect
+
+
 class CachedMetrics:
-    """prometheus_client's WSGI app, rendered at most once per published state (by its
-    generation) and variant (format, compression, query): a scrape storm costs one
-    rendering per tick, not one per scrape.  The rendering reads the very state whose
-    generation keys it, so a page never shows an older state than its key says."""
+    """prometheus_client's WSGI app over the metrics collected once per published state
+    (by its generation), and rendered once per variant (format, compression, query):
+    a scrape storm costs one collection per tick, not one per scrape.  Every variant of
+    a generation shows the same samples (aiobpf's own process metrics included), the
+    collection reads the very state whose generation keys it, and a generation older
+    than the one collected last is never collected again: a scrape never shows an older
+    state than one before it."""
 
     def __init__(self, state: Callable[[], DaemonState], registry: CollectorRegistry) -> None:
         self.state = state
         self._lock = threading.Lock()
-        self._rendering = DaemonState()
-        registry.register(MetricsCollector(lambda: self._rendering))
-        self.app = make_wsgi_app(registry)
+        self._collecting = DaemonState()
+        registry.register(MetricsCollector(lambda: self._collecting))
+        self._source = registry
         self._generation = -1
+        self._app: Callable = make_wsgi_app(CollectorRegistry())
         self._cache: dict[tuple, tuple[str, list, bytes]] = {}
 
     def __call__(self, environ: dict, start_response: Callable) -> list[bytes]:
@@ -272,15 +288,18 @@ class CachedMetrics:
                content_type, gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")),
                environ.get("QUERY_STRING", ""))
         with self._lock:
-            if state.generation != self._generation:
+            if state.generation > self._generation:
+                self._collecting = state
+                collected = CollectorRegistry()
+                collected.register(_Fixed(list(self._source.collect())))
+                self._app = make_wsgi_app(collected)
                 self._cache.clear()
                 self._generation = state.generation
             hit = self._cache.get(key)
             if hit is None:
-                self._rendering = state
                 said: list = []
-                body = b"".join(self.app(environ, lambda status, headers, *_:
-                                         said.extend((status, headers))))
+                body = b"".join(self._app(environ, lambda status, headers, *_:
+                                          said.extend((status, headers))))
                 hit = (said[0], said[1], body)
                 if len(self._cache) < CACHED_VARIANTS:
                     self._cache[key] = hit
