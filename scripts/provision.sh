@@ -89,15 +89,15 @@ else
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
   say "created: venv $VENV (with system site packages: bcc comes from python3-bpfcc, not PyPI)"
 fi
-if "$VENV/bin/python" -c "import aiobpf, elftools, prometheus_client, psutil, pytest, hypothesis, jsonschema, kubernetes_validate" 2>/dev/null \
+if "$VENV/bin/python" -c "import aiobpf, elftools, prometheus_client, psutil, yaml, bcrypt, pytest, hypothesis, jsonschema, kubernetes_validate" 2>/dev/null \
    && [ "$("$VENV/bin/python" -c 'import aiobpf, pathlib; print(pathlib.Path(aiobpf.__file__).resolve().parent.parent)')" = "$REPO" ]; then
   say "ok: aiobpf and its dependencies in the venv"
 else
   "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
   say "installed: aiobpf (editable) and its dependencies into the venv"
 fi
-"$VENV/bin/python" -c "import bcc, elftools, prometheus_client, pytest" \
-  || die "the venv cannot import bcc, pyelftools, prometheus_client and pytest"
+"$VENV/bin/python" -c "import bcc, elftools, prometheus_client, yaml, bcrypt, pytest" \
+  || die "the venv cannot import bcc, pyelftools, prometheus_client, yaml, bcrypt and pytest"
 
 # -- 4. test interpreters ---------------------------------------------------------
 /usr/bin/python3.11 -c 'import sys' 2>/dev/null || die "Debian's /usr/bin/python3.11 does not run"

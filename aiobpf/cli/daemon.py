@@ -13,12 +13,17 @@ from aiobpf import errors
 from aiobpf.cli.common import _pid
 from aiobpf.collector import procfs
 from aiobpf.daemon.config import DEFAULT_LISTEN, ConfigError, load
+from aiobpf.daemon.web_config import WebConfigError, load_web_config
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT",
                         help=f"where Prometheus scrapes the metrics (default {DEFAULT_LISTEN}: "
                              "loopback, since metrics name processes and code locations)")
+    parser.add_argument("--web-config", metavar="FILE",
+                        help="TLS and basic authentication of the metrics endpoint: a "
+                             "Prometheus exporter web config (tls_server_config, "
+                             "basic_auth_users); the web_config key of the config")
     parser.add_argument("--budget", type=float, metavar="FRACTION",
                         help="tracing overhead allowed, as a fraction of each process's CPU "
                              "time (default 0.01); above a third of it, probes are attached "
@@ -56,7 +61,14 @@ def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
             config.bpf = False
         if getattr(args, "socket", None):
             config.socket = str(args.socket)
+        if args.web_config:
+            config.web_config = args.web_config
         config.check()
+        load_web_config(config.web_config)  # fails now, not after the BPF programs load
+    except WebConfigError as exc:
+        raise errors.AiobpfError(f"{exc}", "the format is Prometheus exporters' web config: "
+                                 "deploy/aiobpf.toml (web_config) says what aiobpf "
+                                 "supports") from None
     except ConfigError as exc:
         raise errors.AiobpfError(f"config: {exc}",
                                  "deploy/aiobpf.toml documents every key") from None
@@ -66,6 +78,9 @@ def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
     socket_path = Path(config.socket) if pids is None else None
     try:
         serve(daemon, socket_path)
+    except ConfigError as exc:  # the web config changed since it was checked
+        daemon.close()
+        raise errors.AiobpfError(f"{exc}", "check the web config and start again") from None
     except OSError as exc:
         daemon.close()
         raise errors.AiobpfError(f"cannot serve: {exc}",

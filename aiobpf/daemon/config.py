@@ -56,6 +56,7 @@ class Config:
     top_sites: int = 10
     max_processes: int = 256
     bpf: bool = True
+    web_config: str = ""    # TLS and basic auth of the endpoint (aiobpf.daemon.web_config)
     select: Selection = field(default_factory=Selection)
 
     @property

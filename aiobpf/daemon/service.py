@@ -551,7 +551,8 @@ class Daemon:
                 counts=traced.counts, probe_hits=traced.hits, capture_fraction=fraction,
                 attached_seconds=traced.attached_s,
                 overhead=traced.overhead_full * duty, step_cost=traced.step_cost))
-        self.state = DaemonState(views, Counter(self.errors), self.last_scan)
+        self.state = DaemonState(views, Counter(self.errors), self.last_scan,
+                                 generation=self.state.generation + 1)
 
     def current_state(self) -> DaemonState:
         return self.state
@@ -595,9 +596,11 @@ def serve(daemon: Daemon, socket_path: Path | None) -> None:
     """Run ``daemon`` with its metrics endpoint (and dump socket) until stopped."""
     from aiobpf.daemon.dumps import DumpServer
     from aiobpf.daemon.metrics_server import start_metrics_server
+    from aiobpf.daemon.web_config import load_web_config
 
     host, port = daemon.config.listen_address
-    server = start_metrics_server(host, port, daemon.current_state)
+    server = start_metrics_server(host, port, daemon.current_state,
+                                  load_web_config(daemon.config.web_config))
     dumps = DumpServer(socket_path, daemon.dump) if socket_path else None
     if dumps:
         dumps.start()

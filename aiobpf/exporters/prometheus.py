@@ -255,6 +255,7 @@ class DaemonState:
     views: list[ProcessView] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     last_scan: float = 0.0    # Unix time the last discovery scan ended (0: none yet)
+    generation: int = 0       # +1 at each publication: what the endpoint's cache is keyed by
 
 
 class MetricsCollector(Collector):

@@ -25,7 +25,10 @@ def free_port() -> int:
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, targets: list[str]) -> None:
+    def __init__(self, workdir: Path, targets: list[str], job: str = "",
+                 more_jobs: str = "") -> None:
+        """``job``: more settings of the aiobpf job (YAML lines indented by four, e.g.
+        scheme, tls_config, basic_auth); ``more_jobs``: further scrape_configs entries."""
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.fail("prometheus is missing: scripts/provision.sh installs it")
@@ -38,7 +41,7 @@ class Prometheus:
             "scrape_configs:\n"
             "  - job_name: aiobpf\n"
             "    static_configs:\n"
-            f"      - targets: {json.dumps(targets)}\n")
+            f"      - targets: {json.dumps(targets)}\n" + job + more_jobs)
         self.log = (workdir / "prometheus.log").open("w")
         self.proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",

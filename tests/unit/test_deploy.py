@@ -32,7 +32,10 @@ DOCKERFILE = REPO / "Dockerfile"
 VENV = Path(os.environ.get("AIOBPF_VENV", sys.prefix))
 K8S_VERSION = "1.34.0"  # one of the versions scripts/lint-deploy.sh validates against
 CONFIG_PATH = "/etc/aiobpf/aiobpf.toml"
-CAPABILITIES = {"SYS_PTRACE", "BPF", "PERFMON", "SYS_RESOURCE", "DAC_READ_SEARCH", "SYS_ADMIN"}
+CAPABILITIES = {"SYS_PTRACE", "BPF", "PERFMON", "SYS_ADMIN"}
+# Left out, each with a comment saying where (which kernel, which files) it is needed.
+OPTIONAL_CAPABILITIES = {"SYS_RESOURCE": "5.11", "DAC_READ_SEARCH": "world-readable",
+                         "CHECKPOINT_RESTORE": "5.9"}
 METRICS = [
     "aiobpf_tasks_pending", "aiobpf_task_stack_depth_bucket", "aiobpf_task_await_depth_bucket",
     "aiobpf_tasks_created_total", "aiobpf_tasks_finished_total", "aiobpf_task_steps_total",
@@ -131,6 +134,28 @@ def test_each_added_capability_says_why() -> None:
         assert lines[at - 1].strip().startswith("#"), f"no comment above {capability}"
 
 
+def comment_above(lines: list[str], at: int) -> str:
+    """The comment lines right above line ``at``, up to a blank comment line."""
+    said = []
+    for line in reversed(lines[:at]):
+        text = line.strip()
+        if not text.startswith("#") or text == "#":
+            break
+        said.append(text.lstrip("# "))
+    return " ".join(reversed(said))
+
+
+def test_capabilities_left_out_say_which_kernel_or_files_need_them() -> None:
+    lines = MANIFEST.read_text().splitlines()
+    for capability, when in OPTIONAL_CAPABILITIES.items():
+        (at,) = [i for i, line in enumerate(lines) if line.strip() == f"# - {capability}"]
+        assert when in comment_above(lines, at), f"{capability}: no {when!r} above it"
+    unit = UNIT.read_text()
+    for capability in ("SYS_RESOURCE", "DAC_READ_SEARCH"):
+        assert f"#   CAP_{capability}" in unit, f"the unit does not say why not {capability}"
+    assert "5.11" in unit and "world-readable" in unit
+
+
 def test_daemonset_runs_the_daemon_with_its_config_and_metrics_port() -> None:
     spec = container()
     assert spec["image"] == "ghcr.io/aiobpf/aiobpf:0.1.0"
@@ -171,6 +196,7 @@ def test_example_config_has_the_daemon_contract_keys() -> None:
         "daemon", "daemon.listen", "daemon.socket", "daemon.scan_interval",
         "daemon.refresh_interval", "daemon.budget", "daemon.probe_cost_us",
         "daemon.window", "daemon.top_sites", "daemon.max_processes", "daemon.bpf",
+        "daemon.web_config",
         "select", "select.cmdline", "select.exclude_cmdline", "select.users",
         "select.containers",
     }
@@ -255,7 +281,8 @@ def test_unit_runs_the_daemon_as_root_with_bounded_capabilities() -> None:
     assert unit["NoNewPrivileges"] == "yes"
     assert unit["MemoryMax"] == "256M"
     assert set(unit["CapabilityBoundingSet"].split()) == {
-        f"CAP_{capability}" for capability in CAPABILITIES | {"SYS_ADMIN"}}
+        f"CAP_{capability}" for capability in CAPABILITIES}
+    assert unit["LimitMEMLOCK"] == "infinity"  # why CAP_SYS_RESOURCE is not needed
     # Settings that would hide /lib/modules or the processes to trace.
     for breaking in ("ProtectKernelModules", "ProtectProc", "PrivateUsers", "DynamicUser"):
         assert breaking not in unit
