@@ -118,11 +118,21 @@ class Daemon:
         self._reader = threading.Thread(target=self._read_loop, name="aiobpf-reader",
                                         daemon=True)
 
-    def _calibrate(self, capture: Capture) -> ProbeCosts:
-        """Time a uprobe hit and the syscall hooks' toll on this machine.  A failure
-        (of BPF or anything else) costs only the measure: pessimistic costs instead."""
+    def _calibrate(self, capture: Capture) -> ProbeCosts | None:
+        """Time a uprobe hit and the syscall hooks' toll on this machine.  When BPF
+        refuses the calibration's uprobe or hooks, every capture needs what was refused:
+        the capture is closed (nothing stays loaded) and the daemon reads memory only.
+        Any other failure costs only the measure: pessimistic costs instead."""
         try:
             costs = probe_cost.measure(capture)
+        except CaptureUnavailable as exc:
+            self.errors["calibrate"] += 1
+            log.warning("BPF calibration failed (%s); BPF capture is off, metrics come "
+                        "from memory reads only", _one_line(exc))
+            with self._bpf_lock:
+                capture.close()
+                self.capture = None
+            return None
         except Exception as exc:
             costs = FALLBACK_COSTS
             self.errors["calibrate"] += 1
