@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import select
 import shutil
 import signal
@@ -15,14 +16,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.conftest import User, assert_healthy, stop_in_time
+from tests.adversarial.conftest import User, stop_in_time
 from tests.conftest import IN_ROOT_DIR, run_target
-from tests.integration.daemon_proc import SELECT, DaemonProcess, daemon_uprobes, run_daemon
+from tests.integration.daemon_proc import DaemonProcess, daemon_uprobes, run_daemon
 from tests.pythons import by_label
 
 HOSTILE_TARGET = Path(__file__).parent / "targets" / "swap_asyncio.py"
 INT3 = 0xCC
 WATCH_S = 8.0   # several capture windows (window 0.2 s, duty well below 1)
+# The targets run under names of their own, so that this daemon traces no other test's
+# processes.
+LEGIT, DEPTH = "probe_swap_alternating.py", "probe_swap_depth.py"
+SELECT = (" " + re.escape(IN_ROOT_DIR) +
+          r"/(swap_asyncio|probe_swap_alternating|probe_swap_depth)\.py")
+
+
+def assert_healthy(daemon: DaemonProcess) -> None:
+    """tests.adversarial.conftest.assert_healthy, with a target only this daemon
+    traces: the loop advances and a new process is traced within 10 s."""
+    daemon.assert_fresh()
+    with run_target(by_label("sid-3.14"), "depth.py", "3", "2", name=DEPTH) as fresh:
+        daemon.wait_traced(fresh.pid, timeout=10.0)
 
 
 def _asyncio_mapping(pid: int) -> list[str]:
@@ -59,15 +73,14 @@ def test_probes_never_land_in_a_file_swapped_over_the_asyncio_range(
     assert python.root is not None
     decoy_name = f"aiobpf-decoy-{uuid.uuid4().hex[:8]}.so"
     decoy_host = Path(f"{python.root}{IN_ROOT_DIR}") / decoy_name
-    select_re = SELECT.replace("seed_app", "seed_app|swap_asyncio")
     try:
         with (run_target(python, HOSTILE_TARGET, f"{IN_ROOT_DIR}/{decoy_name}",
                          user=hostile_user.name) as hostile,
-              run_daemon(tmp_path, budget=0.1, probe_cost_us=2.0, select=select_re,
+              run_daemon(tmp_path, budget=0.1, probe_cost_us=2.0, select=SELECT,
                          extra="window = 0.2\n") as daemon):
             daemon.wait_traced(hostile.pid)
             # a legitimate process of the same Python, traced after the hostile one
-            with run_target(python, "alternating.py", "20", "0") as legit:
+            with run_target(python, "alternating.py", "20", "0", name=LEGIT) as legit:
                 daemon.wait_traced(legit.pid)
                 real_path = f"/proc/{legit.pid}/map_files/{_asyncio_mapping(legit.pid)[0]}"
                 real_st = os.stat(real_path)
