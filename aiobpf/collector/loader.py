@@ -5,6 +5,12 @@ attached once per file (a uprobe belongs to an inode, not a process), and a
 process is traced when its per-process configuration is in the ``targets``
 map.  Probes are perf-event based: the kernel removes them when aiobpf's file
 descriptors close, so nothing outlives aiobpf, even after SIGKILL.
+
+A probed file is opened once, checked to be the very file the process maps and
+aiobpf parsed (device, inode, build-id), and held open: every attach, the first and
+each window's, goes through that descriptor (``/proc/self/fd/N``), never again
+through a path a traced process could point at another file.  bcc raises bare
+``Exception``s: every call into it is wrapped, and a failure leaves nothing attached.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import contextlib
 import ctypes as ct
 import errno
 import os
+import stat
+import struct
 import sys
 import tempfile
 import time
@@ -25,7 +33,7 @@ from typing import Any
 from aiobpf.collector import procfs
 from aiobpf.collector.elf import ElfImage
 from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_WAKEUP, ProbeSite, find_step_sites
-from aiobpf.collector.target import Target
+from aiobpf.collector.target import LoadedImage, Target
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 
@@ -74,7 +82,32 @@ def _release_compiler_memory() -> None:
 
 
 class CaptureUnavailable(Exception):
-    """BPF capture cannot run here (no bcc, no privileges, no probe sites)."""
+    """BPF capture cannot run here, or not for one file (no bcc, no privileges, a probe
+    that could not be placed).  ``kind`` names the failure in ``aiobpf_errors_total``:
+    ``bpf_load`` (the programs), ``attach`` (probes or hooks), ``probe_file_changed``
+    (the process no longer maps the file that was verified)."""
+
+    def __init__(self, message: str, kind: str = "bpf_load") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_NEEDS_CAPS = " (tracing programs need CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)"
+
+
+@contextmanager
+def _bcc(kind: str, what: str) -> Iterator[None]:
+    """Turn what bcc raises (bare ``Exception``s, ``OSError``s) into a one-line
+    ``CaptureUnavailable`` of ``kind``."""
+    try:
+        yield
+    except CaptureUnavailable:
+        raise
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if "super-user" in reason or "not permitted" in reason:
+            reason = "operation not permitted" + _NEEDS_CAPS
+        raise CaptureUnavailable(f"{what}: {reason}", kind) from exc
 
 
 # -- the structures of capture.h ------------------------------------------------
@@ -203,11 +236,88 @@ class Attachment:
     sites: dict[str, ProbeSite] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     file: tuple[int, int] | None = None   # (device, inode) of the probed file
-    host_path: Path | None = None         # where aiobpf opens that file
+    ranges: tuple[tuple[int, int], ...] = ()   # where the process maps it (start, end)
 
     @property
     def active(self) -> bool:
         return bool(self.sites)
+
+
+@dataclass
+class ProbedFile:
+    """A file with probe sites, held open from the moment it was verified."""
+
+    fd: int                                   # O_RDONLY, verified: what every attach uses
+    sites: dict[str, ProbeSite]
+    perf_fds: list[int] = field(default_factory=list)   # [] while paused
+    since: int = 0                            # CLOCK_MONOTONIC ns of the last attach
+
+    @property
+    def path(self) -> str:
+        """The held file, for the kernel's path lookup: the magic link leads to the
+        very inode held, whatever the traced processes map meanwhile."""
+        return f"/proc/self/fd/{self.fd}"
+
+
+_BUILD_ID_NOTE_MAX = 1024   # bytes of .note.gnu.build-id read back through the held file
+_NT_GNU_BUILD_ID = 3
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+def _build_id_matches(fd: int, image: ElfImage) -> bool:
+    """Whether the build-id note read through ``fd`` is the one ``image`` was parsed
+    with (True when the image has none to compare)."""
+    section = image.sections.get(".note.gnu.build-id")
+    expected = image.build_id
+    if section is None or not expected:
+        return True
+    try:
+        data = os.pread(fd, min(section.size, _BUILD_ID_NOTE_MAX), section.offset)
+    except OSError:
+        return False
+    at = 0
+    while at + 12 <= len(data):   # Elf64_Nhdr: namesz, descsz, type; name, desc 4-aligned
+        namesz, descsz, kind = struct.unpack_from("<III", data, at)
+        name_end = at + 12 + (namesz + 3) // 4 * 4
+        desc = data[name_end:name_end + descsz]
+        if kind == _NT_GNU_BUILD_ID and data[at + 12:at + 12 + namesz] == b"GNU\0":
+            return desc.hex() == expected
+        at = name_end + (descsz + 3) // 4 * 4
+    return False
+
+
+def mapped_file(pid: int, start: int, end: int) -> tuple[int, int] | None:
+    """(device, inode) of the file ``pid`` maps at exactly ``start-end`` now (device -1:
+    unknown, when only /proc/PID/maps could say); None when nothing is mapped at exactly
+    that range (it was unmapped, or another mapping replaced part of it).  Raises
+    ProcessLookupError when ``pid`` is gone."""
+    try:
+        return _file_id(os.stat(f"/proc/{pid}/map_files/{start:x}-{end:x}"))
+    except FileNotFoundError:
+        if not os.path.exists(f"/proc/{pid}"):
+            raise ProcessLookupError(pid) from None
+        return None
+    except PermissionError:
+        pass   # map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE: ask maps instead
+    try:
+        text = Path(f"/proc/{pid}/maps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessLookupError(pid) from None
+    wanted = f"{start:x}-{end:x} "
+    for line in text.splitlines():
+        fields = line.split(None, 5)
+        if line.startswith(wanted) and len(fields) >= 5 and fields[4].isdigit():
+            # the device in maps is the superblock's, not always stat's: not compared
+            return (-1, int(fields[4]))
+    return None
+
+
+def same_file(probed: tuple[int, int], mapped: tuple[int, int] | None) -> bool:
+    """Whether ``mapped`` (from ``mapped_file``) is the file ``probed``."""
+    return mapped is not None and mapped[1] == probed[1] and mapped[0] in (-1, probed[0])
 
 
 class Capture:
@@ -218,34 +328,38 @@ class Capture:
             from bcc import BPF  # Debian's python3-bpfcc; slow to import, so only here
         except ImportError as exc:
             raise CaptureUnavailable("bcc is not installed (apt install python3-bpfcc)") from exc
+        self.bpf: Any = None
+        self._files: dict[tuple[int, int], ProbedFile] = {}
+        self._targets: dict[int, Attachment] = {}
+        self.wait_hooks = ""   # attached with the first probes (add), not before
         with _stderr_captured() as said:
             try:
                 self.bpf = BPF(src_file=str(BPF_DIR / "capture.bpf.c").encode(),
                                cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
-                # Every program now: verifying one takes up to a second, which must not
-                # pass while a file's first probes are already in place.
-                for name in _HANDLERS.values():
+                # Every program now: a load failure (privileges, verifier) is one clear
+                # failure here rather than one per process later, and verifying one
+                # (up to a second) never passes while a file's first probes are in place.
+                for name in (*_HANDLERS.values(), "on_calibrate"):
                     self.bpf.load_func(name.encode(), BPF.KPROBE)
                 for name in ("on_raw_enter", "on_raw_exit"):
                     self.bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
+                self._lib = __import__("bcc").lib
+                self.tables = {name: self.bpf.get_table(name.encode(), keytype=key,
+                                                        leaftype=value)
+                               for name, (key, value) in _TABLES.items()}
             except Exception as exc:  # bcc raises bare Exceptions
                 failure: Exception | None = exc
             else:
                 failure = None
         if failure is not None:
+            self.close()
             # bcc writes the reason on stderr (from C); say it in one line instead.
-            reason = next((line for line in said if "error" in line.lower()), str(failure))
-            if "not permitted" in reason:
-                reason += " (BPF needs root, or CAP_BPF and CAP_PERFMON)"
+            reason = next((line for line in said if "error" in line.lower()
+                           or "not permitted" in line.lower()), str(failure))
+            if "not permitted" in reason or "super-user" in reason:
+                reason += _NEEDS_CAPS
             raise CaptureUnavailable(f"the BPF programs did not load: {reason}") from failure
-        self._lib = __import__("bcc").lib
         _release_compiler_memory()
-        self.tables = {name: self.bpf.get_table(name.encode(), keytype=key, leaftype=value)
-                       for name, (key, value) in _TABLES.items()}
-        self._fds: dict[tuple[int, int], list[int]] = {}   # file -> perf fds ([]: paused)
-        self._since: dict[tuple[int, int], int] = {}       # file -> attached since (ns)
-        self._targets: dict[int, Attachment] = {}
-        self.wait_hooks = ""   # attached with the first probes (add), not before
 
     # -- probes ---------------------------------------------------------------------
     def set_wait_hooks(self, on: bool) -> bool:
@@ -253,127 +367,236 @@ class Capture:
         steps are due), from raw syscall tracepoints.  (The tracepoints of the wait
         calls alone would spare other processes, but cost the traced loop more.)  They
         run for every system call of the host, so they are removed while no probe is.
-        Returns whether they were attached before."""
+        Both or neither are attached; removing them never fails.  Returns whether they
+        were attached before."""
         before = bool(self.wait_hooks)
         if on and not self.wait_hooks:
-            self.bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"on_raw_enter")
-            self.bpf.attach_raw_tracepoint(tp=b"sys_exit", fn_name=b"on_raw_exit")
+            try:
+                with _bcc("attach", "the syscall hooks (raw tracepoints) were not attached"):
+                    self.bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"on_raw_enter")
+                    self.bpf.attach_raw_tracepoint(tp=b"sys_exit", fn_name=b"on_raw_exit")
+            except CaptureUnavailable:
+                self._detach_wait_hooks()
+                raise
             self.wait_hooks = "raw syscall tracepoints"
         elif not on and self.wait_hooks:
-            self.bpf.detach_raw_tracepoint(tp=b"sys_enter")
-            self.bpf.detach_raw_tracepoint(tp=b"sys_exit")
-            self.wait_hooks = ""
+            self._detach_wait_hooks()
         return before
+
+    def _detach_wait_hooks(self) -> None:
+        for tp in (b"sys_enter", b"sys_exit"):
+            fd = self.bpf.raw_tracepoint_fds.pop(tp, None) if self.bpf is not None else None
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.wait_hooks = ""
+
+    def _sync_wait_hooks(self) -> None:
+        """The syscall hooks on while any file's probes are (not while all are paused)."""
+        self.set_wait_hooks(any(f.perf_fds for f in self._files.values()))
 
     @contextmanager
     def empty_uprobe(self, path: str, offset: int) -> Iterator[None]:
         """A uprobe whose program does nothing, at ``offset`` of the file at ``path``,
         for as long as the ``with`` block runs."""
-        fn = self.bpf.load_func(b"on_calibrate", self.bpf.KPROBE)
-        fd = self._lib.bpf_attach_uprobe(fn.fd, 0, f"aiobpf_{os.getpid()}_cal_{offset:x}"
-                                         .encode(), path.encode(), offset, -1)
+        with _bcc("attach", "the calibration probe was not placed"):
+            fn = self.bpf.load_func(b"on_calibrate", self.bpf.KPROBE)
+            fd = self._lib.bpf_attach_uprobe(fn.fd, 0, f"aiobpf_{os.getpid()}_cal_{offset:x}"
+                                             .encode(), path.encode(), offset, -1)
         if fd < 0:
-            raise CaptureUnavailable(f"could not attach a uprobe to {path}")
+            raise CaptureUnavailable(f"could not attach a uprobe to {path}", "attach")
         try:
             yield
         finally:
             self._lib.bpf_close_perf_event_fd(fd)
 
-    def _place(self, host_path: Path, sites: dict[str, ProbeSite]) -> list[int]:
-        """Perf-event uprobes at ``sites`` of the file at ``host_path``."""
+    def _place(self, probed: ProbedFile, name: str) -> list[int]:
+        """Perf-event uprobes at the sites of the held file (all of them, or none)."""
         fds: list[int] = []
-        for site in sites.values():
-            fn = self.bpf.load_func(_HANDLERS[site.function].encode(), self.bpf.KPROBE)
-            ev_name = f"aiobpf_{os.getpid()}_{site.file_offset:x}".encode()
-            fd = self._lib.bpf_attach_uprobe(fn.fd, 0, ev_name, str(host_path).encode(),
-                                             site.file_offset, -1)
-            if fd < 0:
-                for placed in fds:
-                    self._lib.bpf_close_perf_event_fd(placed)
-                raise CaptureUnavailable(f"could not attach a uprobe to {site.function} in "
-                                         f"{host_path.name} (+{site.file_offset:#x})")
-            fds.append(fd)
+        try:
+            for site in probed.sites.values():
+                with _bcc("attach", f"no uprobe at {site.function} in {name}"):
+                    fn = self.bpf.load_func(_HANDLERS[site.function].encode(),
+                                            self.bpf.KPROBE)
+                    ev_name = f"aiobpf_{os.getpid()}_{site.file_offset:x}".encode()
+                    fd = self._lib.bpf_attach_uprobe(fn.fd, 0, ev_name, probed.path.encode(),
+                                                     site.file_offset, -1)
+                if fd < 0:
+                    err = ct.get_errno()
+                    raise CaptureUnavailable(
+                        f"could not attach a uprobe to {site.function} in {name} "
+                        f"(+{site.file_offset:#x}): {os.strerror(err) if err else 'failed'}",
+                        "attach")
+                fds.append(fd)
+        except BaseException:
+            for placed in fds:
+                self._lib.bpf_close_perf_event_fd(placed)
+            raise
         return fds
+
+    def _open_verified(self, pid: int, holder: LoadedImage, ranges: tuple[tuple[int, int], ...]
+                       ) -> tuple[tuple[int, int], int]:
+        """Open the file ``pid`` maps at ``ranges`` and check that it is the file parsed
+        as ``holder``: the same (device, inode) as the process maps now and as the
+        parsed image, the same build-id read through the new descriptor.  Returns the
+        file's identity and the descriptor (the caller owns it)."""
+        first = min(self._maps_of(pid, ranges), key=lambda m: m.offset)
+        name = Path(holder.path).name
+        fd = -1
+        for path in (procfs.map_files_path(pid, first), procfs.open_mapped(pid, first)):
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+                break
+        if fd < 0:
+            raise CaptureUnavailable(f"{name}: could not be opened", "attach")
+        try:
+            st = os.fstat(fd)
+            file = _file_id(st)
+            if not stat.S_ISREG(st.st_mode):
+                raise CaptureUnavailable(f"{name}: not a regular file", "attach")
+            try:
+                parsed = _file_id(os.fstat(holder.image.stream.fileno()))
+            except (OSError, ValueError, AttributeError):
+                parsed = None
+            try:
+                mapped = [mapped_file(pid, lo, hi) for lo, hi in ranges]
+            except ProcessLookupError:
+                raise ProcessLookupError(pid) from None
+            if parsed != file or not all(same_file(file, m) for m in mapped):
+                raise CaptureUnavailable(f"{name}: the process no longer maps the file "
+                                         "that was read", "probe_file_changed")
+            if not _build_id_matches(fd, holder.image):
+                raise CaptureUnavailable(f"{name}: its build-id changed since it was read",
+                                         "probe_file_changed")
+        except BaseException:
+            os.close(fd)
+            raise
+        return file, fd
+
+    @staticmethod
+    def _maps_of(pid: int, ranges: tuple[tuple[int, int], ...]) -> list[procfs.Mapping]:
+        wanted = set(ranges)
+        found = [m for m in procfs.read_maps(pid) if (m.start, m.end) in wanted]
+        if not found:
+            raise CaptureUnavailable("the process no longer maps the file that was read",
+                                     "probe_file_changed")
+        return found
 
     def add(self, target: Target, debug: ElfImage | None = None, trace: bool = False
             ) -> Attachment:
         """Trace ``target``: place the probes of its _asyncio file (once per file) and
-        hand its layout to the programs."""
+        hand its layout to the programs.  On failure nothing of it stays attached."""
+        self.remove(target.pid)   # a process traced again: its old attachment goes
         holder = target.asyncio or target.core
         sites, notes = find_step_sites(holder.image, debug, target.layout["type.call"])
-        attachment = Attachment(target.pid, sites, notes)
+        ranges = tuple((m.start, m.end) for m in target.maps if m.path == holder.path)
+        attachment = Attachment(target.pid, sites, notes, ranges=ranges)
         if not sites:
             return attachment
-        mapping = next(m for m in target.maps if m.path == holder.path)
-        attachment.host_path = procfs.open_mapped(target.pid, mapping)
-        st = os.stat(attachment.host_path)
-        attachment.file = (st.st_dev, st.st_ino)
-        if attachment.file not in self._fds:
-            self._fds[attachment.file] = self._place(attachment.host_path, sites)
-            self._since[attachment.file] = time.monotonic_ns()
-        config = target_config(target, trace)
-        config.epoch_ns = self._since[attachment.file]
-        self.tables["targets"][ct.c_uint32(target.pid)] = TargetValue(config, TargetStats())
+        file, fd = self._open_verified(target.pid, holder, ranges)
+        attachment.file = file
+        probed = self._files.get(file)
+        if probed is None:
+            probed = self._files[file] = ProbedFile(fd, sites)
+        else:
+            os.close(fd)   # already held (verified when it was first probed)
         self._targets[target.pid] = attachment
-        self.set_wait_hooks(any(self._fds.values()))   # not while the file is paused
+        try:
+            if not probed.perf_fds and probed.since == 0:   # new (not merely paused)
+                probed.perf_fds = self._place(probed, Path(holder.path).name)
+                probed.since = time.monotonic_ns()
+            config = target_config(target, trace)
+            config.epoch_ns = probed.since
+            with _bcc("attach", "the process's settings were not stored"):
+                self.tables["targets"][ct.c_uint32(target.pid)] = TargetValue(config,
+                                                                              TargetStats())
+            self._sync_wait_hooks()   # not while the file is paused
+        except BaseException:
+            self.remove(target.pid)
+            raise
         return attachment
 
     def remove(self, pid: int) -> None:
-        """Stop tracing ``pid``; its file's probes go when no traced process uses it."""
+        """Stop tracing ``pid``; its file's probes (and the held file) go when no traced
+        process uses it.  Never fails."""
         attachment = self._targets.pop(pid, None)
-        with contextlib.suppress(KeyError):
+        with contextlib.suppress(Exception):   # bcc: KeyError, or bare Exceptions
             del self.tables["targets"][ct.c_uint32(pid)]
-        for key in [TaskKey(k.pid, 0, k.task) for k, _ in self._entries("records")
-                    if k.pid == pid]:
-            with contextlib.suppress(KeyError):
-                del self.tables["records"][key]
+        with contextlib.suppress(Exception):
+            for key in [TaskKey(k.pid, 0, k.task) for k, _ in self._entries("records")
+                        if k.pid == pid]:
+                with contextlib.suppress(KeyError):
+                    del self.tables["records"][key]
         if attachment is None or attachment.file is None:
             return
         if any(other.file == attachment.file for other in self._targets.values()):
             return
-        for fd in self._fds.pop(attachment.file, []):
+        probed = self._files.pop(attachment.file, None)
+        if probed is not None:
+            self._release(probed)
+        with contextlib.suppress(CaptureUnavailable):
+            self._sync_wait_hooks()
+
+    def _release(self, probed: ProbedFile) -> None:
+        for fd in probed.perf_fds:
             self._lib.bpf_close_perf_event_fd(fd)
-        self._since.pop(attachment.file, None)
-        self.set_wait_hooks(any(self._fds.values()))
+        probed.perf_fds = []
+        with contextlib.suppress(OSError):
+            os.close(probed.fd)
+
+    def still_maps(self, pid: int) -> bool:
+        """Whether ``pid`` still maps the probed file at every range it was traced with
+        (False: it mapped something else over it; True when not probed).  Raises
+        ProcessLookupError when ``pid`` is gone."""
+        attachment = self._targets.get(pid)
+        if attachment is None or attachment.file is None:
+            return True
+        file = attachment.file
+        return all(same_file(file, mapped_file(pid, lo, hi)) for lo, hi in attachment.ranges)
+
+    def users(self, file: tuple[int, int]) -> list[int]:
+        """The traced processes that map ``file``."""
+        return [pid for pid, a in self._targets.items() if a.file == file]
 
     # -- windows: probes off and on again, per file -----------------------------------
     def probe_count(self) -> int:
         """Uprobes in place now (one per probe site and file)."""
-        return sum(len(fds) for fds in self._fds.values())
+        return sum(len(f.perf_fds) for f in self._files.values())
 
     def is_attached(self, file: tuple[int, int]) -> bool:
-        return bool(self._fds.get(file))
+        probed = self._files.get(file)
+        return probed is not None and bool(probed.perf_fds)
 
     def attached_since(self, file: tuple[int, int]) -> int | None:
         """CLOCK_MONOTONIC ns since which the file's probes have been in place."""
-        return self._since.get(file) if self.is_attached(file) else None
+        return self._files[file].since if self.is_attached(file) else None
 
     def pause(self, file: tuple[int, int]) -> None:
         """Remove the file's probes; its processes stay configured (and counted)."""
-        for fd in self._fds.get(file, []):
-            self._lib.bpf_close_perf_event_fd(fd)
-        if file in self._fds:
-            self._fds[file] = []
-        self.set_wait_hooks(any(self._fds.values()))
+        probed = self._files.get(file)
+        if probed is not None:
+            for fd in probed.perf_fds:
+                self._lib.bpf_close_perf_event_fd(fd)
+            probed.perf_fds = []
+        with contextlib.suppress(CaptureUnavailable):
+            self._sync_wait_hooks()
 
     def resume(self, file: tuple[int, int]) -> None:
-        """Place the file's probes again.  Steps that began before are not measured."""
-        if self.is_attached(file) or file not in self._fds:
+        """Place the file's probes again, through the held descriptor.  Steps that began
+        before are not measured.  On failure the file stays paused (nothing attached)."""
+        probed = self._files.get(file)
+        if probed is None or probed.perf_fds:
             return
-        users = [a for a in self._targets.values() if a.file == file]
         now = time.monotonic_ns()
-        for attachment in users:
-            self._update_config(attachment.pid, epoch_ns=now)
-        for attachment in users:
-            if attachment.host_path is None:
-                continue
-            try:
-                self._fds[file] = self._place(attachment.host_path, attachment.sites)
-                break
-            except CaptureUnavailable:
-                continue  # that process (and its /proc path) is gone; try another
-        self._since[file] = now
-        self.set_wait_hooks(any(self._fds.values()))
+        for pid in self.users(file):
+            self._update_config(pid, epoch_ns=now)
+        probed.perf_fds = self._place(probed, f"file {file[1]}")
+        probed.since = now
+        try:
+            self._sync_wait_hooks()
+        except CaptureUnavailable:
+            self.pause(file)
+            raise
 
     # -- maps --------------------------------------------------------------------------
     def on_steps(self, handler: Callable[[TaskRecord], None]) -> None:
@@ -398,7 +621,8 @@ class Capture:
             return
         for name, setting in settings.items():
             setattr(value.cfg, name, setting)
-        self.tables["targets"][key] = value
+        with _bcc("attach", f"the settings of process {pid} were not stored"):
+            self.tables["targets"][key] = value
 
     def poll(self, timeout_ms: int = 100) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)
@@ -451,9 +675,14 @@ class Capture:
         return stats
 
     def close(self) -> None:
-        """Detach every probe and release the programs."""
-        for fds in self._fds.values():
-            for fd in fds:
-                self._lib.bpf_close_perf_event_fd(fd)
-        self._fds.clear()
-        self.bpf.cleanup()
+        """Detach every probe, close the held files and release the programs; safe
+        after any failure, and more than once."""
+        for probed in self._files.values():
+            self._release(probed)
+        self._files.clear()
+        self._targets.clear()
+        self._detach_wait_hooks()
+        bpf, self.bpf = self.bpf, None
+        if bpf is not None:
+            with contextlib.suppress(Exception):   # bcc: bare Exceptions
+                bpf.cleanup()

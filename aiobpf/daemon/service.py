@@ -121,22 +121,35 @@ class Daemon:
         else:
             try:
                 self.capture = Capture()
-            except CaptureUnavailable as exc:
-                log.warning("BPF capture is off (%s); metrics come from memory reads only", exc)
+            except Exception as exc:  # CaptureUnavailable, or whatever else bcc raised
+                self.errors[_kind(exc, "bpf_load")] += 1
+                log.warning("BPF capture is off (%s); metrics come from memory reads only",
+                            _one_line(exc))
         if self.capture is not None and config.fixed_probe_cost is None:
             self.costs = self._calibrate(self.capture)
         self._reader = threading.Thread(target=self._read_loop, name="aiobpf-reader",
                                         daemon=True)
 
-    @staticmethod
-    def _calibrate(capture: Capture) -> ProbeCosts:
-        """Time a uprobe hit and the syscall hooks' toll on this machine."""
+    def _calibrate(self, capture: Capture) -> ProbeCosts | None:
+        """Time a uprobe hit and the syscall hooks' toll on this machine.  When BPF
+        refuses the calibration's uprobe or hooks, every capture needs what was refused:
+        the capture is closed (nothing stays loaded) and the daemon reads memory only.
+        Any other failure costs only the measure: pessimistic costs instead."""
         try:
             costs = probe_cost.measure(capture)
-        except (OSError, CaptureUnavailable) as exc:
+        except CaptureUnavailable as exc:
+            self.errors["calibrate"] += 1
+            log.warning("BPF calibration failed (%s); BPF capture is off, metrics come "
+                        "from memory reads only", _one_line(exc))
+            with self._bpf_lock:
+                capture.close()
+                self.capture = None
+            return None
+        except Exception as exc:
             costs = FALLBACK_COSTS
+            self.errors["calibrate"] += 1
             log.warning("could not time the probes (%s); assuming %.1f us per hit",
-                        exc, costs.trap_s * 1e6)
+                        _one_line(exc), costs.trap_s * 1e6)
         log.info("a uprobe hit costs %.2f us, the syscall hooks %.2f us per system call",
                  costs.trap_s * 1e6, costs.syscall_s * 1e6)
         return costs
@@ -168,7 +181,7 @@ class Daemon:
         for pid in list(self.traced):
             self._drop(pid, "stopping")
         if self.capture is not None:
-            with self._bpf_lock:
+            with self._bpf_lock, contextlib.suppress(Exception):
                 self.capture.close()
             self.capture = None
 
@@ -194,6 +207,7 @@ class Daemon:
                 log.warning("pid %d: not traced: it runs no CPython (none in its mappings)", pid)
         for pid in gone:
             self._drop(pid, "exited, exec'd, or its PID was given to a new process")
+        self._check_probed_files(list(self.traced.values()))
         for candidate in fresh:
             pid = candidate.identity.pid
             self._drop(pid, "replaced")   # (never two at one PID)
@@ -269,9 +283,19 @@ class Daemon:
             try:
                 with self._bpf_lock:
                     attachment = self.capture.add(target)
-            except (CaptureUnavailable, OSError) as exc:
-                self.errors["attach"] += 1
-                log.warning("pid %d: probes not placed: %s", pid, exc)
+            except _GONE:
+                release()
+                return "ignored"
+            except Exception as exc:  # CaptureUnavailable, OSError, whatever bcc raised
+                kind = _kind(exc, "attach")
+                self.errors[kind] += 1
+                if kind == "probe_file_changed":   # it swapped the file under us
+                    release()
+                    log.warning("pid %d: not traced: %s; looking again later", pid,
+                                _one_line(exc))
+                    return "waiting"
+                log.warning("pid %d: probes not placed (memory reads only): %s", pid,
+                            _one_line(exc))
         traced = Traced(candidate, target, collector, attachment)
         traced.summary = summarize(snapshot, self.config.top_sites)
         traced.pending_at_start = traced.summary.pending
@@ -284,6 +308,55 @@ class Daemon:
                  target.version_str, f", container {candidate.container}"
                  if candidate.container else "", self._capture_kind(traced))
         return "candidate"
+
+    def _check_probed_files(self, traced: list[Traced]) -> None:
+        """Drop (and look at afresh) every process of ``traced`` that no longer maps,
+        where it was traced, the file whose probes it was traced with: it mapped
+        another file over its _asyncio range.  The probes stay in the verified file
+        (held open) for the processes that still run it."""
+        if self.capture is None:
+            return
+        for t in traced:
+            if t.file is None:
+                continue
+            try:
+                with self._bpf_lock:
+                    unchanged = self.capture.still_maps(t.pid)
+            except ProcessLookupError:
+                t.gone = True
+                continue
+            except OSError as exc:
+                unchanged = False
+                log.debug("pid %d: its mappings could not be checked: %s", t.pid, exc)
+            if not unchanged:
+                self.errors["probe_file_changed"] += 1
+                log.warning("pid %d: it mapped another file where its probed file was "
+                            "(probe_file_changed); looking at it afresh", t.pid)
+                self._drop(t.pid, "probed file changed")
+                self.discovery.forget(t.pid)
+
+    def _degrade(self, file: tuple[int, int], exc: Exception) -> None:
+        """The probes of ``file`` could not be placed again: its processes go on with
+        memory reads only, and nothing of the file stays attached."""
+        kind = _kind(exc, "attach")
+        self.errors[kind] += 1
+        users = [t for t in self.traced.values() if t.file == file]
+        log.warning("probes of %s not placed again (%s): pid %s go on with memory "
+                    "reads only", self._file_name(users), _one_line(exc),
+                    ", ".join(str(t.pid) for t in users) or "-")
+        for t in users:
+            if self.capture is not None:
+                with self._bpf_lock, contextlib.suppress(Exception):
+                    self.capture.remove(t.pid)
+            t.attachment = None
+        self.windows.pop(file, None)
+
+    @staticmethod
+    def _file_name(users: list[Traced]) -> str:
+        for t in users:
+            holder = t.target.asyncio or t.target.core
+            return Path(holder.path).name
+        return "a file"
 
     def _drop(self, pid: int, why: str) -> None:
         traced = self.traced.pop(pid, None)
@@ -348,30 +421,41 @@ class Daemon:
         """Attach or detach each file's probes as its window plan says."""
         if self.capture is None:
             return
-        for file, window in self.windows.items():
-            window.plan(self.config.budget)
-            change = window.step(now)
-            if change is None:
-                continue
-            with self._bpf_lock:
-                started = time.monotonic()
-                if change:
-                    self.capture.resume(file)
-                else:
-                    self.capture.pause(file)
-                took = time.monotonic() - started
-            if not change:
-                window.detach_took(took)
-                for traced in self.traced.values():
-                    if traced.file == file:
-                        traced.attached_s += took   # the next tick sees them detached
-                self._close_window(file)
-            window.attached = change
+        for file, window in list(self.windows.items()):
+            try:
+                self._schedule_file(file, window, now)
+            except Exception as exc:  # one file's trouble must never stop the loop
+                self._degrade(file, exc)
+
+    def _schedule_file(self, file: tuple[int, int], window: FileWindow, now: float) -> None:
+        assert self.capture is not None
+        window.plan(self.config.budget)
+        change = window.step(now)
+        if change is None:
+            return
+        if change:   # before probes go in again: is it still the file they map?
+            self._check_probed_files([t for t in self.traced.values() if t.file == file])
+            if file not in self.windows:
+                return   # none of its processes is left
+        with self._bpf_lock:
+            started = time.monotonic()
+            if change:
+                self.capture.resume(file)
+            else:
+                self.capture.pause(file)
+            took = time.monotonic() - started
+        if not change:
+            window.detach_took(took)
             for traced in self.traced.values():
                 if traced.file == file:
-                    traced.cpu_seen = None   # rates are measured within one window
-                    if change:               # ... from its start
-                        self._start_measuring(traced)
+                    traced.attached_s += took   # the next tick sees them detached
+            self._close_window(file)
+        window.attached = change
+        for traced in self.traced.values():
+            if traced.file == file:
+                traced.cpu_seen = None   # rates are measured within one window
+                if change:               # ... from its start
+                    self._start_measuring(traced)
 
     def _sleep_for(self, now: float) -> float:
         """Until the next tick, or sooner when a window is due to open or close."""
@@ -590,6 +674,16 @@ class Daemon:
             return {"output": "".join(out), "error": exc.message, "hint": exc.hint,
                     "exit_code": exc.exit_code}
         return {"output": "".join(out), "notes": []}
+
+
+def _kind(exc: BaseException, default: str) -> str:
+    """The ``aiobpf_errors_total`` kind of a BPF failure (bcc's bare Exceptions: ``default``)."""
+    return exc.kind if isinstance(exc, CaptureUnavailable) else default
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (bcc's can span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def serve(daemon: Daemon, socket_path: Path | None) -> None:
