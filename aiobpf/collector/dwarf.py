@@ -176,7 +176,10 @@ class DwarfTypes:
                 name = _name(die)
                 if name not in missing_types or "DW_AT_declaration" in die.attributes:
                     continue
-                target = _strip(die)
+                try:
+                    target = _strip(die)
+                except DwarfError:
+                    continue          # a typedef loop: not a definition
                 if target is None or target.tag not in _STRUCT_TAGS:
                     continue
                 if "DW_AT_declaration" in target.attributes:

@@ -18,15 +18,19 @@ A ``Layout`` is assembled for one target from, in increasing precedence:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import json
 import os
 import stat
 import struct
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiobpf.collector import deadline
 from aiobpf.collector.elf import ElfImage
 from aiobpf.collector.layouts.constants import CONSTANTS, Constants
 from aiobpf.collector.layouts.spec import (
@@ -176,6 +180,30 @@ def _write_cache(path: Path, values: dict[str, int]) -> None:
             tmp.unlink()   # a read-only cache only costs time
 
 
+_extracting = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_extraction_at_a_time() -> Iterator[None]:
+    """DWARF is extracted by one thread at a time: pyelftools holds a file's DIEs in
+    memory (~90 MB for a 24 MB debug build), so the daemon's peak is one of them, not
+    one per process examined at once; and a second process mapping the same file then
+    finds the values in the cache.  The memory is handed back to the system after."""
+    while not _extracting.acquire(timeout=0.1):
+        deadline.check()
+    try:
+        yield
+    finally:
+        gc.collect()
+        _malloc_trim()
+        _extracting.release()
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)     # glibc: give freed heap pages back
+
+
 def dwarf_values(image: ElfImage, binaries: set[str]) -> dict[str, int] | None:
     """Values from an image's DWARF, through the on-disk cache; None without DWARF."""
     if not image.has_debug_info:
@@ -195,10 +223,14 @@ def dwarf_values(image: ElfImage, binaries: set[str]) -> dict[str, int] | None:
         cached = _read_cache(path)
         if cached is not None:
             return cached
-    try:
-        found = extract(image, binaries)
-    except DwarfError:
-        return None
+    with _one_extraction_at_a_time():
+        cached = _read_cache(path) if usable else None
+        if cached is not None:      # another thread extracted it meanwhile
+            return cached
+        try:
+            found = extract(image, binaries)
+        except DwarfError:
+            return None
     # What a file's DWARF says only concerns the processes that map that very file;
     # still, an absurd value is dropped rather than used to read memory.
     values = plausible(found) or {k: v for k, v in found.items() if plausible({k: v})}
