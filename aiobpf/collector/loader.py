@@ -289,12 +289,14 @@ class Capture:
             fds.append(fd)
         return fds
 
-    def add(self, target: Target, debug: ElfImage | None = None, trace: bool = False
-            ) -> Attachment:
+    def add(self, target: Target, debug: ElfImage | None = None, trace: bool = False,
+            found: tuple[dict[str, ProbeSite], list[str]] | None = None) -> Attachment:
         """Trace ``target``: place the probes of its _asyncio file (once per file) and
-        hand its layout to the programs."""
+        hand its layout to the programs.  ``found``: the probe sites and notes of
+        ``find_step_sites`` when the caller already looked for them (off its loop)."""
         holder = target.asyncio or target.core
-        sites, notes = find_step_sites(holder.image, debug, target.layout["type.call"])
+        sites, notes = found if found is not None else find_step_sites(
+            holder.image, debug, target.layout["type.call"])
         attachment = Attachment(target.pid, sites, notes)
         if not sites:
             return attachment
