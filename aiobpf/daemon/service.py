@@ -270,9 +270,12 @@ class Daemon:
             self._abandon(pid)        # it exec'd while examined: the old look is moot
         self._stuck = [e for e in self._stuck if not e.done.is_set()]
         if len(self._examining) >= MAX_EXAMINING or len(self._stuck) >= MAX_STUCK:
-            # Workers still stuck in what earlier processes named (a file system that
-            # never answers): no more threads for now; looked at again later.
-            self.errors["examine_busy"] += 1
+            # All workers busy (many new processes at once), or stuck in what earlier
+            # processes named (a file system that never answers): no more threads for
+            # now.  Offered again at the next scan (no growing pause: it is not its fault).
+            if len(self._stuck) >= MAX_STUCK:
+                self.errors["examine_busy"] += 1
+            self.discovery.forget(pid)
             return "waiting"
         exam = Examination(candidate, time.monotonic())
         self._examining[pid] = exam
@@ -315,8 +318,9 @@ class Daemon:
         candidate = exam.candidate
         pid = candidate.identity.pid
         if exam.error is None and Identity.of(pid) != candidate.identity:
-            exam.release()     # exited or exec'd meanwhile: the next scan will say
-            return "ignored"
+            exam.release()     # exited or exec'd meanwhile: looked at afresh
+            self.discovery.forget(pid)
+            return "waiting"
         try:
             if exam.error is not None:
                 raise exam.error

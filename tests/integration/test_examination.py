@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,27 @@ def test_a_stuck_examination_does_not_hold_the_loop(tmp_path: Path,
             daemon.stop()
             release.set()
             loop.join(10)
+
+
+def test_a_burst_of_new_processes_is_examined_a_few_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """More new processes than workers: the rest wait for the next scan, not for a
+    growing pause, and all are traced within seconds."""
+    python = by_label("debian-3.11")
+    monkeypatch.setattr(service, "MAX_EXAMINING", 1)
+    with ExitStack() as stack:
+        targets = [stack.enter_context(run_target(python, TARGETS / "depth.py", "2", "2"))
+                   for _ in range(4)]
+        config = Config(scan_interval=0.5, refresh_interval=0.5, bpf=False,
+                        select=Selection(cmdline=[r"/depth\.py"]))
+        daemon = service.Daemon(config, pids=[t.pid for t in targets])
+        loop = threading.Thread(target=daemon.run, daemon=True)
+        loop.start()
+        stack.callback(loop.join, 10)
+        stack.callback(daemon.stop)
+        t0 = time.monotonic()
+        while not all(t.pid in daemon.traced for t in targets):
+            assert time.monotonic() - t0 < 10, f"traced: {sorted(daemon.traced)}"
+            time.sleep(0.1)
+        print(f"4 processes, one worker: all traced in {time.monotonic() - t0:.1f} s")
+        assert daemon.errors["examine_busy"] == 0
