@@ -8,6 +8,7 @@ target meanwhile, and stop promptly.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import ExitStack
@@ -91,3 +92,31 @@ def test_a_burst_of_new_processes_is_examined_a_few_at_a_time(
             time.sleep(0.1)
         print(f"4 processes, one worker: all traced in {time.monotonic() - t0:.1f} s")
         assert daemon.errors["examine_busy"] == 0
+
+
+def test_a_parse_past_the_deadline_costs_only_that_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parsers check the examination's deadline: past it, the process is given up
+    (counted as examine_timeout), the loop goes on, nothing is left open."""
+    python = by_label("debian-3.11")
+    monkeypatch.setattr(service, "EXAMINE_LIMIT_S", 1e-6)
+    with run_target(python, TARGETS / "depth.py", "2", "2") as target:
+        config = Config(scan_interval=0.2, bpf=False,
+                        select=Selection(cmdline=[r"/depth\.py"]))
+        daemon = service.Daemon(config, pids=[target.pid])
+        loop = threading.Thread(target=daemon.run, daemon=True)
+        before = len(os.listdir("/proc/self/fd"))
+        loop.start()
+        try:
+            deadline = time.monotonic() + 10
+            while daemon.errors["examine_timeout"] == 0:
+                assert time.monotonic() < deadline, dict(daemon.errors)
+                time.sleep(0.05)
+            first = daemon.last_scan
+            time.sleep(0.5)
+            assert daemon.last_scan > first and target.pid not in daemon.traced
+            assert not daemon._examining
+        finally:
+            daemon.stop()
+            loop.join(5)
+        assert len(os.listdir("/proc/self/fd")) <= before
