@@ -6,16 +6,23 @@ CPython is.  ``layouts`` decides which names to ask for.
 Scanning all of libpython's DWARF takes seconds, so the scan visits only the
 top-level DIEs of each compile unit, starts with the units most likely to hold
 the wanted types, and stops as soon as every wanted name has been found.
+
+The DWARF may be hostile: every walk is bounded (type chains, nesting, children,
+DIEs in all), references are followed only forward in a list of children, and
+whatever pyelftools raises on malformed data becomes ``DwarfError``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from elftools.dwarf.die import DIE
-from elftools.elf.elffile import ELFFile
+
+from aiobpf.collector import deadline
+from aiobpf.collector.elf import ElfImage, NotElfError, malformed_is
 
 _STRUCT_TAGS = ("DW_TAG_structure_type", "DW_TAG_union_type")
 _TRANSPARENT_TAGS = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
@@ -32,8 +39,18 @@ PREFERRED_UNITS = (
 )
 
 
+MAX_TYPE_CHAIN = 32        # typedef/const/volatile links followed to reach a type
+MAX_NESTING = 8            # anonymous structs looked into, one inside the other
+MAX_CHILDREN = 200_000     # children of one DIE
+MAX_DIES = 3_000_000       # DIEs visited in one file
+MAX_UNITS = 100_000        # compile units
+
+
 class DwarfError(Exception):
-    """The ELF file has no usable DWARF for what was asked."""
+    """The ELF file has no usable DWARF for what was asked (or malformed DWARF)."""
+
+
+_guarded = malformed_is(DwarfError, lambda types: types.name)
 
 
 @dataclass(frozen=True)
@@ -45,14 +62,14 @@ class Member:
     bit_size: int | None = None
 
 
-def _string_filter(elf: ELFFile):
+def _string_filter(image: ElfImage):
     """A cheap test that rules out names the DWARF cannot contain.
 
     GCC and clang keep names in .debug_str (tail-merged, so only the suffix
     test is safe); a name that is not there is not worth a full scan.
     """
-    pools = [sec.data() for sec in (elf.get_section_by_name(".debug_str"),
-                                    elf.get_section_by_name(".debug_line_str")) if sec]
+    pools = [data for data in (image.section_data(".debug_str"),
+                               image.section_data(".debug_line_str")) if data]
     if not pools:
         return lambda name: True
     pool = b"".join(pools)
@@ -60,11 +77,22 @@ def _string_filter(elf: ELFFile):
 
 
 def _strip(die: DIE | None) -> DIE | None:
-    while die is not None and die.tag in _TRANSPARENT_TAGS:
+    """The type behind typedefs and qualifiers (None at a chain too long: a loop)."""
+    for _ in range(MAX_TYPE_CHAIN):
+        if die is None or die.tag not in _TRANSPARENT_TAGS:
+            return die
         if "DW_AT_type" not in die.attributes:
             return None
         die = die.get_DIE_from_attribute("DW_AT_type")
-    return die
+    raise DwarfError(f"a chain of more than {MAX_TYPE_CHAIN} typedefs (a loop?)")
+
+
+def _const(die: DIE, attribute: str) -> int:
+    """An attribute that must be a constant (not a block or an expression)."""
+    attr = die.attributes.get(attribute)
+    if attr is None or not isinstance(attr.value, int) or isinstance(attr.value, bool):
+        raise DwarfError(f"{attribute} of the DIE at {die.offset:#x} is not a constant")
+    return attr.value
 
 
 def _name(die: DIE) -> str | None:
@@ -75,19 +103,51 @@ def _name(die: DIE) -> str | None:
 class DwarfTypes:
     """Named struct, union and enum definitions of one ELF file."""
 
-    def __init__(self, stream: BinaryIO, types: Iterable[str], enums: Iterable[str] = ()) -> None:
-        elf = ELFFile(stream)
-        if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:
-            raise DwarfError("no .debug_info section")
-        self._dwarf = elf.get_dwarf_info()
+    def __init__(self, source: ElfImage | BinaryIO, types: Iterable[str],
+                 enums: Iterable[str] = ()) -> None:
+        if isinstance(source, ElfImage):
+            image = source
+        else:
+            try:
+                image = ElfImage.from_stream(source, Path(str(getattr(source, "name", "?"))))
+            except NotElfError as exc:
+                raise DwarfError(str(exc)) from exc
+        self.name = image.name
+        if not image.has_debug_info:
+            raise DwarfError(f"{image.name}: no .debug_info section")
         self._types: dict[str, DIE] = {}
         self.enums: dict[str, int] = {}
-        present = _string_filter(elf)
+        self._visited = 0
+        try:
+            self._dwarf = image.dwarf_info()
+            present = _string_filter(image)
+        except NotElfError as exc:
+            raise DwarfError(str(exc)) from exc
         self._scan({t for t in types if present(t)}, {e for e in enums if present(e)})
+
+    def _children(self, die: DIE) -> Iterator[DIE]:
+        """The children of ``die``, bounded, and only ever moving forward in the file."""
+        last = die.offset
+        for count, child in enumerate(die.iter_children()):
+            self._visited += 1
+            if count >= MAX_CHILDREN or self._visited > MAX_DIES:
+                raise DwarfError(f"{self.name}: too many DIEs")
+            if child.offset <= last:
+                raise DwarfError(f"{self.name}: the DIE at {die.offset:#x} has a child "
+                                 "list that loops")
+            last = child.offset
+            if not count & 0x3FF:
+                deadline.check()
+            yield child
 
     # -- scanning ---------------------------------------------------------
     def _units(self) -> Iterator:
-        units = list(self._dwarf.iter_CUs())
+        units = []
+        for cu in self._dwarf.iter_CUs():
+            deadline.check()
+            units.append(cu)
+            if len(units) > MAX_UNITS:
+                raise DwarfError(f"{self.name}: more than {MAX_UNITS} compile units")
         rank = {name: i for i, name in enumerate(PREFERRED_UNITS)}
 
         def key(cu) -> int:
@@ -99,23 +159,27 @@ class DwarfTypes:
 
         return iter(sorted(units, key=key))
 
+    @_guarded
     def _scan(self, types: set[str], enums: set[str]) -> None:
         missing_types, missing_enums = set(types), set(enums)
         for cu in self._units():
             if not missing_types and not missing_enums:
                 return
-            for die in cu.get_top_DIE().iter_children():
+            for die in self._children(cu.get_top_DIE()):
                 if die.tag == "DW_TAG_enumeration_type" and missing_enums:
-                    for item in die.iter_children():
+                    for item in self._children(die):
                         name = _name(item)
                         if name in missing_enums:
-                            self.enums[name] = int(item.attributes["DW_AT_const_value"].value)
+                            self.enums[name] = _const(item, "DW_AT_const_value")
                             missing_enums.discard(name)
                     continue
                 name = _name(die)
                 if name not in missing_types or "DW_AT_declaration" in die.attributes:
                     continue
-                target = _strip(die)
+                try:
+                    target = _strip(die)
+                except DwarfError:
+                    continue          # a typedef loop: not a definition
                 if target is None or target.tag not in _STRUCT_TAGS:
                     continue
                 if "DW_AT_declaration" in target.attributes:
@@ -127,10 +191,11 @@ class DwarfTypes:
     def has_type(self, type_name: str) -> bool:
         return type_name in self._types
 
+    @_guarded
     def sizeof(self, type_name: str) -> int:
-        die = self._type(type_name)
-        return int(die.attributes["DW_AT_byte_size"].value)
+        return _const(self._type(type_name), "DW_AT_byte_size")
 
+    @_guarded
     def member(self, type_name: str, path: str) -> Member:
         """Offset of ``path`` ("a.b.c") inside the struct called ``type_name``."""
         die: DIE | None = self._type(type_name)
@@ -144,17 +209,17 @@ class DwarfTypes:
             member, base = found
             offset += base
             if "DW_AT_data_bit_offset" in member.attributes:
-                bit = int(member.attributes["DW_AT_data_bit_offset"].value)
-                size = int(member.attributes["DW_AT_bit_size"].value)
+                bit = _const(member, "DW_AT_data_bit_offset")
+                size = _const(member, "DW_AT_bit_size")
                 if i != len(parts) - 1:
                     raise DwarfError(f"{type_name}.{path}: bit-field in the middle of a path")
                 return Member(offset + bit // 8, offset * 8 + bit, size)
-            loc = member.attributes.get("DW_AT_data_member_location")
-            offset += int(loc.value) if loc is not None else 0
+            if "DW_AT_data_member_location" in member.attributes:
+                offset += _const(member, "DW_AT_data_member_location")
             if "DW_AT_bit_size" in member.attributes:  # DWARF 2/3 big-endian bit numbering
-                size = int(member.attributes["DW_AT_bit_size"].value)
-                byte_size = int(member.attributes["DW_AT_byte_size"].value)
-                bit = byte_size * 8 - int(member.attributes["DW_AT_bit_offset"].value) - size
+                size = _const(member, "DW_AT_bit_size")
+                byte_size = _const(member, "DW_AT_byte_size")
+                bit = byte_size * 8 - _const(member, "DW_AT_bit_offset") - size
                 return Member(offset, offset * 8 + bit, size)
             die = _strip(member.get_DIE_from_attribute("DW_AT_type"))
             if die is not None and die.tag == "DW_TAG_array_type":
@@ -167,9 +232,13 @@ class DwarfTypes:
         except KeyError:
             raise DwarfError(f"no definition of {type_name}") from None
 
-    def _find_member(self, struct: DIE, name: str) -> tuple[DIE, int] | None:
+    def _find_member(self, struct: DIE, name: str, depth: int = 0
+                     ) -> tuple[DIE, int] | None:
         """Find a member by name, looking through anonymous structs and unions."""
-        for child in struct.iter_children():
+        if depth > MAX_NESTING:
+            raise DwarfError(f"{self.name}: anonymous members nested more than "
+                             f"{MAX_NESTING} deep (a loop?)")
+        for child in self._children(struct):
             if child.tag != "DW_TAG_member":
                 continue
             if _name(child) == name:
@@ -177,8 +246,9 @@ class DwarfTypes:
             if _name(child) is None and "DW_AT_type" in child.attributes:
                 inner = _strip(child.get_DIE_from_attribute("DW_AT_type"))
                 if inner is not None and inner.tag in _STRUCT_TAGS:
-                    found = self._find_member(inner, name)
+                    found = self._find_member(inner, name, depth + 1)
                     if found is not None:
-                        loc = child.attributes.get("DW_AT_data_member_location")
-                        return found[0], found[1] + (int(loc.value) if loc else 0)
+                        loc = ("DW_AT_data_member_location" in child.attributes
+                               and _const(child, "DW_AT_data_member_location"))
+                        return found[0], found[1] + int(loc)
         return None

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiobpf.collector import procfs
+from aiobpf.collector import files, procfs
 from aiobpf.collector.elf import ElfImage
 from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_WAKEUP, ProbeSite, find_step_sites
 from aiobpf.collector.target import LoadedImage, Target
@@ -442,13 +442,10 @@ class Capture:
         file's identity and the descriptor (the caller owns it)."""
         first = min(self._maps_of(pid, ranges), key=lambda m: m.offset)
         name = Path(holder.path).name
-        fd = -1
-        for path in (procfs.map_files_path(pid, first), procfs.open_mapped(pid, first)):
-            with contextlib.suppress(OSError):
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-                break
-        if fd < 0:
-            raise CaptureUnavailable(f"{name}: could not be opened", "attach")
+        try:   # the same checks as every file a target names (files.py)
+            fd, _ = procfs.open_mapped_file(pid, first)
+        except (files.UnsafeFile, OSError) as exc:
+            raise CaptureUnavailable(f"{name}: could not be opened: {exc}", "attach") from None
         try:
             st = os.fstat(fd)
             file = _file_id(st)
@@ -482,13 +479,16 @@ class Capture:
                                      "probe_file_changed")
         return found
 
-    def add(self, target: Target, debug: ElfImage | None = None, trace: bool = False
-            ) -> Attachment:
+    def add(self, target: Target, debug: ElfImage | None = None, trace: bool = False,
+            found: tuple[dict[str, ProbeSite], list[str]] | None = None) -> Attachment:
         """Trace ``target``: place the probes of its _asyncio file (once per file) and
-        hand its layout to the programs.  On failure nothing of it stays attached."""
+        hand its layout to the programs.  ``found``: the probe sites and notes of
+        ``find_step_sites`` when the caller already looked for them (off its loop).
+        On failure nothing of it stays attached."""
         self.remove(target.pid)   # a process traced again: its old attachment goes
         holder = target.asyncio or target.core
-        sites, notes = find_step_sites(holder.image, debug, target.layout["type.call"])
+        sites, notes = found if found is not None else find_step_sites(
+            holder.image, debug, target.layout["type.call"])
         ranges = tuple((m.start, m.end) for m in target.maps if m.path == holder.path)
         attachment = Attachment(target.pid, sites, notes, ranges=ranges)
         if not sites:

@@ -18,6 +18,9 @@ them.  They are found, in this order:
 Distribution builds start functions with ``endbr64``, which the kernel must
 single-step; the probe goes on the instruction after it (usually a ``push``,
 which the kernel emulates at a fraction of the cost).
+
+The file may be hostile: the searches below are bounded (``MAX_HITS`` matches
+of any one search) and check the examination's deadline.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
+from aiobpf.collector import deadline
 from aiobpf.collector.elf import ElfImage
 
 TASK_WAKEUP = "task_wakeup"
@@ -38,6 +42,8 @@ PY_TP_CALL = 50            # Include/typeslots.h
 R_X86_64_RELATIVE = 8
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
 _U64 = struct.Struct("<Q")
+_RELA = struct.Struct("<QQq")
+MAX_HITS = 64               # matches of one string or pointer search that are looked at
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,10 @@ class _Tables:
             data = self.image.section_data(name)
             if not data:
                 continue
-            for offset, info, addend in struct.iter_unpack("<QQq", data):
+            usable = len(data) - len(data) % _RELA.size
+            for i, (offset, info, addend) in enumerate(_RELA.iter_unpack(data[:usable])):
+                if not i & 0xFFFF:
+                    deadline.check()
                 if info & 0xFFFFFFFF == R_X86_64_RELATIVE:
                     out[offset] = addend
         return out
@@ -98,16 +107,17 @@ class _Tables:
     def referrers(self, target: int) -> list[int]:
         """Addresses of pointers to ``target``."""
         if self.image.is_pie:
-            return self.by_target.get(target, [])
-        needle = _U64.pack(target)
-        out = []
+            return self.by_target.get(target, [])[:MAX_HITS]
+        needle = _U64.pack(target & 0xFFFF_FFFF_FFFF_FFFF)
+        out: list[int] = []
         for name in (".data", ".data.rel.ro"):
             sec = self.image.sections.get(name)
             data = self.image.section_data(name) if sec else None
             if not data or sec is None:
                 continue
             pos = data.find(needle)
-            while pos >= 0:
+            while pos >= 0 and len(out) < MAX_HITS:
+                deadline.check()
                 if pos % 8 == 0:
                     out.append(sec.addr + pos)
                 pos = data.find(needle, pos + 1)
@@ -122,7 +132,10 @@ class _Tables:
             if not data or sec is None:
                 continue
             pos = data.find(needle)
-            while pos >= 0:
+            for _ in range(MAX_HITS):
+                if pos < 0:
+                    break
+                deadline.check()
                 yield sec.addr + pos
                 pos = data.find(needle, pos + 1)
 

@@ -1,8 +1,9 @@
 """What /proc says about a process: mappings, root directory, threads, identity.
 
-Files of a target are opened through ``/proc/PID/root`` so that a process in a
-container or chroot is read from its own filesystem; paths are reported as the
-target sees them.
+Files of a target are opened through ``/proc/PID/map_files`` (the mapped inode
+itself) or ``/proc/PID/root`` so that a process in a container or chroot is read
+from its own filesystem, always through ``files`` (no link out of the root, nothing
+that blocks); paths are reported as the target sees them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiobpf.collector import files
 from aiobpf.safe_text import from_bytes
 
 
@@ -58,7 +60,8 @@ def read_maps(pid: int) -> list[Mapping]:
 
 
 def host_path(pid: int, path: str) -> Path:
-    """The path under which aiobpf can open the target's file ``path``."""
+    """The target's file ``path`` seen from the host (for messages and for bcc: opening
+    it goes through ``files``, which keeps the lookup inside the target's root)."""
     return Path(f"/proc/{pid}/root{path}")
 
 
@@ -75,16 +78,35 @@ def mapped_paths(pid: int, mapping: Mapping) -> list[Path]:
     return [map_files_path(pid, mapping), Path(mapping.path), host_path(pid, mapping.path)]
 
 
-def open_mapped(pid: int, mapping: Mapping) -> Path:
-    """A readable host path to the very file (same inode) behind ``mapping``."""
-    for candidate in mapped_paths(pid, mapping):
+def open_mapped_file(pid: int, mapping: Mapping) -> tuple[int, Path]:
+    """A checked, read-only descriptor of the very file (same inode) behind ``mapping``,
+    and the host path it was reached by (in the order of ``mapped_paths``); raises
+    ``files.UnsafeFile`` when none leads to it."""
+    entry, on_host, in_root = mapped_paths(pid, mapping)
+    openers = ((entry, lambda: files.open_map_file(entry, mapping.inode)),
+               (on_host, lambda: files.open_host(mapping.path)),
+               (in_root, lambda: files.open_in_root(pid, mapping.path)))
+    reasons = []
+    for path, opener in openers:
         try:
-            with open(candidate, "rb") as stream:
-                if os.fstat(stream.fileno()).st_ino == mapping.inode:
-                    return candidate
-        except OSError:
+            fd = opener()
+        except files.UnsafeFile as exc:
+            reasons.append(str(exc))
             continue
-    return host_path(pid, mapping.path)
+        if os.fstat(fd).st_ino == mapping.inode:
+            return fd, path
+        os.close(fd)
+        reasons.append(f"{path} is another file")
+    raise files.UnsafeFile(f"{mapping.path} of process {pid} cannot be opened safely: "
+                           + "; ".join(reasons))
+
+
+def open_mapped(pid: int, mapping: Mapping) -> Path:
+    """A host path to the very file (same inode) behind ``mapping``, checked as
+    ``open_mapped_file`` does; raises ``files.UnsafeFile``."""
+    fd, path = open_mapped_file(pid, mapping)
+    os.close(fd)
+    return path
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiobpf.collector import procfs
+from aiobpf.collector import deadline, procfs
 from aiobpf.collector.elf import ElfImage, NotElfError, find_debug_file
+from aiobpf.collector.files import Tree, UnsafeFile
 from aiobpf.collector.layouts import SUPPORTED_MINORS, Layout, LayoutError, resolve_layout
 from aiobpf.collector.procfs import Mapping, ProcessInfo
 
 _PY_NAME = re.compile(r"python(\d)\.(\d+)")
 _DEBUG_DIR = "/usr/lib/debug"
+MAX_CORE_CANDIDATES = 8     # mapped files that may be the interpreter, looked at in turn
 
 
 class NotPython(Exception):
@@ -91,9 +93,12 @@ def _by_file(maps: list[Mapping]) -> dict[str, list[Mapping]]:
 
 def _open(pid: int, mappings: list[Mapping]) -> ElfImage:
     first = min(mappings, key=lambda m: m.offset)
-    image = ElfImage.open(procfs.open_mapped(pid, first))
-    image.name = Path(first.path).name
-    return image
+    name = Path(first.path).name
+    try:
+        fd, path = procfs.open_mapped_file(pid, first)
+    except UnsafeFile as exc:
+        raise NotElfError(str(exc)) from exc
+    return ElfImage.from_fd(fd, path, name)
 
 
 def _version_from_name(path: str) -> tuple[int, int] | None:
@@ -105,29 +110,48 @@ def _find_core(pid: int, info: ProcessInfo, files: dict[str, list[Mapping]]
                ) -> tuple[LoadedImage, int] | None:
     names = [p for p in files if p == info.exe or "python" in Path(p).name]
     names.sort(key=lambda p: ("libpython" not in p, p != info.exe))
-    for path in names:
+    for path in names[:MAX_CORE_CANDIDATES]:
+        deadline.check()
         try:
             image = _open(pid, files[path])
         except NotElfError:
             continue
-        runtime = image.symbol("_PyRuntime")
+        try:
+            runtime = image.symbol("_PyRuntime")
+            bias = _bias(image, files[path])
+        except NotElfError:
+            runtime = None
         if runtime is None:
             image.close()
             continue
-        loaded = LoadedImage(image, path, _bias(image, files[path]))
+        loaded = LoadedImage(image, path, bias)
         return loaded, loaded.addr(runtime)
     return None
 
 
 def _debug_file_finder(pid: int, extra_dirs: list[Path]):
-    """Separate debug files are looked for in the target's root, then on the host."""
-    dirs = [*extra_dirs, procfs.host_path(pid, _DEBUG_DIR), Path(_DEBUG_DIR)]
+    """Separate debug files are looked for in the directories the operator named, in
+    the target's root (links resolved inside it), then on the host; never through a
+    link that leaves the directory."""
+    dirs = [*(Tree(d) for d in extra_dirs), Tree.of_process(pid, _DEBUG_DIR),
+            Tree(Path(_DEBUG_DIR))]
     return lambda image: find_debug_file(image, dirs)
 
 
-def open_target(pid: int, *, use_dwarf: bool = True,
-                debug_dirs: list[Path] | None = None) -> Target:
-    """Discover everything aiobpf needs to read the asyncio state of ``pid``."""
+def open_target(pid: int, *, use_dwarf: bool = True, debug_dirs: list[Path] | None = None,
+                time_limit: float | None = None) -> Target:
+    """Discover everything aiobpf needs to read the asyncio state of ``pid``.
+
+    Within ``time_limit`` seconds (else ``deadline.Overrun``); a binary that cannot
+    be read safely makes the process ``UnsupportedPython``."""
+    with deadline.limit(time_limit):
+        try:
+            return _open_target(pid, use_dwarf, debug_dirs)
+        except NotElfError as exc:
+            raise UnsupportedPython(f"process {pid}: {exc}") from exc
+
+
+def _open_target(pid: int, use_dwarf: bool, debug_dirs: list[Path] | None) -> Target:
     info = procfs.process_info(pid)
     maps = procfs.read_maps(pid)
     files = _by_file(maps)
@@ -138,7 +162,11 @@ def open_target(pid: int, *, use_dwarf: bool = True,
             raise UnsupportedPython(f"Python {guess[0]}.{guess[1]}")
         raise NotPython(f"process {pid} ({info.name}) runs no CPython interpreter")
     core, runtime_addr = found
-    hexversion = core.image.py_version_hex
+    try:
+        hexversion = core.image.py_version_hex
+    except BaseException:
+        core.image.close()
+        raise
     if hexversion is None:
         guess = _version_from_name(core.path) or _version_from_name(info.exe)
         core.image.close()
@@ -154,23 +182,28 @@ def open_target(pid: int, *, use_dwarf: bool = True,
         raise UnsupportedPython(f"Python {label} (newer than this aiobpf knows)")
 
     asyncio = None
-    for path, mappings in files.items():
-        if Path(path).name.startswith("_asyncio."):
-            image = _open(pid, mappings)
-            asyncio = LoadedImage(image, path, _bias(image, mappings))
-            break
-    if asyncio is None and not _has_builtin_asyncio(core.image):
-        core.image.close()
-        raise NoAsyncio(f"process {pid} (Python {label}) has not loaded the asyncio C module")
-
     try:
-        layout = resolve_layout(version, core.image, asyncio.image if asyncio else None,
-                                use_dwarf=use_dwarf,
-                                debug_file=_debug_file_finder(pid, debug_dirs or []))
-    except LayoutError as exc:
-        raise UnsupportedPython(f"Python {label}: {exc}") from exc
-    if layout.free_threaded or "t" in _abiflags(core.path):
-        raise UnsupportedPython(f"Python {label} free-threaded build")
+        for path, mappings in files.items():
+            if Path(path).name.startswith("_asyncio."):
+                image = _open(pid, mappings)
+                asyncio = LoadedImage(image, path, _bias(image, mappings))
+                break
+        if asyncio is None and not _has_builtin_asyncio(core.image):
+            raise NoAsyncio(f"process {pid} (Python {label}) has not loaded the asyncio C "
+                            "module")
+        try:
+            layout = resolve_layout(version, core.image, asyncio.image if asyncio else None,
+                                    use_dwarf=use_dwarf,
+                                    debug_file=_debug_file_finder(pid, debug_dirs or []))
+        except LayoutError as exc:
+            raise UnsupportedPython(f"Python {label}: {exc}") from exc
+        if layout.free_threaded or "t" in _abiflags(core.path):
+            raise UnsupportedPython(f"Python {label} free-threaded build")
+    except BaseException:
+        core.image.close()
+        if asyncio is not None:
+            asyncio.image.close()
+        raise
     return Target(pid, info, version, core, asyncio, layout, runtime_addr, maps)
 
 

@@ -23,11 +23,14 @@ import psutil
 from aiobpf import errors
 from aiobpf.cli.common import translate_errors
 from aiobpf.cli.output import FORMATS, render
-from aiobpf.collector import probe_cost
+from aiobpf.collector import deadline, probe_cost
+from aiobpf.collector.elf import NotElfError
+from aiobpf.collector.files import UnsafeFile
 from aiobpf.collector.loader import Attachment, Capture, CaptureUnavailable, TargetStats
 from aiobpf.collector.memory import ProcessGone, ReadLimitExceeded, RemoteReadError
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.probe_cost import ProbeCosts
+from aiobpf.collector.probes import ProbeSite, find_step_sites
 from aiobpf.collector.procfs import ProcessNotFound
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPython, open_target
@@ -48,6 +51,10 @@ log.addFilter(SafeLogRecords())   # names and paths in messages come from target
 TICK_S = 0.2
 MIN_SLEEP_S = 0.01         # the loop wakes for a window's switch, but never spins
 FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6)   # when timing fails: pessimistic
+EXAMINE_LIMIT_S = 30.0     # a process's files examined within this (cold: ~2 s for libpython)
+EXAMINE_GRACE_S = 5.0      # ... and abandoned this much later if the parser did not stop
+MAX_EXAMINING = 4          # processes examined at once
+MAX_STUCK = 8              # abandoned examinations still running: no new ones beyond this
 RATE_SMOOTHING = 0.5       # weight of the newest window in the step and CPU rates
 # The longest one memory read of a process may take (a million tasks take a few seconds;
 # a forged task list would take forever), for the gauges and for dumps.
@@ -103,11 +110,74 @@ class Traced:
             self.target.close()
 
 
+@dataclass
+class Examination:
+    """One process's files and memory examined by a worker thread, off the main loop,
+    within EXAMINE_LIMIT_S (a deadline the ELF and DWARF parsers check)."""
+
+    candidate: Candidate
+    started: float
+    target: Target | None = None
+    collector: Collector | None = None
+    snapshot: Any = None
+    found: tuple[dict[str, ProbeSite], list[str]] | None = None   # probe sites and notes
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _abandoned: bool = False
+
+    def start(self, with_probes: bool) -> None:
+        threading.Thread(target=self._run, args=(with_probes,), daemon=True,
+                         name=f"aiobpf-examine-{self.candidate.identity.pid}").start()
+
+    def _run(self, with_probes: bool) -> None:
+        pid = self.candidate.identity.pid
+        try:
+            with deadline.limit(EXAMINE_LIMIT_S):
+                self.target = open_target(pid)
+                if with_probes and self.target.layout.has("type.call"):
+                    # the probe sites too, within the deadline (placed by the loop)
+                    holder = self.target.asyncio or self.target.core
+                    self.found = find_step_sites(holder.image, None,
+                                                 self.target.layout["type.call"])
+                self.collector = Collector(self.target, MAX_TASKS)
+                self.collector.mem.limit(READ_DEADLINE_S)
+                self.snapshot = self.collector.snapshot(details=False)
+                self.collector.mem.limit(None)
+        except Exception as exc:
+            self.error = exc
+            self.release()
+        finally:
+            with self._lock:
+                self.done.set()
+                if self._abandoned:
+                    self.release()
+
+    def abandon(self) -> None:
+        """The loop gave up on this one: whatever it opens is released when it ends."""
+        with self._lock:
+            self._abandoned = True
+            if self.done.is_set():
+                self.release()
+            elif self.collector is not None:
+                self.collector.mem.cancel()   # a read in progress ends at once
+
+    def release(self) -> None:
+        collector, target = self.collector, self.target
+        self.collector = self.target = None
+        if collector is not None:
+            collector.close()
+        if target is not None:
+            target.close()
+
+
 class Daemon:
     def __init__(self, config: Config, *, pids: list[int] | None = None) -> None:
         self.config = config
         self.discovery = Discovery(config.select, only=pids)
         self.traced: dict[int, Traced] = {}
+        self._examining: dict[int, Examination] = {}
+        self._stuck: list[Examination] = []    # abandoned, their worker still running
         self.windows: dict[tuple[int, int], FileWindow] = {}
         self.errors: Counter[str] = Counter()
         self.state = DaemonState()
@@ -165,6 +235,8 @@ class Daemon:
                 if now >= next_scan:
                     self._scan(now)
                     next_scan = now + self.config.scan_interval
+                elif self._examining:
+                    self._collect_examinations(now)   # traced as soon as examined
                 self._account(now)
                 self._publish()
                 self._stop.wait(self._sleep_for(time.monotonic()))
@@ -176,6 +248,8 @@ class Daemon:
 
     def close(self) -> None:
         self._stop.set()
+        for pid in list(self._examining):
+            self._abandon(pid)   # (its read in progress is cancelled)
         for traced in list(self.traced.values()):
             traced.collector.mem.cancel()   # a read in progress ends at its next system call
         for pid in list(self.traced):
@@ -206,12 +280,14 @@ class Daemon:
             for pid in self.discovery.passed_over:
                 log.warning("pid %d: not traced: it runs no CPython (none in its mappings)", pid)
         for pid in gone:
+            self._abandon(pid)
             self._drop(pid, "exited, exec'd, or its PID was given to a new process")
         self._check_probed_files(list(self.traced.values()))
+        self._collect_examinations(now)
         for candidate in fresh:
             pid = candidate.identity.pid
             self._drop(pid, "replaced")   # (never two at one PID)
-            if len(self.traced) >= self.config.max_processes:
+            if len(self.traced) + len(self._examining) >= self.config.max_processes:
                 self.errors["too_many_processes"] += 1
                 self.discovery.settle(pid, "waiting", now)
                 continue
@@ -230,67 +306,113 @@ class Daemon:
         return False
 
     def _attach(self, candidate: Candidate) -> str:
-        """Trace ``candidate`` if it is an asyncio CPython; the discovery verdict."""
-        try:
-            return self._try_attach(candidate)
-        except Exception as exc:  # one bad process must never stop the others
-            self.errors["internal"] += 1
-            log.warning("pid %d: not traced: unexpected %s: %s", candidate.identity.pid,
-                        type(exc).__name__, exc)
-            return "ignored"
-
-    def _try_attach(self, candidate: Candidate) -> str:
+        """Start examining ``candidate`` off the loop (its files are parsed in a worker
+        thread, within EXAMINE_LIMIT_S); the discovery verdict for now.  The result is
+        picked up by ``_collect_examinations`` at a later scan."""
         pid = candidate.identity.pid
-        target: Target | None = None
-        collector: Collector | None = None
+        running = self._examining.get(pid)
+        if running is not None:
+            if running.candidate.identity == candidate.identity:
+                return "candidate"
+            self._abandon(pid)        # it exec'd while examined: the old look is moot
+        self._stuck = [e for e in self._stuck if not e.done.is_set()]
+        if len(self._examining) >= MAX_EXAMINING or len(self._stuck) >= MAX_STUCK:
+            # All workers busy (many new processes at once), or stuck in what earlier
+            # processes named (a file system that never answers): no more threads for
+            # now.  Offered again at the next scan (no growing pause: it is not its fault).
+            if len(self._stuck) >= MAX_STUCK:
+                self.errors["examine_busy"] += 1
+            self.discovery.forget(pid)
+            return "waiting"
+        exam = Examination(candidate, time.monotonic())
+        self._examining[pid] = exam
+        exam.start(self.capture is not None)
+        return "candidate"   # looked at by a worker: not offered again meanwhile
 
-        def release() -> None:
-            if collector is not None:
-                collector.close()
-            if target is not None:
-                target.close()
+    def _collect_examinations(self, now: float) -> None:
+        """Trace what the workers have examined, or give up on one that overran."""
+        for pid, exam in list(self._examining.items()):
+            if not exam.done.is_set():
+                if time.monotonic() - exam.started > EXAMINE_LIMIT_S + EXAMINE_GRACE_S:
+                    self._abandon(pid)
+                    self.errors["examine_timeout"] += 1
+                    log.warning("pid %d: not traced: examining its files takes longer than "
+                                "%.0f s", pid, EXAMINE_LIMIT_S)
+                    self.discovery.settle(pid, "ignored", now)
+                continue
+            del self._examining[pid]
+            try:
+                verdict = self._try_attach(exam)
+            except Exception as exc:  # one bad process must never stop the others
+                exam.release()
+                self.errors["internal"] += 1
+                log.warning("pid %d: not traced: unexpected %s: %s", pid,
+                            type(exc).__name__, exc)
+                verdict = "ignored"
+            self.discovery.settle(pid, verdict, now)
 
+    def _abandon(self, pid: int) -> None:
+        """Give up on examining ``pid``; its worker releases what it opened when it ends."""
+        exam = self._examining.pop(pid, None)
+        if exam is None:
+            return
+        exam.abandon()
+        if not exam.done.is_set():
+            self._stuck.append(exam)
+
+    def _try_attach(self, exam: Examination) -> str:
+        """Trace an examined process (or say why not); the discovery verdict."""
+        candidate = exam.candidate
+        pid = candidate.identity.pid
+        if exam.error is None and Identity.of(pid) != candidate.identity:
+            exam.release()     # exited or exec'd meanwhile: looked at afresh
+            self.discovery.forget(pid)
+            return "waiting"
         try:
-            target = open_target(pid)
-            collector = Collector(target, MAX_TASKS)
-            collector.mem.limit(READ_DEADLINE_S)
-            snapshot = collector.snapshot(details=False)
-            collector.mem.limit(None)
+            if exam.error is not None:
+                raise exam.error
         except NoAsyncio as exc:
-            release()
             if self.discovery.only:
                 log.warning("pid %d: %s; looking again later", pid, exc)
             return "waiting"
         except (NotPython, UnsupportedPython) as exc:
-            release()
+            if isinstance(exc.__cause__, NotElfError):   # a file it maps is malformed
+                self.errors["malformed_file"] += 1
             # asked for by PID (the exporter): say why; found by a scan: not news
             (log.warning if self.discovery.only else log.info)("pid %d: not traced: %s",
                                                                 pid, exc)
             return "ignored"
+        except deadline.Overrun:
+            self.errors["examine_timeout"] += 1
+            log.warning("pid %d: not traced: examining its files took longer than %.0f s",
+                        pid, EXAMINE_LIMIT_S)
+            return "ignored"
         except _GONE:
-            release()
+            return "ignored"
+        except (NotElfError, UnsafeFile) as exc:
+            self.errors["malformed_file"] += 1
+            log.warning("pid %d: not traced: %s", pid, exc)
             return "ignored"
         except (RemoteReadError, DecodeError, OSError) as exc:
-            release()
             self.errors["read"] += 1
             log.warning("pid %d: could not be read (%s); will try again", pid, exc)
             return "waiting"
-        except BaseException:
-            release()
-            raise
+        assert exam.target is not None and exam.collector is not None
+        assert exam.snapshot is not None
+        target, collector, snapshot = exam.target, exam.collector, exam.snapshot
         attachment = None
         if self.capture is not None:
             try:
                 with self._bpf_lock:
-                    attachment = self.capture.add(target)
+                    attachment = self.capture.add(target, found=exam.found)
             except _GONE:
-                release()
+                exam.release()
                 return "ignored"
             except Exception as exc:  # CaptureUnavailable, OSError, whatever bcc raised
                 kind = _kind(exc, "attach")
                 self.errors[kind] += 1
                 if kind == "probe_file_changed":   # it swapped the file under us
-                    release()
+                    exam.release()
                     log.warning("pid %d: not traced: %s; looking again later", pid,
                                 _one_line(exc))
                     return "waiting"

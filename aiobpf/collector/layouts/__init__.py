@@ -4,7 +4,10 @@ A ``Layout`` is assembled for one target from, in increasing precedence:
 
 1. the generated table for its minor version (``tables.py``, from reference DWARF);
 2. the DWARF of the target's own binaries (or of their separate debug files),
-   when they carry it, cached by build-id because a scan takes seconds;
+   when they carry it, cached because a scan takes seconds.  The cache is keyed by
+   a SHA-256 of the file that holds the DWARF (not by its build-id, which a target
+   chooses), lives in a directory only the daemon's user may write, and what is
+   read back is checked like any other input;
 3. the offsets CPython publishes in the binaries themselves: ``_Py_DebugOffsets``
    at the start of ``.PyRuntime`` (3.13+) and the ``_asyncio`` module's
    ``.AsyncioDebug`` section (3.14+).
@@ -14,17 +17,29 @@ A ``Layout`` is assembled for one target from, in increasing precedence:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
 import os
+import stat
 import struct
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiobpf.collector import deadline
 from aiobpf.collector.elf import ElfImage
 from aiobpf.collector.layouts.constants import CONSTANTS, Constants
-from aiobpf.collector.layouts.spec import ASYNCIO, CORE, FIELDS
+from aiobpf.collector.layouts.spec import (
+    ASYNCIO,
+    CORE,
+    FIELDS,
+    asyncio_debug_paths,
+    debug_paths,
+)
 from aiobpf.collector.layouts.tables import TABLES
 
 DEBUG_COOKIE = b"xdebugpy"
@@ -86,30 +101,141 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aiobpf" / "layouts"
 
 
+MAX_OFFSET = 1 << 24          # offsets, sizes and bit positions: below 16 Mi
+MAX_CACHE_FILE = 1 << 20
+
+
+def _known_keys() -> dict[str, bool]:
+    """Every key a DWARF extraction may produce -> whether it may be an enum value."""
+    keys: dict[str, bool] = {}
+    for f in FIELDS:
+        is_enum = any(sp.startswith("enum ") for sp in f.spellings)
+        keys[f.name] = is_enum
+        if any(sp.startswith("bits ") for sp in f.spellings):
+            keys[f.name + ".width"] = False
+    keys.update(dict.fromkeys((f"dbg:{p}" for p in debug_paths()), False))
+    keys.update(dict.fromkeys((f"adbg:{p}" for p in asyncio_debug_paths()), False))
+    return keys
+
+
+def plausible(values: object) -> dict[str, int] | None:
+    """``values`` if it is what a DWARF extraction makes: known keys, integers in range
+    (enum values: any 32-bit integer; everything else: 0 to 16 Mi); None otherwise."""
+    if not isinstance(values, dict):
+        return None
+    known = _known_keys()
+    for key, value in values.items():
+        if key not in known or type(value) is not int:
+            return None
+        low, high = (-(1 << 31), 1 << 31) if known[key] else (0, MAX_OFFSET)
+        if not low <= value < high:
+            return None
+    return values
+
+
+def _private_dir(path: Path, create: bool) -> bool:
+    """True when ``path`` is a directory of this user that nobody else may write
+    (created 0700 when ``create``)."""
+    if create:
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _read_cache(path: Path) -> dict[str, int] | None:
+    """The values cached in ``path``, when the file is this user's, nobody else may
+    write it, and its content is plausible."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as stream:
+        st = os.fstat(fd)
+        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
+                or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or st.st_size > MAX_CACHE_FILE):
+            return None
+        try:
+            return plausible(json.loads(stream.read(MAX_CACHE_FILE)))
+        except ValueError:
+            return None
+
+
+def _write_cache(path: Path, values: dict[str, int]) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(values, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()   # a read-only cache only costs time
+
+
+_extracting = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_extraction_at_a_time() -> Iterator[None]:
+    """DWARF is extracted by one thread at a time: pyelftools holds a file's DIEs in
+    memory (~90 MB for a 24 MB debug build), so the daemon's peak is one of them, not
+    one per process examined at once; and a second process mapping the same file then
+    finds the values in the cache.  The memory is handed back to the system after."""
+    while not _extracting.acquire(timeout=0.1):
+        deadline.check()
+    try:
+        yield
+    finally:
+        gc.collect()
+        _malloc_trim()
+        _extracting.release()
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)     # glibc: give freed heap pages back
+
+
 def dwarf_values(image: ElfImage, binaries: set[str]) -> dict[str, int] | None:
     """Values from an image's DWARF, through the on-disk cache; None without DWARF."""
     if not image.has_debug_info:
         return None
-    key = f"{image.build_id or image.path.name}-{'-'.join(sorted(binaries))}-{_spec_digest()}"
-    path = cache_dir() / f"{key}.json"
-    try:
-        return {k: int(v) for k, v in json.loads(path.read_text()).items()}
-    except (OSError, ValueError):
-        pass
     from aiobpf.collector.dwarf import DwarfError  # pyelftools' DWARF code: import on demand
+    from aiobpf.collector.elf import NotElfError
     from aiobpf.collector.layouts.extract import extract
 
+    directory = cache_dir()
+    usable = _private_dir(directory, create=True)
     try:
-        values = extract(image.stream, binaries)
-    except DwarfError:
+        key = f"{image.digest}-{'-'.join(sorted(binaries))}-{_spec_digest()}"
+    except NotElfError:
         return None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(values, sort_keys=True))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs time
+    path = directory / f"{key}.json"
+    if usable:
+        cached = _read_cache(path)
+        if cached is not None:
+            return cached
+    with _one_extraction_at_a_time():
+        cached = _read_cache(path) if usable else None
+        if cached is not None:      # another thread extracted it meanwhile
+            return cached
+        try:
+            found = extract(image, binaries)
+        except DwarfError:
+            return None
+    # What a file's DWARF says only concerns the processes that map that very file;
+    # still, an absurd value is dropped rather than used to read memory.
+    values = plausible(found) or {k: v for k, v in found.items() if plausible({k: v})}
+    if usable:
+        _write_cache(path, values)
     return values
 
 
@@ -175,7 +301,11 @@ def resolve_layout(version: tuple[int, int, int], core: ElfImage, asyncio: ElfIm
             if dwarf_image is None and debug_file is not None:
                 dwarf_image = debug_file(image)
             if dwarf_image is not None:
-                merge(dwarf_values(dwarf_image, binaries), f"dwarf {dwarf_image.name}")
+                try:
+                    merge(dwarf_values(dwarf_image, binaries), f"dwarf {dwarf_image.name}")
+                finally:
+                    if dwarf_image is not image:
+                        dwarf_image.close()
     if not values:
         raise LayoutError(f"no layout is known for Python {'.'.join(map(str, version))}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from aiobpf.collector.dwarf import DwarfError, DwarfTypes
+from aiobpf.collector.elf import ElfImage
 from aiobpf.collector.layouts.spec import (
     ASYNCIO_DEBUG_STRUCT,
     DEBUG_STRUCT,
@@ -38,14 +39,14 @@ def _wanted(binaries: set[str]) -> tuple[set[str], set[str]]:
     return types, enums
 
 
-def extract(stream: BinaryIO, binaries: set[str]) -> dict[str, int]:
+def extract(source: ElfImage | BinaryIO, binaries: set[str]) -> dict[str, int]:
     """Every value of ``spec.FIELDS`` for ``binaries`` that this file's DWARF defines.
 
     Also records where ``_Py_DebugOffsets`` and the asyncio debug offsets keep
     their members (keys ``dbg:<path>`` and ``adbg:<path>``) when the file defines them.
     """
     types, enums = _wanted(binaries)
-    dwarf = DwarfTypes(stream, types, enums)
+    dwarf = DwarfTypes(source, types, enums)
     out: dict[str, int] = {}
     for field in FIELDS:
         if field.binary not in binaries:
