@@ -24,7 +24,13 @@ from aiobpf import errors
 from aiobpf.cli.common import translate_errors
 from aiobpf.cli.output import FORMATS, render
 from aiobpf.collector import probe_cost
-from aiobpf.collector.loader import Attachment, Capture, CaptureUnavailable, TargetStats
+from aiobpf.collector.loader import (
+    DAEMON_LIMITS,
+    Attachment,
+    Capture,
+    CaptureUnavailable,
+    TargetStats,
+)
 from aiobpf.collector.memory import ProcessGone, RemoteReadError
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.probe_cost import ProbeCosts
@@ -39,13 +45,15 @@ from aiobpf.exporters.prometheus import (
     ProcessView,
     SnapshotSummary,
     StepCounts,
-    summarize,
+    Summarizer,
 )
 
 log = logging.getLogger("aiobpf")
 TICK_S = 0.2
 FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6)   # when timing fails: pessimistic
 RATE_SMOOTHING = 0.5       # weight of the newest window in the step and CPU rates
+BIG_READ_TASKS = 10_000     # after a read of this many tasks, freed heap goes back
+PRUNE_INTERVAL_S = 5.0      # the BPF maps are cleared of stale records and exited threads
 _GONE = (ProcessGone, ProcessNotFound, psutil.NoSuchProcess, FileNotFoundError,
          ProcessLookupError)
 
@@ -100,6 +108,7 @@ class Daemon:
         self.errors: Counter[str] = Counter()
         self.state = DaemonState()
         self.last_scan = 0.0
+        self._next_prune = 0.0
         self._bpf_lock = threading.RLock()
         self._stop = threading.Event()
         self.capture: Capture | None = None
@@ -108,7 +117,7 @@ class Daemon:
             log.info("BPF capture is off (bpf = false): metrics come from memory reads only")
         else:
             try:
-                self.capture = Capture()
+                self.capture = Capture(DAEMON_LIMITS)
             except CaptureUnavailable as exc:
                 log.warning("BPF capture is off (%s); metrics come from memory reads only", exc)
         if self.capture is not None and config.fixed_probe_cost is None:
@@ -176,6 +185,9 @@ class Daemon:
         for pid in [p for p, t in self.traced.items() if t.gone]:
             self._drop(pid, "gone")
             self.discovery.forget(pid)
+        if now >= self._next_prune:
+            self._prune()
+            self._next_prune = now + PRUNE_INTERVAL_S
         for candidate in fresh:
             if len(self.traced) >= self.config.max_processes:
                 self.errors["too_many_processes"] += 1
@@ -184,6 +196,20 @@ class Daemon:
             verdict = self._attach(candidate)
             self.discovery.settle(candidate.identity.pid, verdict, now)
         self.last_scan = time.time()
+
+    def _prune(self) -> None:
+        """Records no reader will use and the states of exited threads leave the maps."""
+        if self.capture is None:
+            return
+        try:
+            with self._bpf_lock:
+                records, threads = self.capture.prune()
+        except Exception as exc:  # bcc raises bare Exceptions
+            self.errors["bpf_prune"] += 1
+            log.warning("the BPF maps could not be pruned: %s", exc)
+            return
+        if records or threads:
+            log.debug("pruned %d records and %d thread states", records, threads)
 
     def _attach(self, candidate: Candidate) -> str:
         """Trace ``candidate`` if it is an asyncio CPython; the discovery verdict."""
@@ -206,10 +232,14 @@ class Daemon:
             if target is not None:
                 target.close()
 
+        summarizer = Summarizer(self.config.top_sites)
         try:
             target = open_target(pid)
             collector = Collector(target)
-            snapshot = collector.snapshot(details=False)
+            try:
+                snapshot = collector.snapshot(details=False, sink=summarizer.add, names=False)
+            finally:
+                collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
         except NoAsyncio as exc:
             release()
             if self.discovery.only:
@@ -241,7 +271,7 @@ class Daemon:
                 self.errors["attach"] += 1
                 log.warning("pid %d: probes not placed: %s", pid, exc)
         traced = Traced(candidate, target, collector, attachment)
-        traced.summary = summarize(snapshot, self.config.top_sites)
+        traced.summary = summarizer.finish(snapshot.duration_s)
         traced.pending_at_start = traced.summary.pending
         traced.next_read = time.monotonic() + self.config.refresh_interval
         self.traced[pid] = traced
@@ -337,6 +367,12 @@ class Daemon:
         keep it to learn the rates of the current window."""
         last = traced.last
         traced.last = stats
+        # Faults since the process was added count from zero; steps from the first look.
+        seen = last or TargetStats()
+        if stats.read_errors > seen.read_errors:
+            self.errors["bpf_read"] += stats.read_errors - seen.read_errors
+        if stats.records_dropped > seen.records_dropped:   # read from memory instead
+            self.errors["bpf_records_full"] += stats.records_dropped - seen.records_dropped
         if last is None:
             return
         delta = StepCounts(
@@ -353,8 +389,6 @@ class Daemon:
         traced.counts.add(delta)
         traced.held.add(delta)
         traced.held_s += dt
-        if stats.read_errors > last.read_errors:
-            self.errors["bpf_read"] += stats.read_errors - last.read_errors
         self._derive_created(traced)
 
     @staticmethod
@@ -431,13 +465,16 @@ class Daemon:
     def _refresh(self, traced: Traced) -> None:
         started = time.monotonic()
         try:
+            # Tasks are summarized as they are read, never all held at once.
+            summarizer = Summarizer(self.config.top_sites)
             with traced.lock:
                 try:
                     snapshot = traced.collector.snapshot(details=False,
-                                                         records=self._records(traced))
-                finally:
-                    traced.collector.mem.clear()   # no pages kept between reads
-            traced.summary = summarize(snapshot, self.config.top_sites)
+                                                         records=self._records(traced),
+                                                         sink=summarizer.add, names=False)
+                finally:   # nothing kept between reads; a big read's heap goes back
+                    traced.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
+            traced.summary = summarizer.finish(snapshot.duration_s)
         except NoAsyncio:
             traced.summary = SnapshotSummary()
         except _GONE:
