@@ -8,9 +8,10 @@ python3.14 (the Debian sid root) running many_tasks.py with 200,000 tasks, and r
 - the kernel memory of the daemon's BPF maps: the sum of ``memlock`` over the map
   descriptors it holds (/proc/PID/fdinfo, what the kernel charges for each map), idle
   and while tracing, per map too;
-- the daemon's RSS: at base (idle, after start), its peak while the target starts and is
-  read (VmHWM, reset at base), between memory reads (samples every 0.1 s while traced:
-  the lowest and the median), and after the target exits.
+- the daemon's RSS: its peak at start (bcc's compile), at base (idle, after start),
+  its peak while the target starts and is read (VmHWM, reset at base), between memory
+  reads (samples every 0.1 s while traced: the lowest and the median), and after the
+  target exits.
 
 Run as root: ``.venv/bin/python bench/memory.py [--tasks 200000] [--watch 30]``.
 """
@@ -156,6 +157,7 @@ def run(tasks: int, watch_s: float) -> dict:
     try:
         time.sleep(5)   # settled: compiled, calibrated, first scans done
         result["base_rss_mb"] = rss_mb(daemon.pid)
+        result["start_peak_rss_mb"] = _status_kb(daemon.pid, "VmHWM") / 1024   # bcc's compile
         result["base_maps"] = map_memory(daemon.pid)
         Path(f"/proc/{daemon.pid}/clear_refs").write_text("5")   # VmHWM := VmRSS
         target = start_target(tasks)
@@ -178,8 +180,10 @@ def run(tasks: int, watch_s: float) -> dict:
         result["peak_rss_mb"] = _status_kb(daemon.pid, "VmHWM") / 1024
         result["between_reads_rss_mb"] = {"min": min(steady), "median": statistics.median(steady),
                                           "max": max(steady)}
-        result["capture"] = re.findall(rf'aiobpf_process_info{{[^}}]*pid="{target.pid}"'
-                                       r'[^}]*capture="(\w+)"', text)
+        result["capture"] = [m.group(1) for line in text.splitlines()
+                             if line.startswith("aiobpf_process_info{")
+                             and f'pid="{target.pid}"' in line
+                             and (m := re.search(r'capture="(\w+)"', line))]
         result["errors"] = {m[0]: float(m[1]) for m in re.findall(
             r'aiobpf_errors_total{kind="(\w+)"} (\S+)', text)}
         stop(target)
@@ -219,6 +223,7 @@ def report(r: dict) -> str:
         f"  kernel BPF maps, idle:            {maps('base_maps')}",
         f"  kernel BPF maps, tracing:         {maps('tracing_maps')}",
         f"  kernel BPF maps, after exit:      {maps('after_exit_maps')}",
+        f"  RSS peak at start (bcc compile):  {r['start_peak_rss_mb']:7.1f} MB",
         f"  RSS at base:                      {r['base_rss_mb']:7.1f} MB",
         f"  RSS peak (VmHWM) while tracing:   {r['peak_rss_mb']:7.1f} MB",
         f"  RSS between reads (min / median): {between['min']:7.1f} / {between['median']:.1f} MB "
