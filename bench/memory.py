@@ -58,6 +58,13 @@ def rss_mb(pid: int) -> float:
     return _status_kb(pid, "VmRSS") / 1024
 
 
+def anon_mb(pid: int) -> float:
+    """The daemon's own heap: RSS without file pages (bcc's clang/LLVM code is in
+    RSS too unless the daemon could page it out, which it cannot while another
+    process maps the same libraries)."""
+    return _status_kb(pid, "RssAnon") / 1024
+
+
 def map_memory(pid: int) -> dict[str, int]:
     """Bytes the kernel charges for each BPF map ``pid`` holds open (fdinfo memlock)."""
     out: dict[str, int] = {}
@@ -139,12 +146,16 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def watch(daemon: int, seconds: float, until=None) -> list[float]:
-    """RSS samples every 0.1 s for ``seconds`` (or until ``until()`` is true)."""
+def watch(daemon: int, seconds: float, until=None, anon: list[float] | None = None
+          ) -> list[float]:
+    """RSS samples every 0.1 s for ``seconds`` (or until ``until()`` is true); the
+    anonymous RSS into ``anon``."""
     samples = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not (until and until()):
         samples.append(rss_mb(daemon))
+        if anon is not None:
+            anon.append(anon_mb(daemon))
         time.sleep(0.1)
     return samples
 
@@ -157,6 +168,7 @@ def run(tasks: int, watch_s: float) -> dict:
     try:
         time.sleep(5)   # settled: compiled, calibrated, first scans done
         result["base_rss_mb"] = rss_mb(daemon.pid)
+        result["base_anon_mb"] = anon_mb(daemon.pid)
         result["start_peak_rss_mb"] = _status_kb(daemon.pid, "VmHWM") / 1024   # bcc's compile
         result["base_maps"] = map_memory(daemon.pid)
         Path(f"/proc/{daemon.pid}/clear_refs").write_text("5")   # VmHWM := VmRSS
@@ -172,9 +184,13 @@ def run(tasks: int, watch_s: float) -> dict:
             return sample(scrape(port), "aiobpf_tasks_pending", target.pid) == pending
 
         t0 = time.monotonic()
-        watch(daemon.pid, 300, counted)
+        anon: list[float] = []
+        watch(daemon.pid, 300, counted, anon)
         result["first_full_read_s"] = time.monotonic() - t0
-        steady = watch(daemon.pid, watch_s)
+        steady_anon: list[float] = []
+        steady = watch(daemon.pid, watch_s, anon=steady_anon)
+        result["anon_peak_mb"] = max(anon + steady_anon)
+        result["between_reads_anon_mb"] = statistics.median(steady_anon)
         text = scrape(port)
         result["tracing_maps"] = map_memory(daemon.pid)
         result["peak_rss_mb"] = _status_kb(daemon.pid, "VmHWM") / 1024
@@ -195,6 +211,7 @@ def run(tasks: int, watch_s: float) -> dict:
             time.sleep(0.2)
         after = watch(daemon.pid, 10)
         result["after_exit_rss_mb"] = after[-1]
+        result["after_exit_anon_mb"] = anon_mb(daemon.pid)
         result["after_exit_maps"] = map_memory(daemon.pid)
         ids = sorted(set(result["base_maps"]) | set(result["tracing_maps"]))
         result["map_names"] = map_names(ids)
@@ -229,6 +246,9 @@ def report(r: dict) -> str:
         f"  RSS between reads (min / median): {between['min']:7.1f} / {between['median']:.1f} MB "
         f"(max {between['max']:.1f})",
         f"  RSS 10 s after the target exited: {r['after_exit_rss_mb']:7.1f} MB",
+        f"  anonymous RSS: base {r['base_anon_mb']:.1f} MB, peak (sampled) "
+        f"{r['anon_peak_mb']:.1f} MB, between reads {r['between_reads_anon_mb']:.1f} MB, "
+        f"after exit {r['after_exit_anon_mb']:.1f} MB",
         f"  first complete read after READY:  {r['first_full_read_s']:7.1f} s; capture "
         f"{','.join(r['capture'])}; errors {r['errors'] or 'none'}",
     ])
