@@ -2,8 +2,10 @@
 """The daemon's memory: kernel (BPF maps) and user space (RSS), idle and with a big target.
 
 Starts ``aiobpf daemon`` (budget 1, so the probes stay attached: full capture; BPF on;
-every other setting the default) tracing only tests/targets/many_tasks.py, then
-python3.14 (the Debian sid root) running many_tasks.py with 200,000 tasks, and reports:
+every other setting the default) tracing only tests/targets/hoard.py, then
+python3.14 (the Debian sid root) running hoard.py, which creates 200,000 tasks (groups
+of 100 under TaskGroups, three coroutines deep) once the daemon traces it, so that
+each task's first step reaches the probes (and the ``records`` map fills up); reports:
 
 - the kernel memory of the daemon's BPF maps: the sum of ``memlock`` over the map
   descriptors it holds (/proc/PID/fdinfo, what the kernel charges for each map), idle
@@ -37,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SID_ROOT = Path(os.environ.get("AIOBPF_SID_ROOT", "/var/cache/aiobpf/sid-root"))
 PYTHON = "/usr/bin/python3.14"
-TARGET = "/home/user/many_tasks.py"
+TARGET = "/home/user/hoard.py"
 MB = 1024 * 1024
 
 
@@ -131,8 +133,8 @@ def start_daemon(workdir: Path) -> tuple[subprocess.Popen, int]:
 def start_target(n: int) -> subprocess.Popen:
     dest = SID_ROOT / TARGET.lstrip("/")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "tests" / "targets" / "many_tasks.py", dest)
-    return subprocess.Popen(["chroot", str(SID_ROOT), PYTHON, "-u", TARGET, str(n)],
+    shutil.copy(REPO / "tests" / "targets" / "hoard.py", dest)
+    return subprocess.Popen(["chroot", str(SID_ROOT), PYTHON, "-u", TARGET, str(n), "0"],
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -176,8 +178,17 @@ def run(tasks: int, watch_s: float) -> dict:
         assert target.stdout is not None
         ready = target.stdout.readline()
         if not ready.startswith("READY"):
-            raise SystemExit(f"many_tasks.py {tasks} did not start")
-        pending = int(ready.split()[1])   # every task the target has (main included)
+            raise SystemExit(f"hoard.py {tasks} did not start")
+        deadline = time.monotonic() + 60
+        while not (sample(scrape(port), "aiobpf_task_steps_total", target.pid) or 0) > 0:
+            if time.monotonic() > deadline:
+                raise SystemExit("the target's steps are not seen: no probes?")
+            time.sleep(0.2)
+        os.kill(target.pid, signal.SIGUSR2)   # now the tasks
+        hoarded = target.stdout.readline()
+        if not hoarded.startswith("HOARDED"):
+            raise SystemExit(f"hoard.py {tasks}: {hoarded!r}")
+        pending = int(hoarded.split()[1])   # every task the target has (main included)
         result["pending"] = pending
 
         def counted() -> bool:
@@ -235,7 +246,7 @@ def report(r: dict) -> str:
 
     between = r["between_reads_rss_mb"]
     return "\n".join([
-        f"aiobpf daemon memory, budget 1, BPF on; target: many_tasks.py {r['tasks']} "
+        f"aiobpf daemon memory, budget 1, BPF on; target: hoard.py {r['tasks']} "
         f"({r['pending']} pending tasks) under python3.14",
         f"  kernel BPF maps, idle:            {maps('base_maps')}",
         f"  kernel BPF maps, tracing:         {maps('tracing_maps')}",
@@ -249,7 +260,7 @@ def report(r: dict) -> str:
         f"  anonymous RSS: base {r['base_anon_mb']:.1f} MB, peak (sampled) "
         f"{r['anon_peak_mb']:.1f} MB, between reads {r['between_reads_anon_mb']:.1f} MB, "
         f"after exit {r['after_exit_anon_mb']:.1f} MB",
-        f"  first complete read after READY:  {r['first_full_read_s']:7.1f} s; capture "
+        f"  first complete read:              {r['first_full_read_s']:7.1f} s; capture "
         f"{','.join(r['capture'])}; errors {r['errors'] or 'none'}",
     ])
 

@@ -39,7 +39,7 @@ TASK_ATTEMPTS = 4  # reads of one busy task before it is reported partial
 _DIGITS = re.compile(r"(\d+)")
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """malloc_trim(0): return the free pages of every glibc arena to the system."""
     global _malloc_trim
     if _malloc_trim is None:
@@ -99,7 +99,7 @@ class Collector:
         self.frames.clear()
         self._records = {}
         if trim:
-            _trim_heap()
+            trim_heap()
 
     # -- discovery of tasks -------------------------------------------------------
     def _task_addresses(self, interps: list[int], threads: list[ThreadState], warnings: list[str]

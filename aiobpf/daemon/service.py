@@ -35,7 +35,7 @@ from aiobpf.collector.memory import ProcessGone, RemoteReadError
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.probe_cost import ProbeCosts
 from aiobpf.collector.procfs import ProcessNotFound
-from aiobpf.collector.snapshot import Collector
+from aiobpf.collector.snapshot import Collector, trim_heap
 from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPython, open_target
 from aiobpf.daemon.budget import FileWindow, full_overhead
 from aiobpf.daemon.config import Config
@@ -295,6 +295,8 @@ class Daemon:
             if not any(t.file == file for t in self.traced.values()):
                 del self.windows[file]
         traced.close()
+        if traced.summary is not None and traced.summary.pending >= BIG_READ_TASKS:
+            trim_heap()   # what reading it took goes back to the system
         log.info("pid %d: no longer traced (%s)", pid, why)
 
     # -- BPF counters and the budget ---------------------------------------------------------
