@@ -17,21 +17,39 @@
 #include <uapi/linux/ptrace.h>
 #include "capture.h"
 
+/* Map sizes; the loader sets them (-D, aiobpf/collector/loader.py: MapLimits). */
+#ifndef MAX_TARGETS
 #define MAX_TARGETS 1024
-#define MAX_THREADS 65536
-#define MAX_RECORDS 262144
+#endif
+#ifndef MAX_THREADS
+#define MAX_THREADS 16384
+#endif
+#ifndef MAX_RECORDS
+#define MAX_RECORDS 16384
+#endif
+#ifndef RING_PAGES
+#define RING_PAGES 1024
+#endif
 #define GEN_BUF 512
 
 struct gen_buf {
     char bytes[GEN_BUF];
 };
 
-BPF_HASH(targets, u32, struct target, MAX_TARGETS);
-BPF_HASH(threads, u32, struct thread_state, MAX_THREADS);
-BPF_TABLE("lru_hash", struct task_key, struct task_record, records, MAX_RECORDS);
+/* Kernel memory follows what is traced: `targets` and `records` allocate an entry when
+ * it is stored (BPF_F_NO_PREALLOC), and a full `records` map refuses new tasks -- each
+ * refusal is counted (records_dropped) and the task is read from memory instead.  A
+ * record goes when its task finishes, and user space removes a process's records when
+ * it stops tracing it.  `threads` is an LRU map (always preallocated, so kept small):
+ * a thread that exited is never looked up again and is the first to make room, so
+ * capture never stops for want of thread slots, however many threads come and go. */
+BPF_F_TABLE("hash", u32, struct target, targets, MAX_TARGETS, BPF_F_NO_PREALLOC);
+BPF_TABLE("lru_hash", u32, struct thread_state, threads, MAX_THREADS);
+BPF_F_TABLE("hash", struct task_key, struct task_record, records, MAX_RECORDS,
+            BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(scratch, struct task_record, 1);
 BPF_PERCPU_ARRAY(genbuf, struct gen_buf, 1);
-BPF_RINGBUF_OUTPUT(events, 1024);
+BPF_RINGBUF_OUTPUT(events, RING_PAGES);
 
 static __always_inline u32 log2l(u64 v)
 {
@@ -193,7 +211,11 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
     u64 duration = now - start;
     struct task_key key = {.pid = pid, .task = task};
     struct task_record *old = records.lookup(&key);
-    if (old && old->signature == signature && old->coro == r->coro) {
+    if (r->state == CAPTURE_FINISHED) {
+        /* Nobody reads the record of a finished task: its room goes to others. */
+        if (old)
+            records.delete(&key);
+    } else if (old && old->signature == signature && old->coro == r->coro) {
         /* Suspended where it was last time: update the counts in place. */
         old->steps += 1;
         old->step_ns += duration;
@@ -204,7 +226,8 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
     } else {
         r->steps = (old ? old->steps : 0) + 1;
         r->step_ns = (old ? old->step_ns : 0) + duration;
-        records.update(&key, r);
+        if (records.update(&key, r))
+            __sync_fetch_and_add(&t->stats.records_dropped, 1);   /* full: counted */
     }
     __sync_fetch_and_add(&t->stats.captures, 1);
     __sync_fetch_and_add(&t->stats.step_ns_sum, duration);
@@ -227,8 +250,9 @@ static __always_inline int step_start(struct target *t, u64 task)
         return 0;
     u64 now = bpf_ktime_get_ns();
     struct thread_state *ts = threads.lookup(&tid);
-    if (!ts) {
-        struct thread_state fresh = {};
+    if (!ts || ts->pid != pid) {
+        /* New, or a thread id reused by another process: start afresh. */
+        struct thread_state fresh = {.pid = pid};
         threads.update(&tid, &fresh);
         ts = threads.lookup(&tid);
         if (!ts)
@@ -291,7 +315,7 @@ static __always_inline int wait_enter(void)
     if (!t)
         return 0;
     struct thread_state *ts = threads.lookup(&tid);
-    if (ts && ts->task) {
+    if (ts && ts->task && ts->pid == pid) {
         u64 prev = ts->task;
         ts->task = 0;
         if (ts->start_ns >= t->cfg.epoch_ns) {
@@ -310,7 +334,7 @@ static __always_inline int wait_exit(void)
     if (!targets.lookup(&pid))
         return 0;
     struct thread_state *ts = threads.lookup(&tid);
-    if (ts)
+    if (ts && ts->pid == pid)
         ts->woke_ns = bpf_ktime_get_ns();
     return 0;
 }

@@ -86,6 +86,8 @@ struct thread_state {
     __u64 start_ns;
     __u64 woke_ns;
     __u64 delay_ns;                /* wake-to-start delay of the step now running */
+    __u32 pid;                     /* its process: user space removes a process's threads */
+    __u32 pad;
 };
 
 /* What the programs count for one process; updated in place with atomic adds. */
@@ -98,6 +100,7 @@ struct target_stats {
     __u64 step_ns_sum;             /* total duration of the captured steps */
     __u64 delay_ns_sum;            /* total wake-to-step delay of the steps that have one */
     __u64 prog_ns_sum;             /* time the programs spent on this process's steps */
+    __u64 records_dropped;         /* records not stored: the records map was full */
     __u64 step_hist[AIOBPF_HIST_SLOTS];   /* log2(step duration in ns) */
     __u64 delay_hist[AIOBPF_HIST_SLOTS];  /* log2(ns from the loop waking to the step) */
     __u64 depth_hist[AIOBPF_MAX_DEPTH + 1]; /* frames of the suspended stack */

@@ -81,6 +81,28 @@ def _release_compiler_memory() -> None:
             libc.madvise(start, end - start, _MADV_PAGEOUT)
 
 
+@dataclass(frozen=True)
+class MapLimits:
+    """Entries of the BPF maps (compiled in: bcc sizes maps at load).  ``records`` and
+    ``targets`` take kernel memory as they fill (~1 KiB per record); ``threads`` (an
+    LRU map) and the ring buffer are allocated whole.  The defaults keep the kernel
+    memory of a daemon under ~18 MiB however many tasks it traces; a task without a
+    record is read from memory instead (counted: ``records_dropped``)."""
+
+    records: int = 16384
+    threads: int = 16384
+    targets: int = 1024
+    ring_pages: int = 1024    # step events (aiobpf trace); a power of two
+
+    def cflags(self) -> list[str]:
+        return [f"-DMAX_RECORDS={self.records}", f"-DMAX_THREADS={self.threads}",
+                f"-DMAX_TARGETS={self.targets}", f"-DRING_PAGES={self.ring_pages}"]
+
+
+# A daemon never asks for step events: one page of ring buffer, not 4 MiB.
+DAEMON_LIMITS = MapLimits(ring_pages=1)
+
+
 class CaptureUnavailable(Exception):
     """BPF capture cannot run here, or not for one file (no bcc, no privileges, a probe
     that could not be placed).  ``kind`` names the failure in ``aiobpf_errors_total``:
@@ -159,7 +181,7 @@ class TargetStats(ct.Structure):
         ("steps", ct.c_uint64), ("captures", ct.c_uint64),
         ("read_errors", ct.c_uint64), ("events_lost", ct.c_uint64),
         ("finished", ct.c_uint64), ("step_ns_sum", ct.c_uint64), ("delay_ns_sum", ct.c_uint64),
-        ("prog_ns_sum", ct.c_uint64),
+        ("prog_ns_sum", ct.c_uint64), ("records_dropped", ct.c_uint64),
         ("step_hist", ct.c_uint64 * HIST_SLOTS), ("delay_hist", ct.c_uint64 * HIST_SLOTS),
         ("depth_hist", ct.c_uint64 * (MAX_DEPTH + 1)),
     ]
@@ -175,11 +197,17 @@ class TaskKey(ct.Structure):
     _fields_ = [("pid", ct.c_uint32), ("pad", ct.c_uint32), ("task", ct.c_uint64)]
 
 
+class ThreadState(ct.Structure):
+    _fields_ = [("task", ct.c_uint64), ("start_ns", ct.c_uint64), ("woke_ns", ct.c_uint64),
+                ("delay_ns", ct.c_uint64), ("pid", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
 CAPTURE_SUSPENDED, CAPTURE_FINISHED, CAPTURE_RUNNING, CAPTURE_CREATED = 1, 2, 3, 4
 # The maps, with the ctypes of their keys and values (bcc cannot decode int8 fields).
 _TABLES: dict[str, tuple[Any, Any]] = {
     "targets": (ct.c_uint32, TargetValue),
     "records": (TaskKey, TaskRecord),
+    "threads": (ct.c_uint32, ThreadState),
 }
 
 
@@ -323,7 +351,8 @@ def same_file(probed: tuple[int, int], mapped: tuple[int, int] | None) -> bool:
 class Capture:
     """The compiled capture programs, their probes and maps."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: MapLimits = MapLimits()) -> None:
+        self.limits = limits
         try:
             from bcc import BPF  # Debian's python3-bpfcc; slow to import, so only here
         except ImportError as exc:
@@ -335,7 +364,8 @@ class Capture:
         with _stderr_captured() as said:
             try:
                 self.bpf = BPF(src_file=str(BPF_DIR / "capture.bpf.c").encode(),
-                               cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
+                               cflags=[f"-I{BPF_DIR}", "-Wno-unused-function",
+                                       *limits.cflags()])
                 # Every program now: a load failure (privileges, verifier) is one clear
                 # failure here rather than one per process later, and verifying one
                 # (up to a second) never passes while a file's first probes are in place.
@@ -522,11 +552,7 @@ class Capture:
         attachment = self._targets.pop(pid, None)
         with contextlib.suppress(Exception):   # bcc: KeyError, or bare Exceptions
             del self.tables["targets"][ct.c_uint32(pid)]
-        with contextlib.suppress(Exception):
-            for key in [TaskKey(k.pid, 0, k.task) for k, _ in self._entries("records")
-                        if k.pid == pid]:
-                with contextlib.suppress(KeyError):
-                    del self.tables["records"][key]
+        self._forget(pid)
         if attachment is None or attachment.file is None:
             return
         if any(other.file == attachment.file for other in self._targets.values()):
@@ -557,6 +583,44 @@ class Capture:
     def users(self, file: tuple[int, int]) -> list[int]:
         """The traced processes that map ``file``."""
         return [pid for pid, a in self._targets.items() if a.file == file]
+
+    def _forget(self, pid: int) -> None:
+        """Delete the records and thread states of ``pid`` (no longer traced, or gone)."""
+        records = [TaskKey(k.pid, 0, k.task) for k, _ in self._entries("records") if k.pid == pid]
+        threads = [ct.c_uint32(getattr(k, "value", k))   # int from a batch, c_uint32 if not
+                   for k, v in self._entries("threads") if v.pid == pid]
+        for name, keys in (("records", records), ("threads", threads)):
+            for key in keys:
+                with contextlib.suppress(KeyError):
+                    del self.tables[name][key]
+
+    def prune(self) -> tuple[int, int]:
+        """Delete what no reader will use again, so that the maps hold only what is
+        traced now: the records of a process taken before its probes were last placed
+        (``records(since_ns=...)`` never returns them: a task that finished while the
+        probes were off would keep its record for good), and the states of threads
+        that have exited.  Returns how many (records, thread states) were deleted."""
+        def valid_since(pid: int) -> int | None:
+            attachment = self._targets.get(pid)
+            if attachment is None or attachment.file is None:
+                return None
+            return self.attached_since(attachment.file)
+
+        records = []
+        for k, v in self._entries("records"):
+            since = valid_since(k.pid)
+            if since is None or v.taken_ns < since:
+                records.append(TaskKey(k.pid, 0, k.task))
+        threads = []
+        for k, v in self._entries("threads"):
+            tid = getattr(k, "value", k)   # int from a batch, c_uint32 if not
+            if v.pid not in self._targets or not os.path.exists(f"/proc/{v.pid}/task/{tid}"):
+                threads.append(ct.c_uint32(tid))
+        for name, keys in (("records", records), ("threads", threads)):
+            for key in keys:
+                with contextlib.suppress(KeyError):
+                    del self.tables[name][key]
+        return len(records), len(threads)
 
     # -- windows: probes off and on again, per file -----------------------------------
     def probe_count(self) -> int:

@@ -68,7 +68,7 @@ _I64 = struct.Struct("<q")
 class RemoteMemory:
     """Page-cached, read-only view of one process's address space."""
 
-    def __init__(self, pid: int, cache_pages: int = 16384) -> None:
+    def __init__(self, pid: int, cache_pages: int = 4096) -> None:
         self.pid = pid
         self._pages: dict[int, bytes] = {}
         self._old: dict[int, bytes] = {}

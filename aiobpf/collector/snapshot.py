@@ -9,9 +9,11 @@ ends a snapshot early.
 
 from __future__ import annotations
 
+import ctypes
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiobpf.collector.awaiters import AwaiterIndex
 from aiobpf.collector.frames import Chain, Frames
@@ -49,6 +51,21 @@ def _warn(warnings: list[str], text: str) -> None:
         warnings.append("more warnings were left out")
 
 
+def trim_heap() -> None:
+    """malloc_trim(0): return the free pages of every glibc arena to the system."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
+
+
 def _natural(name: str) -> list[object]:
     return [int(p) if p.isdigit() else p for p in _DIGITS.split(name)]
 
@@ -79,12 +96,24 @@ class Collector:
         self.linked = target.layout.has("task.node")
         self._span = task_span(self.objs)
         self._details = True
+        self._skip_name: str | None = None   # "": task names are not decoded
         self._records: Mapping[int, TaskRecord] = {}
         self.torn = 0  # reads of the last snapshot that tore and were taken again
         self.truncated = False  # the last snapshot left tasks out (more than max_tasks)
 
     def close(self) -> None:
         self.mem.close()
+
+    def forget(self, *, trim: bool = False) -> None:
+        """Drop every cache (pages, decoded objects and frames, the BPF records): between
+        reads a collector holds nothing that grows with the target.  ``trim`` also hands
+        the heap freed by a big read back to the system (glibc keeps it otherwise)."""
+        self.mem.clear()
+        self.objs.clear()
+        self.frames.clear()
+        self._records = {}
+        if trim:
+            trim_heap()
 
     # -- discovery of tasks -------------------------------------------------------
     def _task_addresses(self, interps: list[int], threads: list[ThreadState], warnings: list[str]
@@ -116,22 +145,30 @@ class Collector:
 
     def _read_raw(self, addr: int) -> RawTask:
         try:
-            return read_task(self.objs, addr, self._span)
+            return read_task(self.objs, addr, self._span, name=self._skip_name)
         except _TRANSIENT:
             self.mem.clear()
-            return read_task(self.objs, addr, self._span)
+            return read_task(self.objs, addr, self._span, name=self._skip_name)
 
     # -- the snapshot -------------------------------------------------------------
     def snapshot(self, *, details: bool = True,
-                 records: Mapping[int, TaskRecord] | None = None) -> Snapshot:
+                 records: Mapping[int, TaskRecord] | None = None,
+                 sink: Callable[[Task], None] | None = None, names: bool = True) -> Snapshot:
         """Read every pending task now.  ``details=False`` skips what only the JSON
         document shows (what each innermost frame awaits).
 
         ``records`` are the BPF capture's latest records (task address -> record): a
         task suspended where its record says is shown from it (source "bpf"), as it
-        was when its last step ended; the others are read from memory."""
+        was when its last step ended; the others are read from memory.
+
+        With ``sink``, each task is handed to it as soon as it is read and not kept
+        (the snapshot's ``tasks`` stay empty): memory stays bounded by a batch, not by
+        the target's task count.  Awaiters that finished during the read are then
+        left in ``awaited_by`` (a task id the sink never saw).  ``names=False`` leaves
+        task names empty (not decoded: less time, and no name cache)."""
         started, t0 = time.time(), time.perf_counter()
         self._details = details
+        self._skip_name = None if names else ""
         self._records = records or {}
         self.torn = 0
         self.truncated = False
@@ -151,13 +188,16 @@ class Collector:
                 if attempt == DISCOVERY_ATTEMPTS - 1:
                     raise
 
+        found: list[Task] = []
+        keep = found.append if sink is None else sink
         if self.linked:
-            found = self._read_linked(pairs, threads, warnings)
-            if not found and "asyncio" not in modules(self.objs, interps[0]):
+            count = self._read_linked(pairs, threads, warnings, keep)
+            if not count and "asyncio" not in modules(self.objs, interps[0]):
                 raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
                                 "has not imported asyncio")
         else:
-            found = self._read_registered(pairs, threads, running_by_loop, warnings)
+            self._read_registered(pairs, threads, running_by_loop, warnings, keep)
+        del pairs
         # An awaiter that finished while the snapshot was taken awaits nothing any more.
         ids = {t.id for t in found}
         for task in found:
@@ -185,12 +225,13 @@ class Collector:
     # one task's record can be.
 
     def _read_linked(self, pairs: list[tuple[int, int]], threads: list[ThreadState],
-                     warnings: list[str]) -> list[Task]:
-        """3.14+: every task record in one pass; awaiters are recorded in each task."""
+                     warnings: list[str], keep: Callable[[Task], None]) -> int:
+        """3.14+: every task record in one pass; awaiters are recorded in each task.
+        Returns how many tasks were kept."""
         running = {ts.running_task: ts for ts in threads if ts.running_task}
         index = AwaiterIndex(self.objs, [])
         pending = self.target.layout["enum.STATE_PENDING"]
-        records: list[Task] = []
+        count = 0
         for start in range(0, len(pairs), BATCH):
             batch = pairs[start:start + BATCH]
             self.mem.clear()
@@ -207,11 +248,16 @@ class Collector:
                     raws.append(raw)
             self._assign_threads(raws, threads)  # tasks of threads that have exited
             self.mem.prefetch(raw.coro for raw in raws)
-            records.extend(t for t in (self._task(raw, index, running) for raw in raws) if t)
-        return records
+            for raw in raws:
+                task = self._task(raw, index, running)
+                if task is not None:
+                    keep(task)
+                    count += 1
+        return count
 
     def _read_registered(self, pairs: list[tuple[int, int]], threads: list[ThreadState],
-                         running_by_loop: dict[int, int], warnings: list[str]) -> list[Task]:
+                         running_by_loop: dict[int, int], warnings: list[str],
+                         keep: Callable[[Task], None]) -> None:
         """3.11-3.13: every task first (awaiters are inferred from all of them), then
         each batch again from fresh pages."""
         pending = self.target.layout["enum.STATE_PENDING"]
@@ -228,7 +274,6 @@ class Collector:
         self._assign_threads(raws, threads)
         running = self._running_threads(threads, running_by_loop, raws)
         index = AwaiterIndex(self.objs, raws)
-        records: list[Task] = []
         for start in range(0, len(raws), BATCH):
             batch = raws[start:start + BATCH]
             self.mem.clear()
@@ -243,8 +288,7 @@ class Collector:
                 fresh.thread_native_id = raw.thread_native_id
                 task = self._task(fresh, index, running)
                 if task is not None:
-                    records.append(task)
-        return records
+                    keep(task)
 
     def _interp_id(self, interp: int) -> int:
         try:
@@ -295,7 +339,7 @@ class Collector:
         """The task read again from fresh pages; None when it has finished meanwhile."""
         self.mem.clear()
         try:
-            fresh = read_task(self.objs, raw.addr, self._span)
+            fresh = read_task(self.objs, raw.addr, self._span, name=self._skip_name)
         except _TRANSIENT:
             return None
         pending = self.target.layout["enum.STATE_PENDING"]

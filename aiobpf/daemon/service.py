@@ -26,13 +26,19 @@ from aiobpf.cli.output import FORMATS, render
 from aiobpf.collector import deadline, probe_cost
 from aiobpf.collector.elf import NotElfError
 from aiobpf.collector.files import UnsafeFile
-from aiobpf.collector.loader import Attachment, Capture, CaptureUnavailable, TargetStats
+from aiobpf.collector.loader import (
+    DAEMON_LIMITS,
+    Attachment,
+    Capture,
+    CaptureUnavailable,
+    TargetStats,
+)
 from aiobpf.collector.memory import ProcessGone, ReadLimitExceeded, RemoteReadError
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.probe_cost import ProbeCosts
 from aiobpf.collector.probes import ProbeSite, find_step_sites
 from aiobpf.collector.procfs import ProcessNotFound
-from aiobpf.collector.snapshot import Collector
+from aiobpf.collector.snapshot import Collector, trim_heap
 from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPython, open_target
 from aiobpf.daemon.budget import MEASURING_WINDOW, FileWindow, full_overhead, next_switch
 from aiobpf.daemon.config import Config
@@ -42,7 +48,7 @@ from aiobpf.exporters.prometheus import (
     ProcessView,
     SnapshotSummary,
     StepCounts,
-    summarize,
+    Summarizer,
 )
 from aiobpf.safe_text import NAME_MAX, SafeLogRecords, bound
 
@@ -61,6 +67,8 @@ RATE_SMOOTHING = 0.5       # weight of the newest window in the step and CPU rat
 READ_DEADLINE_S = 30.0
 DUMP_DEADLINE_S = 120.0
 MAX_TASKS = 1 << 20        # tasks the daemon reads of one process (a forged list costs that)
+BIG_READ_TASKS = 10_000     # after a read of this many tasks, freed heap goes back
+PRUNE_INTERVAL_S = 5.0      # the BPF maps are cleared of stale records and exited threads
 _GONE = (ProcessGone, ProcessNotFound, psutil.NoSuchProcess, FileNotFoundError,
          ProcessLookupError)
 CHANGED = ("process {pid} is not the one this daemon traced (it exec'd, or a new process "
@@ -117,9 +125,10 @@ class Examination:
 
     candidate: Candidate
     started: float
+    top_sites: int
     target: Target | None = None
     collector: Collector | None = None
-    snapshot: Any = None
+    summary: SnapshotSummary | None = None   # of the first read
     found: tuple[dict[str, ProbeSite], list[str]] | None = None   # probe sites and notes
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -141,9 +150,15 @@ class Examination:
                     self.found = find_step_sites(holder.image, None,
                                                  self.target.layout["type.call"])
                 self.collector = Collector(self.target, MAX_TASKS)
+                summarizer = Summarizer(self.top_sites)   # tasks summarized as read
                 self.collector.mem.limit(READ_DEADLINE_S)
-                self.snapshot = self.collector.snapshot(details=False)
-                self.collector.mem.limit(None)
+                try:
+                    snapshot = self.collector.snapshot(details=False, sink=summarizer.add,
+                                                       names=False)
+                finally:
+                    self.collector.mem.limit(None)
+                    self.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
+                self.summary = summarizer.finish(snapshot.duration_s)
         except Exception as exc:
             self.error = exc
             self.release()
@@ -182,6 +197,7 @@ class Daemon:
         self.errors: Counter[str] = Counter()
         self.state = DaemonState()
         self.last_scan = 0.0
+        self._next_prune = 0.0
         self._bpf_lock = threading.RLock()
         self._stop = threading.Event()
         self.capture: Capture | None = None
@@ -190,7 +206,7 @@ class Daemon:
             log.info("BPF capture is off (bpf = false): metrics come from memory reads only")
         else:
             try:
-                self.capture = Capture()
+                self.capture = Capture(DAEMON_LIMITS)
             except Exception as exc:  # CaptureUnavailable, or whatever else bcc raised
                 self.errors[_kind(exc, "bpf_load")] += 1
                 log.warning("BPF capture is off (%s); metrics come from memory reads only",
@@ -284,6 +300,9 @@ class Daemon:
             self._drop(pid, "exited, exec'd, or its PID was given to a new process")
         self._check_probed_files(list(self.traced.values()))
         self._collect_examinations(now)
+        if now >= self._next_prune:
+            self._prune()
+            self._next_prune = now + PRUNE_INTERVAL_S
         for candidate in fresh:
             pid = candidate.identity.pid
             self._drop(pid, "replaced")   # (never two at one PID)
@@ -305,6 +324,20 @@ class Daemon:
         traced.gone = True
         return False
 
+    def _prune(self) -> None:
+        """Records no reader will use and the states of exited threads leave the maps."""
+        if self.capture is None:
+            return
+        try:
+            with self._bpf_lock:
+                records, threads = self.capture.prune()
+        except Exception as exc:  # bcc raises bare Exceptions
+            self.errors["bpf_prune"] += 1
+            log.warning("the BPF maps could not be pruned: %s", _one_line(exc))
+            return
+        if records or threads:
+            log.debug("pruned %d records and %d thread states", records, threads)
+
     def _attach(self, candidate: Candidate) -> str:
         """Start examining ``candidate`` off the loop (its files are parsed in a worker
         thread, within EXAMINE_LIMIT_S); the discovery verdict for now.  The result is
@@ -324,7 +357,7 @@ class Daemon:
                 self.errors["examine_busy"] += 1
             self.discovery.forget(pid)
             return "waiting"
-        exam = Examination(candidate, time.monotonic())
+        exam = Examination(candidate, time.monotonic(), self.config.top_sites)
         self._examining[pid] = exam
         exam.start(self.capture is not None)
         return "candidate"   # looked at by a worker: not offered again meanwhile
@@ -398,8 +431,8 @@ class Daemon:
             log.warning("pid %d: could not be read (%s); will try again", pid, exc)
             return "waiting"
         assert exam.target is not None and exam.collector is not None
-        assert exam.snapshot is not None
-        target, collector, snapshot = exam.target, exam.collector, exam.snapshot
+        assert exam.summary is not None
+        target, collector = exam.target, exam.collector
         attachment = None
         if self.capture is not None:
             try:
@@ -419,7 +452,7 @@ class Daemon:
                 log.warning("pid %d: probes not placed (memory reads only): %s", pid,
                             _one_line(exc))
         traced = Traced(candidate, target, collector, attachment)
-        traced.summary = summarize(snapshot, self.config.top_sites)
+        traced.summary = exam.summary
         traced.pending_at_start = traced.summary.pending
         traced.next_read = time.monotonic() + self.config.refresh_interval
         self.traced[pid] = traced
@@ -493,6 +526,8 @@ class Daemon:
             if not any(t.file == file for t in self.traced.values()):
                 del self.windows[file]
         traced.close()
+        if traced.summary is not None and traced.summary.pending >= BIG_READ_TASKS:
+            trim_heap()   # what reading it took goes back to the system
         log.info("pid %d: no longer traced (%s)", pid, why)
 
     # -- BPF counters and the budget ---------------------------------------------------------
@@ -600,6 +635,12 @@ class Daemon:
         keep it to learn the rates of the current window."""
         last = traced.last
         traced.last = stats
+        # Faults since the process was added count from zero; steps from the first look.
+        seen = last or TargetStats()
+        if stats.read_errors > seen.read_errors:
+            self.errors["bpf_read"] += stats.read_errors - seen.read_errors
+        if stats.records_dropped > seen.records_dropped:   # read from memory instead
+            self.errors["bpf_records_full"] += stats.records_dropped - seen.records_dropped
         if last is None:
             return
         delta = StepCounts(
@@ -616,8 +657,6 @@ class Daemon:
         traced.counts.add(delta)
         traced.held.add(delta)
         traced.held_s += dt
-        if stats.read_errors > last.read_errors:
-            self.errors["bpf_read"] += stats.read_errors - last.read_errors
         self._derive_created(traced)
 
     @staticmethod
@@ -698,16 +737,19 @@ class Daemon:
     def _refresh(self, traced: Traced) -> None:
         started = time.monotonic()
         try:
+            # Tasks are summarized as they are read, never all held at once.
+            summarizer = Summarizer(self.config.top_sites)
             with traced.lock:
                 traced.collector.mem.limit(READ_DEADLINE_S)
                 try:
                     snapshot = traced.collector.snapshot(details=False,
-                                                         records=self._records(traced))
-                finally:
+                                                         records=self._records(traced),
+                                                         sink=summarizer.add, names=False)
+                finally:   # nothing kept between reads; a big read's heap goes back
                     traced.collector.mem.limit(None)
-                    traced.collector.mem.clear()   # no pages kept between reads
+                    traced.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
             if self._unchanged(traced):   # else it was read from another process or program
-                traced.summary = summarize(snapshot, self.config.top_sites)
+                traced.summary = summarizer.finish(snapshot.duration_s)
                 if traced.collector.truncated:
                     self.errors["tasks_left_out"] += 1
                     log.warning("pid %d: more than %d tasks: the rest were left out of the "

@@ -12,6 +12,7 @@ most ``SERIES_FIXED + top_sites + 1`` series (``series_cap``).
 from __future__ import annotations
 
 import re
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -70,36 +71,95 @@ def await_site(task: Task) -> str | None:
     return None
 
 
-def _await_depths(tasks: list[Task]) -> Counter[int]:
-    """For each task, the tasks between it and its root (following first awaiters)."""
-    first = {t.id: next((a.id for a in t.awaited_by if a.is_task), None) for t in tasks}
+def _depths_of(first: dict[int, int | None]) -> dict[int, int]:
+    """For each task, the tasks between it and its root, following first awaiters
+    (``first``: task -> its first awaiting task, None for a root); linear in the tasks,
+    however long the chains (a cycle counts from where it is entered)."""
     depth: dict[int, int] = {}
     for start in first:
         path: list[int] = []
+        on_path: set[int] = set()
         node: int | None = start
-        while node is not None and node not in depth and node in first and node not in path:
+        while node is not None and node not in depth and node in first and node not in on_path:
             path.append(node)
+            on_path.add(node)
             node = first[node]
-        base = depth.get(node, -1) if node is not None and node not in path else -1
+        base = depth.get(node, -1) if node is not None and node not in on_path else -1
         for i, tid in enumerate(reversed(path)):
             depth[tid] = base + 1 + i
-    return Counter(depth.values())
+    return depth
+
+
+class Summarizer:
+    """A ``SnapshotSummary`` built task by task (``Collector.snapshot(sink=...add)``).
+    Of each task only its id and its first awaiting task's id are kept (16 bytes, in
+    arrays), so a read of a process with hundreds of thousands of tasks never holds
+    them all; the await chains are followed through the tasks that await others."""
+
+    def __init__(self, top_sites: int) -> None:
+        self.top_sites = top_sites
+        self.pending = 0
+        self.stack_depths: Counter[int] = Counter()
+        self.sites: Counter[str] = Counter()
+        self._ids = array("Q")
+        self._firsts = array("Q")                      # 0: awaited by no task
+        self._several: dict[int, tuple[int, ...]] = {}  # tasks awaited by more than one
+
+    def add(self, task: Task) -> None:
+        self.pending += 1
+        if task.state == "pending" and task.frames:
+            self.stack_depths[len(task.frames)] += 1
+            site = await_site(task)
+            if site is not None:
+                self.sites[site] += 1
+        awaiting = [a.id for a in task.awaited_by if a.is_task]
+        self._ids.append(task.id)
+        self._firsts.append(awaiting[0] if awaiting else 0)
+        if len(awaiting) > 1:
+            self._several[task.id] = tuple(awaiting)
+
+    def _await_depths(self) -> Counter[int]:
+        """Tasks by the length of their chain of first awaiters.  An awaiter that is no
+        longer a task (it finished during the read) awaits nothing, as
+        ``Collector.snapshot`` would have said."""
+        awaiters = set(self._firsts)
+        for several in self._several.values():
+            awaiters.update(several)
+        awaiters.discard(0)
+        present = {tid for tid in self._ids if tid in awaiters}
+
+        def first(tid: int, awaiter: int) -> int | None:
+            if tid in self._several:
+                return next((a for a in self._several[tid] if a in present), None)
+            return awaiter if awaiter in present else None
+
+        depth = _depths_of({tid: first(tid, a) for tid, a in zip(self._ids, self._firsts,
+                                                                 strict=True) if tid in present})
+        out: Counter[int] = Counter()
+        for tid, awaiter in zip(self._ids, self._firsts, strict=True):
+            if tid in depth:
+                out[depth[tid]] += 1
+            else:
+                up = first(tid, awaiter)
+                out[0 if up is None else depth[up] + 1] += 1
+        return out
+
+    def finish(self, read_seconds: float) -> SnapshotSummary:
+        top = self.sites.most_common(self.top_sites)
+        rest = sum(self.sites.values()) - sum(n for _, n in top)
+        if rest:
+            top.append((OTHER_SITE, rest))
+        depths = self._await_depths()
+        self._ids, self._firsts, self._several = array("Q"), array("Q"), {}
+        return SnapshotSummary(pending=self.pending, stack_depths=self.stack_depths,
+                               await_depths=depths, sites=top, read_seconds=read_seconds)
 
 
 def summarize(snapshot: Snapshot, top_sites: int) -> SnapshotSummary:
-    suspended = [t for t in snapshot.tasks if t.state == "pending" and t.frames]
-    sites = Counter(s for s in map(await_site, suspended) if s is not None)
-    top = sites.most_common(top_sites)
-    rest = sum(sites.values()) - sum(n for _, n in top)
-    if rest:
-        top.append((OTHER_SITE, rest))
-    return SnapshotSummary(
-        pending=len(snapshot.tasks),
-        stack_depths=Counter(len(t.frames) for t in suspended),
-        await_depths=_await_depths(snapshot.tasks),
-        sites=top,
-        read_seconds=snapshot.duration_s,
-    )
+    summarizer = Summarizer(top_sites)
+    for task in snapshot.tasks:
+        summarizer.add(task)
+    return summarizer.finish(snapshot.duration_s)
 
 
 @dataclass

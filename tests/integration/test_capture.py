@@ -337,3 +337,34 @@ def test_one_probe_set_per_file_for_many_processes(capture: Capture) -> None:
         for target in targets:
             capture.remove(target.pid)
         assert capture.probe_count() == probes_before
+
+
+def test_prune_deletes_what_no_reader_uses(capture: Capture) -> None:
+    """Records taken before the probes were last placed are never read again (a task
+    that finished while they were off would keep its record for good): prune() deletes
+    them, and the states of threads that exited, but not those of live threads."""
+    with run_target(by_label("sid-3.14"), "alternating.py", "20") as target:
+        attachment = capture.add(open_target(target.pid))
+        try:
+            assert attachment.active and attachment.file is not None, attachment.notes
+            time.sleep(0.5)
+
+            def threads() -> int:
+                return sum(1 for _, v in capture._entries("threads") if v.pid == target.pid)
+
+            assert capture.records(target.pid) and threads() == 1
+            capture.prune()
+            assert capture.records(target.pid) and threads() == 1   # all in use
+            capture.pause(attachment.file)
+            capture.prune()
+            assert not capture.records(target.pid)     # taken before the next window
+            assert threads() == 1                      # the loop's thread lives on
+            capture.resume(attachment.file)
+            time.sleep(0.5)
+            since = capture.attached_since(attachment.file)
+            assert since is not None
+            fresh = capture.records(target.pid)
+            assert fresh and all(r.taken_ns >= since for r in fresh.values())
+        finally:
+            capture.remove(target.pid)
+        assert threads() == 0 and not capture.records(target.pid)

@@ -27,6 +27,7 @@ from aiobpf.exporters.prometheus import (
     MetricsCollector,
     ProcessView,
     StepCounts,
+    Summarizer,
     await_site,
     series_cap,
     summarize,
@@ -277,6 +278,23 @@ def test_summary_depths_and_sites() -> None:
     assert summary.sites[0] == ("f1 /app/x.py:11", 5)
     assert summary.sites[-1][0] == OTHER_SITE
     assert sum(n for _, n in summary.sites) == 9
+
+
+def test_summary_streamed_task_by_task() -> None:
+    """The daemon's Summarizer sees tasks one at a time, before the snapshot drops
+    awaiters that finished during the read: it ignores them as the snapshot would."""
+    root, middle = _task(1, 1), _task(2, 3, [1])
+    leaves = [_task(10 + i, 2, [2]) for i in range(5)]
+    orphan = _task(20, 2, [99, 2])        # 99 finished while the process was read
+    gone = _task(21, 1, [99])
+    several = _task(22, 1, [98, 21])
+    streamed = Summarizer(top_sites=2)
+    for task in [several, gone, orphan, *leaves, middle, root]:   # any order
+        streamed.add(task)
+    summary = streamed.finish(0.5)
+    assert summary.pending == 10
+    assert summary.await_depths == Counter({0: 2, 1: 2, 2: 6})
+    assert summary.read_seconds == 0.5
 
 
 def test_await_site_skips_the_standard_library() -> None:
