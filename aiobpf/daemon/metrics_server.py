@@ -40,7 +40,7 @@ from aiobpf.exporters.prometheus import DaemonState, MetricsCollector
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 32
-MAX_PER_PEER = 4
+MAX_PER_PEER = 8               # loopback is one address for every local client
 REQUEST_TIMEOUT_S = 10.0
 MAX_REQUEST_BYTES = 16 * 1024   # request line and headers
 CACHED_VARIANTS = 8             # renderings kept per state (formats, encodings, queries)

@@ -27,6 +27,7 @@ from aiobpf.collector import deadline, probe_cost
 from aiobpf.collector.elf import NotElfError
 from aiobpf.collector.files import UnsafeFile
 from aiobpf.collector.loader import (
+    DAEMON_FILES,
     DAEMON_LIMITS,
     Attachment,
     Capture,
@@ -206,7 +207,7 @@ class Daemon:
             log.info("BPF capture is off (bpf = false): metrics come from memory reads only")
         else:
             try:
-                self.capture = Capture(DAEMON_LIMITS)
+                self.capture = Capture(DAEMON_LIMITS, DAEMON_FILES)
             except Exception as exc:  # CaptureUnavailable, or whatever else bcc raised
                 self.errors[_kind(exc, "bpf_load")] += 1
                 log.warning("BPF capture is off (%s); metrics come from memory reads only",

@@ -37,7 +37,7 @@ TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_
 # Keys of the toolkit's format that aiobpf does not implement (refused, with this reason).
 UNSUPPORTED = {
     "http_server_config": "HTTP/2 and extra headers are not offered",
-    "rate_limit": "the endpoint bounds connections instead (32, at most 4 per address)",
+    "rate_limit": "the endpoint bounds connections instead (32, at most 8 per address)",
     "tls_server_config.cert": "give the certificate as cert_file",
     "tls_server_config.key": "give the key as key_file",
     "tls_server_config.client_ca": "give the CA as client_ca_file",
