@@ -44,12 +44,12 @@ def hostile_user() -> Iterator[User]:
         subprocess.run(["userdel", HOSTILE], check=False)
 
 
-def assert_healthy(daemon: DaemonProcess) -> None:
+def assert_healthy(daemon: DaemonProcess, name: str | None = None) -> None:
     """The daemon still works after an attack: its loop advances and a process that
-    starts now is discovered and traced within 10 s.  (The daemon's select pattern must
-    accept ``depth.py``.)"""
+    starts now is discovered and traced within 10 s.  It runs ``depth.py`` (under the
+    file ``name``, when given: a name the daemon's select pattern accepts)."""
     daemon.assert_fresh()
-    with run_target(by_label("sid-3.14"), "depth.py", "3", "2") as fresh:
+    with run_target(by_label("sid-3.14"), "depth.py", "3", "2", name=name) as fresh:
         daemon.wait_traced(fresh.pid, timeout=10.0)
 
 

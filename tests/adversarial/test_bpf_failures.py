@@ -19,7 +19,7 @@ import pytest
 
 from aiobpf.collector.loader import Capture, CaptureUnavailable
 from aiobpf.collector.target import open_target
-from tests.adversarial.conftest import User, stop_in_time
+from tests.adversarial.conftest import User, assert_healthy, stop_in_time
 from tests.conftest import IN_ROOT_DIR, run_target
 from tests.integration.daemon_proc import DaemonProcess, daemon_programs, run_daemon
 from tests.pythons import by_label
@@ -32,12 +32,6 @@ DEPTH, ALTERNATING = "bpf_failures_depth.py", "bpf_failures_alternating.py"
 SELECT = " " + re.escape(IN_ROOT_DIR) + "/bpf_failures_(depth|alternating)\\.py"
 
 
-def assert_healthy(daemon: DaemonProcess) -> None:
-    """tests.adversarial.conftest.assert_healthy, with a target only these daemons
-    trace: the loop advances and a new process is traced within 10 s."""
-    daemon.assert_fresh()
-    with run_target(by_label("sid-3.14"), "depth.py", "3", "2", name=DEPTH) as fresh:
-        daemon.wait_traced(fresh.pid, timeout=10.0)
 
 
 def perf_events(pid: int) -> list[dict]:
@@ -86,7 +80,7 @@ def test_a_daemon_without_bpf_privileges_reads_memory_only(
         _assert_memory_only(daemon, target.pid, "bpf_load", "BPF capture is off",
                             once=True)
         assert daemon_programs(daemon.proc.pid) == 0
-        assert_healthy(daemon)
+        assert_healthy(daemon, DEPTH)
         stop_in_time(daemon)
 
 
@@ -103,7 +97,7 @@ def test_a_calibration_that_bpf_refuses_leaves_the_daemon_reading_memory(
         _assert_memory_only(daemon, target.pid, "calibrate", "calibration failed",
                             once=True)
         assert daemon_programs(daemon.proc.pid) == 0
-        assert_healthy(daemon)
+        assert_healthy(daemon, DEPTH)
         stop_in_time(daemon)
 
 
@@ -125,7 +119,7 @@ def test_probes_placed_before_a_failed_attach_are_removed(
         for _ in range(10):   # and none come back later
             assert perf_events(daemon.proc.pid) == []
             time.sleep(0.2)
-        assert_healthy(daemon)
+        assert_healthy(daemon, DEPTH)
         stop_in_time(daemon)
 
 

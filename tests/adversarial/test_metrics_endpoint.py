@@ -31,11 +31,10 @@ import bcrypt
 import pytest
 
 from aiobpf.daemon.metrics_server import MAX_CONNECTIONS, MAX_PER_PEER, REQUEST_TIMEOUT_S
-from tests.adversarial.conftest import User, stop_in_time
-from tests.conftest import IN_ROOT_DIR, _as_user, run_target
+from tests.adversarial.conftest import User, assert_healthy, stop_in_time
+from tests.conftest import IN_ROOT_DIR, _as_user
 from tests.integration.daemon_proc import REPO, DaemonProcess, run_daemon
 from tests.integration.prom import Prometheus, free_port
-from tests.pythons import by_label
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +44,6 @@ TARGET = "endpoint_depth.py"
 SELECT = " " + re.escape(f"{IN_ROOT_DIR}/{TARGET}")
 
 
-def assert_healthy(daemon: DaemonProcess) -> None:
-    """tests.adversarial.conftest.assert_healthy, with a target only this file's
-    daemons trace: the loop advances and a new process is traced within 10 s."""
-    daemon.assert_fresh()
-    with run_target(by_label(PYTHON), "depth.py", "3", "2", name=TARGET) as fresh:
-        daemon.wait_traced(fresh.pid, timeout=10.0)
 
 # Closed "promptly": well under the timeout, with room for a loaded machine.
 PROMPTLY_S = 2.0
@@ -194,7 +187,7 @@ def test_idle_slow_and_oversized_connections_from_one_address_are_closed_and_sta
         rejected = daemon.scrape()
         for reason in ("too_many_from_peer", "timeout", "too_large"):
             assert f'aiobpf_http_rejected_total{{reason="{reason}"}}' in rejected, reason
-        assert_healthy(daemon)
+        assert_healthy(daemon, TARGET)
         stop_in_time(daemon)
 
 
@@ -227,7 +220,7 @@ def test_a_flood_from_many_addresses_is_capped_refused_at_once_and_recovers(
         ok, took = timed_scrape(daemon)
         assert ok and took < PROMPTLY_S, took
         assert 'aiobpf_http_rejected_total{reason="too_many_connections"}' in daemon.scrape()
-        assert_healthy(daemon)
+        assert_healthy(daemon, TARGET)
         stop_in_time(daemon)
 
 
@@ -296,7 +289,7 @@ def test_scrapes_never_go_back_in_time_while_the_state_changes(tmp_path: Path) -
         assert not back, ("scrapes went back (scrape, CPU before, after, last scan "
                           f"before, after): {back[:10]}")
         assert not stale, f"stale pages (scrape, seconds old): {stale[:10]}"
-        assert_healthy(daemon)
+        assert_healthy(daemon, TARGET)
         stop_in_time(daemon)
 
 
@@ -450,5 +443,5 @@ def test_tls_with_basic_auth_serves_prometheus_and_refuses_everyone_else(
         # A client that never starts its TLS handshake is dropped at the timeout.
         assert said["silent_closed_after"] <= TIMED_OUT_BY_S, said
         assert 'aiobpf_http_rejected_total{reason="unauthorized"}' in daemon.scrape()
-        assert_healthy(daemon)
+        assert_healthy(daemon, TARGET)
         stop_in_time(daemon)

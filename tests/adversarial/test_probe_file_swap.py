@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.conftest import User, stop_in_time
+from tests.adversarial.conftest import User, assert_healthy, stop_in_time
 from tests.conftest import IN_ROOT_DIR, run_target
 from tests.integration.daemon_proc import DaemonProcess, daemon_uprobes, run_daemon
 from tests.pythons import by_label
@@ -31,12 +31,6 @@ SELECT = (" " + re.escape(IN_ROOT_DIR) +
           r"/(swap_asyncio|probe_swap_alternating|probe_swap_depth)\.py")
 
 
-def assert_healthy(daemon: DaemonProcess) -> None:
-    """tests.adversarial.conftest.assert_healthy, with a target only this daemon
-    traces: the loop advances and a new process is traced within 10 s."""
-    daemon.assert_fresh()
-    with run_target(by_label("sid-3.14"), "depth.py", "3", "2", name=DEPTH) as fresh:
-        daemon.wait_traced(fresh.pid, timeout=10.0)
 
 
 def _asyncio_mapping(pid: int) -> list[str]:
@@ -133,7 +127,7 @@ def test_probes_never_land_in_a_file_swapped_over_the_asyncio_range(
                 assert in_real > 0, "no probes on the real _asyncio after the swap"
                 hits_after = daemon.value("aiobpf_probe_hits_total", f'pid="{legit.pid}"')
                 assert hits_after is not None and hits_after > hits_before
-            assert_healthy(daemon)
+            assert_healthy(daemon, DEPTH)
             stop_in_time(daemon)
     finally:
         decoy_host.unlink(missing_ok=True)
