@@ -277,20 +277,23 @@ def test_target_killed_mid_scrape_and_exec(tmp_path: Path) -> None:
                 except OSError as exc:
                     failures.append(str(exc))
 
-        scrapers = [threading.Thread(target=scrape_forever) for _ in range(4)]
+        # Four scrapers and this thread's own scrapes: within the endpoint's 8 per address.
+        scrapers = [threading.Thread(target=scrape_forever, daemon=True) for _ in range(4)]
         for s in scrapers:
             s.start()
-        time.sleep(1)
-        busy.proc.send_signal(signal.SIGKILL)
-        busy.proc.wait()
-        execer.proc.send_signal(signal.SIGUSR1)   # becomes /bin/sleep, same PID
-        time.sleep(0.5)
-        assert execer.proc.poll() is None
-        daemon.wait_untraced(busy.pid)
-        daemon.wait_untraced(execer.pid)
-        stop.set()
-        for s in scrapers:
-            s.join()
+        try:
+            time.sleep(1)
+            busy.proc.send_signal(signal.SIGKILL)
+            busy.proc.wait()
+            execer.proc.send_signal(signal.SIGUSR1)   # becomes /bin/sleep, same PID
+            time.sleep(0.5)
+            assert execer.proc.poll() is None
+            daemon.wait_untraced(busy.pid)
+            daemon.wait_untraced(execer.pid)
+        finally:   # the scrapers stop whatever failed
+            stop.set()
+            for s in scrapers:
+                s.join()
         assert not failures
         assert daemon.proc.poll() is None
         assert daemon_uprobes(daemon.proc.pid) == set()   # no traced process: no probes
