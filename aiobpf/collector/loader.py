@@ -61,6 +61,7 @@ def _stderr_captured() -> Iterator[list[str]]:
             lines.extend(sink.read().decode(errors="replace").splitlines())
 
 
+_MADV_DONTNEED = 4
 _MADV_PAGEOUT = 21  # Linux 5.4+
 _COMPILER_LIBS = ("libLLVM", "libclang")
 
@@ -68,7 +69,11 @@ _COMPILER_LIBS = ("libLLVM", "libclang")
 def _release_compiler_memory() -> None:
     """After the compile, give back what clang and LLVM used: the heap glibc would keep
     (~30 MB) and their code pages (~80 MB of file-backed RSS that a long-running daemon
-    never runs again; the kernel reads them back if a later compile needs them)."""
+    never runs again; the kernel reads them back if a later compile needs them).  Their
+    code (never written) is dropped from this process with MADV_DONTNEED, which works
+    even while another process maps the same libraries (MADV_PAGEOUT leaves shared
+    pages in place: measured 116 MB of RSS against 44 MB); the rest of their read-only
+    mappings (some hold relocated data) are only paged out."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ct.CDLL("libc.so.6", use_errno=True)
         libc.malloc_trim(0)
@@ -78,7 +83,10 @@ def _release_compiler_memory() -> None:
             if len(fields) < 6 or not any(lib in fields[5] for lib in _COMPILER_LIBS):
                 continue
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            libc.madvise(start, end - start, _MADV_PAGEOUT)
+            if fields[1] == "r-xp":
+                libc.madvise(start, end - start, _MADV_DONTNEED)
+            else:
+                libc.madvise(start, end - start, _MADV_PAGEOUT)
 
 
 @dataclass(frozen=True)
