@@ -46,7 +46,7 @@ class Python:
         return self.label
 
 
-def _pyenv_root() -> Path | None:
+def pyenv_root() -> Path | None:
     env = os.environ.get("PYENV_ROOT")
     if env:
         return Path(env)
@@ -62,7 +62,7 @@ def _pyenv_root() -> Path | None:
 
 @cache
 def pyenv_pythons() -> tuple[Python, ...]:
-    root = _pyenv_root()
+    root = pyenv_root()
     if root is None or not (root / "versions").is_dir():
         return ()
     found = []
@@ -106,7 +106,7 @@ def unsupported_pythons() -> tuple[Python, ...]:
     """Interpreters aiobpf must refuse by name: Debian 11's python3.9 (provisioned, in a
     bullseye root) and pyenv's 3.10 builds where the machine has them."""
     out = [Python("bullseye-3.9", (3, 9), "/usr/bin/python3.9", OLD_ROOT)]
-    root = _pyenv_root()
+    root = pyenv_root()
     if root is not None:
         for version in sorted((root / "versions").glob("3.10.*")):
             out.append(Python(f"pyenv-{version.name}", (3, 10),

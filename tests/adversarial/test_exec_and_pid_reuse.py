@@ -33,7 +33,7 @@ from tests.conftest import (
     stop,
 )
 from tests.integration.daemon_proc import DaemonProcess, daemon_uprobes, run_daemon
-from tests.pythons import Python, by_label
+from tests.pythons import Python, by_label, pyenv_root
 
 SELECT = r" (/home/user|" + re.escape(str(TARGETS)) + r")/(depth|reexec)\.py"
 FIRST, SECOND = 3, 8           # waiting tasks before and after; pending: + main (+ 2 busy)
@@ -45,27 +45,31 @@ REPO = Path(__file__).resolve().parents[2]
 # are PIE (and load libpython): everything moves at an exec.
 NON_PIE, PIE = "sid-3.13", "pyenv-3.12.1"
 
-# pyenv lives under root's home (mode 0700): give the hostile user its own mount
-# namespace where /root is an empty directory but for the pyenv tree.
+# pyenv may live under a home only its owner can enter (root's: mode 0700): give the
+# hostile user its own mount namespace where that home is an empty directory but for
+# the pyenv tree.
 _PYENV_FOR_USER = r"""
 set -e
+tree=$1 home=$2 uid=$3 gid=$4
+shift 4
 held=$(mktemp -d)
-mount --bind /root/.pyenv "$held"
-mount -t tmpfs -o mode=0755,size=1m aiobpf-test /root
-mkdir /root/.pyenv
-mount --move "$held" /root/.pyenv
+mount --bind "$tree" "$held"
+mount -t tmpfs -o mode=0755,size=1m aiobpf-test "$home"
+mkdir -p "$tree"
+mount --move "$held" "$tree"
 rmdir "$held"
-uid=$1 gid=$2
-shift 2
 exec setpriv --reuid="$uid" --regid="$gid" --clear-groups "$@"
 """
 
 
 def _argv_as(user: User, python: Python, *args: str) -> list[str]:
     argv = python.argv(*args)
-    if python.executable.startswith("/root/"):
+    tree = pyenv_root()
+    if python.root is None and tree is not None and python.executable.startswith(f"{tree}/"):
+        home = tree.parent
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                _PYENV_FOR_USER, "sh", str(user.uid), str(user.gid), *argv]
+                _PYENV_FOR_USER, "sh", str(tree), str(home), str(user.uid), str(user.gid),
+                *argv]
     return _as_user(user.name, argv)
 
 
