@@ -428,7 +428,7 @@ class Daemon:
             log.warning("pid %d: not traced: %s", pid, exc)
             return "ignored"
         except (RemoteReadError, DecodeError, OSError) as exc:
-            self.errors["read"] += 1
+            self.errors["read_limit" if isinstance(exc, ReadLimitExceeded) else "read"] += 1
             log.warning("pid %d: could not be read (%s); will try again", pid, exc)
             return "waiting"
         assert exam.target is not None and exam.collector is not None
@@ -454,6 +454,7 @@ class Daemon:
                             _one_line(exc))
         traced = Traced(candidate, target, collector, attachment)
         traced.summary = exam.summary
+        self._note_truncated(traced)
         traced.pending_at_start = traced.summary.pending
         traced.next_read = time.monotonic() + self.config.refresh_interval
         self.traced[pid] = traced
@@ -751,10 +752,7 @@ class Daemon:
                     traced.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
             if self._unchanged(traced):   # else it was read from another process or program
                 traced.summary = summarizer.finish(snapshot.duration_s)
-                if traced.collector.truncated:
-                    self.errors["tasks_left_out"] += 1
-                    log.warning("pid %d: more than %d tasks: the rest were left out of the "
-                                "read", traced.pid, traced.collector.max_tasks)
+                self._note_truncated(traced)
         except NoAsyncio:
             traced.summary = SnapshotSummary()
         except _GONE:
@@ -767,6 +765,13 @@ class Daemon:
         # CPU stays bounded.
         took = time.monotonic() - started
         traced.next_read = time.monotonic() + max(self.config.refresh_interval, 10 * took)
+
+    def _note_truncated(self, traced: Traced) -> None:
+        """Count and say it when the last read left tasks out (more than MAX_TASKS)."""
+        if traced.collector.truncated:
+            self.errors["tasks_left_out"] += 1
+            log.warning("pid %d: more than %d tasks: the rest were left out of the read",
+                        traced.pid, traced.collector.max_tasks)
 
     def _records(self, traced: Traced) -> dict | None:
         """BPF records valid now: only those taken since the probes were last attached

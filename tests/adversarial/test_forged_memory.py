@@ -31,18 +31,17 @@ def test_a_forged_task_list_costs_the_daemon_bounded_time_and_memory(
         hostile.proc.stdin.write(f"{offset}\n")
         hostile.proc.stdin.flush()
         assert hostile.proc.stdout.readline().strip() == "FORGED"
-        peak = 0.0
-        deadline = time.monotonic() + 45
-        while time.monotonic() < deadline:
+        peak, counted = 0.0, 0.0
+        deadline = time.monotonic() + 90   # two reads of 30 s at most, on a loaded machine
+        while time.monotonic() < deadline and not counted:
             peak = max(peak, daemon.rss_mb())
-            if "tasks: the rest were left out" in daemon.log.read_text():
-                break
+            counted = sum(daemon.value("aiobpf_errors_total", f'kind="{kind}"') or 0
+                          for kind in ("tasks_left_out", "read_limit"))
             time.sleep(0.2)
         log = daemon.log.read_text()
+        assert counted >= 1, log[-3000:]
         assert ("tasks: the rest were left out" in log or "took longer than allowed" in log
                 ), log[-3000:]
-        assert (daemon.value("aiobpf_errors_total", 'kind="tasks_left_out"') or 0) + (
-            daemon.value("aiobpf_errors_total", 'kind="read_limit"') or 0) >= 1
         assert peak < MAX_RSS_MB, f"daemon RSS {peak:.0f} MB while reading forged tasks: {log}"
         assert_healthy(daemon)
         stop_in_time(daemon)
