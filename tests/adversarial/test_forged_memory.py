@@ -14,7 +14,7 @@ from tests.pythons import by_label
 
 FORGED = Path(__file__).parent / "targets" / "forged_task_list.py"
 NODES = 8_000_000        # more than the daemon reads (2^20) and than the CLI reads (2^22)
-MAX_RSS_MB = 400         # the daemon's peak while reading 2^20 forged tasks (measured: 171-178)
+MAX_RSS_MB = 300         # the daemon's peak while reading 2^20 forged tasks (measured: 171-178)
 
 
 def test_a_forged_task_list_costs_the_daemon_bounded_time_and_memory(
