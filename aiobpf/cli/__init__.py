@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import traceback
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aiobpf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=type(command).__doc__,
+        p = sub.add_parser(command.name, help=command.help,
+                           description=inspect.cleandoc(type(command).__doc__ or ""),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         command.prepare_parser(p)
         p.set_defaults(handler=command)
