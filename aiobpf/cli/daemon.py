@@ -33,8 +33,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="no probes at all: only the metrics that memory reads give "
                              "(tasks, depths, sites), at no cost to the step path")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log every attach and the probes' measured cost; -vv: also "
-                             "each window's cost estimate")
+                        help="log each process traced or let go, the probes' measured "
+                             "cost, and each change of a process's capture plan (full, or "
+                             "the share of time in windows); -vv: also every window's "
+                             "opening and closing, and each process's cost estimate when "
+                             "it changes")
 
 
 def _run(args: argparse.Namespace, pids: list[int] | None) -> int:

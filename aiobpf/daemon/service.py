@@ -101,6 +101,7 @@ class Traced:
     step_cost: float = 0.0                              # seconds one captured step costs
     overhead_full: float = 0.0
     measured: bool = False                              # overhead_full has been measured
+    logged_overhead: float | None = None                # overhead_full when last logged
     accounted_at: float | None = None                   # the loop's last look at it
     next_read: float = 0.0
     gone: bool = False
@@ -588,10 +589,18 @@ class Daemon:
 
     def _schedule_file(self, file: tuple[int, int], window: FileWindow, now: float) -> None:
         assert self.capture is not None
+        before = window.duty
         window.plan(self.config.budget)
+        if _differs(window.duty, before, by=0.5):
+            pids = sorted(t.pid for t in self.traced.values() if t.file == file)
+            log.info("pid %s: probes attached %s", ", ".join(map(str, pids)),
+                     "all the time (full capture)" if window.duty >= 1.0 else
+                     f"{100 * window.duty:.2g}% of the time, in windows of "
+                     f"{self.config.window:g} s")
         change = window.step(now)
         if change is None:
             return
+        log.debug("file %d:%d: probes %s", *file, "attached" if change else "detached")
         if change:   # before probes go in again: is it still the file they map?
             self._check_probed_files([t for t in self.traced.values() if t.file == file])
             if file not in self.windows:
@@ -716,9 +725,11 @@ class Daemon:
         traced.overhead_full = full_overhead(traced.step_rate, traced.cpu_rate,
                                              traced.step_cost)
         traced.measured = True
-        log.debug("pid %d: %.0f steps/s, %.2f CPU s/s, %.2f us per captured step: full "
-                  "capture would cost %.1f%%", traced.pid, traced.step_rate, traced.cpu_rate,
-                  traced.step_cost * 1e6, 100 * traced.overhead_full)
+        if _differs(traced.overhead_full, traced.logged_overhead):   # (idle: said once)
+            traced.logged_overhead = traced.overhead_full
+            log.debug("pid %d: %.0f steps/s, %.2f CPU s/s, %.2f us per captured step: full "
+                      "capture would cost %.1f%%", traced.pid, traced.step_rate,
+                      traced.cpu_rate, traced.step_cost * 1e6, 100 * traced.overhead_full)
 
     # -- memory reads -------------------------------------------------------------------
     def _read_loop(self) -> None:
@@ -844,6 +855,12 @@ class Daemon:
             return {"output": "".join(out), "error": exc.message, "hint": exc.hint,
                     "exit_code": exc.exit_code}
         return {"output": "".join(out), "notes": []}
+
+
+def _differs(new: float, old: float | None, by: float = 0.1) -> bool:
+    """Whether an estimate moved enough to be worth a log line (by this fraction of its
+    value, or from nothing)."""
+    return old is None or abs(new - old) > by * max(abs(old), 1e-6)
 
 
 def _kind(exc: BaseException, default: str) -> str:

@@ -107,8 +107,8 @@ class DaemonProcess:
 def run_daemon(tmp: Path, *, budget: float = 1.0, refresh: float = 1.0,
                select: str = SELECT, socket_dir: Path | None = None, bpf: bool = True,
                probe_cost_us: float | None = None, extra: str = "",
-               env: dict[str, str] | None = None, wrapper: list[str] | None = None
-               ) -> Iterator[DaemonProcess]:
+               env: dict[str, str] | None = None, wrapper: list[str] | None = None,
+               verbose: int = 1) -> Iterator[DaemonProcess]:
     """A daemon tracing the processes that match ``select``; with the default budget
     (1.0) and per-step cost (measured: "auto"), the test targets are captured in full.
     ``wrapper``: a command that execs the daemon's (e.g. setpriv, to drop capabilities)."""
@@ -130,7 +130,7 @@ def run_daemon(tmp: Path, *, budget: float = 1.0, refresh: float = 1.0,
     log = tmp / f"daemon-{port}.log"
     with log.open("w") as out:
         proc = subprocess.Popen([*(wrapper or []), sys.executable, "-m", "aiobpf", "daemon",
-                                 "--config", str(config), "-v"],
+                                 "--config", str(config), "-" + "v" * verbose],
                                 stdout=out, stderr=subprocess.STDOUT,
                                 cwd=REPO, start_new_session=True,
                                 env={**os.environ, **(env or {})})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -121,6 +122,9 @@ def test_budget_windows_a_busy_process(tmp_path: Path) -> None:
             return float(line.rsplit(" ", 1)[1])
 
         assert 'capture="windowed"' in "".join(daemon.series("aiobpf_process_info", busy.pid))
+        plan = re.search(rf"pid [0-9, ]*\b{busy.pid}\b[0-9, ]*: probes attached ([0-9.]+)% of "
+                         "the time, in windows", daemon.log.read_text())
+        assert plan is not None, daemon.log.read_text()[-3000:]   # -v says the plan
         fraction = value("aiobpf_capture_fraction")
         assert 0 < fraction < 0.5
         assert value("aiobpf_estimated_overhead_ratio") <= 0.0101
@@ -379,3 +383,16 @@ def test_exporter_says_why_a_pid_is_not_traced(tmp_path: Path) -> None:
         sleeper.wait()
     assert proc.returncode == 0, err
     assert f"pid {sleeper.pid}: not traced" in err and "Traceback" not in err
+
+
+def test_verbose_logs_say_changes_not_every_tick(tmp_path: Path) -> None:
+    """-vv logs a process's cost estimate when it changes: an idle process, measured
+    every second, is said once or twice, not every second."""
+    python = by_label("sid-3.14")
+    with (run_target(python, "depth.py", "3", "2") as idle,
+          run_daemon(tmp_path, verbose=2) as daemon):
+        daemon.wait_traced(idle.pid)
+        time.sleep(8)
+        said = [line for line in daemon.log.read_text().splitlines()
+                if line.startswith(f"aiobpf: pid {idle.pid}: ") and "steps/s" in line]
+        assert 1 <= len(said) <= 2, said
