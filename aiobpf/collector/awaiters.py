@@ -17,7 +17,9 @@ set of them), filled by ``Task.__step``, ``gather``, ``shield``, ``wait``,
   callbacks (a gather nested in a gather), a few levels deep.
 
 A gather future that no task awaits is reported as a non-task awaiter rather
-than dropping the edge.
+than dropping the edge.  A done future (a gather that failed, a shield or
+``wait_for`` whose outer future was cancelled, a ``wait`` that returned) awaits
+nothing, as 3.14 records it: its remaining children are roots.
 """
 
 from __future__ import annotations
@@ -90,6 +92,14 @@ class AwaiterIndex:
                     out.append(item)
         return out
 
+    def _done(self, fut: int) -> bool:
+        """Whether the future ``fut`` is done (finished, failed or cancelled), as 3.14+
+        sees it: then it awaits nothing, and nothing awaits through it."""
+        L = self.objs.layout.values
+        state = int.from_bytes(self.objs.mem.read(fut + L["future.state"], 4), "little",
+                               signed=True)
+        return state != L["enum.STATE_PENDING"]
+
     def _is_future(self, obj: int) -> bool:
         return self.objs.is_subtype(self.objs.type_of(obj), _FUTURE)
 
@@ -149,6 +159,8 @@ class AwaiterIndex:
                     yield from self._future_awaiters(fut, depth, seen)
 
     def _future_awaiters(self, fut: int, depth: int, seen: set[int]) -> Iterable[Awaiter]:
+        if self._done(fut):
+            return   # a done future (a failed gather, a cancelled shield) awaits nothing
         waiters = self.waiting_on.get(fut, ())
         for waiter in waiters:
             yield Awaiter(waiter)

@@ -164,6 +164,19 @@ def test_gather_return_exceptions(python: Python) -> None:
 
 
 @pytest.mark.parametrize("python", matrix_params())
+def test_done_futures_await_nothing(python: Python) -> None:
+    """A failed gather and a shield cancelled by wait_for's timeout are done: their
+    remaining children are roots (3.14 records it; 3.11-3.13 showed the failed gather
+    as their awaiter)."""
+    with scenario(python, "done_awaiters.py") as d:
+        assert d.names() == {"main", "slow-1", "slow-2", "protected"}   # "fails" is done
+        d.stack("main", U("main", "MAIN"), S("sleep"))
+        for name in ("slow-1", "slow-2", "protected"):
+            d.stack(name, *leaf_stack("slow", "SLOW"))
+        d.edges({"main": [], "slow-1": [], "slow-2": [], "protected": []})
+
+
+@pytest.mark.parametrize("python", matrix_params())
 def test_shield(python: Python) -> None:
     with scenario(python, "shield.py") as d:
         assert d.names() == {"main", "guard", "protected"}
@@ -568,6 +581,7 @@ def _non_ascii(o: Outputs) -> None:
 ORACLE: dict[str, Callable[[Outputs], None]] = {
     "nested_gather.py": _equal,
     "gather_exceptions.py": _equal,
+    "done_awaiters.py": _equal,
     "shield.py": _equal,
     "timeouts.py": _equal,
     "wait.py": _equal,
