@@ -34,7 +34,7 @@ def render(snapshot: Snapshot, fmt: str) -> Iterator[str]:
         for line in lines:
             yield line + "\n"
         return
-    rows = text.table_rows(snapshot)
+    rows = text.table_rows(snapshot, marks=fmt == "table")   # CSV: names only
     yield text.render_table(rows) if fmt == "table" else text.render_csv(rows)
 
 

@@ -22,7 +22,13 @@ class PsCommand:
     backslash as \\\\), bytes that are not UTF-8 show as U+FFFD, and a CSV field that
     starts with = + - or @ gets a leading ' (spreadsheets would run it as a formula).
     --format json keeps every name exact, except that a task name longer than 1024
-    characters is cut there (and ends in …)."""
+    characters is cut there (and ends in …).
+
+    Marks after a task's name (in the table; CSV gives names only):
+    [running] the task was stepping when it was read (its stack is where it ran at
+    that moment, and may have moved since); [partial] part of it could not be read
+    consistently (--format json says why in the task's "errors"). A task without
+    marks is shown as CPython's tool shows it."""
 
     name = "ps"
     help = "table of pending tasks, their stacks and awaiters"

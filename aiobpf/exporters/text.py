@@ -30,6 +30,16 @@ from aiobpf.safe_text import escape
 
 TASK_MARK = "(T)"
 FUTURE_MARK = "(F)"
+RUNNING_MARK = "[running]"   # the task was stepping when it was read (its stack may move)
+PARTIAL_MARK = "[partial]"   # part of the task could not be read (JSON says why)
+
+
+def task_label(task: Task) -> str:
+    """A task's name, escaped, with the marks of a task read while running or in part
+    (CPython's tool shows neither; a parked task's line is the same as its)."""
+    marks = [m for m, on in ((RUNNING_MARK, task.state == "running"),
+                             (PARTIAL_MARK, bool(task.errors))) if on]
+    return " ".join([escape(task.name), *marks])
 TABLE_HEADER = ("tid", "task id", "task name", "coroutine stack", "awaiter chain",
                 "awaiter name", "awaiter id")
 _WIDTHS = (10, 20, 20, 50, 50, 15, 15)
@@ -120,7 +130,7 @@ def iter_tree(snapshot: Snapshot) -> Iterator[str]:
     # tasks, then the frames of tasks that await others (the awaited tasks hang under
     # their innermost frame, shared as 3.14 shares it).  The frames of a task that
     # awaits nothing have no children: they are printed straight from the task.
-    labels: list[str] = [f"{TASK_MARK} {escape(t.name)}" for t in tasks]
+    labels: list[str] = [f"{TASK_MARK} {task_label(t)}" for t in tasks]
     children: list[list[int] | None] = [None] * len(tasks)
     index = {t.id: i for i, t in enumerate(tasks)}
     other_node: dict[int, int] = {}
@@ -198,14 +208,15 @@ def _render(roots: list[int], labels: list[str], children: list[list[int] | None
 
 
 # -- ps -----------------------------------------------------------------------
-def table_rows(snapshot: Snapshot) -> list[list[str]]:
-    """The ps rows, names escaped for a terminal."""
+def table_rows(snapshot: Snapshot, marks: bool = True) -> list[list[str]]:
+    """The ps rows, names escaped for a terminal; ``marks``: a task read while running
+    or in part says so after its name (``task_label``)."""
     by_id: dict[int, Task] = {t.id: t for t in snapshot.tasks}
     rows: list[list[str]] = []
     for task in snapshot.tasks:
         stack = _inner_first_names(task.frames)
         tid = str(task.thread_id)
-        name = escape(task.name)
+        name = task_label(task) if marks else escape(task.name)
         if not task.awaited_by:
             rows.append([tid, hex(task.id), name, stack, "", "", "0x0"])
             continue

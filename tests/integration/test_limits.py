@@ -51,3 +51,11 @@ def test_running_task_shows_its_thread_stack(python: Python) -> None:
         ]
         assert tasks["waiter"]["state"] == "pending"
         assert tasks["waiter"]["frames"][0]["line"] == _line_of("WAITER-AWAIT", "running_task.py")
+        # the text outputs say which task was running; CSV keeps names only
+        tree = aiobpf("pstree", str(target.pid))
+        assert "(T) blocker [running]" in tree.stdout, tree.stdout
+        assert "(T) waiter\n" in tree.stdout and "waiter [" not in tree.stdout
+        table = aiobpf("ps", str(target.pid))
+        assert "blocker [running]" in table.stdout, table.stdout
+        csv_out = aiobpf("ps", str(target.pid), "--format", "csv")
+        assert "[running]" not in csv_out.stdout and "blocker" in csv_out.stdout

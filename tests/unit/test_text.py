@@ -229,3 +229,23 @@ def test_csv_fields_a_spreadsheet_would_run_as_formulas_start_with_a_quote() -> 
     ]
     # the table (for terminals) shows names as they are
     assert "=HYPERLINK" in render_table(table_rows(s)).splitlines()[2]
+
+
+def test_running_and_partial_tasks_are_marked_in_the_tree_and_table_not_in_csv() -> None:
+    running = task(1, "busy", [f("spin")])
+    running.state = "running"
+    partial = task(2, "torn", [f("wait")])
+    partial.errors = ["its coroutine changed while it was read"]
+    both = task(3, "both", [f("x")])
+    both.state, both.errors = "running", ["stack cut"]
+    parked = task(4, "parked", [f("y")])
+    s = snap(running, partial, both, parked)
+    tree = tree_lines(s)
+    assert "└── (T) busy [running]" in tree
+    assert "└── (T) torn [partial]" in tree
+    assert "└── (T) both [running] [partial]" in tree
+    assert "└── (T) parked" in tree                     # as CPython's tool prints it
+    table = render_table(table_rows(s))
+    assert "busy [running]" in table and "torn [partial]" in table
+    csv_text = render_csv(table_rows(s, marks=False))
+    assert "[running]" not in csv_text and "[partial]" not in csv_text
