@@ -19,7 +19,7 @@ from aiobpf.collector.model import Snapshot
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import NoAsyncio, NotPython, UnsupportedPython, open_target
-from aiobpf.safe_text import escape
+from aiobpf.safe_text import bound, escape
 
 
 def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
@@ -37,7 +37,8 @@ def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
                         help="where task records come from: memory (read the process now), "
                              "bpf (attach uprobes for --window seconds and take each task as "
                              "its last step left it, in kernel space), or auto (default: "
-                             "memory, and bpf when a read tore because the process is busy)")
+                             "memory, and bpf when a read tore because the process is busy, said "
+                             "on stderr with the reason)")
     parser.add_argument("--window", type=float, default=0.3, metavar="SECONDS",
                         help="how long BPF capture watches steps before the read (default 0.3)")
     parser.add_argument("--no-daemon", action="store_true",
@@ -133,6 +134,17 @@ def translate_errors(pid: int) -> Iterator[None]:
             "output of: aiobpf doctor") from None
 
 
+def escalation_reason(torn: int, snapshot: Snapshot) -> str:
+    """Why ``--capture auto`` turns to BPF, in one line (names escaped and bounded)."""
+    partial = [t for t in snapshot.tasks if t.errors]
+    if partial:
+        first = partial[0]
+        why = bound(escape(f"{first.name}: {first.errors[0]}"), 200)
+        return (f"{len(partial)} of {len(snapshot.tasks)} tasks could not be read whole "
+                f"(e.g. {why})")
+    return f"the process changed under the read ({torn} reads taken again)"
+
+
 def take_snapshot(args: argparse.Namespace, *, details: bool = True) -> Snapshot:
     """One snapshot of ``args.pid``; every failure becomes an ``AiobpfError``."""
     mode = getattr(args, "capture", "memory")
@@ -149,6 +161,9 @@ def take_snapshot(args: argparse.Namespace, *, details: bool = True) -> Snapshot
                 snapshot = collector.snapshot(details=details)
                 if mode == "auto" and (collector.torn or any(t.errors for t in snapshot.tasks)):
                     # The process changed under the read: take busy tasks from BPF records.
+                    print(f"aiobpf: {escalation_reason(collector.torn, snapshot)}: taking "
+                          "busy tasks from BPF records (--capture bpf; --capture memory "
+                          "keeps the memory read)", file=sys.stderr, flush=True)
                     return _with_capture(collector, args.window, details, snapshot)
                 return snapshot
             finally:

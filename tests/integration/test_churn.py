@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
-from tests.pythons import Python
+from tests.pythons import Python, by_label
 
 DUMPS = 30
 
@@ -49,3 +49,25 @@ def test_consecutive_dumps_of_a_busy_target(python: Python) -> None:
         # (with the reason) rather than wrong; it must stay rare.  (BPF capture, tested
         # in test_capture.py, has none: it reads each task when its step ends.)
         assert partial <= total * 0.10
+
+
+def test_auto_says_when_it_turns_to_bpf() -> None:
+    """--capture auto reads memory, and turns to BPF when a read tore: it says so in
+    one line on stderr, with the reason, exactly when it does."""
+    with run_target(by_label("sid-3.14"), "churn.py", "1500") as target:
+        escalated = 0
+        for _ in range(6):
+            result = aiobpf("ps", str(target.pid), "--format", "json")
+            assert result.returncode == 0, result.stderr
+            from_bpf = any(t["source"] == "bpf" for t in result.json()["tasks"])
+            said = [line for line in result.stderr.splitlines()
+                    if "taking busy tasks from BPF records" in line]
+            if said:
+                escalated += 1
+                assert len(said) == 1 and ("could not be read whole" in said[0]
+                                           or "changed under the read" in said[0]), said
+            else:
+                assert not from_bpf, result.stderr
+            if escalated:
+                break
+        assert escalated, "no read of the churning target tore in 6 tries"
