@@ -317,9 +317,17 @@ class Collector:
         out = {ts.running_task: ts for ts in threads if ts.running_task}
         if running_by_loop:
             by_native = {ts.native_id: ts for ts in threads}
+            loop_thread: dict[int, int] = {}
             for raw in raws:
+                if raw.thread_native_id:
+                    loop_thread.setdefault(raw.loop, raw.thread_native_id)
                 if running_by_loop.get(raw.loop) == raw.addr and raw.thread_native_id in by_native:
                     out[raw.addr] = by_native[raw.thread_native_id]
+            # A running task not in the lists (an eager task's first step, 3.12-3.13)
+            # still tells which task of its thread runs above the others.
+            for loop, task in running_by_loop.items():
+                if task not in out and loop_thread.get(loop) in by_native:
+                    out[task] = by_native[loop_thread[loop]]
         return out
 
     def _chain(self, raw: RawTask, task: Task) -> Chain | None:
@@ -372,7 +380,7 @@ class Collector:
                 task.awaits = self._describe(chain.awaited)
             if chain.innermost_state == "running":
                 task.state = "running"
-                self._running_stack(task, raw, running.get(raw.addr))
+                self._running_stack(task, raw, running)
         for attempt in range(TASK_ATTEMPTS):
             try:
                 task.awaited_by = index.recorded(raw) if self.linked else index.inferred(raw)
@@ -406,21 +414,40 @@ class Collector:
             task.errors.append(f"record not decoded: {exc}")
         return task
 
-    def _running_stack(self, task: Task, raw: RawTask, ts: ThreadState | None) -> None:
-        """A running task's frames are on its thread's stack, down to its coroutine."""
+    def _running_stack(self, task: Task, raw: RawTask,
+                       running: dict[int, ThreadState]) -> None:
+        """A running task's frames are on its thread's stack, down to its coroutine.
+
+        A task whose step started an eager task (3.12+) is running too, but its thread
+        names the eager task as the one running: the outer task's frames are those of
+        its loop's thread below the eager task's coroutine."""
+        ts = running.get(raw.addr)
+        inner = 0
+        if ts is None:
+            inner, ts = next(((t, s) for t, s in running.items()
+                              if s.native_id == raw.thread_native_id), (0, None))
         if ts is None or not ts.current_frame:
             task.errors.append("running, but its thread's stack was not found")
             return
         base = self.frames.iframe_of(raw.coro)
         try:
             stack = self.frames.thread_stack(ts.current_frame, stop_at=base)
+            inner_base = self._coroutine_frame(inner) if inner else 0
         except _TRANSIENT as exc:
             task.errors.append(f"thread stack unreadable: {exc}")
             return
         if stack and stack[-1][0] == base:
+            frames = [addr for addr, _ in stack]
+            if inner_base in frames:   # the eager task's frames are its own, not ours
+                stack = stack[frames.index(inner_base) + 1:]
             task.frames = [frame for _, frame in reversed(stack)]
         else:
             task.errors.append("running, but its coroutine is not on its thread's stack")
+
+    def _coroutine_frame(self, task_addr: int) -> int:
+        """The interpreter frame of a task's coroutine (0: it has none)."""
+        coro = self.mem.ptr(task_addr + self.target.layout["task.coro"])
+        return self.frames.iframe_of(coro) if coro else 0
 
     def _describe(self, obj: int) -> str:
         """A short label for what the innermost frame awaits (a future, an awaitable)."""

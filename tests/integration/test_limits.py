@@ -59,3 +59,23 @@ def test_running_task_shows_its_thread_stack(python: Python) -> None:
         assert "blocker [running]" in table.stdout, table.stdout
         csv_out = aiobpf("ps", str(target.pid), "--format", "csv")
         assert "[running]" not in csv_out.stdout and "blocker" in csv_out.stdout
+
+
+@pytest.mark.parametrize("python", matrix_params(min_minor=(3, 12)))
+def test_a_task_running_an_eager_task_is_read_whole(python: Python) -> None:
+    """A task whose step started an eager task is running too: its frames are found
+    below the eager task's on the thread's stack, without an error (they were marked
+    "thread's stack was not found", which made --capture auto turn to BPF)."""
+    with run_target(python, "eager_running.py") as target:
+        result = aiobpf("ps", str(target.pid), "--format", "json", "--capture", "memory")
+        assert result.returncode == 0, result.stderr
+        tasks = {t["name"]: t for t in result.json()["tasks"]}
+        assert tasks["outer"]["state"] == "running" and tasks["outer"]["errors"] == []
+        if python.minor >= (3, 14):   # 3.12-3.13 list an eager task after its first step
+            assert tasks["inner"]["state"] == "running" and tasks["inner"]["errors"] == []
+            frames = [(f["name"], f["line"]) for f in tasks["inner"]["frames"]]
+            assert frames == [("inner", _line_of("CALLS-BLOCK", "eager_running.py")),
+                              ("block", _line_of("BLOCKING", "eager_running.py"))]
+        outer = [(f["name"], f["line"]) for f in tasks["outer"]["frames"]]
+        assert outer[0] == ("outer", _line_of("STARTS-INNER", "eager_running.py")), outer
+        assert "inner" not in [name for name, _ in outer], outer
