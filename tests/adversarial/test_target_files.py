@@ -64,6 +64,7 @@ SCRIPT = "aiobpf_files_{}.py"              # a copy of depth.py per process
 SELECT = r"/aiobpf_files_[a-z]+\.py"      # only this file's targets
 VERDICT_TIMEOUT_S = 60.0                  # cold DWARF of python3.11d takes a while
 ANON_BOUND_MB = 384.0      # measured 160-260 MB: the cold DWARF of the real debug files
+O_PATH = os.O_PATH                         # as /proc/PID/fdinfo shows it (octal flags)
                            # (libpython3.14's above all) dominates, not the attacks
 
 
@@ -99,10 +100,22 @@ def _verdict(daemon: DaemonProcess, pid: int, timeout: float = VERDICT_TIMEOUT_S
     pytest.fail(f"no verdict on pid {pid} in {timeout} s:\n{daemon.log.read_text()[-3000:]}")
 
 
+def _is_o_path(fd: Path) -> bool:
+    """Whether a descriptor of the daemon is O_PATH: it names a file without opening it
+    (no FIFO sees a reader, nothing is read), which is how aiobpf first reaches a file."""
+    try:
+        info = Path(str(fd).replace("/fd/", "/fdinfo/", 1)).read_text()
+    except OSError:
+        return True   # closed meanwhile
+    flags = next(int(line.split()[1], 8) for line in info.splitlines()
+                 if line.startswith("flags:"))
+    return bool(flags & O_PATH)
+
+
 def _watch(attack: Attack, stop: threading.Event) -> None:
-    """Every 20 ms: what the daemon holds open, and whether any FIFO has a reader (a
-    writer's non-blocking open fails with ENXIO unless some reader has it open, or is
-    blocked opening it)."""
+    """Every 20 ms: what the daemon holds open (O_PATH descriptors open nothing), and
+    whether any FIFO has a reader (a writer's non-blocking open fails with ENXIO unless
+    some reader has it open, or is blocked opening it)."""
     fd_dir = Path(f"/proc/{attack.daemon.proc.pid}/fd")
     watched = {str(f) for f in attack.fifos} | {str(f.resolve()) for f in attack.fifos}
     while not stop.is_set():
@@ -112,7 +125,7 @@ def _watch(attack: Attack, stop: threading.Event) -> None:
                     target = os.readlink(fd)
                 except OSError:
                     continue
-                if target == "/etc/shadow" or target in watched:
+                if (target == "/etc/shadow" or target in watched) and not _is_o_path(fd):
                     attack.seen_open.append(target)
         except OSError:
             pass
