@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help,
-                           description=inspect.cleandoc(type(command).__doc__ or ""),
+                           description="\n\n".join(filter(None, (
+                               inspect.cleandoc(type(command).__doc__ or ""),
+                               getattr(command, "notes", "")))),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         command.prepare_parser(p)
         p.set_defaults(handler=command)

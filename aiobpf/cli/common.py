@@ -21,6 +21,21 @@ from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import NoAsyncio, NotPython, UnsupportedPython, open_target
 from aiobpf.safe_text import bound, escape
 
+# How ps and pstree show what a target named, and what they mark (their --help).
+OUTPUT_NOTES = """Names come from the traced process and are not trusted: in the tree, the table and
+CSV, control characters, separators and backslashes in task, function and file
+names are escaped as Python's repr writes them (ESC as \\x1b, a newline as \\n, a
+backslash as \\\\), bytes that are not UTF-8 show as U+FFFD, and a CSV field that
+starts with = + - or @ gets a leading ' (spreadsheets would run it as a formula).
+--format json keeps every name exact, except that a task name longer than 1024
+characters is cut there (and ends in …).
+
+Marks after a task's name in the tree and the table (CSV gives names only):
+[running] the task was stepping when it was read (its stack is where it ran at
+that moment, and may have moved since); [partial] part of it could not be read
+consistently (--format json says why in the task's "errors"). A task without
+marks is shown as CPython's tool shows it."""
+
 
 def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
     parser.add_argument("pid", type=_pid, metavar="PID", help="the process to read")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aiobpf.cli.common import ask_daemon, pid_argument, take_snapshot
+from aiobpf.cli.common import OUTPUT_NOTES, ask_daemon, pid_argument, take_snapshot
 from aiobpf.cli.output import render
 
 
@@ -15,23 +15,10 @@ class PstreeCommand:
     awaits them, the tasks it waits for. A task awaited by several tasks appears under each.
 
     If tasks await each other in a cycle, no tree can be drawn: the cycles are printed
-    on stderr and aiobpf exits with status 1 (aiobpf ps still lists them).
-
-    Names come from the traced process and are not trusted: in the tree, the table and
-    CSV, control characters, separators and backslashes in task, function and file
-    names are escaped as Python's repr writes them (ESC as \\x1b, a newline as \\n, a
-    backslash as \\\\), bytes that are not UTF-8 show as U+FFFD, and a CSV field that
-    starts with = + - or @ gets a leading ' (spreadsheets would run it as a formula).
-    --format json keeps every name exact, except that a task name longer than 1024
-    characters is cut there (and ends in …).
-
-    Marks after a task's name (in the tree):
-    [running] the task was stepping when it was read (its stack is where it ran at
-    that moment, and may have moved since); [partial] part of it could not be read
-    consistently (--format json says why in the task's "errors"). A task without
-    marks is shown as CPython's tool shows it."""
+    on stderr and aiobpf exits with status 1 (aiobpf ps still lists them)."""
 
     name = "pstree"
+    notes = OUTPUT_NOTES
     help = "tree of tasks with their coroutine stacks"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:

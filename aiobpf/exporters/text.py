@@ -37,9 +37,12 @@ PARTIAL_MARK = "[partial]"   # part of the task could not be read (JSON says why
 def task_label(task: Task) -> str:
     """A task's name, escaped, with the marks of a task read while running or in part
     (CPython's tool shows neither; a parked task's line is the same as its)."""
-    marks = [m for m, on in ((RUNNING_MARK, task.state == "running"),
-                             (PARTIAL_MARK, bool(task.errors))) if on]
-    return " ".join([escape(task.name), *marks])
+    label = escape(task.name)
+    if task.state == "running":
+        label += " " + RUNNING_MARK
+    if task.errors:
+        label += " " + PARTIAL_MARK
+    return label
 TABLE_HEADER = ("tid", "task id", "task name", "coroutine stack", "awaiter chain",
                 "awaiter name", "awaiter id")
 _WIDTHS = (10, 20, 20, 50, 50, 15, 15)

@@ -18,7 +18,6 @@ import re
 import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -33,8 +32,8 @@ import pytest
 from aiobpf.daemon.metrics_server import MAX_CONNECTIONS, MAX_PER_PEER, REQUEST_TIMEOUT_S
 from tests.adversarial.conftest import User, assert_healthy, stop_in_time
 from tests.conftest import IN_ROOT_DIR, _as_user
-from tests.integration.daemon_proc import REPO, DaemonProcess, run_daemon
-from tests.integration.prom import Prometheus, free_port
+from tests.integration.daemon_proc import DaemonProcess, run_daemon
+from tests.integration.prom import Prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -327,41 +326,12 @@ def make_certificate(directory: Path) -> Path:
 def tls_daemon(tmp: Path, web_config: Path, ca: Path) -> Iterator[TLSDaemon]:
     """run_daemon, but with ``--web-config``, and waiting for a TLS scrape with the
     password."""
-    port = free_port()
-    config = tmp / "aiobpf.toml"
-    config.write_text("[daemon]\n"
-                      f'listen = "127.0.0.1:{port}"\n'
-                      f'socket = "{tmp / "run" / "aiobpf.sock"}"\n'
-                      "refresh_interval = 1.0\nbudget = 1.0\n"
-                      f"[select]\ncmdline = [{json.dumps(SELECT)}]\n")
-    log = tmp / f"daemon-{port}.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "daemon", "--config",
-                                 str(config), "--web-config", str(web_config), "-v"],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                start_new_session=True)
     auth = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
-    daemon = TLSDaemon(proc, port, tmp / "run" / "aiobpf.sock", log, ca, auth)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                daemon.scrape(timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"the daemon did not start:\n{log.read_text()}")
-                time.sleep(0.2)
+    with run_daemon(tmp, select=SELECT, args=["--web-config", str(web_config)],
+                    process=lambda proc, port, sock, log: TLSDaemon(proc, port, sock, log,
+                                                                    ca, auth)) as daemon:
+        assert isinstance(daemon, TLSDaemon)
         yield daemon
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 # Run as the hostile user: what an unauthenticated, a wrong-password and a plain-HTTP

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +108,14 @@ def run_daemon(tmp: Path, *, budget: float = 1.0, refresh: float = 1.0,
                select: str = SELECT, socket_dir: Path | None = None, bpf: bool = True,
                probe_cost_us: float | None = None, extra: str = "",
                env: dict[str, str] | None = None, wrapper: list[str] | None = None,
-               verbose: int = 1) -> Iterator[DaemonProcess]:
+               verbose: int = 1, args: Sequence[str] = (),
+               process: Callable[[subprocess.Popen, int, Path, Path], DaemonProcess]
+               = DaemonProcess) -> Iterator[DaemonProcess]:
     """A daemon tracing the processes that match ``select``; with the default budget
     (1.0) and per-step cost (measured: "auto"), the test targets are captured in full.
-    ``wrapper``: a command that execs the daemon's (e.g. setpriv, to drop capabilities)."""
+    ``wrapper``: a command that execs the daemon's (e.g. setpriv, to drop capabilities);
+    ``args``: more of the daemon's options; ``process``: what wraps it (how it is
+    scraped), from (process, port, socket, log)."""
     port = free_port()
     sock = (socket_dir or tmp / "run") / "aiobpf.sock"
     config = tmp / "aiobpf.toml"
@@ -130,11 +134,11 @@ def run_daemon(tmp: Path, *, budget: float = 1.0, refresh: float = 1.0,
     log = tmp / f"daemon-{port}.log"
     with log.open("w") as out:
         proc = subprocess.Popen([*(wrapper or []), sys.executable, "-m", "aiobpf", "daemon",
-                                 "--config", str(config), "-" + "v" * verbose],
+                                 "--config", str(config), "-" + "v" * verbose, *args],
                                 stdout=out, stderr=subprocess.STDOUT,
                                 cwd=REPO, start_new_session=True,
                                 env={**os.environ, **(env or {})})
-    daemon = DaemonProcess(proc, port, sock, log)
+    daemon = process(proc, port, sock, log)
     try:
         deadline = time.monotonic() + 60
         while True:
