@@ -367,16 +367,11 @@ def mapped_file(pid: int, start: int, end: int) -> tuple[int, int] | None:
     except PermissionError:
         pass   # map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE: ask maps instead
     try:
-        text = Path(f"/proc/{pid}/maps").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+        maps = procfs.read_maps(pid)
+    except procfs.ProcessNotFound:
         raise ProcessLookupError(pid) from None
-    wanted = f"{start:x}-{end:x} "
-    for line in text.splitlines():
-        fields = line.split(None, 5)
-        if line.startswith(wanted) and len(fields) >= 5 and fields[4].isdigit():
-            # the device in maps is the superblock's, not always stat's: not compared
-            return (-1, int(fields[4]))
-    return None
+    # the device in maps is the superblock's, not always stat's: not compared
+    return next(((-1, m.inode) for m in maps if (m.start, m.end) == (start, end)), None)
 
 
 def same_file(probed: tuple[int, int], mapped: tuple[int, int] | None) -> bool:

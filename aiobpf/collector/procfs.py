@@ -51,8 +51,10 @@ def parse_maps(text: str) -> list[Mapping]:
 
 
 def read_maps(pid: int) -> list[Mapping]:
+    """The mappings of ``pid``; a path that is not UTF-8 (the target names its files)
+    keeps its bytes as surrogates, as ``os.fsdecode`` does, so that it opens as is."""
     try:
-        return parse_maps(Path(f"/proc/{pid}/maps").read_text())
+        return parse_maps(os.fsdecode(Path(f"/proc/{pid}/maps").read_bytes()))
     except FileNotFoundError:
         raise ProcessNotFound(pid) from None
     except ProcessLookupError:
