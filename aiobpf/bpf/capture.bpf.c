@@ -297,6 +297,8 @@ int on_step_wrapper(struct pt_regs *ctx)
         return 0;
     u64 task = 0;
     bpf_probe_read_user(&task, 8, (void *)(PT_REGS_PARM1(ctx) + t->cfg.wrapper_task));
+    if (task)
+        __sync_fetch_and_add(&t->stats.wrapper_steps, 1);
     return step_start(t, task);
 }
 

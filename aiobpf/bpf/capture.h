@@ -104,6 +104,8 @@ struct target_stats {
     __u64 step_hist[AIOBPF_HIST_SLOTS];   /* log2(step duration in ns) */
     __u64 delay_hist[AIOBPF_HIST_SLOTS];  /* log2(ns from the loop waking to the step) */
     __u64 depth_hist[AIOBPF_MAX_DEPTH + 1]; /* frames of the suspended stack */
+    __u64 wrapper_steps;           /* of the steps, those TaskStepMethWrapper started
+                                      (their probe site may cost more: probe_cost.py) */
 };
 
 /* The value of the `targets` map: settings written by user space, counts by BPF. */

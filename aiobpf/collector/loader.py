@@ -218,7 +218,7 @@ class TargetStats(ct.Structure):
         ("finished", ct.c_uint64), ("step_ns_sum", ct.c_uint64), ("delay_ns_sum", ct.c_uint64),
         ("prog_ns_sum", ct.c_uint64), ("records_dropped", ct.c_uint64),
         ("step_hist", ct.c_uint64 * HIST_SLOTS), ("delay_hist", ct.c_uint64 * HIST_SLOTS),
-        ("depth_hist", ct.c_uint64 * (MAX_DEPTH + 1)),
+        ("depth_hist", ct.c_uint64 * (MAX_DEPTH + 1)), ("wrapper_steps", ct.c_uint64),
     ]
 
 

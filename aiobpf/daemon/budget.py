@@ -18,8 +18,10 @@ budget leaves room for the estimate's error: measured against full capture
 the excess not in the process's system time (the trap and programs themselves) but
 in its user time: a trap disturbs the caches of the interpreter's hot loop, which
 the calibration, with a small working set, does not see.  Between windows, the
-daemon adds the rates the last window saw for the time that passes: estimates
-without bias while the rate is steady, which never run ahead of time.
+daemon estimates counts from the process's CPU time (aiobpf.daemon.estimate).  The
+pauses between windows vary (``PAUSE_SPREAD``) around the length the duty asks
+for, along a sequence that never repeats, so that windows sample a load that comes
+and goes at any period without bias; the attached fraction stays at the duty.
 
 A process is held to the budget from its discovery on: until its cost has been
 measured it counts at ``PRIOR_OVERHEAD`` (as costly as full capture may be), so a
@@ -33,6 +35,8 @@ window: the pause pays for the windows of the file's other processes.
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass, field
 
 MIN_CPU_RATE = 1e-3   # a process that sleeps: its few steps decide nothing
@@ -44,6 +48,8 @@ PRIOR_OVERHEAD = 2.0  # a process not yet measured: full capture of the costlies
 MEASURING_WINDOW = 0.15   # s: a window that measures a new process (rates over a tick)
 MEASURE_RETRY = 0.05  # s: a measuring window waits this much more for its measurement
 MEASURE_LIMIT = 1.0   # s: ... and closes after this long even without one
+PAUSE_SPREAD = 0.5    # a pause lasts (1 +- this) times what the duty asks for
+PAUSE_STEP = (math.sqrt(5) - 1) / 2   # the steps of the pauses' sequence: never periodic
 
 
 def full_overhead(step_rate: float, cpu_rate: float, probe_cost: float) -> float:
@@ -72,6 +78,8 @@ class FileWindow:
     length: float = 0.0            # the planned length of the open window
     # pid -> overhead of full capture; None: not measured yet (counts as the prior)
     overheads: dict[int, float | None] = field(default_factory=dict)
+    # where the pauses' sequence stands (a random start: files do not pause in step)
+    phase: float = field(default_factory=random.random)
 
     @property
     def measuring(self) -> bool:
@@ -111,10 +119,16 @@ class FileWindow:
                 self.switch_at = now + MEASURE_RETRY
                 return None
             attached_for = max(now - self.attached_at, self.length)
-            self.switch_at = now + attached_for * (1.0 / self.duty - 1.0)
+            self.switch_at = now + attached_for * (1.0 / self.duty - 1.0) * self._spread()
             return False
         self._open(now)
         return True
+
+    def _spread(self) -> float:
+        """The next pause's factor: evenly spread over 1 +- PAUSE_SPREAD, mean 1 (a
+        golden-ratio sequence: its running mean comes close to 1 within a few pauses)."""
+        self.phase = (self.phase + PAUSE_STEP) % 1.0
+        return 1.0 + PAUSE_SPREAD * (2.0 * self.phase - 1.0)
 
     def _open(self, now: float) -> None:
         """A window starts now: a short one when it is to measure a new process."""

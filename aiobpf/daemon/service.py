@@ -37,18 +37,23 @@ from aiobpf.collector.loader import (
 from aiobpf.collector.memory import ProcessGone, ReadLimitExceeded, RemoteReadError
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.probe_cost import ProbeCosts
-from aiobpf.collector.probes import ProbeSite, find_step_sites
-from aiobpf.collector.procfs import ProcessNotFound
+from aiobpf.collector.probes import (
+    STEP_WRAPPER_CALL,
+    TASK_WAKEUP,
+    ProbeSite,
+    find_step_sites,
+)
+from aiobpf.collector.procfs import ProcessNotFound, ThreadTimes, thread_times
 from aiobpf.collector.snapshot import Collector, trim_heap
 from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPython, open_target
 from aiobpf.daemon.budget import MEASURING_WINDOW, FileWindow, full_overhead, next_switch
 from aiobpf.daemon.config import Config
 from aiobpf.daemon.discovery import Candidate, Discovery, Identity
+from aiobpf.daemon.estimate import Reading, StepEstimate
 from aiobpf.exporters.prometheus import (
     DaemonState,
     ProcessView,
     SnapshotSummary,
-    StepCounts,
     Summarizer,
 )
 from aiobpf.safe_text import NAME_MAX, SafeLogRecords, bound
@@ -57,7 +62,7 @@ log = logging.getLogger("aiobpf")
 log.addFilter(SafeLogRecords())   # names and paths in messages come from targets
 TICK_S = 0.2
 MIN_SLEEP_S = 0.01         # the loop wakes for a window's switch, but never spins
-FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6)   # when timing fails: pessimistic
+FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6, stepped_trap_s=10e-6)   # pessimistic
 EXAMINE_LIMIT_S = 30.0     # a process's files examined within this (cold: ~2 s for libpython)
 EXAMINE_GRACE_S = 5.0      # ... and abandoned this much later if the parser did not stop
 MAX_EXAMINING = 4          # processes examined at once
@@ -87,17 +92,16 @@ class Traced:
     lock: threading.Lock = field(default_factory=threading.Lock)
     summary: SnapshotSummary | None = None
     pending_at_start: int | None = None
-    counts: StepCounts = field(default_factory=StepCounts)
-    held: StepCounts = field(default_factory=StepCounts)   # seen in the open window
-    held_s: float = 0.0                                     # ... in this many seconds
-    rate: StepCounts = field(default_factory=StepCounts)    # per second, last window
-    last: TargetStats | None = None
-    hits: int = 0
+    estimate: StepEstimate = field(default_factory=StepEstimate)
+    last: TargetStats | None = None                     # the counters' last reading
     traced_s: float = 0.0
     attached_s: float = 0.0
     step_rate: float = 0.0
     cpu_rate: float = 0.0
-    cpu_seen: tuple[float, float, int, int] | None = None  # (monotonic, CPU s, steps, prog ns)
+    # (monotonic, thread CPU times, steps, prog ns, wrapper steps) when the budget's rates
+    # were last taken
+    cpu_seen: tuple[float, ThreadTimes, int, int, int] | None = None
+    window_cpu: ThreadTimes | None = None               # thread CPU times at the window's start
     step_cost: float = 0.0                              # seconds one captured step costs
     overhead_full: float = 0.0
     measured: bool = False                              # overhead_full has been measured
@@ -238,8 +242,9 @@ class Daemon:
             self.errors["calibrate"] += 1
             log.warning("could not time the probes (%s); assuming %.1f us per hit",
                         _one_line(exc), costs.trap_s * 1e6)
-        log.info("a uprobe hit costs %.2f us, the syscall hooks %.2f us per system call",
-                 costs.trap_s * 1e6, costs.syscall_s * 1e6)
+        log.info("a uprobe hit costs %.2f us (%.2f us on an instruction stepped out of line), "
+                 "the syscall hooks %.2f us per system call", costs.trap_s * 1e6,
+                 costs.stepped_trap_s * 1e6, costs.syscall_s * 1e6)
         return costs
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -458,6 +463,7 @@ class Daemon:
         self._note_truncated(traced)
         traced.pending_at_start = traced.summary.pending
         traced.next_read = time.monotonic() + self.config.refresh_interval
+        traced.window_cpu = self._thread_times(traced)   # its probes are on from now
         self.traced[pid] = traced
         if traced.file is not None:
             self.windows.setdefault(traced.file, FileWindow(self.config.window,
@@ -560,22 +566,29 @@ class Daemon:
             traced.accounted_at = now
         window = self.windows[file]
         attached = self.capture.is_attached(file)
+        stats = self._read_counts(traced, attached)
+        if stats is None:
+            return
+        traced.traced_s += dt
+        if attached:
+            traced.attached_s += dt
+            self._measure(traced, stats)
+        window.overheads[traced.pid] = traced.overhead_full if traced.measured else None
+
+    def _read_counts(self, traced: Traced, attached: bool) -> TargetStats | None:
+        """Read the process's counters and CPU time, and account the stretch since the
+        last reading as ``attached`` or not (see aiobpf.daemon.estimate)."""
+        assert self.capture is not None
         with self._bpf_lock:
             stats = self.capture.stats(traced.pid)
         if stats is None:
-            return
-        if attached:
-            self._count(traced, stats, dt)
-        else:
-            traced.last = stats
-            traced.counts.add(traced.rate, dt)   # estimated from the last window
-            self._derive_created(traced)
-        traced.traced_s += dt
+            return None
         cpu = self._cpu_time(traced)
-        if attached:
-            traced.attached_s += dt
-            self._measure(traced, stats, cpu)
-        window.overheads[traced.pid] = traced.overhead_full if traced.measured else None
+        self._count_faults(traced, stats)
+        if cpu is not None:
+            traced.estimate.read(Reading(time.monotonic(), cpu, stats), attached)
+            self._derive_created(traced)
+        return stats
 
     def _schedule(self, now: float) -> None:
         """Attach or detach each file's probes as its window plan says."""
@@ -605,6 +618,14 @@ class Daemon:
             self._check_probed_files([t for t in self.traced.values() if t.file == file])
             if file not in self.windows:
                 return   # none of its processes is left
+        users = [t for t in self.traced.values() if t.file == file]
+        # The estimates' windows run from when the probes are all in place to just
+        # before they start to go: placing and removing them takes time (~0.25 s to
+        # remove), in which steps may go uncounted while CPU time is spent.
+        for traced in users:
+            self._read_counts(traced, attached=not change)
+            if not change:
+                self._close_estimate_window(traced)
         with self._bpf_lock:
             started = time.monotonic()
             if change:
@@ -612,18 +633,32 @@ class Daemon:
             else:
                 self.capture.pause(file)
             took = time.monotonic() - started
-        if not change:
+        if change:
+            for traced in users:
+                self._read_counts(traced, attached=False)
+                traced.window_cpu = self._thread_times(traced)
+        else:   # the probes stayed in place until now
             window.detach_took(took)
-            for traced in self.traced.values():
-                if traced.file == file:
-                    traced.attached_s += took   # the next tick sees them detached
-            self._close_window(file)
+            for traced in users:
+                traced.attached_s += took   # the next tick sees them detached
         window.attached = change
         for traced in self.traced.values():
             if traced.file == file:
                 traced.cpu_seen = None   # rates are measured within one window
                 if change:               # ... from its start
                     self._start_measuring(traced)
+
+    def _close_estimate_window(self, traced: Traced) -> None:
+        """The window's counts and CPU time join the estimate's ratio."""
+        now_cpu = self._thread_times(traced)
+        window_cpu = (now_cpu.since(traced.window_cpu)
+                      if now_cpu and traced.window_cpu else None)
+        traced.window_cpu = None
+        steps, cpu, own = traced.estimate.close_window(time.monotonic(), traced.step_cost,
+                                                       window_cpu)
+        log.debug("pid %d: the window saw %d steps in %.3f CPU s (%.3f without the probes): "
+                  "%.0f steps per CPU s between windows", traced.pid, steps, cpu, own,
+                  traced.estimate.steps_per_cpu_second())
 
     def _sleep_for(self, now: float) -> float:
         """Until the next tick, or sooner when a window is due to open or close."""
@@ -639,53 +674,24 @@ class Daemon:
         with self._bpf_lock:
             stats = self.capture.stats(traced.pid)
         if stats is not None:
-            self._measure(traced, stats, self._cpu_time(traced))
+            self._measure(traced, stats)
 
-    def _count(self, traced: Traced, stats: TargetStats, dt: float) -> None:
-        """Add what the programs counted since the last look (probes attached), and
-        keep it to learn the rates of the current window."""
-        last = traced.last
+    def _count_faults(self, traced: Traced, stats: TargetStats) -> None:
+        """Count what the programs could not do since the last reading (from zero when
+        the process was added)."""
+        seen = traced.last or TargetStats()
         traced.last = stats
-        # Faults since the process was added count from zero; steps from the first look.
-        seen = last or TargetStats()
         if stats.read_errors > seen.read_errors:
             self.errors["bpf_read"] += stats.read_errors - seen.read_errors
         if stats.records_dropped > seen.records_dropped:   # read from memory instead
             self.errors["bpf_records_full"] += stats.records_dropped - seen.records_dropped
-        if last is None:
-            return
-        delta = StepCounts(
-            steps=stats.steps - last.steps,
-            finished=stats.finished - last.finished,
-            step_hist=[float(a - b) for a, b in zip(stats.step_hist, last.step_hist,
-                                                    strict=True)],
-            step_sum_ns=stats.step_ns_sum - last.step_ns_sum,
-            delay_hist=[float(a - b) for a, b in zip(stats.delay_hist, last.delay_hist,
-                                                     strict=True)],
-            delay_sum_ns=stats.delay_ns_sum - last.delay_ns_sum,
-        )
-        traced.hits += int(delta.steps)
-        traced.counts.add(delta)
-        traced.held.add(delta)
-        traced.held_s += dt
-        self._derive_created(traced)
 
     @staticmethod
     def _derive_created(traced: Traced) -> None:
         """created - finished = the change in pending tasks (never decreasing)."""
-        c = traced.counts
+        c = traced.estimate.counts
         pending = traced.summary.pending if traced.summary else 0
         c.created = max(c.created, c.finished + pending - (traced.pending_at_start or 0))
-
-    def _close_window(self, file: tuple[int, int]) -> None:
-        """A window of ``file`` closed: the rates it saw stand for the time until the
-        next one (added tick by tick, so the estimates never run ahead of time)."""
-        for traced in self.traced.values():
-            if traced.file == file:
-                traced.rate = StepCounts()
-                if traced.held_s > 0:
-                    traced.rate.add(traced.held, 1.0 / traced.held_s)
-                traced.held, traced.held_s = StepCounts(), 0.0
 
     def _cpu_time(self, traced: Traced) -> float | None:
         try:
@@ -695,14 +701,22 @@ class Daemon:
             return None
         return times.user + times.system
 
-    def _measure(self, traced: Traced, stats: TargetStats, cpu: float | None) -> None:
+    def _thread_times(self, traced: Traced) -> ThreadTimes | None:
+        try:
+            return thread_times(traced.pid)
+        except ProcessNotFound:
+            traced.gone = True
+            return None
+
+    def _measure(self, traced: Traced, stats: TargetStats) -> None:
         """Step and CPU rates over the last stretch with probes attached."""
+        cpu = self._thread_times(traced)
         if cpu is None:
             return
         now = time.monotonic()   # not the tick's start: that came before the tick's scan
         seen = traced.cpu_seen
         if seen is None:
-            traced.cpu_seen = (now, cpu, stats.steps, stats.prog_ns_sum)
+            traced.cpu_seen = (now, cpu, stats.steps, stats.prog_ns_sum, stats.wrapper_steps)
             return
         span = now - seen[0]
         # a process not measured yet is measured over a short window (see budget)
@@ -710,16 +724,18 @@ class Daemon:
             1.0, 0.6 * self.config.window)
         if span < needed:
             return
-        traced.cpu_seen = (now, cpu, stats.steps, stats.prog_ns_sum)
+        traced.cpu_seen = (now, cpu, stats.steps, stats.prog_ns_sum, stats.wrapper_steps)
         steps = stats.steps - seen[2]
         step_rate = steps / span
-        cpu_rate = (cpu - seen[1]) / span
+        cpu_rate = cpu.since(seen[1]) / span
         a = RATE_SMOOTHING if traced.cpu_rate else 1.0   # the first measure stands alone
         traced.step_rate = a * step_rate + (1 - a) * traced.step_rate
         traced.cpu_rate = a * cpu_rate + (1 - a) * traced.cpu_rate
         cost = self.config.fixed_probe_cost
         if cost is None and self.costs is not None and steps > 0:
-            measured = self.costs.per_step((stats.prog_ns_sum - seen[3]) / 1e9 / steps)
+            wrapped = (stats.wrapper_steps - seen[4]) / steps
+            measured = self.costs.per_step((stats.prog_ns_sum - seen[3]) / 1e9 / steps,
+                                           _stepped_share(traced, wrapped))
             cost = a * measured + (1 - a) * traced.step_cost if traced.step_cost else measured
         traced.step_cost = cost if cost is not None else traced.step_cost
         traced.overhead_full = full_overhead(traced.step_rate, traced.cpu_rate,
@@ -813,7 +829,8 @@ class Daemon:
                 pid=traced.pid, process=traced.candidate.name,
                 python=traced.target.version_str, container=traced.candidate.container,
                 capture=self._capture_kind(traced), summary=traced.summary,
-                counts=traced.counts, probe_hits=traced.hits, capture_fraction=fraction,
+                counts=traced.estimate.counts, probe_hits=traced.estimate.hits,
+                capture_fraction=fraction,
                 attached_seconds=traced.attached_s,
                 overhead=traced.overhead_full * duty, step_cost=traced.step_cost))
         self.state = DaemonState(views, Counter(self.errors), self.last_scan,
@@ -855,6 +872,19 @@ class Daemon:
             return {"output": "".join(out), "error": exc.message, "hint": exc.hint,
                     "exit_code": exc.exit_code}
         return {"output": "".join(out), "notes": []}
+
+
+def _stepped_share(traced: Traced, wrapped: float) -> float:
+    """The share of steps whose probe site is an instruction the kernel single-steps out
+    of line (a hit there costs a second trap): any but a ``push``.  ``wrapped``: the
+    share TaskStepMethWrapper's probe started, the rest task_wakeup's."""
+    sites = traced.attachment.sites if traced.attachment else {}
+    share = 0.0
+    for function, part in ((STEP_WRAPPER_CALL, wrapped), (TASK_WAKEUP, 1.0 - wrapped)):
+        site = sites.get(function)
+        if site is not None and site.instruction != "push":
+            share += part
+    return min(max(share, 0.0), 1.0)
 
 
 def _differs(new: float, old: float | None, by: float = 0.1) -> bool:

@@ -132,7 +132,10 @@ def test_budget_windows_a_busy_process(tmp_path: Path) -> None:
         assert 0.1e-6 < value("aiobpf_step_cost_seconds") < 50e-6
         hits, steps = value("aiobpf_probe_hits_total"), value("aiobpf_task_steps_total")
         assert steps > 2 * hits                      # scaled by 1/duty
-        assert 0.33 < steps / (hits / fraction) < 3  # and by about the time not seen
+        # and by about the time not seen: more, since the probes slow this ping-pong
+        # ~2x in windows, which the estimate from CPU time takes out (test_estimates.py
+        # checks it against the target's own count)
+        assert 0.33 < steps / (hits / fraction) < 6
         print(f"windowed: captured {100 * fraction:.1f}% of the time, {hits:.0f} steps seen, "
               f"{steps:.0f} estimated, "
               f"{1e6 * value('aiobpf_step_cost_seconds'):.2f} us per captured step")

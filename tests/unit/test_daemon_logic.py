@@ -13,6 +13,8 @@ from aiobpf.collector.probe_cost import SYSCALLS_PER_STEP, ProbeCosts
 from aiobpf.daemon.budget import (
     MEASURE_LIMIT,
     MEASURING_WINDOW,
+    PAUSE_SPREAD,
+    PAUSE_STEP,
     PLAN_SHARE,
     PRIOR_OVERHEAD,
     FileWindow,
@@ -142,13 +144,16 @@ def test_a_process_not_yet_measured_counts_at_the_prior() -> None:
     assert window.duty == 1.0
 
 
+_UNSPREAD = (0.5 - PAUSE_STEP) % 1.0   # the first pause is exactly what the duty asks for
+
+
 def _discover(measured_at: float | None, overhead: float, tick: float = 0.05,
               until: float = 300.0, budget: float = 0.01, detach: float = 0.25
               ) -> tuple[FileWindow, list[tuple[float, bool]]]:
     """A new file, its probes placed at 0, run as the daemon does: the process's cost
     comes in at ``measured_at`` (None: never); a detach takes ``detach`` s with the
     probes in place.  Returns the window and its switches (time, attached)."""
-    window = FileWindow(window=0.5, attached_at=0.0)
+    window = FileWindow(window=0.5, attached_at=0.0, phase=_UNSPREAD)
     switches: list[tuple[float, bool]] = []
     t = 0.0
     while t < until:
@@ -164,6 +169,32 @@ def _discover(measured_at: float | None, overhead: float, tick: float = 0.05,
             t += detach
         t += tick
     return window, switches
+
+
+def test_pauses_vary_so_that_windows_sample_a_periodic_load_without_bias() -> None:
+    """A load that is on for half of every period equal to the nominal window cycle
+    (the worst case for fixed pauses: every window lands in the same phase) is
+    sampled on and off alike, and the attached fraction still keeps the duty."""
+    window = FileWindow(window=0.5, phase=0.0)
+    window.overheads = {1: 0.5}
+    window.plan(budget=0.03)                  # duty 2 %: a window every 25 s
+    period = window.window / window.duty
+    tick, t, on_ticks, attached_ticks, factors = 0.05, 0.0, 0, 0, []
+    while t < 20_000:
+        change = window.step(t)
+        if change is False:
+            attached_for = max(t - window.attached_at, window.length)
+            factors.append((window.switch_at - t) / (attached_for * (1 / window.duty - 1)))
+        if change is not None:
+            window.attached = change
+        if window.attached:
+            attached_ticks += 1
+            on_ticks += (t % period) < period / 2
+        t += tick
+    assert on_ticks / attached_ticks == pytest.approx(0.5, abs=0.05)
+    assert attached_ticks * tick / t == pytest.approx(window.duty, rel=0.1)
+    assert min(factors) >= 1 - PAUSE_SPREAD - 0.01 and max(factors) <= 1 + PAUSE_SPREAD + 0.01
+    assert sum(factors) / len(factors) == pytest.approx(1.0, abs=0.02)
 
 
 def _attached_until(switches: list[tuple[float, bool]], until: float,
