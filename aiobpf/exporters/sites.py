@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 from aiobpf.collector.model import Frame, Task
 from aiobpf.safe_text import SITE_MAX, label
@@ -43,12 +44,21 @@ def await_site(task: Task, library: re.Pattern[str] | None = APPLICATION) -> str
     its frames are the standard library's."""
     fallback: Frame | None = None
     for frame in reversed(task.frames):
-        if _STDLIB.search(frame.filename):
-            continue
-        if library is None or not library.search(frame.filename):
+        kind = _kind(frame.filename, library)
+        if kind == "application":
             return _site(frame)
-        fallback = fallback or frame
+        if kind == "library" and fallback is None:
+            fallback = frame
     return None if fallback is None else _site(fallback)
+
+
+@lru_cache(maxsize=4096)
+def _kind(filename: str, library: re.Pattern[str] | None) -> str:
+    """"stdlib", "library" or "application" (a read meets the same few files again and
+    again: two searches per file, not per frame)."""
+    if _STDLIB.search(filename):
+        return "stdlib"
+    return "library" if library is not None and library.search(filename) else "application"
 
 
 def _site(frame: Frame) -> str:
