@@ -1,8 +1,8 @@
 """Await sites people can act on: ``aiobpf_suspended_tasks{site}`` of a real aiohttp
-server (Debian sid's python3-aiohttp, with and without uvloop) under wrk, scraped from
-the real daemon.  Its handlers wait on a slow upstream through aiohttp's client: the
-site must be the application's ``call_backend``, not aiohttp's ``DataQueue.read``
-(unless the config asks for library frames)."""
+server (Debian sid's python3-aiohttp under 3.14, with and without uvloop, and 3.13)
+under wrk, scraped from the real daemon.  Its handlers wait on a slow upstream through
+aiohttp's client: the site must be the application's ``call_backend``, not aiohttp's
+``DataQueue.read`` (unless the config asks for library frames)."""
 
 from __future__ import annotations
 
@@ -53,10 +53,10 @@ def _wait_for_site(daemon: DaemonProcess, pid: int, site: str,
 
 
 @contextmanager
-def _loaded_server(loop: str) -> Iterator[int]:
+def _loaded_server(label: str, loop: str) -> Iterator[int]:
     """The front server's pid, under wrk's load for as long as the context lasts."""
-    python = by_label("sid-3.14")
-    require_modules(python, "aiohttp", "uvloop")
+    python = by_label(label)
+    require_modules(python, "aiohttp", *(["uvloop"] if loop == "uvloop" else []))
     up_port, front_port = free_port(), free_port()
     with (run_target(python, SCRIPT, "upstream", str(up_port), UPSTREAM_DELAY_S),
           run_target(python, SCRIPT, "front", str(front_port), str(up_port), loop) as front):
@@ -70,13 +70,17 @@ def _loaded_server(loop: str) -> Iterator[int]:
             stop(wrk)
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_sites_of_an_aiohttp_server_are_the_application(tmp_path: Path, loop: str) -> None:
+@pytest.mark.parametrize(("label", "loop"), [
+    ("sid-3.14", "asyncio"), ("sid-3.14", "uvloop"),
+    ("sid-3.13", "asyncio"),     # aiohttp's pure-Python fallbacks: Debian's C parts are 3.14+
+])
+def test_sites_of_an_aiohttp_server_are_the_application(tmp_path: Path, label: str,
+                                                        loop: str) -> None:
     call_backend = f"call_backend /home/user/{SCRIPT}:{_line_of('handlers wait here')}"
     aiohttp_read = "DataQueue.read /usr/lib/python3/dist-packages/aiohttp/streams.py:"
     (tmp_path / "default").mkdir()
     (tmp_path / "library").mkdir()
-    with _loaded_server(loop) as pid:
+    with _loaded_server(label, loop) as pid:
         with run_daemon(tmp_path / "default", select=SELECT) as daemon:
             daemon.wait_traced(pid, timeout=30)
             sites = _wait_for_site(daemon, pid, call_backend)
