@@ -125,13 +125,55 @@ make_root() {  # make_root DIR SUITE PACKAGES
   say "created: $suite root $dir with $packages"
 }
 
+# Packages added to a made root with its own apt (debootstrap wrote its sources), apart
+# from make_root's list so that adding one never rebuilds the root.  Marked done in
+# the root (a rebuilt root gets them again); ``check`` is a command run in the root
+# that says whether they work.
+add_to_root() {  # add_to_root DIR CHECK PACKAGE...
+  local dir=$1 check=$2
+  shift 2
+  local marker="$dir/.aiobpf-extras" log="$dir.extras.log"
+  if [ -f "$marker" ] && [ "$(cat "$marker")" = "$*" ] && chroot "$dir" sh -c "$check" >/dev/null 2>&1; then
+    say "ok: $* in $dir"
+    return
+  fi
+  [ -s "$dir/etc/apt/sources.list" ] || compgen -G "$dir/etc/apt/sources.list.d/*" >/dev/null \
+    || die "$dir has no apt sources (etc/apt/sources.list): remove it, provisioning makes it again"
+  local policy="$dir/usr/sbin/policy-rc.d" own_policy=0
+  if [ ! -e "$policy" ]; then   # no service starts in the root
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+  fi
+  local install=(chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q
+                 --no-install-recommends "$@")
+  # The lists debootstrap fetched first; fresh ones when those are out of date.
+  "${install[@]}" >"$log" 2>&1 \
+    || { chroot "$dir" apt-get update -q >>"$log" 2>&1 && "${install[@]}" >>"$log" 2>&1; } \
+    || { [ "$own_policy" = 1 ] && rm -f "$policy"; tail -n 5 "$log" >&2; die "apt-get install $* in $dir failed (log above)"; }
+  if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
+  chroot "$dir" sh -c "$check" >>"$log" 2>&1 \
+    || { tail -n 5 "$log" >&2; die "installed $* in $dir, but they do not work: $check"; }
+  rm -f "$log"
+  echo "$*" >"$marker"
+  say "installed: $* in $dir"
+}
+
 if [ "$WITH_SID" = 1 ]; then
   make_root "$SID_ROOT" sid python3.13,python3.14,python3.15,python3.13-dbg,python3.14-dbg,python3.15-dbg
+  # Real third-party servers and clients for the targets (aiohttp, with and without
+  # uvloop; httpx): Debian's packages.  Debian builds aiohttp's C parts and uvloop for
+  # 3.14 and 3.15 only; under 3.13 aiohttp runs its pure-Python fallbacks.
+  add_to_root "$SID_ROOT" \
+    "/usr/bin/python3.14 -c 'import aiohttp, uvloop, httpx, typing_extensions' && /usr/bin/python3.13 -c 'import aiohttp, httpx'" \
+    python3-aiohttp python3-uvloop python3-httpx python3-typing-extensions
   for exe in python3.13 python3.14 python3.15 python3.14d python3.15d; do
     version=$(chroot "$SID_ROOT" "/usr/bin/$exe" -c 'import platform; print(platform.python_version())') \
       || die "$exe does not run in $SID_ROOT"
     say "ok: sid-${exe#python} $version"
   done
+  versions=$(chroot "$SID_ROOT" /usr/bin/python3.14 -c 'import aiohttp, uvloop, httpx
+print(*(f"{m.__name__} {m.__version__}" for m in (aiohttp, uvloop, httpx)), sep=", ")') \
+    || die "python3.14 in $SID_ROOT cannot import aiohttp, uvloop and httpx"
+  say "ok: sid-3.14 with $versions"
   # Python 3.9, which aiobpf must refuse by name.
   make_root "$OLD_ROOT" bullseye python3.9
   chroot "$OLD_ROOT" /usr/bin/python3.9 -c 'import sys' || die "python3.9 does not run in $OLD_ROOT"

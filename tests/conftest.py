@@ -24,7 +24,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.pythons import SID_ROOT, Python, all_pythons
+from tests.pythons import SID_ROOT, THIRD_PARTY, Python, all_pythons
 
 TARGETS = Path(__file__).parent / "targets"
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "aiobpf" / "exporters"
@@ -66,6 +66,20 @@ def require(python: Python) -> None:
             pytest.fail(f"{python.label} ({python.host_executable}) is missing: provisioning "
                         "installs it (scripts/provision.sh)")
         pytest.skip(f"{python.label} is not on this machine")
+
+
+def require_modules(python: Python, *modules: str) -> None:
+    """Fail (never skip) unless ``python`` imports ``modules``, third-party packages that
+    provisioning installs for it (``THIRD_PARTY``)."""
+    require(python)
+    missing = [m for m in modules if m not in THIRD_PARTY.get(python.label, ())]
+    assert not missing, f"{python.label} is not provisioned with {missing}: see THIRD_PARTY"
+    out = subprocess.run(python.argv("-c", f"import {', '.join(modules)}"),
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.fail(f"{python.label} cannot import {', '.join(modules)} ({last}): "
+                    "provisioning installs them (scripts/provision.sh)", pytrace=False)
 
 
 @contextmanager

@@ -6,7 +6,8 @@
 - ``pyenv-*``: pyenv builds with symbols and DWARF, used wherever the machine has them.
 
 Interpreters that provisioning installs are ``required``: when one is missing
-the tests that need it fail instead of skipping.
+the tests that need it fail instead of skipping.  So are the third-party packages it
+installs into the sid root (``THIRD_PARTY``): real servers and clients for targets.
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def pyenv_pythons() -> tuple[Python, ...]:
                 found.append(Python(f"pyenv-{version.name}", minor, str(exe),
                                     required=False, stripped=False))
     return tuple(found)
+
+
+# Debian's python3-aiohttp, python3-uvloop, python3-httpx (scripts/provision.sh,
+# add_to_root): the modules each interpreter imports.  Debian builds aiohttp's C parts
+# and uvloop for 3.14 and up only: 3.13 runs aiohttp's pure-Python fallbacks.
+THIRD_PARTY: dict[str, tuple[str, ...]] = {
+    "sid-3.14": ("aiohttp", "uvloop", "httpx"),
+    "sid-3.14d": ("aiohttp", "uvloop", "httpx"),
+    "sid-3.13": ("aiohttp", "httpx"),
+}
 
 
 def required_pythons() -> tuple[Python, ...]:

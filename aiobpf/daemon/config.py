@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from aiobpf.exporters.sites import SITE_FRAMES, library_pattern
+
 DEFAULT_LISTEN = "127.0.0.1:9477"
 DEFAULT_SOCKET = "/run/aiobpf/aiobpf.sock"
 
@@ -54,6 +56,7 @@ class Config:
     probe_cost_us: float | str = "auto"   # "auto": measured (collector/probe_cost.py)
     window: float = 0.5
     top_sites: int = 10
+    site_frames: str | list[str] = "application"   # which frames are not await sites
     max_processes: int = 256
     bpf: bool = True
     web_config: str = ""    # TLS and basic auth of the endpoint (aiobpf.daemon.web_config)
@@ -63,6 +66,11 @@ class Config:
     def fixed_probe_cost(self) -> float | None:
         """Seconds per captured step when configured, None when measured."""
         return None if self.probe_cost_us == "auto" else float(self.probe_cost_us) * 1e-6
+
+    @property
+    def library_frames(self) -> re.Pattern[str] | None:
+        """The file names of frames that do not name await sites (``exporters.sites``)."""
+        return library_pattern(self.site_frames)
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -84,7 +92,30 @@ class Config:
             raise ConfigError("budget: a fraction of the target's CPU time, in (0, 1]")
         if self.top_sites < 1 or self.max_processes < 1:
             raise ConfigError("top_sites and max_processes: at least 1")
+        self._check_site_frames()
         return self
+
+    def _check_site_frames(self) -> None:
+        expected = (", ".join(f'"{name}"' for name in SITE_FRAMES) + " or a list of regular "
+                    "expressions matched against frames' file names")
+        value = self.site_frames
+        if isinstance(value, str):
+            if value not in SITE_FRAMES:
+                raise ConfigError(f"site_frames: {expected}; got {value!r}")
+            return
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise ConfigError(f"site_frames: {expected}")
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"site_frames: bad regular expression {pattern!r}: "
+                                  f"{exc}") from None
+        try:
+            library_pattern(value)
+        except re.error as exc:
+            raise ConfigError(f"site_frames: the expressions do not combine into one ({exc}): "
+                              "write inline flags as (?i:...)") from None
 
 
 def load(path: Path | None) -> Config:
@@ -108,6 +139,8 @@ def load(path: Path | None) -> Config:
         if key == "probe_cost_us" and isinstance(value, int | float | str) \
                 and not isinstance(value, bool):
             daemon[key] = float(value) if isinstance(value, int) else value
+            continue
+        if key == "site_frames":   # a name or a list: checked by Config.check
             continue
         expected = type(getattr(Config(), key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):

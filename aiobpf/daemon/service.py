@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -132,6 +133,7 @@ class Examination:
     candidate: Candidate
     started: float
     top_sites: int
+    library_frames: re.Pattern[str] | None   # of the config: frames that are not sites
     target: Target | None = None
     collector: Collector | None = None
     summary: SnapshotSummary | None = None   # of the first read
@@ -156,7 +158,7 @@ class Examination:
                     self.found = find_step_sites(holder.image, None,
                                                  self.target.layout["type.call"])
                 self.collector = Collector(self.target, MAX_TASKS)
-                summarizer = Summarizer(self.top_sites)   # tasks summarized as read
+                summarizer = Summarizer(self.top_sites, self.library_frames)   # as read
                 self.collector.mem.limit(READ_DEADLINE_S)
                 try:
                     snapshot = self.collector.snapshot(details=False, sink=summarizer.add,
@@ -364,7 +366,8 @@ class Daemon:
                 self.errors["examine_busy"] += 1
             self.discovery.forget(pid)
             return "waiting"
-        exam = Examination(candidate, time.monotonic(), self.config.top_sites)
+        exam = Examination(candidate, time.monotonic(), self.config.top_sites,
+                           self.config.library_frames)
         self._examining[pid] = exam
         exam.start(self.capture is not None)
         return "candidate"   # looked at by a worker: not offered again meanwhile
@@ -767,7 +770,7 @@ class Daemon:
         started = time.monotonic()
         try:
             # Tasks are summarized as they are read, never all held at once.
-            summarizer = Summarizer(self.config.top_sites)
+            summarizer = Summarizer(self.config.top_sites, self.config.library_frames)
             with traced.lock:
                 traced.collector.mem.limit(READ_DEADLINE_S)
                 try:

@@ -30,7 +30,8 @@ from prometheus_client.registry import Collector
 
 from aiobpf import __version__
 from aiobpf.collector.model import Snapshot, Task
-from aiobpf.safe_text import SITE_MAX, label
+from aiobpf.exporters.sites import APPLICATION, await_site
+from aiobpf.safe_text import label
 
 LABELS = ("pid", "process", "python", "container")
 STACK_DEPTH_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)
@@ -42,8 +43,6 @@ OTHER_SITE = "(other)"
 # Series per process besides the await sites (buckets included).
 SERIES_FIXED = (1 + (len(STACK_DEPTH_BUCKETS) + 3) + (len(AWAIT_DEPTH_BUCKETS) + 3)
                 + 3 + 2 * (len(TIME_EDGES) + 3) + 6 + 1)
-# Frames of the standard library are not await sites: the user code that called them is.
-_STDLIB = re.compile(r"/lib/python3\.\d+[a-z]*/(?!site-packages/|dist-packages/)|^<frozen ")
 
 
 def series_cap(top_sites: int) -> int:
@@ -60,15 +59,6 @@ class SnapshotSummary:
     await_depths: Counter[int] = field(default_factory=Counter)   # awaiting tasks -> tasks
     sites: list[tuple[str, int]] = field(default_factory=list)    # top K, then (other)
     read_seconds: float = 0.0
-
-
-def await_site(task: Task) -> str | None:
-    """The innermost frame of user code the task is suspended in, as "qualname file:line"
-    (a label value: escaped and bounded, see ``safe_text``)."""
-    for frame in reversed(task.frames):
-        if not _STDLIB.search(frame.filename):
-            return label(f"{frame.name} {frame.filename}:{frame.line}", SITE_MAX)
-    return None
 
 
 def _depths_of(first: dict[int, int | None]) -> dict[int, int]:
@@ -96,8 +86,9 @@ class Summarizer:
     arrays), so a read of a process with hundreds of thousands of tasks never holds
     them all; the await chains are followed through the tasks that await others."""
 
-    def __init__(self, top_sites: int) -> None:
+    def __init__(self, top_sites: int, library: re.Pattern[str] | None = APPLICATION) -> None:
         self.top_sites = top_sites
+        self.library = library          # frames that are not await sites (``sites``)
         self.pending = 0
         self.stack_depths: Counter[int] = Counter()
         self.sites: Counter[str] = Counter()
@@ -109,7 +100,7 @@ class Summarizer:
         self.pending += 1
         if task.state == "pending" and task.frames:
             self.stack_depths[len(task.frames)] += 1
-            site = await_site(task)
+            site = await_site(task, self.library)
             if site is not None:
                 self.sites[site] += 1
         awaiting = [a.id for a in task.awaited_by if a.is_task]
@@ -155,8 +146,9 @@ class Summarizer:
                                await_depths=depths, sites=top, read_seconds=read_seconds)
 
 
-def summarize(snapshot: Snapshot, top_sites: int) -> SnapshotSummary:
-    summarizer = Summarizer(top_sites)
+def summarize(snapshot: Snapshot, top_sites: int,
+              library: re.Pattern[str] | None = APPLICATION) -> SnapshotSummary:
+    summarizer = Summarizer(top_sites, library)
     for task in snapshot.tasks:
         summarizer.add(task)
     return summarizer.finish(snapshot.duration_s)
@@ -249,7 +241,8 @@ _FAMILIES = (
     ("delay", HistogramMetricFamily, "aiobpf_task_wakeup_delay_seconds",
      "From the event loop waking to a task's step starting: loop lag.", None),
     ("sites", GaugeMetricFamily, "aiobpf_suspended_tasks",
-     "Suspended tasks by await site (innermost user frame), top K per process.", "site"),
+     "Suspended tasks by await site (innermost frame of the application, else of a "
+     "library), top K per process.", "site"),
     ("fraction", GaugeMetricFamily, "aiobpf_capture_fraction",
      "Fraction of the time since tracing began that the process's probes were attached "
      "(1: full capture).", None),

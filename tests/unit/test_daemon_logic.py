@@ -30,10 +30,10 @@ from aiobpf.exporters.prometheus import (
     ProcessView,
     StepCounts,
     Summarizer,
-    await_site,
     series_cap,
     summarize,
 )
+from aiobpf.exporters.sites import await_site, library_pattern
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -339,6 +339,69 @@ def test_await_site_skips_the_standard_library() -> None:
     assert await_site(vendored) == "fetch /usr/lib/python3/dist-packages/aiohttp/client.py:5"
 
 
+def _handler_waiting_on_a_client(packages: str) -> Task:
+    """An aiohttp handler awaiting an upstream through aiohttp's client, outermost first."""
+    return Task(1, "Task-9", 1, "pending", [
+        Frame("RequestHandler._handle_request", f"{packages}/aiohttp/web_protocol.py", 510),
+        Frame("handle", "/srv/app/views.py", 12),
+        Frame("call_backend", "/srv/app/backend.py", 30),
+        Frame("ClientSession._request", f"{packages}/aiohttp/client.py", 770),
+        Frame("ClientResponse.start", f"{packages}/aiohttp/client_reqrep.py", 530),
+        Frame("DataQueue.read", f"{packages}/aiohttp/streams.py", 703),
+        Frame("wait_for", "/usr/local/lib/python3.12/asyncio/tasks.py", 520),
+    ])
+
+
+@pytest.mark.parametrize("packages", [
+    "/usr/lib/python3/dist-packages",                      # Debian's
+    "/usr/local/lib/python3.12/site-packages",             # the python image's
+    "/app/.venv/lib/python3.14/site-packages",             # a venv in a container
+    "/home/u/.local/lib/python3.13/site-packages",         # pip --user
+])
+def test_await_site_is_the_application_frame(packages: str) -> None:
+    """By default the site is the application's innermost frame, not the library's
+    read it waits in; "library" names that read (the innermost non-stdlib frame)."""
+    task = _handler_waiting_on_a_client(packages)
+    assert await_site(task) == "call_backend /srv/app/backend.py:30"
+    assert await_site(task, library_pattern("application")) == await_site(task)
+    assert await_site(task, library_pattern("library")) == \
+        f"DataQueue.read {packages}/aiohttp/streams.py:703"
+
+
+def test_await_site_without_application_frames_is_the_library_frame() -> None:
+    """An idle keep-alive connection waits in aiohttp only: named by aiohttp's frame,
+    not left out (the sum over sites counts the same tasks whatever the setting)."""
+    idle = Task(2, "Task-3", 1, "pending", [
+        Frame("RequestHandler.start", "/usr/lib/python3/dist-packages/aiohttp/web_protocol.py",
+              620),
+        Frame("sleep", "/usr/lib/python3.14/asyncio/tasks.py", 702)])
+    assert await_site(idle) == \
+        "RequestHandler.start /usr/lib/python3/dist-packages/aiohttp/web_protocol.py:620"
+    only_stdlib = Task(3, "t", 1, "pending", [Frame("sleep", "<frozen asyncio.tasks>", 1)])
+    assert await_site(only_stdlib) is None
+
+
+def test_await_site_of_an_application_installed_as_a_package() -> None:
+    """A list of expressions says which files are library code: the application's own
+    package in site-packages is not."""
+    packages = "/usr/local/lib/python3.12/site-packages"
+    task = _handler_waiting_on_a_client(packages)
+    task.frames[2] = Frame("call_backend", f"{packages}/myapp/backend.py", 30)
+    task.frames[1] = Frame("handle", f"{packages}/myapp/views.py", 12)
+    assert await_site(task).startswith("DataQueue.read ")     # all of it is installed
+    mine = library_pattern([r"/(site|dist)-packages/(?!myapp/)"])
+    assert await_site(task, mine) == f"call_backend {packages}/myapp/backend.py:30"
+
+
+def test_summaries_count_sites_by_the_setting() -> None:
+    tasks = [_handler_waiting_on_a_client("/usr/lib/python3/dist-packages")] * 3
+    assert summarize(_snapshot(tasks), top_sites=10).sites == \
+        [("call_backend /srv/app/backend.py:30", 3)]
+    by_library = summarize(_snapshot(tasks), top_sites=10, library=library_pattern("library"))
+    assert by_library.sites == [
+        ("DataQueue.read /usr/lib/python3/dist-packages/aiohttp/streams.py:703", 3)]
+
+
 def _exposition(views: list[ProcessView]) -> str:
     registry = CollectorRegistry()
     registry.register(MetricsCollector(lambda: DaemonState(views, Counter({"attach": 2}))))
@@ -370,6 +433,20 @@ def test_the_documented_config_loads() -> None:
     assert config.budget == 0.01
     assert config.bpf is True
     assert config.fixed_probe_cost is None       # "auto": measured
+    assert config.site_frames == "application"
+    assert config.library_frames == library_pattern("application")
+
+
+def test_site_frames_as_expressions(tmp_path: Path) -> None:
+    path = tmp_path / "aiobpf.toml"
+    path.write_text('[daemon]\nsite_frames = ["/vendor/", "/site-packages/(?!myapp/)"]\n')
+    library = load(path).library_frames
+    assert library is not None
+    assert library.search("/srv/vendor/lib.py")
+    assert library.search("/usr/lib/python3.12/site-packages/aiohttp/streams.py")
+    assert not library.search("/usr/lib/python3.12/site-packages/myapp/views.py")
+    path.write_text('[daemon]\nsite_frames = "library"\n')
+    assert load(path).library_frames is None
 
 
 def test_a_fixed_probe_cost(tmp_path: Path) -> None:
@@ -394,6 +471,10 @@ def test_cost_per_step_adds_the_trap_the_programs_and_the_syscall_hooks() -> Non
     ("[daemon]\nprobe_cost_us = \"fast\"\n", "probe_cost_us"),
     ("[daemon]\nprobe_cost_us = -1\n", "probe_cost_us"),
     ("[daemon]\nbudget = true\n", "budget must be a float"),
+    ("[daemon]\nsite_frames = \"app\"\n", "site_frames: \"application\", \"library\" or a list"),
+    ("[daemon]\nsite_frames = 1\n", "site_frames: \"application\", \"library\" or a list"),
+    ("[daemon]\nsite_frames = [\"(\"]\n", "site_frames: bad regular expression"),
+    ("[daemon]\nsite_frames = [\"(?i)a\", \"b\"]\n", "site_frames: the expressions do not combine"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, text: str, said: str) -> None:
     path = tmp_path / "aiobpf.toml"

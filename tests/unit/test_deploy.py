@@ -195,7 +195,8 @@ def test_example_config_has_the_daemon_contract_keys() -> None:
     assert keys(tomllib.loads(CONFIG.read_text())) == {
         "daemon", "daemon.listen", "daemon.socket", "daemon.scan_interval",
         "daemon.refresh_interval", "daemon.budget", "daemon.probe_cost_us",
-        "daemon.window", "daemon.top_sites", "daemon.max_processes", "daemon.bpf",
+        "daemon.window", "daemon.top_sites", "daemon.site_frames", "daemon.max_processes",
+        "daemon.bpf",
         "daemon.web_config",
         "select", "select.cmdline", "select.exclude_cmdline", "select.users",
         "select.containers",
