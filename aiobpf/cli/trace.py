@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from aiobpf import errors
 from aiobpf.cli.common import pid_argument, translate_errors
@@ -17,17 +20,28 @@ from aiobpf.collector.loader import (
     CAPTURE_FINISHED,
     CAPTURE_RUNNING,
     FRAME_KINDS,
+    TRACE_LIMITS,
     Capture,
     CaptureUnavailable,
+    MapLimits,
     TaskRecord,
 )
 from aiobpf.collector.memory import ReadFault, RemoteMemory
 from aiobpf.collector.objects import DecodeError, Objects
 from aiobpf.collector.target import Target, open_target
 from aiobpf.collector.tasks import task_name
-from aiobpf.exporters.trace import Step, chrome_trace, write_json_line
+from aiobpf.exporters.trace import (
+    ChromeTrace,
+    Step,
+    TraceSummary,
+    write_json_line,
+    write_json_summary,
+)
 
 _STATES = {CAPTURE_FINISHED: "finished", CAPTURE_RUNNING: "running", CAPTURE_CREATED: "created"}
+RING_PAGES_ENV = "AIOBPF_TRACE_RING_PAGES"   # pages of ring buffer (tests: a tiny one)
+POLL_MS = 50            # the ring is read this often while nothing is left to decode,
+DECODE_SLICE_S = 0.02   # and between slices of decoding while something is
 
 
 class _Decoder:
@@ -57,6 +71,44 @@ class _Decoder:
                     r.wake_delay_ns, _STATES.get(r.state, "suspended"), tuple(frames))
 
 
+class _Steps:
+    """The events of one traced process, from ring-buffer bytes to written steps.
+
+    A step is written only once its thread's loop has been seen waiting (its wake
+    delay is known): until then the programs cannot tell where a step ends if the
+    loop waited in between (the syscall hooks had not seen a wait yet), so such a step
+    may have absorbed I/O waits. Those steps are counted (``unmeasured``), not written.
+    """
+
+    def __init__(self, decoder: _Decoder, pid: int, end_ns: int,
+                 write: Callable[[Step], None]) -> None:
+        self.decoder, self.pid, self.end_ns, self.write = decoder, pid, end_ns, write
+        self.pending: deque[bytes] = deque()   # copied from the ring, not yet decoded
+        self.waited: set[int] = set()          # threads whose loop was seen waiting
+        self.written = 0
+        self.unmeasured = 0
+
+    def decode(self, until: float | None = None) -> None:
+        """Decode and write pending events (until the monotonic time ``until``)."""
+        pending = self.pending
+        while pending and (until is None or time.monotonic() < until):
+            record = TaskRecord.from_buffer_copy(pending.popleft())
+            if record.pid != self.pid or record.step_start_ns > self.end_ns:
+                continue   # events can outpace a read: the trace ends on time
+            if record.tid not in self.waited:
+                if record.wake_delay_ns == 0:   # 0: the loop was never seen waking
+                    self.unmeasured += 1
+                    continue
+                self.waited.add(record.tid)
+            self.write(self.decoder.step(record))
+            self.written += 1
+
+
+def _ring_limits() -> MapLimits:
+    pages = os.environ.get(RING_PAGES_ENV)
+    return MapLimits(ring_pages=int(pages)) if pages else TRACE_LIMITS
+
+
 class TraceCommand:
     """Record every asyncio task step of PID: which task, on which thread, when, for how
     long, how long after its loop woke up, and the stack it suspended at.
@@ -64,7 +116,10 @@ class TraceCommand:
     Steps are captured by uprobes on the C asyncio module's task step and wakeup points,
     in kernel space. Output is JSON lines on stdout, or with -o FILE.json a Chrome trace
     (open it in https://ui.perfetto.dev or chrome://tracing): one track per task (or per
-    thread with --tracks thread), one slice per step. Ctrl-C ends the trace early."""
+    thread with --tracks thread), one slice per step. Each ends with a summary: the
+    steps written, the step events lost (the ring buffer was full) and the steps left
+    out because their thread's loop had not been seen waiting yet (their end, and so
+    their duration, is not known). Ctrl-C ends the trace early."""
 
     name = "trace"
     help = "record every task step (JSON lines, or a Perfetto/Chrome trace)"
@@ -84,7 +139,7 @@ class TraceCommand:
             target = open_target(args.pid, use_dwarf=not args.no_dwarf,
                                  debug_dirs=args.debug_dir)
         try:
-            capture = Capture()
+            capture = Capture(_ring_limits())
         except CaptureUnavailable as exc:
             raise errors.AiobpfError(f"cannot trace: {exc}", "see aiobpf doctor") from None
         stop = False
@@ -99,47 +154,58 @@ class TraceCommand:
             if not attachment.active:
                 raise errors.AiobpfError("cannot trace: " + "; ".join(attachment.notes),
                                          "see aiobpf doctor")
-            decoder = _Decoder(target)
-            unix_offset = time.time_ns() - time.monotonic_ns()
-            steps: list[Step] = []
-            emitted = 0
-
-            deadline = time.monotonic() + args.duration
-
-            def on_step(record: TaskRecord) -> None:
-                nonlocal emitted, stop
-                if stop or record.pid != target.pid:
-                    return
-                if record.step_start_ns > deadline_ns:
-                    stop = True  # events can outpace a poll: end on time, drain the rest
-                    capture.set_trace(target.pid, False)
-                    return
-                step = decoder.step(record)
-                emitted += 1
-                if args.output:
-                    steps.append(step)
-                    return
-                try:
-                    write_json_line(sys.stdout, step, target.pid, unix_offset)
-                except BrokenPipeError:  # the reader (head, jq) has gone: end quietly
-                    stop = True
-
-            deadline_ns = int(deadline * 1e9)
-            capture.on_steps(on_step)
-            while not stop and time.monotonic() < deadline:
-                capture.poll(100)
-            capture.set_trace(target.pid, False)
-            capture.poll(0)
-            stats = capture.stats(target.pid)
-            if args.output:
-                args.output.write_text(json.dumps(chrome_trace(steps, target.pid, args.tracks)))
-            lost = stats.events_lost if stats else 0
-            print(f"aiobpf: traced {emitted} steps of process {target.pid}"
-                  + (f" ({lost} lost: the ring buffer was full)" if lost else "")
-                  + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
+            self._trace(args, capture, target, lambda: stop)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             capture.close()
             target.close()
         return 0
+
+    def _trace(self, args: argparse.Namespace, capture: Capture, target: Target,
+               stopped: Callable[[], bool]) -> None:
+        """Read the ring until the deadline (or a signal), writing steps as they are
+        decoded; then the summary."""
+        unix_offset = time.time_ns() - time.monotonic_ns()
+        deadline = time.monotonic() + args.duration
+        out: IO[str] = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+        chrome = ChromeTrace(out, target.pid, args.tracks) if args.output else None
+        pipe_closed = False
+
+        def write(step: Step) -> None:
+            nonlocal pipe_closed
+            if chrome is not None:
+                chrome.add(step)
+                return
+            try:
+                write_json_line(out, step, target.pid, unix_offset)
+            except BrokenPipeError:  # the reader (head, jq) has gone: end quietly
+                pipe_closed = True
+
+        steps = _Steps(_Decoder(target), target.pid, int(deadline * 1e9), write)
+        capture.on_step_bytes(steps.pending.append)
+        lost = 0
+        try:
+            while not stopped() and not pipe_closed and time.monotonic() < deadline:
+                capture.poll(0 if steps.pending else POLL_MS)
+                steps.decode(until=time.monotonic() + DECODE_SLICE_S)
+            capture.set_trace(target.pid, False)
+            capture.poll(0)
+            if not pipe_closed:
+                steps.decode()
+            stats = capture.stats(target.pid)
+            lost = stats.events_lost if stats else 0
+            summary = TraceSummary(steps.written, lost, steps.unmeasured)
+            if chrome is not None:
+                chrome.close(summary)
+            elif not pipe_closed:
+                write_json_summary(out, summary, target.pid)
+                out.flush()
+        except BrokenPipeError:
+            pipe_closed = True
+        finally:
+            if args.output:
+                out.close()
+        print(f"aiobpf: traced {steps.written} steps of process {target.pid}"
+              + (f" ({lost} lost: the ring buffer was full)" if lost else "")
+              + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
