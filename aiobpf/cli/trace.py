@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes as ct
 import os
 import signal
 import sys
@@ -20,28 +21,28 @@ from aiobpf.collector.loader import (
     CAPTURE_FINISHED,
     CAPTURE_RUNNING,
     FRAME_KINDS,
+    MAX_DEPTH,
     TRACE_LIMITS,
     Capture,
     CaptureUnavailable,
+    FrameRef,
     MapLimits,
     TaskRecord,
 )
 from aiobpf.collector.memory import ReadFault, RemoteMemory
+from aiobpf.collector.model import Frame
 from aiobpf.collector.objects import DecodeError, Objects
 from aiobpf.collector.target import Target, open_target
 from aiobpf.collector.tasks import task_name
-from aiobpf.exporters.trace import (
-    ChromeTrace,
-    Step,
-    TraceSummary,
-    write_json_line,
-    write_json_summary,
-)
+from aiobpf.exporters.trace import ChromeTrace, JsonLines, Step, TraceSummary
 
 _STATES = {CAPTURE_FINISHED: "finished", CAPTURE_RUNNING: "running", CAPTURE_CREATED: "created"}
 RING_PAGES_ENV = "AIOBPF_TRACE_RING_PAGES"   # pages of ring buffer (tests: a tiny one)
 POLL_MS = 50            # the ring is read this often while nothing is left to decode,
 DECODE_SLICE_S = 0.02   # and between slices of decoding while something is
+BACKLOG_NOTE = 100_000  # events left to decode at the end that are worth a word on stderr
+_FRAMES_AT, _KINDS_AT = TaskRecord.frames.offset, TaskRecord.kinds.offset
+_FRAME_SIZE = ct.sizeof(FrameRef)
 
 
 class _Decoder:
@@ -51,8 +52,10 @@ class _Decoder:
         self.objs = Objects(RemoteMemory(target.pid), target.layout)
         self.frames = Frames(self.objs)
         self.names: dict[int, str] = {}
+        self.stacks: dict[bytes, tuple[Frame, ...]] = {}   # by the record's frame bytes
 
-    def step(self, r: TaskRecord) -> Step:
+    def step(self, r: TaskRecord, raw: bytes) -> Step:
+        """The step of record ``r``, whose bytes are ``raw``."""
         name = self.names.get(r.name)
         if name is None:
             try:
@@ -60,15 +63,24 @@ class _Decoder:
             except (DecodeError, ReadFault):
                 name = "?"
             self.names[r.name] = name
+        depth = min(r.depth, MAX_DEPTH)
+        key = (raw[_FRAMES_AT:_FRAMES_AT + _FRAME_SIZE * depth]
+               + raw[_KINDS_AT:_KINDS_AT + depth])
+        frames = self.stacks.get(key)
+        if frames is None:
+            frames = self.stacks[key] = self._frames(r, depth)
+        return Step(r.task, name, r.tid, r.step_start_ns, r.taken_ns - r.step_start_ns,
+                    r.wake_delay_ns, _STATES.get(r.state, "suspended"), frames)
+
+    def _frames(self, r: TaskRecord, depth: int) -> tuple[Frame, ...]:
         frames = []
-        for i in range(min(r.depth, len(r.frames))):
+        for i in range(depth):
             try:
                 frames.append(self.frames.frame_of(r.frames[i].code, r.frames[i].instr,
                                                    FRAME_KINDS[r.kinds[i] % 3]))
             except (DecodeError, ReadFault):
                 break
-        return Step(r.task, name, r.tid, r.step_start_ns, r.taken_ns - r.step_start_ns,
-                    r.wake_delay_ns, _STATES.get(r.state, "suspended"), tuple(frames))
+        return tuple(frames)
 
 
 class _Steps:
@@ -92,7 +104,8 @@ class _Steps:
         """Decode and write pending events (until the monotonic time ``until``)."""
         pending = self.pending
         while pending and (until is None or time.monotonic() < until):
-            record = TaskRecord.from_buffer_copy(pending.popleft())
+            raw = pending.popleft()
+            record = TaskRecord.from_buffer_copy(raw)
             if record.pid != self.pid or record.step_start_ns > self.end_ns:
                 continue   # events can outpace a read: the trace ends on time
             if record.tid not in self.waited:
@@ -100,7 +113,7 @@ class _Steps:
                     self.unmeasured += 1
                     continue
                 self.waited.add(record.tid)
-            self.write(self.decoder.step(record))
+            self.write(self.decoder.step(record, raw))
             self.written += 1
 
 
@@ -116,10 +129,12 @@ class TraceCommand:
     Steps are captured by uprobes on the C asyncio module's task step and wakeup points,
     in kernel space. Output is JSON lines on stdout, or with -o FILE.json a Chrome trace
     (open it in https://ui.perfetto.dev or chrome://tracing): one track per task (or per
-    thread with --tracks thread), one slice per step. Each ends with a summary: the
-    steps written, the step events lost (the ring buffer was full) and the steps left
-    out because their thread's loop had not been seen waiting yet (their end, and so
-    their duration, is not known). Ctrl-C ends the trace early."""
+    thread with --tracks thread), one slice per step. Each ends with a summary (the
+    last JSON line; the file's otherData): the steps written, the step events lost
+    (the ring buffer was full), and the unmeasured steps, left out because their
+    thread's loop had not been seen waiting yet (their end is not known). When steps
+    come faster than they are decoded, none is lost: the rest are written after the
+    trace ends. Ctrl-C ends the trace early."""
 
     name = "trace"
     help = "record every task step (JSON lines, or a Perfetto/Chrome trace)"
@@ -169,16 +184,14 @@ class TraceCommand:
         unix_offset = time.time_ns() - time.monotonic_ns()
         deadline = time.monotonic() + args.duration
         out: IO[str] = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
-        chrome = ChromeTrace(out, target.pid, args.tracks) if args.output else None
+        writer = (ChromeTrace(out, target.pid, args.tracks) if args.output
+                  else JsonLines(out, target.pid, unix_offset))
         pipe_closed = False
 
         def write(step: Step) -> None:
             nonlocal pipe_closed
-            if chrome is not None:
-                chrome.add(step)
-                return
             try:
-                write_json_line(out, step, target.pid, unix_offset)
+                writer.add(step)
             except BrokenPipeError:  # the reader (head, jq) has gone: end quietly
                 pipe_closed = True
 
@@ -191,15 +204,15 @@ class TraceCommand:
                 steps.decode(until=time.monotonic() + DECODE_SLICE_S)
             capture.set_trace(target.pid, False)
             capture.poll(0)
+            if len(steps.pending) > BACKLOG_NOTE:
+                print(f"aiobpf: writing the {len(steps.pending)} steps not yet decoded",
+                      file=sys.stderr)
             if not pipe_closed:
                 steps.decode()
             stats = capture.stats(target.pid)
             lost = stats.events_lost if stats else 0
-            summary = TraceSummary(steps.written, lost, steps.unmeasured)
-            if chrome is not None:
-                chrome.close(summary)
-            elif not pipe_closed:
-                write_json_summary(out, summary, target.pid)
+            if not pipe_closed:
+                writer.close(TraceSummary(steps.written, lost, steps.unmeasured))
                 out.flush()
         except BrokenPipeError:
             pipe_closed = True

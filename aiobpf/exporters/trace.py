@@ -26,27 +26,6 @@ class Step:
     frames: tuple[Frame, ...] = field(default=())   # where it suspended, outermost first
 
 
-def step_dict(step: Step, pid: int, unix_offset_ns: int) -> dict[str, Any]:
-    return {
-        "type": "step",
-        "pid": pid,
-        "task": hex(step.task),
-        "name": step.name,
-        "thread_id": step.thread_id,
-        "start_ns": step.start_ns,
-        "start_unix_ns": step.start_ns + unix_offset_ns,
-        "duration_ns": step.duration_ns,
-        "wake_delay_ns": step.wake_delay_ns,
-        "state": step.state,
-        "frames": [{"name": f.name, "filename": f.filename, "line": f.line, "kind": f.kind}
-                   for f in step.frames],
-    }
-
-
-def write_json_line(out: IO[str], step: Step, pid: int, unix_offset_ns: int) -> None:
-    out.write(json.dumps(step_dict(step, pid, unix_offset_ns), ensure_ascii=False) + "\n")
-
-
 @dataclass(frozen=True, slots=True)
 class TraceSummary:
     """What a trace holds and what it misses, written into the trace itself."""
@@ -60,9 +39,45 @@ class TraceSummary:
                 "unmeasured_steps": self.unmeasured}
 
 
-def write_json_summary(out: IO[str], summary: TraceSummary, pid: int) -> None:
-    """The last JSON line: ``{"type": "summary", ...}``."""
-    out.write(json.dumps({"type": "summary", "pid": pid, **summary.as_dict()}) + "\n")
+class JsonLines:
+    """Steps as JSON lines on ``out``, one ``{"type": "step", ...}`` object a line, and
+    a last ``{"type": "summary", ...}`` line."""
+
+    def __init__(self, out: IO[str], pid: int, unix_offset_ns: int) -> None:
+        self.out, self.pid, self.unix_offset_ns = out, pid, unix_offset_ns
+        self.name_json: dict[str, str] = {}
+        self.frames_json: dict[tuple[Frame, ...], str] = {}
+
+    def add(self, step: Step) -> None:
+        name = self.name_json.get(step.name)
+        if name is None:
+            name = self.name_json[step.name] = json.dumps(step.name, ensure_ascii=False)
+        frames = self.frames_json.get(step.frames)
+        if frames is None:
+            frames = self.frames_json[step.frames] = json.dumps(
+                [{"name": f.name, "filename": f.filename, "line": f.line, "kind": f.kind}
+                 for f in step.frames], ensure_ascii=False)
+        # what json.dumps would write, from cached parts
+        self.out.write(
+            f'{{"type": "step", "pid": {self.pid}, "task": "{step.task:#x}", "name": {name}, '
+            f'"thread_id": {step.thread_id}, "start_ns": {step.start_ns}, '
+            f'"start_unix_ns": {step.start_ns + self.unix_offset_ns}, '
+            f'"duration_ns": {step.duration_ns}, "wake_delay_ns": {step.wake_delay_ns}, '
+            f'"state": "{step.state}", "frames": {frames}}}\n')
+
+    def close(self, summary: TraceSummary) -> None:
+        self.out.write(json.dumps({"type": "summary", "pid": self.pid, **summary.as_dict()})
+                       + "\n")
+
+
+def _stack_json(frames: tuple[Frame, ...]) -> str:
+    """The "suspended_at" and "stack" members of a step's args, as JSON text."""
+    innermost = frames[-1] if frames else None
+    return json.dumps({
+        "suspended_at": (f"{innermost.name} {innermost.filename}:{innermost.line}"
+                         if innermost else None),
+        "stack": [f"{f.name} {f.filename}:{f.line}" for f in frames],
+    }, ensure_ascii=False)[1:-1]
 
 
 class ChromeTrace:
@@ -75,6 +90,9 @@ class ChromeTrace:
         self.track_of: dict[int, int] = {}
         self.names: dict[int, str] = {}
         self.origin: int | None = None
+        # JSON text by task name and by stack: most steps repeat both
+        self.name_json: dict[str, str] = {}
+        self.stack_json: dict[tuple[Frame, ...], str] = {}
         out.write('{"displayTimeUnit": "ms", "traceEvents": [\n')
         self._event({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
                      "args": {"name": f"asyncio tasks of {pid}"}}, first=True)
@@ -88,26 +106,20 @@ class ChromeTrace:
         key = step.task if self.tracks == "task" else step.thread_id
         track = self.track_of.setdefault(key, len(self.track_of) + 1)
         self.names[track] = (f"{step.name} ({step.task:#x})" if self.tracks == "task"
-                             else f"thread {step.thread_id}")
-        innermost = step.frames[-1] if step.frames else None
-        self._event({
-            "name": step.name,
-            "cat": "step",
-            "ph": "X",
-            "ts": (step.start_ns - self.origin) / 1000,
-            "dur": step.duration_ns / 1000,
-            "pid": self.pid,
-            "tid": track,
-            "args": {
-                "task": hex(step.task),
-                "thread": step.thread_id,
-                "wake_delay_us": step.wake_delay_ns / 1000,
-                "left": step.state,
-                "suspended_at": (f"{innermost.name} {innermost.filename}:{innermost.line}"
-                                 if innermost else None),
-                "stack": [f"{f.name} {f.filename}:{f.line}" for f in step.frames],
-            },
-        })
+                             else f"thread {step.thread_id}")   # a task's latest name
+        name = self.name_json.get(step.name)
+        if name is None:
+            name = self.name_json[step.name] = json.dumps(step.name, ensure_ascii=False)
+        stack = self.stack_json.get(step.frames)
+        if stack is None:
+            stack = self.stack_json[step.frames] = _stack_json(step.frames)
+        # what json.dumps would write, from cached parts (floats: repr, as json does)
+        self.out.write(
+            f',\n{{"name": {name}, "cat": "step", "ph": "X", '
+            f'"ts": {(step.start_ns - self.origin) / 1000!r}, "dur": {step.duration_ns / 1000!r}, '
+            f'"pid": {self.pid}, "tid": {track}, "args": {{"task": "{step.task:#x}", '
+            f'"thread": {step.thread_id}, "wake_delay_us": {step.wake_delay_ns / 1000!r}, '
+            f'"left": "{step.state}", {stack}}}}}')
 
     def close(self, summary: TraceSummary) -> None:
         for track, name in self.names.items():
