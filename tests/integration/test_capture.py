@@ -236,7 +236,7 @@ def test_trace_leaves_out_steps_whose_end_is_unknown() -> None:
         by_task.setdefault(step["task"], []).append(step)
     for task_steps in by_task.values():
         for step, after in itertools.pairwise(task_steps):
-            assert after["start_ns"] - step["start_ns"] - step["duration_ns"] > gap / 2 * 1e9
+            assert after["start_ns"] - step["start_ns"] - step["duration_ns"] > gap / 4 * 1e9
     assert lines[-1]["type"] == "summary" and lines[-1]["steps"] == len(steps)
     assert lines[-1]["unmeasured_steps"] >= 2   # each thread's first step, at least
 
