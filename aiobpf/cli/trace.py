@@ -161,6 +161,8 @@ class TraceCommand:
 
         def finish(_signo: int, _frame: object) -> None:
             nonlocal stop
+            if stop:   # a second Ctrl-C: the steps not yet written are given up
+                raise KeyboardInterrupt
             stop = True
 
         previous = {sig: signal.signal(sig, finish) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -183,7 +185,11 @@ class TraceCommand:
         decoded; then the summary."""
         unix_offset = time.time_ns() - time.monotonic_ns()
         deadline = time.monotonic() + args.duration
-        out: IO[str] = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            out: IO[str] = (args.output.open("w", encoding="utf-8") if args.output
+                            else sys.stdout)
+        except OSError as exc:
+            raise errors.AiobpfError(f"cannot write {args.output}: {exc.strerror}") from None
         writer = (ChromeTrace(out, target.pid, args.tracks) if args.output
                   else JsonLines(out, target.pid, unix_offset))
         pipe_closed = False
@@ -205,8 +211,8 @@ class TraceCommand:
             capture.set_trace(target.pid, False)
             capture.poll(0)
             if len(steps.pending) > BACKLOG_NOTE:
-                print(f"aiobpf: writing the {len(steps.pending)} steps not yet decoded",
-                      file=sys.stderr)
+                print(f"aiobpf: writing the {len(steps.pending)} steps not yet decoded "
+                      "(Ctrl-C again gives them up)", file=sys.stderr)
             if not pipe_closed:
                 steps.decode()
             stats = capture.stats(target.pid)
