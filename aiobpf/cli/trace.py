@@ -134,7 +134,8 @@ class TraceCommand:
     (the ring buffer was full), and the unmeasured steps, left out because their
     thread's loop had not been seen waiting yet (their end is not known). When steps
     come faster than they are decoded, none is lost: the rest are written after the
-    trace ends. Ctrl-C ends the trace early."""
+    trace ends. Ctrl-C ends the trace early; a second one gives up the steps not yet
+    written."""
 
     name = "trace"
     help = "record every task step (JSON lines, or a Perfetto/Chrome trace)"
