@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
+import ctypes as ct
+import os
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from aiobpf import errors
 from aiobpf.cli.common import pid_argument, translate_errors
@@ -17,17 +21,28 @@ from aiobpf.collector.loader import (
     CAPTURE_FINISHED,
     CAPTURE_RUNNING,
     FRAME_KINDS,
+    MAX_DEPTH,
+    TRACE_LIMITS,
     Capture,
     CaptureUnavailable,
+    FrameRef,
+    MapLimits,
     TaskRecord,
 )
 from aiobpf.collector.memory import ReadFault, RemoteMemory
+from aiobpf.collector.model import Frame
 from aiobpf.collector.objects import DecodeError, Objects
 from aiobpf.collector.target import Target, open_target
 from aiobpf.collector.tasks import task_name
-from aiobpf.exporters.trace import Step, chrome_trace, write_json_line
+from aiobpf.exporters.trace import ChromeTrace, JsonLines, Step, TraceSummary
 
 _STATES = {CAPTURE_FINISHED: "finished", CAPTURE_RUNNING: "running", CAPTURE_CREATED: "created"}
+RING_PAGES_ENV = "AIOBPF_TRACE_RING_PAGES"   # pages of ring buffer (tests: a tiny one)
+POLL_MS = 50            # the ring is read this often while nothing is left to decode,
+DECODE_SLICE_S = 0.02   # and between slices of decoding while something is
+BACKLOG_NOTE = 100_000  # events left to decode at the end that are worth a word on stderr
+_FRAMES_AT, _KINDS_AT = TaskRecord.frames.offset, TaskRecord.kinds.offset
+_FRAME_SIZE = ct.sizeof(FrameRef)
 
 
 class _Decoder:
@@ -37,8 +52,10 @@ class _Decoder:
         self.objs = Objects(RemoteMemory(target.pid), target.layout)
         self.frames = Frames(self.objs)
         self.names: dict[int, str] = {}
+        self.stacks: dict[bytes, tuple[Frame, ...]] = {}   # by the record's frame bytes
 
-    def step(self, r: TaskRecord) -> Step:
+    def step(self, r: TaskRecord, raw: bytes) -> Step:
+        """The step of record ``r``, whose bytes are ``raw``."""
         name = self.names.get(r.name)
         if name is None:
             try:
@@ -46,15 +63,63 @@ class _Decoder:
             except (DecodeError, ReadFault):
                 name = "?"
             self.names[r.name] = name
+        depth = min(r.depth, MAX_DEPTH)
+        key = (raw[_FRAMES_AT:_FRAMES_AT + _FRAME_SIZE * depth]
+               + raw[_KINDS_AT:_KINDS_AT + depth])
+        frames = self.stacks.get(key)
+        if frames is None:
+            frames = self.stacks[key] = self._frames(r, depth)
+        return Step(r.task, name, r.tid, r.step_start_ns, r.taken_ns - r.step_start_ns,
+                    r.wake_delay_ns, _STATES.get(r.state, "suspended"), frames)
+
+    def _frames(self, r: TaskRecord, depth: int) -> tuple[Frame, ...]:
         frames = []
-        for i in range(min(r.depth, len(r.frames))):
+        for i in range(depth):
             try:
                 frames.append(self.frames.frame_of(r.frames[i].code, r.frames[i].instr,
                                                    FRAME_KINDS[r.kinds[i] % 3]))
             except (DecodeError, ReadFault):
                 break
-        return Step(r.task, name, r.tid, r.step_start_ns, r.taken_ns - r.step_start_ns,
-                    r.wake_delay_ns, _STATES.get(r.state, "suspended"), tuple(frames))
+        return tuple(frames)
+
+
+class _Steps:
+    """The events of one traced process, from ring-buffer bytes to written steps.
+
+    A step is written only once its thread's loop has been seen waiting (its wake
+    delay is known): until then the programs cannot tell where a step ends if the
+    loop waited in between (the syscall hooks had not seen a wait yet), so such a step
+    may have absorbed I/O waits. Those steps are counted (``unmeasured``), not written.
+    """
+
+    def __init__(self, decoder: _Decoder, pid: int, end_ns: int,
+                 write: Callable[[Step], None]) -> None:
+        self.decoder, self.pid, self.end_ns, self.write = decoder, pid, end_ns, write
+        self.pending: deque[bytes] = deque()   # copied from the ring, not yet decoded
+        self.waited: set[int] = set()          # threads whose loop was seen waiting
+        self.written = 0
+        self.unmeasured = 0
+
+    def decode(self, until: float | None = None) -> None:
+        """Decode and write pending events (until the monotonic time ``until``)."""
+        pending = self.pending
+        while pending and (until is None or time.monotonic() < until):
+            raw = pending.popleft()
+            record = TaskRecord.from_buffer_copy(raw)
+            if record.pid != self.pid or record.step_start_ns > self.end_ns:
+                continue   # events can outpace a read: the trace ends on time
+            if record.tid not in self.waited:
+                if record.wake_delay_ns == 0:   # 0: the loop was never seen waking
+                    self.unmeasured += 1
+                    continue
+                self.waited.add(record.tid)
+            self.write(self.decoder.step(record, raw))
+            self.written += 1
+
+
+def _ring_limits() -> MapLimits:
+    pages = os.environ.get(RING_PAGES_ENV)
+    return MapLimits(ring_pages=int(pages)) if pages else TRACE_LIMITS
 
 
 class TraceCommand:
@@ -64,7 +129,13 @@ class TraceCommand:
     Steps are captured by uprobes on the C asyncio module's task step and wakeup points,
     in kernel space. Output is JSON lines on stdout, or with -o FILE.json a Chrome trace
     (open it in https://ui.perfetto.dev or chrome://tracing): one track per task (or per
-    thread with --tracks thread), one slice per step. Ctrl-C ends the trace early."""
+    thread with --tracks thread), one slice per step. Each ends with a summary (the
+    last JSON line; the file's otherData): the steps written, the step events lost
+    (the ring buffer was full), and the unmeasured steps, left out because their
+    thread's loop had not been seen waiting yet (their end is not known). When steps
+    come faster than they are decoded, none is lost: the rest are written after the
+    trace ends. Ctrl-C ends the trace early; a second one gives up the steps not yet
+    written."""
 
     name = "trace"
     help = "record every task step (JSON lines, or a Perfetto/Chrome trace)"
@@ -84,13 +155,15 @@ class TraceCommand:
             target = open_target(args.pid, use_dwarf=not args.no_dwarf,
                                  debug_dirs=args.debug_dir)
         try:
-            capture = Capture()
+            capture = Capture(_ring_limits())
         except CaptureUnavailable as exc:
             raise errors.AiobpfError(f"cannot trace: {exc}", "see aiobpf doctor") from None
         stop = False
 
         def finish(_signo: int, _frame: object) -> None:
             nonlocal stop
+            if stop:   # a second Ctrl-C: the steps not yet written are given up
+                raise KeyboardInterrupt
             stop = True
 
         previous = {sig: signal.signal(sig, finish) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -99,47 +172,60 @@ class TraceCommand:
             if not attachment.active:
                 raise errors.AiobpfError("cannot trace: " + "; ".join(attachment.notes),
                                          "see aiobpf doctor")
-            decoder = _Decoder(target)
-            unix_offset = time.time_ns() - time.monotonic_ns()
-            steps: list[Step] = []
-            emitted = 0
-
-            deadline = time.monotonic() + args.duration
-
-            def on_step(record: TaskRecord) -> None:
-                nonlocal emitted, stop
-                if stop or record.pid != target.pid:
-                    return
-                if record.step_start_ns > deadline_ns:
-                    stop = True  # events can outpace a poll: end on time, drain the rest
-                    capture.set_trace(target.pid, False)
-                    return
-                step = decoder.step(record)
-                emitted += 1
-                if args.output:
-                    steps.append(step)
-                    return
-                try:
-                    write_json_line(sys.stdout, step, target.pid, unix_offset)
-                except BrokenPipeError:  # the reader (head, jq) has gone: end quietly
-                    stop = True
-
-            deadline_ns = int(deadline * 1e9)
-            capture.on_steps(on_step)
-            while not stop and time.monotonic() < deadline:
-                capture.poll(100)
-            capture.set_trace(target.pid, False)
-            capture.poll(0)
-            stats = capture.stats(target.pid)
-            if args.output:
-                args.output.write_text(json.dumps(chrome_trace(steps, target.pid, args.tracks)))
-            lost = stats.events_lost if stats else 0
-            print(f"aiobpf: traced {emitted} steps of process {target.pid}"
-                  + (f" ({lost} lost: the ring buffer was full)" if lost else "")
-                  + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
+            self._trace(args, capture, target, lambda: stop)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             capture.close()
             target.close()
         return 0
+
+    def _trace(self, args: argparse.Namespace, capture: Capture, target: Target,
+               stopped: Callable[[], bool]) -> None:
+        """Read the ring until the deadline (or a signal), writing steps as they are
+        decoded; then the summary."""
+        unix_offset = time.time_ns() - time.monotonic_ns()
+        deadline = time.monotonic() + args.duration
+        try:
+            out: IO[str] = (args.output.open("w", encoding="utf-8") if args.output
+                            else sys.stdout)
+        except OSError as exc:
+            raise errors.AiobpfError(f"cannot write {args.output}: {exc.strerror}") from None
+        writer = (ChromeTrace(out, target.pid, args.tracks) if args.output
+                  else JsonLines(out, target.pid, unix_offset))
+        pipe_closed = False
+
+        def write(step: Step) -> None:
+            nonlocal pipe_closed
+            try:
+                writer.add(step)
+            except BrokenPipeError:  # the reader (head, jq) has gone: end quietly
+                pipe_closed = True
+
+        steps = _Steps(_Decoder(target), target.pid, int(deadline * 1e9), write)
+        capture.on_step_bytes(steps.pending.append)
+        lost = 0
+        try:
+            while not stopped() and not pipe_closed and time.monotonic() < deadline:
+                capture.poll(0 if steps.pending else POLL_MS)
+                steps.decode(until=time.monotonic() + DECODE_SLICE_S)
+            capture.set_trace(target.pid, False)
+            capture.poll(0)
+            if len(steps.pending) > BACKLOG_NOTE:
+                print(f"aiobpf: writing the {len(steps.pending)} steps not yet decoded "
+                      "(Ctrl-C again gives them up)", file=sys.stderr)
+            if not pipe_closed:
+                steps.decode()
+            stats = capture.stats(target.pid)
+            lost = stats.events_lost if stats else 0
+            if not pipe_closed:
+                writer.close(TraceSummary(steps.written, lost, steps.unmeasured))
+                out.flush()
+        except BrokenPipeError:
+            pipe_closed = True
+        finally:
+            if args.output:
+                out.close()
+        print(f"aiobpf: traced {steps.written} steps of process {target.pid}"
+              + (f" ({lost} lost: the ring buffer was full)" if lost else "")
+              + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)

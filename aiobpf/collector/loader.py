@@ -109,6 +109,9 @@ class MapLimits:
 
 # A daemon never asks for step events: one page of ring buffer, not 4 MiB.
 DAEMON_LIMITS = MapLimits(ring_pages=1)
+# aiobpf trace: 64 MiB of ring, ~100,000 step events (656 bytes each), over half a second
+# of a ping-pong's steps at full speed while the reader is busy or not scheduled.
+TRACE_LIMITS = MapLimits(ring_pages=16384)
 
 
 @dataclass(frozen=True)
@@ -704,11 +707,26 @@ class Capture:
     # -- maps --------------------------------------------------------------------------
     def on_steps(self, handler: Callable[[TaskRecord], None]) -> None:
         """Call ``handler`` with each step-end record of traced processes whose
-        settings ask for events (``add(..., trace=True)``); see ``poll``."""
+        settings ask for events (``add(..., trace=True)``); see ``poll``.  The record
+        is a view of the ring buffer, valid during the call only."""
         def deliver(_ctx: object, data: int, size: int) -> None:
             if size >= ct.sizeof(TaskRecord):
                 handler(TaskRecord.from_address(data))
 
+        self._open_ring(deliver)
+
+    def on_step_bytes(self, handler: Callable[[bytes], None]) -> None:
+        """Like ``on_steps``, with a copy of each record's bytes (``TaskRecord
+        .from_buffer_copy``): the cheapest way to empty the ring, decoding later."""
+        size = ct.sizeof(TaskRecord)
+
+        def deliver(_ctx: object, data: int, got: int) -> None:
+            if got >= size:
+                handler(ct.string_at(data, size))
+
+        self._open_ring(deliver)
+
+    def _open_ring(self, deliver: Callable[[object, int, int], None]) -> None:
         self._deliver = deliver  # keep the callback alive as long as the ring buffer
         self.bpf[b"events"].open_ring_buffer(deliver)
 
@@ -728,7 +746,12 @@ class Capture:
             self.tables["targets"][key] = value
 
     def poll(self, timeout_ms: int = 100) -> None:
-        self.bpf.ring_buffer_poll(timeout_ms)
+        """Wait ``timeout_ms`` (the programs never wake the reader: a wakeup per event
+        would cost the traced thread more than the event), then deliver every event in
+        the ring."""
+        if timeout_ms > 0:
+            time.sleep(timeout_ms / 1000)
+        self.bpf.ring_buffer_consume()
 
     def records(self, pid: int, since_ns: int = 0) -> dict[int, TaskRecord]:
         """The latest record of every task of ``pid`` that stepped since tracing began

@@ -5,12 +5,14 @@
 - records come from the BPF map, marked as such, and are right;
 - under churn, BPF-sourced stacks are always real suspension points;
 - `aiobpf trace` writes valid JSON lines and a valid Chrome/Perfetto trace whose step
-  count equals the BPF step counter;
+  count equals the BPF step counter, that say how many events were lost, and that
+  leave out the steps whose end is not known (before the loop was seen waiting);
 - nothing stays in the kernel after exit, SIGINT, SIGTERM or SIGKILL.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -173,10 +175,12 @@ def test_trace_json_lines() -> None:
                     else by_label("sid-3.14"), "alternating.py", "10", "0.001") as target:
         result = aiobpf("trace", str(target.pid), "--duration", "1")
         assert result.returncode == 0, result.stderr
-        steps = [json.loads(line) for line in result.stdout.splitlines()]
+        *steps, summary = [json.loads(line) for line in result.stdout.splitlines()]
         assert len(steps) > 100
         traced = int(result.stderr.split("traced ")[1].split()[0])
         assert traced == len(steps)
+        assert summary == {"type": "summary", "pid": target.pid, "steps": traced,
+                           "events_lost": 0, "unmeasured_steps": summary["unmeasured_steps"]}
         for step in steps:
             assert set(step) == STEP_KEYS
             assert step["type"] == "step" and step["pid"] == target.pid
@@ -198,6 +202,7 @@ def test_trace_file_is_a_valid_chrome_trace(tmp_path: Path) -> None:
     meta = [e for e in doc["traceEvents"] if e["ph"] == "M"]
     traced = int(result.stderr.split("traced ")[1].split()[0])
     assert len(slices) == traced > 100 and "lost" not in result.stderr
+    assert doc["otherData"]["steps"] == traced and doc["otherData"]["events_lost"] == 0
     tracks = {e["tid"] for e in slices}
     assert tracks == {e["tid"] for e in meta if e["name"] == "thread_name"}
     for event in slices:
@@ -207,6 +212,53 @@ def test_trace_file_is_a_valid_chrome_trace(tmp_path: Path) -> None:
         assert isinstance(event["tid"], int) and event["pid"] == target.pid
     names = {e["args"]["name"] for e in meta if e["name"] == "thread_name"}
     assert sum(n.startswith("w") for n in names) == 10
+
+
+def test_trace_leaves_out_steps_whose_end_is_unknown() -> None:
+    """Until a thread's loop has been seen waiting, the syscall hooks may not have seen
+    its waits: a step then ends only when the next one starts, absorbing the loop's I/O
+    wait (and its wake delay is unknown, 0).  Each thread's trace starts at its first
+    step with a known wake delay: every step written is short, and apart from its
+    task's next step by the target's known gap."""
+    gap = 0.1
+    with run_target(by_label("sid-3.14"), "known_gaps.py", str(gap)) as target:
+        result = aiobpf("trace", str(target.pid), "--duration", "1.5")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    steps = [line for line in lines if line["type"] == "step"]
+    assert [s for s in steps if s["wake_delay_ns"] == 0] == []
+    assert len({s["thread_id"] for s in steps}) == 2
+    assert {s["name"] for s in steps} == {"sleeper-0", "sleeper-1", "sleeper-2", "reader",
+                                           "sleeper-2-0", "sleeper-2-1"}
+    assert max(s["duration_ns"] for s in steps) < gap / 2 * 1e9
+    by_task: dict[str, list[dict]] = {}
+    for step in steps:
+        by_task.setdefault(step["task"], []).append(step)
+    for task_steps in by_task.values():
+        for step, after in itertools.pairwise(task_steps):
+            assert after["start_ns"] - step["start_ns"] - step["duration_ns"] > gap / 4 * 1e9
+    assert lines[-1]["type"] == "summary" and lines[-1]["steps"] == len(steps)
+    assert lines[-1]["unmeasured_steps"] >= 2   # each thread's first step, at least
+
+
+def test_trace_file_says_how_many_events_were_lost(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a ring buffer of one page (an internal setting), events are lost: the trace
+    file, and the JSON lines' summary, say how many, as the programs counted them."""
+    monkeypatch.setenv("AIOBPF_TRACE_RING_PAGES", "1")
+    out = tmp_path / "trace.json"
+    with run_target(by_label("sid-3.14"), "alternating.py", "10", "0.001") as target:
+        to_file = aiobpf("trace", str(target.pid), "--duration", "1", "-o", str(out))
+        to_stdout = aiobpf("trace", str(target.pid), "--duration", "1")
+    for result in (to_file, to_stdout):
+        assert result.returncode == 0, result.stderr
+    other = json.loads(out.read_text())["otherData"]
+    slices = [e for e in json.loads(out.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert other["steps"] == len(slices)
+    assert other["events_lost"] == int(to_file.stderr.split("(")[1].split()[0]) > 100
+    *steps, summary = [json.loads(line) for line in to_stdout.stdout.splitlines()]
+    assert summary["type"] == "summary" and summary["steps"] == len(steps)
+    assert summary["events_lost"] == int(to_stdout.stderr.split("(")[1].split()[0]) > 100
 
 
 def test_trace_step_count_equals_the_bpf_counter(capture: Capture) -> None:
