@@ -28,6 +28,7 @@ layouts:  ## regenerate aiobpf/collector/layouts/tables.py from the reference bu
 
 bench: provision  ## dump time, tracing overhead, the daemon's overhead, RSS and scrape time
 	$(PY) bench/dump_time.py --million
+	$(PY) bench/daemon_dump.py
 	$(PY) bench/overhead.py --breakdown
 	$(PY) bench/daemon.py --tracers full --phase 10 --rounds 6 --processes 0
 	$(PY) bench/daemon.py --workloads pingpong --tracers budget --phase 200 --rounds 3 --processes 0
