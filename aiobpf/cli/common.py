@@ -59,20 +59,30 @@ def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
     parser.add_argument("--no-daemon", action="store_true",
                         help="read the process here even if an aiobpf daemon traces it (by "
                              "default the daemon is asked first, over its socket: "
-                             "$AIOBPF_SOCKET or /run/aiobpf/aiobpf.sock)")
+                             "$AIOBPF_SOCKET or /run/aiobpf/aiobpf.sock; for --capture bpf "
+                             "it attaches its probes for --window seconds if they are off, "
+                             "as its budget allows; when it cannot answer, one line on "
+                             "stderr says why and the process is read here)")
 
 
 def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
     """Print the daemon's answer for ``args.pid`` and return the exit status; None when
-    no daemon traces the process (or options ask for a reading of one's own)."""
+    no daemon answers for the process (or options ask for a reading of one's own).
+    When the daemon cannot answer, its reason is said on stderr in one line."""
     if args.no_daemon or args.no_dwarf or args.debug_dir:
         return None
     from aiobpf.daemon import dumps
     from aiobpf.daemon.config import DEFAULT_SOCKET
 
     path = Path(os.environ.get("AIOBPF_SOCKET", DEFAULT_SOCKET))
-    reply = dumps.request(path, {"pid": args.pid, "format": fmt, "capture": args.capture})
+    reply = dumps.request(path, {"pid": args.pid, "format": fmt, "capture": args.capture,
+                                 "window": args.window})
     if reply is None:
+        return None
+    if "fallback" in reply:
+        why = bound(escape(str(reply["fallback"])), 300)
+        print(f"aiobpf: the daemon did not answer ({why}): reading the process here",
+              file=sys.stderr, flush=True)
         return None
     sys.stdout.write(reply.get("output", ""))
     for note in reply.get("notes", []):

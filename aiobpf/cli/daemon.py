@@ -97,7 +97,8 @@ class DaemonCommand:
     containers, as they start, exec and exit, within an overhead budget; serve their
     metrics to Prometheus, and answer `aiobpf ps/pstree PID` over a root-only unix
     socket (those commands ask the daemon first, and read the process themselves when
-    no daemon runs).
+    no daemon runs, or say in one line why the daemon did not answer; for --capture bpf
+    the daemon opens a capture window early if its probes are off, within the budget).
 
     Which processes: [select] in the config (command-line patterns, users, containers).
     The config file is TOML; deploy/aiobpf.toml documents every key. SIGTERM or Ctrl-C

@@ -50,7 +50,8 @@ class Thread:
     python_thread_id: int         # threading.get_ident()
     interpreter_id: int
     running_loop: int = 0
-    running_task: int = 0
+    running_task: int = 0         # a task of the snapshot seen running on it (0: none)
+    running_note: str | None = None   # why the task it named running is not that one
 
 
 @dataclass(slots=True)

@@ -84,6 +84,34 @@ def order_tasks(tasks: list[Task], thread_order: list[int], *, by_name: bool) ->
     return sorted(tasks, key=key)
 
 
+def settle_running(threads: list[Thread], tasks: list[Task], named: Mapping[int, int],
+                   truncated: bool) -> None:
+    """Make each thread's ``running_task`` a task of ``tasks`` (in the order they were
+    read) that was seen running on it, or 0, and say why when that is not the task the
+    thread named running when the read began (``named``: native id -> task).
+
+    The thread is read first, each task later, each at its own moment: the task it named
+    may have suspended or finished by then, and others may have been seen running since
+    (several on one thread: an eager task's step inside its parent's, or steps seen at
+    different moments).  Of those, the one the thread named wins, else the last read."""
+    by_id = {t.id: t for t in tasks}
+    for thread in threads:
+        seen = [t.id for t in tasks if t.state == "running" and t.thread_id == thread.thread_id]
+        said = named.get(thread.thread_id, 0)
+        thread.running_task = said if said in seen else (seen[-1] if seen else 0)
+        thread.running_note = None
+        if not said or said == thread.running_task:
+            continue
+        if said in by_id:
+            why = "had suspended by the time it was read"
+        elif truncated:
+            why = "is not among the tasks read (more tasks than aiobpf reads)"
+        else:
+            why = ("is not among the tasks read: it finished before they were read (or was "
+                   "not in the task lists yet: an eager task's first step)")
+        thread.running_note = f"task {said:#x} was running when the read began, and {why}"
+
+
 class Collector:
     """Reads snapshots of one target process, reusing its discovery between reads."""
 
@@ -98,6 +126,7 @@ class Collector:
         self._details = True
         self._skip_name: str | None = None   # "": task names are not decoded
         self._records: Mapping[int, TaskRecord] = {}
+        self._named: dict[int, int] = {}   # native thread id -> the task it named running
         self.torn = 0  # reads of the last snapshot that tore and were taken again
         self.truncated = False  # the last snapshot left tasks out (more than max_tasks)
 
@@ -170,6 +199,7 @@ class Collector:
         self._details = details
         self._skip_name = None if names else ""
         self._records = records or {}
+        self._named = {}
         self.torn = 0
         self.truncated = False
         warnings: list[str] = list(self.target.layout.notes)
@@ -203,14 +233,17 @@ class Collector:
         for task in found:
             if any(a.is_task and a.id not in ids for a in task.awaited_by):
                 task.awaited_by = [a for a in task.awaited_by if not a.is_task or a.id in ids]
+        shown = [Thread(ts.native_id, ts.thread_id, self._interp_id(ts.interp),
+                        ts.running_loop, ts.running_task) for ts in threads]
+        if sink is None:
+            settle_running(shown, found, self._named, self.truncated)
         tasks = order_tasks(found, [ts.native_id for ts in threads], by_name=not self.linked)
         return Snapshot(
             pid=self.target.pid,
             python_version=self.target.version_str,
             python_build=self._build_label(),
             executable=self.target.info.exe,
-            threads=[Thread(ts.native_id, ts.thread_id, self._interp_id(ts.interp),
-                            ts.running_loop, ts.running_task) for ts in threads],
+            threads=shown,
             tasks=tasks,
             taken_at=started,
             duration_s=time.perf_counter() - t0,
@@ -229,6 +262,7 @@ class Collector:
         """3.14+: every task record in one pass; awaiters are recorded in each task.
         Returns how many tasks were kept."""
         running = {ts.running_task: ts for ts in threads if ts.running_task}
+        self._named = {ts.native_id: task for task, ts in running.items()}
         index = AwaiterIndex(self.objs, [])
         pending = self.target.layout["enum.STATE_PENDING"]
         count = 0
@@ -273,6 +307,7 @@ class Collector:
                 raws.append(raw)
         self._assign_threads(raws, threads)
         running = self._running_threads(threads, running_by_loop, raws)
+        self._named = {ts.native_id: task for task, ts in running.items()}
         index = AwaiterIndex(self.objs, raws)
         for start in range(0, len(raws), BATCH):
             batch = raws[start:start + BATCH]

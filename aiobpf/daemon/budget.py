@@ -31,6 +31,12 @@ after it is sized from the measurement, or from the prior when none came in; a
 process that measures within the budget is captured in full at once (its probes
 stay on).  A process that joins a file during a pause waits for the file's next
 window: the pause pays for the windows of the file's other processes.
+
+A dump (``aiobpf ps|pstree PID --capture bpf`` through the daemon) may open a window
+early and hold it while it reads (``open_for_dump``): the pause it skipped is added
+to the pause after that window, and no early window skips more than one pause (with
+what is still owed): the probes stay attached ``duty`` of the time, give or take a
+window.
 """
 
 from __future__ import annotations
@@ -76,6 +82,9 @@ class FileWindow:
     switch_at: float = 0.0         # when to attach or detach next (0: never)
     attached_at: float = 0.0       # when the probes were last attached (or placed)
     length: float = 0.0            # the planned length of the open window
+    pause: float = 0.0             # the length of the last pause planned
+    held_until: float = 0.0        # a dump holds the probes attached until then
+    ahead: float = 0.0             # s of pause skipped by a window a dump opened early
     # pid -> overhead of full capture; None: not measured yet (counts as the prior)
     overheads: dict[int, float | None] = field(default_factory=dict)
     # where the pauses' sequence stands (a random start: files do not pause in step)
@@ -115,11 +124,16 @@ class FileWindow:
         if now < self.switch_at:
             return None
         if self.attached:
+            if now < self.held_until:      # a dump is reading the records
+                self.switch_at = self.held_until
+                return None
             if self.measuring and now - self.attached_at < MEASURE_LIMIT:
                 self.switch_at = now + MEASURE_RETRY
                 return None
             attached_for = max(now - self.attached_at, self.length)
-            self.switch_at = now + attached_for * (1.0 / self.duty - 1.0) * self._spread()
+            self.pause = attached_for * (1.0 / self.duty - 1.0) * self._spread()
+            self.switch_at = now + self.pause + self.ahead
+            self.ahead = 0.0
             return False
         self._open(now)
         return True
@@ -129,6 +143,23 @@ class FileWindow:
         golden-ratio sequence: its running mean comes close to 1 within a few pauses)."""
         self.phase = (self.phase + PAUSE_STEP) % 1.0
         return 1.0 + PAUSE_SPREAD * (2.0 * self.phase - 1.0)
+
+    def open_for_dump(self, now: float, until: float) -> str | None:
+        """A dump asks for the probes now, held until ``until``: None when they are on
+        or the next ``step`` attaches them, else why the budget refuses.  The pause an
+        early window skips is added to the pause after it, and at most one pause is
+        taken in advance: over time the probes stay attached ``duty`` of the time, and
+        the held time is attached time (the pause after the window grows with it)."""
+        if self.duty < 1.0 and not self.attached:
+            skipped = max(self.switch_at - now, 0.0)
+            if self.ahead + skipped > max(self.pause, self.window * (1.0 / self.duty - 1.0)):
+                return (f"the overhead budget refuses an early window: the probes of this "
+                        f"file are attached {100 * self.duty:.2g}% of the time, and the next "
+                        f"window opens in {skipped:.0f} s")
+            self.ahead += skipped
+            self.switch_at = now
+        self.held_until = max(self.held_until, until)
+        return None
 
     def _open(self, now: float) -> None:
         """A window starts now: a short one when it is to measure a new process."""
@@ -142,6 +173,7 @@ class FileWindow:
         pause after the window grows to match."""
         if self.duty < 1.0:
             self.switch_at += seconds * (1.0 / self.duty - 1.0)
+            self.pause += seconds * (1.0 / self.duty - 1.0)
 
 
 def next_switch(windows: list[FileWindow]) -> float | None:

@@ -1,9 +1,11 @@
 """Dump requests over the daemon's root-only unix socket.
 
-A request is one JSON line: ``{"pid": PID, "format": "tree", "capture": "auto"}``.
-The reply is one JSON line: ``{"output": TEXT, "notes": [...]}`` and, when the
-command fails, ``"error"``, ``"hint"`` and ``"exit_code"``; or ``{"fallback": WHY}``
-when the daemon does not trace that process (the client then reads it itself).
+A request is one JSON line: ``{"pid": PID, "format": "tree", "capture": "auto",
+"window": 0.3}``.  The reply is one JSON line: ``{"output": TEXT, "notes": [...]}``
+and, when the command fails, ``"error"``, ``"hint"`` and ``"exit_code"``; or
+``{"fallback": WHY}`` when the daemon cannot answer (it does not trace that process,
+or ``capture: bpf`` was asked and it has no probes for it, BPF is off, or its budget
+refuses a window): the client says WHY in one line and reads the process itself.
 
 Dumps reveal code names, paths and task names: the socket's directory and file are
 root-only (0700/0600), and the daemon also checks the peer's uid (SO_PEERCRED).
@@ -116,8 +118,9 @@ def answers(path: Path) -> bool:
 
 
 def request(path: Path, message: dict[str, Any]) -> dict[str, Any] | None:
-    """Ask the daemon at ``path``; None when no daemon answers there (or may not be
-    asked by this user), so that the caller reads the process itself."""
+    """Ask the daemon at ``path``: its reply (``"fallback"`` in it when the daemon
+    cannot answer), or None when no daemon answers there (or may not be asked by this
+    user); either way the caller then reads the process itself."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CLIENT_TIMEOUT_S)
     try:
@@ -136,4 +139,4 @@ def request(path: Path, message: dict[str, Any]) -> dict[str, Any] | None:
         reply = json.loads(b"".join(chunks))
     except ValueError:
         return None
-    return reply if isinstance(reply, dict) and "fallback" not in reply else None
+    return reply if isinstance(reply, dict) else None

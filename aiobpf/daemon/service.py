@@ -73,6 +73,9 @@ RATE_SMOOTHING = 0.5       # weight of the newest window in the step and CPU rat
 # a forged task list would take forever), for the gauges and for dumps.
 READ_DEADLINE_S = 30.0
 DUMP_DEADLINE_S = 120.0
+DUMP_WINDOW_MAX_S = 5.0    # the longest a dump holds the probes on (its --window)
+DUMP_HOLD_MARGIN_S = 0.2   # ... and this much more, for the records to be read
+DUMP_ATTACH_WAIT_S = 5.0   # the loop attaches a dump's probes within this (a tick, usually)
 MAX_TASKS = 1 << 20        # tasks the daemon reads of one process (a forged list costs that)
 BIG_READ_TASKS = 10_000     # after a read of this many tasks, freed heap goes back
 PRUNE_INTERVAL_S = 5.0      # the BPF maps are cleared of stale records and exited threads
@@ -123,6 +126,17 @@ class Traced:
         with self.lock:
             self.collector.close()
             self.target.close()
+
+
+@dataclass
+class WindowRequest:
+    """A dump's request for the probes of ``file``, held on for ``hold_s`` seconds:
+    answered by the loop (``done``), with ``refused`` saying why not."""
+
+    file: tuple[int, int]
+    hold_s: float
+    done: threading.Event = field(default_factory=threading.Event)
+    refused: str | None = None
 
 
 @dataclass
@@ -208,7 +222,11 @@ class Daemon:
         self._next_prune = 0.0
         self._bpf_lock = threading.RLock()
         self._stop = threading.Event()
+        self._wake = threading.Event()      # the loop's sleep ends early (stop, dumps)
+        self._requests: list[WindowRequest] = []
+        self._requests_lock = threading.Lock()
         self.capture: Capture | None = None
+        self.capture_off = "BPF capture is off in the daemon (bpf = false)"
         self.costs: ProbeCosts | None = None
         if not config.bpf:
             log.info("BPF capture is off (bpf = false): metrics come from memory reads only")
@@ -217,6 +235,7 @@ class Daemon:
                 self.capture = Capture(DAEMON_LIMITS, DAEMON_FILES)
             except Exception as exc:  # CaptureUnavailable, or whatever else bcc raised
                 self.errors[_kind(exc, "bpf_load")] += 1
+                self.capture_off = f"BPF capture is off in the daemon: {_one_line(exc)}"
                 log.warning("BPF capture is off (%s); metrics come from memory reads only",
                             _one_line(exc))
         if self.capture is not None and config.fixed_probe_cost is None:
@@ -238,6 +257,7 @@ class Daemon:
             with self._bpf_lock:
                 capture.close()
                 self.capture = None
+            self.capture_off = f"BPF capture is off in the daemon: {_one_line(exc)}"
             return None
         except Exception as exc:
             costs = FALLBACK_COSTS
@@ -264,15 +284,17 @@ class Daemon:
                     self._collect_examinations(now)   # traced as soon as examined
                 self._account(now)
                 self._publish()
-                self._stop.wait(self._sleep_for(time.monotonic()))
+                self._wake.wait(self._sleep_for(time.monotonic()))
+                self._wake.clear()
         finally:
             self.close()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def close(self) -> None:
-        self._stop.set()
+        self.stop()
         for pid in list(self._examining):
             self._abandon(pid)   # (its read in progress is cancelled)
         for traced in list(self.traced.values()):
@@ -594,14 +616,26 @@ class Daemon:
         return stats
 
     def _schedule(self, now: float) -> None:
-        """Attach or detach each file's probes as its window plan says."""
+        """Attach or detach each file's probes as its window plan says (and as dumps
+        asked: a window opened early, or held open while a dump reads)."""
         if self.capture is None:
             return
+        with self._requests_lock:
+            requests, self._requests = self._requests, []
+        for request in requests:
+            window = self.windows.get(request.file)
+            request.refused = ("the daemon no longer probes this process's file"
+                               if window is None else
+                               window.open_for_dump(now, now + request.hold_s))
         for file, window in list(self.windows.items()):
             try:
                 self._schedule_file(file, window, now)
             except Exception as exc:  # one file's trouble must never stop the loop
                 self._degrade(file, exc)
+        for request in requests:
+            if request.refused is None and not self.capture.is_attached(request.file):
+                request.refused = "the daemon could not attach the probes again (see its log)"
+            request.done.set()
 
     def _schedule_file(self, file: tuple[int, int], window: FileWindow, now: float) -> None:
         assert self.capture is not None
@@ -853,9 +887,20 @@ class Daemon:
             return {"fallback": CHANGED.format(pid=pid)}
         if fmt not in FORMATS:
             return {"error": f"unknown format {fmt!r}", "exit_code": errors.EXIT_USAGE}
-        records = None if request.get("capture") == "memory" else self._records(traced)
-        if request.get("capture") == "bpf" and records is None:
-            return {"fallback": "the daemon's probes are off now (windowed capture)"}
+        notes: list[str] = []
+        records = None
+        if request.get("capture") == "bpf":
+            asked = request.get("window")
+            wait_s = _dump_window(asked)
+            if isinstance(asked, (int, float)) and asked > wait_s:
+                notes.append(f"the daemon watched steps for {wait_s:g} s (its longest), "
+                             f"not {asked:g}")
+            got = self._dump_records(traced, wait_s)
+            if isinstance(got, str):
+                return {"fallback": got}
+            records = got
+        elif request.get("capture") != "memory":
+            records = self._records(traced)
         out: list[str] = []
         try:
             with translate_errors(pid), traced.lock:
@@ -873,8 +918,53 @@ class Daemon:
             if not self._unchanged(traced):
                 return {"fallback": CHANGED.format(pid=pid)}
             return {"output": "".join(out), "error": exc.message, "hint": exc.hint,
-                    "exit_code": exc.exit_code}
-        return {"output": "".join(out), "notes": []}
+                    "exit_code": exc.exit_code, "notes": notes}
+        return {"output": "".join(out), "notes": notes}
+
+    def _dump_records(self, traced: Traced, wait_s: float) -> dict | str:
+        """BPF records of ``traced`` taken over at least ``wait_s`` seconds of attached
+        probes, as ``--capture bpf`` takes them: when its file's probes are off (between
+        windows) or were attached only just now, the loop opens a window early (or holds
+        the open one) as the budget allows, and the dump waits until ``wait_s`` after the
+        attach.  The schedule closes the window as usual; its time counts as attached.
+        Returns why not instead, in one line."""
+        if self.capture is None:
+            return self.capture_off
+        file = traced.file
+        if file is None:
+            why = "; ".join(traced.attachment.notes) if traced.attachment else ""
+            return f"the daemon placed no probes for process {traced.pid}" + (
+                f" ({why})" if why else "")
+        with self._bpf_lock:
+            since = self.capture.attached_since(file)
+        if since is None or time.monotonic() - since / 1e9 < wait_s:
+            request = WindowRequest(file, wait_s + DUMP_HOLD_MARGIN_S)
+            with self._requests_lock:
+                self._requests.append(request)
+            self._wake.set()
+            if not request.done.wait(DUMP_ATTACH_WAIT_S):
+                with self._requests_lock, contextlib.suppress(ValueError):
+                    self._requests.remove(request)
+                return (f"the daemon did not attach its probes within "
+                        f"{DUMP_ATTACH_WAIT_S:g} s (it is stopping, or busy)")
+            if request.refused is not None:
+                return request.refused
+            with self._bpf_lock:
+                since = self.capture.attached_since(file) if self.capture else None
+            if since is None:
+                return "the daemon's probes were detached before the records were read"
+            time.sleep(max(0.0, since / 1e9 + wait_s - time.monotonic()))
+        records = self._records(traced)
+        if records is None:
+            return "the daemon's probes were detached before the records were read"
+        return records
+
+
+def _dump_window(asked: object) -> float:
+    """How long a dump watches steps: its ``--window``, within [0, DUMP_WINDOW_MAX_S]."""
+    if isinstance(asked, bool) or not isinstance(asked, (int, float)) or asked != asked:
+        return 0.3   # a client that did not say: the CLI's default
+    return min(max(float(asked), 0.0), DUMP_WINDOW_MAX_S)
 
 
 def _stepped_share(traced: Traced, wrapped: float) -> float:

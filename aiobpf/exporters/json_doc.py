@@ -1,7 +1,10 @@
 """The JSON document of a snapshot (schema version 1, documented in the README).
 
 Addresses are hex strings, as in the text output.  Frames are listed outermost
-first (like a traceback); ``awaited_by`` names every awaiter, task or not.
+first (like a traceback); ``awaited_by`` names every awaiter, task or not.  Every
+task id in the document (``running_task``, ``awaited_by`` entries with ``is_task``,
+``cycles``) is the id of a task in ``tasks``; where a task the process named is not
+there, the document says why (``running_task_note``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def document(snapshot: Snapshot) -> dict[str, Any]:
                 "python_thread_id": th.python_thread_id,
                 "interpreter_id": th.interpreter_id,
                 "running_task": hex(th.running_task) if th.running_task else None,
+                "running_task_note": th.running_note,
             }
             for th in snapshot.threads
         ],

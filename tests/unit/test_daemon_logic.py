@@ -102,6 +102,34 @@ def test_a_slow_detach_counts_as_attached_time() -> None:
     assert attached / t == pytest.approx(0.02, rel=0.1)
 
 
+def test_dumps_open_windows_early_within_the_duty() -> None:
+    """A dump asking for the probes every second gets an early window only once what
+    earlier ones skipped is paid for: over time the fraction stays at the duty (a
+    window's worth more at most), refusals say why, and a held window stays open."""
+    window = FileWindow(window=0.5)
+    window.overheads = {1: 0.5}
+    window.plan(budget=0.03)                  # duty 2 %: a 0.5 s window every 25 s
+    attached, t, tick, granted, refused = 0.0, 0.0, 0.1, 0, []
+    while t < 3000:
+        if round(t, 6) % 1.0 == 0.0:         # a dump every second, held 0.8 s
+            why = window.open_for_dump(t, t + 0.8)
+            granted += why is None
+            if why is not None:
+                refused.append(why)
+        change = window.step(t)
+        if change is not None:
+            window.attached = change
+        if window.attached:
+            attached += tick
+            if t < window.held_until:
+                assert change is None or change   # never closed while a dump holds it
+        t += tick
+    assert attached / t == pytest.approx(0.02, rel=0.15)
+    assert granted > 50                        # about every other planned window
+    assert "overhead budget refuses an early window" in refused[0]
+    assert "2% of the time" in refused[0]
+
+
 def test_windows_plan_for_a_third_of_the_budget() -> None:
     """Room for the estimate's error: a process whose full capture is estimated at
     0.8 % of its CPU is windowed under a 1 % budget, to a third of it expected."""

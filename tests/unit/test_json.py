@@ -8,6 +8,7 @@ import jsonschema
 import pytest
 
 from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task, Thread
+from aiobpf.collector.snapshot import settle_running
 from aiobpf.exporters import json_doc
 from tests.conftest import SCHEMA
 
@@ -33,7 +34,8 @@ def test_document_content() -> None:
     doc = json_doc.document(sample())
     assert doc["pid"] == 123 and doc["python"]["version"] == "3.12.1"
     assert doc["threads"][0] == {"thread_id": 100, "python_thread_id": 1400,
-                                 "interpreter_id": 0, "running_task": "0x10"}
+                                 "interpreter_id": 0, "running_task": "0x10",
+                                 "running_task_note": None}
     main, child = doc["tasks"]
     assert main["state"] == "running"
     assert [f["name"] for f in main["frames"]] == ["main", "crunch"]   # outermost first
@@ -45,6 +47,35 @@ def test_document_content() -> None:
     assert child["errors"] == ["a coroutine changed while it was read"]
     assert doc["taken_at"].startswith("2023-11-14T22:13:20.5")
     assert doc["cycles"] == []
+
+
+def test_a_thread_names_a_running_task_of_the_document() -> None:
+    """The thread is read before its tasks: what it named running may have suspended
+    or finished by then, and others been seen running (issue 12)."""
+    def tasks(*states: str) -> list[Task]:
+        return [Task(0x10 * (i + 1), f"t{i}", 100, state, []) for i, state in enumerate(states)]
+
+    def settle(found: list[Task], named: int, truncated: bool = False) -> Thread:
+        thread = Thread(100, 1400, 0, 0, named)
+        settle_running([thread], found, {100: named} if named else {}, truncated)
+        return thread
+
+    both = tasks("running", "running")           # an eager step inside its parent's
+    assert (settle(both, 0x10).running_task, settle(both, 0x10).running_note) == (0x10, None)
+    assert settle(both, 0).running_task == 0x20   # nothing named (3.11-3.13): the last read
+    moved = settle(tasks("pending", "running"), 0x10)
+    assert moved.running_task == 0x20
+    assert moved.running_note == ("task 0x10 was running when the read began, and had "
+                                  "suspended by the time it was read")
+    gone = settle(tasks("pending"), 0x99)
+    assert gone.running_task == 0 and "0x99" in str(gone.running_note)
+    assert "finished before they were read" in str(gone.running_note)
+    assert "more tasks than aiobpf reads" in str(settle(tasks(), 0x99, True).running_note)
+    idle = settle(tasks("pending"), 0)
+    assert (idle.running_task, idle.running_note) == (0, None)
+    doc = json_doc.document(Snapshot(1, "3.14.0", "", "", [gone], tasks("pending"), 0.0, 0.0))
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["threads"][0]["running_task"] is None
 
 
 def test_cycles_are_listed() -> None:
