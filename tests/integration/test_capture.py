@@ -30,7 +30,8 @@ from aiobpf.collector.target import open_target
 from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
 from tests.pythons import Python, by_label
 
-PROGRAMS = ("on_task_wakeup", "on_step_wrapper", "on_raw_enter", "on_raw_exit", "on_calibrate")
+PROGRAMS = ("on_task_wakeup", "on_step_wrapper", "on_task_init", "on_task_init_re",
+            "on_raw_enter", "on_raw_exit", "on_calibrate")   # (names: 15 characters)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -330,7 +331,7 @@ def test_one_probe_set_per_file_for_many_processes(capture: Capture) -> None:
         probes_before = capture.probe_count()
         for target in targets:
             capture.add(open_target(target.pid))
-        assert capture.probe_count() == probes_before + 2
+        assert capture.probe_count() == probes_before + 4   # Task.__init__: entry, return
         time.sleep(0.5)
         for target in targets:
             assert len(capture.records(target.pid)) == 5
