@@ -33,6 +33,7 @@ from aiobpf.collector.loader import (
     Capture,
     CaptureUnavailable,
     TargetStats,
+    counts_creations,
 )
 from aiobpf.collector.memory import ProcessGone, ReadLimitExceeded, RemoteReadError
 from aiobpf.collector.objects import DecodeError
@@ -150,7 +151,8 @@ class Examination:
                     # the probe sites too, within the deadline (placed by the loop)
                     holder = self.target.asyncio or self.target.core
                     self.found = find_step_sites(holder.image, None,
-                                                 self.target.layout["type.call"])
+                                                 self.target.layout["type.call"],
+                                                 task_init=counts_creations(self.target))
                 self.collector = Collector(self.target, MAX_TASKS)
                 summarizer = Summarizer(self.top_sites)   # tasks summarized as read
                 self.collector.mem.limit(READ_DEADLINE_S)
@@ -657,6 +659,7 @@ class Daemon:
         delta = StepCounts(
             steps=stats.steps - last.steps,
             finished=stats.finished - last.finished,
+            created=stats.created - last.created,
             step_hist=[float(a - b) for a, b in zip(stats.step_hist, last.step_hist,
                                                     strict=True)],
             step_sum_ns=stats.step_ns_sum - last.step_ns_sum,
@@ -672,7 +675,10 @@ class Daemon:
 
     @staticmethod
     def _derive_created(traced: Traced) -> None:
-        """created - finished = the change in pending tasks (never decreasing)."""
+        """created - finished = the change in pending tasks (never decreasing), where
+        the programs do not count creations (3.11)."""
+        if traced.attachment is not None and traced.attachment.counts_creations:
+            return
         c = traced.counts
         pending = traced.summary.pending if traced.summary else 0
         c.created = max(c.created, c.finished + pending - (traced.pending_at_start or 0))
