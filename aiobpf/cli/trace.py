@@ -53,8 +53,10 @@ class _Decoder:
                                                    FRAME_KINDS[r.kinds[i] % 3]))
             except (DecodeError, ReadFault):
                 break
-        return Step(r.task, name, r.tid, r.step_start_ns, r.taken_ns - r.step_start_ns,
-                    r.wake_delay_ns, _STATES.get(r.state, "suspended"), tuple(frames))
+        span = r.taken_ns - r.step_start_ns
+        return Step(r.task, name, r.tid, r.step_start_ns, max(span - r.nested_ns, 0),
+                    r.wake_delay_ns, _STATES.get(r.state, "suspended"), tuple(frames),
+                    eager=bool(r.eager), nested_ns=min(r.nested_ns, span))
 
 
 class TraceCommand:
@@ -64,7 +66,13 @@ class TraceCommand:
     Steps are captured by uprobes on the C asyncio module's task step and wakeup points,
     in kernel space. Output is JSON lines on stdout, or with -o FILE.json a Chrome trace
     (open it in https://ui.perfetto.dev or chrome://tracing): one track per task (or per
-    thread with --tracks thread), one slice per step. Ctrl-C ends the trace early."""
+    thread with --tracks thread), one slice per step. Ctrl-C ends the trace early.
+
+    On 3.12+ the first step of a task that starts eagerly (eager_start=True, an eager
+    task factory) runs inside the step that created it: it is a step of its own
+    ("eager": true), and the step it ran inside does not count its time (its
+    "duration_ns" is its own; "nested_ns" the eager steps'; in a trace file its slice
+    spans both, with "own_us" in its args)."""
 
     name = "trace"
     help = "record every task step (JSON lines, or a Perfetto/Chrome trace)"
