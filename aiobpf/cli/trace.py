@@ -41,6 +41,9 @@ class _Decoder:
     def step(self, r: TaskRecord) -> Step:
         name = self.names.get(r.name)
         if name is None:
+            # A name is read from memory as the target has it now, not from pages
+            # cached when an earlier step was decoded: it may be newer than they are.
+            self.objs.mem.clear()
             try:
                 name = task_name(self.objs, r.name)
             except (DecodeError, ReadFault):
