@@ -485,19 +485,25 @@ class Capture:
         self.set_wait_hooks(any(f.perf_fds for f in self._files.values()))
 
     @contextmanager
-    def empty_uprobe(self, path: str, offset: int) -> Iterator[None]:
+    def empty_uprobe(self, path: str, offset: int, returns: bool = False) -> Iterator[None]:
         """A uprobe whose program does nothing, at ``offset`` of the file at ``path``,
-        for as long as the ``with`` block runs."""
-        with _bcc("attach", "the calibration probe was not placed"):
-            fn = self.bpf.load_func(b"on_calibrate", self.bpf.KPROBE)
-            fd = self._lib.bpf_attach_uprobe(fn.fd, 0, f"aiobpf_{os.getpid()}_cal_{offset:x}"
-                                             .encode(), path.encode(), offset, -1)
-        if fd < 0:
-            raise CaptureUnavailable(f"could not attach a uprobe to {path}", "attach")
+        for as long as the ``with`` block runs (``returns``: and a uretprobe with it)."""
+        kinds = (_ENTRY, _RETURN) if returns else (_ENTRY,)
+        fds = []
         try:
+            for kind in kinds:
+                with _bcc("attach", "the calibration probe was not placed"):
+                    fn = self.bpf.load_func(b"on_calibrate", self.bpf.KPROBE)
+                    fd = self._lib.bpf_attach_uprobe(
+                        fn.fd, kind, f"aiobpf_{os.getpid()}_cal_{offset:x}_{kind}".encode(),
+                        path.encode(), offset, -1)
+                if fd < 0:
+                    raise CaptureUnavailable(f"could not attach a uprobe to {path}", "attach")
+                fds.append(fd)
             yield
         finally:
-            self._lib.bpf_close_perf_event_fd(fd)
+            for fd in fds:
+                self._lib.bpf_close_perf_event_fd(fd)
 
     def _place(self, probed: ProbedFile, name: str) -> list[int]:
         """Perf-event uprobes (and uretprobes) at the sites of the held file (all of

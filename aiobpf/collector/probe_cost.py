@@ -1,15 +1,16 @@
 """What BPF capture costs a traced process on this machine, measured rather than assumed.
 
-Two costs do not show in the programs' own run time (which they add up themselves,
+Costs that do not show in the programs' own run time (which they add up themselves,
 ``prog_ns_sum``): the trap of each uprobe hit (the breakpoint exception, the
-emulated instruction, the return to user space), and the toll the raw syscall
-tracepoints take on every system call (the kernel's slow syscall path and two
-programs).  Both are timed here in aiobpf's own process, in a few tens of
-milliseconds:
+emulated instruction, the return to user space); on 3.12+, the two traps of each
+task created (Task.__init__'s entry and return probes: a uretprobe's return trap
+costs more than a uprobe's); and the toll the raw syscall tracepoints take on every
+system call (the kernel's slow syscall path and two programs).  All are timed here
+in aiobpf's own process, in a few tens of milliseconds:
 
 - a three-byte function (``push %rbp; pop %rbp; ret``: a ``push``, as at aiobpf's
   probe sites) in a memfd mapped executable, called with and without a uprobe whose
-  program does nothing;
+  program does nothing, and with and without such a uprobe and uretprobe;
 - ``getppid()``, with and without the syscall hooks attached.
 
 Rounds alternate off and on, and the medians are compared, so that a busy machine
@@ -38,10 +39,13 @@ SYSCALLS_PER_STEP = 4  # assumed: 1 for a queue ping-pong, 4 for an HTTP server 
 class ProbeCosts:
     trap_s: float       # one uprobe hit with an empty program
     syscall_s: float    # one system call while the syscall hooks are attached
+    created_s: float = 0.0   # one call through an entry and a return probe (a task created)
 
-    def per_step(self, program_s: float) -> float:
-        """Estimated cost of one captured step, given the programs' time per step."""
-        return self.trap_s + program_s + SYSCALLS_PER_STEP * self.syscall_s
+    def per_step(self, program_s: float, created_per_step: float = 0.0) -> float:
+        """Estimated cost of one captured step, given the programs' time per step and
+        the tasks created per step (where Task.__init__ is probed)."""
+        return (self.trap_s + program_s + SYSCALLS_PER_STEP * self.syscall_s
+                + created_per_step * self.created_s)
 
 
 def _per_call(call: Callable[[], object], calls: int) -> float:
@@ -73,8 +77,10 @@ def _libc() -> ct.CDLL:
     return libc
 
 
-def trap_cost(capture: Capture, calls: int = 20000, rounds: int = 3) -> float:
-    """Seconds one uprobe hit on a ``push`` costs, with a program that does nothing."""
+def trap_cost(capture: Capture, calls: int = 20000, rounds: int = 3,
+              returns: bool = False) -> float:
+    """Seconds one uprobe hit on a ``push`` costs, with a program that does nothing
+    (``returns``: one call through such a uprobe and a uretprobe)."""
     libc = _libc()
     fd = os.memfd_create("aiobpf-calibrate", os.MFD_CLOEXEC)
     try:
@@ -88,7 +94,7 @@ def trap_cost(capture: Capture, calls: int = 20000, rounds: int = 3) -> float:
             with ExitStack() as probes:
                 return _compare(function,
                                 lambda: probes.enter_context(
-                                    capture.empty_uprobe(f"/proc/self/fd/{fd}", 0)),
+                                    capture.empty_uprobe(f"/proc/self/fd/{fd}", 0, returns)),
                                 probes.close, calls, rounds)
         finally:
             libc.munmap(address, mmap.PAGESIZE)
@@ -109,5 +115,6 @@ def syscall_cost(capture: Capture, calls: int = 20000, rounds: int = 3) -> float
 
 
 def measure(capture: Capture) -> ProbeCosts:
-    """Both costs, on this machine now (about 0.1 s)."""
-    return ProbeCosts(trap_s=trap_cost(capture), syscall_s=syscall_cost(capture))
+    """The costs, on this machine now (about 0.2 s)."""
+    return ProbeCosts(trap_s=trap_cost(capture), syscall_s=syscall_cost(capture),
+                      created_s=trap_cost(capture, returns=True))

@@ -58,7 +58,8 @@ log = logging.getLogger("aiobpf")
 log.addFilter(SafeLogRecords())   # names and paths in messages come from targets
 TICK_S = 0.2
 MIN_SLEEP_S = 0.01         # the loop wakes for a window's switch, but never spins
-FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6)   # when timing fails: pessimistic
+FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6,   # when timing fails: pessimistic
+                            created_s=12e-6)
 EXAMINE_LIMIT_S = 30.0     # a process's files examined within this (cold: ~2 s for libpython)
 EXAMINE_GRACE_S = 5.0      # ... and abandoned this much later if the parser did not stop
 MAX_EXAMINING = 4          # processes examined at once
@@ -725,7 +726,8 @@ class Daemon:
         traced.cpu_rate = a * cpu_rate + (1 - a) * traced.cpu_rate
         cost = self.config.fixed_probe_cost
         if cost is None and self.costs is not None and steps > 0:
-            measured = self.costs.per_step((stats.prog_ns_sum - seen[3]) / 1e9 / steps)
+            measured = self.costs.per_step((stats.prog_ns_sum - seen[3]) / 1e9 / steps,
+                                           stats.created / max(stats.steps, 1))
             cost = a * measured + (1 - a) * traced.step_cost if traced.step_cost else measured
         traced.step_cost = cost if cost is not None else traced.step_cost
         traced.overhead_full = full_overhead(traced.step_rate, traced.cpu_rate,
