@@ -127,9 +127,10 @@ DAEMON_LIMITS = MapLimits(ring_pages=1)
 class FileLimits:
     """Distinct files with probes at once (None: no limit).  Removing a file's probes
     takes the kernel ~0.1 s per probe, one after another (two probes per file, four on
-    3.12+: Task.__init__'s entry and return), at every window's end and when aiobpf stops: a user who maps many copies of _asyncio must
-    not make that unbounded.  Files owned by a user other than root count against that
-    owner's own share too, so one user cannot take the probes from everyone else."""
+    3.12+: Task.__init__'s entry and return), at every window's end and when aiobpf
+    stops: a user who maps many copies of _asyncio must not make that unbounded.  Files
+    owned by a user other than root count against that owner's own share too, so one
+    user cannot take the probes from everyone else."""
 
     files: int | None = None
     per_owner: int | None = None
@@ -715,10 +716,12 @@ class Capture:
         return self._files[file].since if self.is_attached(file) else None
 
     def pause(self, file: tuple[int, int]) -> None:
-        """Remove the file's probes; its processes stay configured (and counted)."""
+        """Remove the file's probes; its processes stay configured (and counted).  Each
+        removal takes ~0.1 s (counted as attached time): Task.__init__'s probes go
+        first, so that the step probes see steps for as long as that time lasts."""
         probed = self._files.get(file)
         if probed is not None:
-            for fd in probed.perf_fds:
+            for fd in reversed(probed.perf_fds):   # placed step probes first (_place)
                 self._lib.bpf_close_perf_event_fd(fd)
             probed.perf_fds = []
         with contextlib.suppress(CaptureUnavailable):
