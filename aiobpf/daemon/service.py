@@ -620,6 +620,10 @@ class Daemon:
             for traced in self.traced.values():
                 if traced.file == file:
                     traced.attached_s += took   # the next tick sees them detached
+                    with self._bpf_lock:        # ... so the steps seen meanwhile count now
+                        stats = self.capture.stats(traced.pid)
+                    if stats is not None:
+                        self._count(traced, stats, took)
             self._close_window(file)
         window.attached = change
         for traced in self.traced.values():
