@@ -34,6 +34,7 @@
 #define RING_PAGES 1024
 #endif
 #define GEN_BUF 512
+#define MAX_EAGER_THREADS 1024
 
 struct gen_buf {
     char bytes[GEN_BUF];
@@ -50,7 +51,8 @@ BPF_F_TABLE("hash", u32, struct target, targets, MAX_TARGETS, BPF_F_NO_PREALLOC)
 BPF_TABLE("lru_hash", u32, struct thread_state, threads, MAX_THREADS);
 BPF_F_TABLE("hash", struct task_key, struct task_record, records, MAX_RECORDS,
             BPF_F_NO_PREALLOC);
-BPF_TABLE("lru_hash", u32, struct eager_stack, eager, MAX_THREADS);
+/* Threads inside Task.__init__ (event loops, mostly): LRU, allocated whole, so small. */
+BPF_TABLE("lru_hash", u32, struct eager_stack, eager, MAX_EAGER_THREADS);
 BPF_PERCPU_ARRAY(scratch, struct task_record, 1);
 BPF_PERCPU_ARRAY(genbuf, struct gen_buf, 1);
 BPF_RINGBUF_OUTPUT(events, RING_PAGES);
