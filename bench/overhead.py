@@ -4,7 +4,10 @@ without aiobpf's BPF capture (full stack capture at every step end).
 
 (a) worst case: an asyncio.Queue ping-pong between two tasks (two steps per round
     trip, nothing else);
-(b) a realistic service: an asyncio streams HTTP server under wrk on loopback.
+(b) a realistic service: an asyncio streams HTTP server under wrk on loopback;
+(c) with --spawn, task creation (3.12+): batches of one-step tasks, started eagerly
+    or not, under full capture with and without the probes on Task.__init__ (which
+    count creations and bracket eager first steps), side by side.
 
 Each target runs once; capture is switched on and off in alternating phases of
 --phase seconds (off, on, off, on, ...), and each phase's throughput and the
@@ -39,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiobpf.collector import probe_cost, procfs
 from aiobpf.collector.loader import Capture
-from aiobpf.collector.probes import find_step_sites
+from aiobpf.collector.probes import TASK_INIT, find_step_sites
 from aiobpf.collector.target import open_target
 
 HERE = Path(__file__).resolve().parent
@@ -89,6 +92,22 @@ class CaptureTracer:
         if self.capture:
             self.capture.close()
             self.capture = None
+
+
+class StepsOnlyTracer(CaptureTracer):
+    """Full capture without the probes on Task.__init__ (as before 3.12 support of
+    eager tasks): what those probes add is the difference to full capture."""
+
+    label = "full capture, no Task.__init__ probes"
+
+    def start(self) -> None:
+        self.capture = Capture()
+        target = open_target(self.pid)
+        holder = target.asyncio or target.core
+        found = find_step_sites(holder.image, None, target.layout["type.call"])
+        assert TASK_INIT not in found[0]   # (only asked for with task_init=True)
+        self.capture.add(target, found=found)
+        time.sleep(0.2)
 
 
 class HooksOnlyTracer(CaptureTracer):
@@ -275,6 +294,23 @@ def bench_http(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTrac
                     "HTTP server (asyncio streams, wrk -c16)", "requests/s")
 
 
+def bench_spawn(phase: float, rounds: int, eager: bool) -> list[dict]:
+    proc = _start_target([*_python(), "-u", str(HERE / "targets" / "spawn.py"),
+                          "eager" if eager else "plain"])
+    read = _counter(proc)
+
+    def sample(seconds: float) -> tuple[float, float]:
+        c0, cpu0 = read()
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        c1, cpu1 = read()
+        return (c1 - c0) / (time.perf_counter() - t0), 1e6 * (cpu1 - cpu0) / (c1 - c0)
+
+    return _measure(proc, Phases(proc.pid, phase, rounds, [StepsOnlyTracer, CaptureTracer],
+                                 read), sample,
+                    f"tasks created {'eagerly' if eager else '(not eager)'}", "tasks/s")
+
+
 def print_table(results: list[dict]) -> None:
     """Throughput and the target's CPU per operation, off and on, side by side."""
     print(f"{'workload: tracer':<45} {'off':>9} {'on':>9} {'loss':>7}   {'CPU/op off':>10} "
@@ -295,6 +331,8 @@ def main() -> int:
     parser.add_argument("--phase", type=float, default=3.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=3, help="off/on pairs")
     parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--spawn", action="store_true",
+                        help="only the task creation workloads (c), eager and not")
     parser.add_argument("--breakdown", action="store_true",
                         help="also measure the syscall hooks alone and the uprobe traps alone")
     args = parser.parse_args()
@@ -302,8 +340,12 @@ def main() -> int:
         raise SystemExit("run as root: BPF capture needs it")
     tracers = [HooksOnlyTracer, TrapsOnlyTracer, CaptureTracer] if args.breakdown \
         else [CaptureTracer]
-    results = [*bench_pingpong(args.phase, args.rounds, tracers),
-               *bench_http(args.phase, args.rounds, tracers)]
+    if args.spawn:
+        results = [*bench_spawn(args.phase, args.rounds, True),
+                   *bench_spawn(args.phase, args.rounds, False)]
+    else:
+        results = [*bench_pingpong(args.phase, args.rounds, tracers),
+                   *bench_http(args.phase, args.rounds, tracers)]
     capture = Capture()
     try:
         costs = probe_cost.measure(capture)
@@ -312,11 +354,13 @@ def main() -> int:
     print(f"tracing overhead, same process, tracer off/on alternating, median of "
           f"{args.rounds} phases of {args.phase:.0f} s ({' '.join(_python())})")
     print_table(results)
-    print(f"one uprobe hit on a push, empty program: {1e9 * costs.trap_s:.0f} ns; "
-          f"the syscall hooks' toll: {1e9 * costs.syscall_s:.0f} ns per system call")
+    print(f"one uprobe hit on a push, empty program: {1e9 * costs.trap_s:.0f} ns; with a "
+          f"uretprobe too: {1e9 * costs.created_s:.0f} ns; the syscall hooks' toll: "
+          f"{1e9 * costs.syscall_s:.0f} ns per system call")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "trap_s": costs.trap_s,
-                                         "syscall_s": costs.syscall_s}, indent=2))
+                                         "syscall_s": costs.syscall_s,
+                                         "created_s": costs.created_s}, indent=2))
     return 0
 
 

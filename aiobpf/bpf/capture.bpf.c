@@ -7,7 +7,10 @@
  * on the thread, or the loop goes back to waiting -- the task that ran has just
  * suspended (or finished), and since the thread holds the GIL nothing else can
  * change its objects: its coroutine chain is read here, consistently, and kept as
- * the task's latest record.  Offsets come per process from `targets`, so one
+ * the task's latest record.  On 3.12+ an entry and a return probe on Task.__init__
+ * count the tasks created and bracket eager first steps, which run inside it (inside
+ * the creating task's step): such a step is captured as its own, and its time is
+ * taken out of the step it ran in.  Offsets come per process from `targets`, so one
  * program serves every supported Python and every traced process.
  *
  * Every event costs the traced program time, so the hot path does one lookup of
@@ -31,6 +34,7 @@
 #define RING_PAGES 1024
 #endif
 #define GEN_BUF 512
+#define MAX_EAGER_THREADS 1024
 
 struct gen_buf {
     char bytes[GEN_BUF];
@@ -47,6 +51,8 @@ BPF_F_TABLE("hash", u32, struct target, targets, MAX_TARGETS, BPF_F_NO_PREALLOC)
 BPF_TABLE("lru_hash", u32, struct thread_state, threads, MAX_THREADS);
 BPF_F_TABLE("hash", struct task_key, struct task_record, records, MAX_RECORDS,
             BPF_F_NO_PREALLOC);
+/* Threads inside Task.__init__ (event loops, mostly): LRU, allocated whole, so small. */
+BPF_TABLE("lru_hash", u32, struct eager_stack, eager, MAX_EAGER_THREADS);
 BPF_PERCPU_ARRAY(scratch, struct task_record, 1);
 BPF_PERCPU_ARRAY(genbuf, struct gen_buf, 1);
 BPF_RINGBUF_OUTPUT(events, RING_PAGES);
@@ -81,7 +87,7 @@ static __always_inline u64 ref_to_object(struct target_config *cfg, u64 bits)
 
 /* Read the coroutine chain of `task`, whose step just ended, into its record. */
 static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task,
-                                    u64 start, u64 delay, u64 now)
+                                    u64 start, u64 delay, u64 now, u64 nested, u8 eager)
 {
     struct target_config *cfg = &t->cfg;
     u32 zero = 0;
@@ -97,6 +103,7 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
     r->step_start_ns = start;
     r->wake_delay_ns = delay;
     r->truncated = 0;
+    r->eager = eager;
     r->awaited = 0;
     r->state = CAPTURE_FINISHED;
     /* Every user-memory read costs ~100 ns: the task's fields come in one read. */
@@ -208,7 +215,9 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
     signature ^= r->awaited ^ ((u64)r->state << 56) ^ depth;
     r->signature = signature;
 
-    u64 duration = now - start;
+    /* Eager first steps of other tasks ran inside this one: their time is theirs. */
+    r->nested_ns = nested;
+    u64 duration = now - start > nested ? now - start - nested : 0;
     struct task_key key = {.pid = pid, .task = task};
     struct task_record *old = records.lookup(&key);
     if (r->state == CAPTURE_FINISHED) {
@@ -222,6 +231,8 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
         old->taken_ns = now;
         old->step_start_ns = start;
         old->wake_delay_ns = delay;
+        old->nested_ns = nested;
+        old->eager = eager;
         old->tid = tid;
     } else {
         r->steps = (old ? old->steps : 0) + 1;
@@ -265,9 +276,10 @@ static __always_inline int step_start(struct target *t, u64 task)
     if (ts->task && ts->start_ns >= t->cfg.epoch_ns) {
         u64 prev = ts->task;
         ts->task = 0;
-        capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, now);
+        capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, now, ts->nested_ns, 0);
     }
     ts->delay_ns = 0;
+    ts->nested_ns = 0;
     if (ts->woke_ns && ts->woke_ns >= t->cfg.epoch_ns) {
         ts->delay_ns = now - ts->woke_ns;
         __sync_fetch_and_add(&t->stats.delay_hist[log2l(ts->delay_ns) & (AIOBPF_HIST_SLOTS - 1)], 1);
@@ -304,6 +316,92 @@ int on_step_wrapper(struct pt_regs *ctx)
     return step_start(t, task);
 }
 
+/* Task.__init__(task, args, kwargs) is entered: note when, for its return. */
+int on_task_init(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32, tid = (u32)id;
+    struct target *t = targets.lookup(&pid);
+    if (!t)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    struct eager_stack *es = eager.lookup(&tid);
+    if (!es || es->pid != pid) {
+        struct eager_stack fresh = {.pid = pid};
+        eager.update(&tid, &fresh);
+        es = eager.lookup(&tid);
+        if (!es)
+            return 0;
+    }
+    /* Calls whose return nobody saw (the probes were detached meanwhile) are stale. */
+    if (es->depth && es->frames[0].start_ns < t->cfg.epoch_ns)
+        es->depth = 0;
+    u32 d = es->depth;
+    if (d < AIOBPF_EAGER_DEPTH) {
+        struct eager_frame *f = &es->frames[d & (AIOBPF_EAGER_DEPTH - 1)];
+        f->task = PT_REGS_PARM1(ctx);
+        f->start_ns = now;
+        f->nested_ns = 0;
+    }
+    es->depth = d + 1;
+    __sync_fetch_and_add(&t->stats.prog_ns_sum, bpf_ktime_get_ns() - now);
+    return 0;
+}
+
+/* Did Task.__init__ run the task's first step (eagerly), rather than schedule it? */
+static __always_inline int started_eagerly(struct target *t, u64 task)
+{
+    u64 state = 0, coro = 0;
+    if (bpf_probe_read_user(&state, 4, (void *)(task + t->cfg.task_state)) ||
+        bpf_probe_read_user(&coro, 8, (void *)(task + t->cfg.task_coro)))
+        return 0;
+    if (state != t->cfg.pending_state)
+        return 1;                      /* done already: it finished in its first step */
+    s8 fstate = 0;
+    if (!coro || bpf_probe_read_user(&fstate, 1, (void *)(coro + t->cfg.gen_frame_state)))
+        return 0;
+    return fstate != t->cfg.st_created;
+}
+
+/* Task.__init__ returns: count the task; if its first step ran in there, capture that
+ * step and take its time out of the step (or eager step) it ran inside. */
+int on_task_init_return(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32, tid = (u32)id;
+    struct target *t = targets.lookup(&pid);
+    if (!t)
+        return 0;
+    struct eager_stack *es = eager.lookup(&tid);
+    if (!es || es->pid != pid || !es->depth)
+        return 0;
+    u32 d = --es->depth;
+    if ((int)PT_REGS_RC(ctx) != 0)
+        return 0;                      /* it raised: no task */
+    __sync_fetch_and_add(&t->stats.created, 1);
+    if (d >= AIOBPF_EAGER_DEPTH)
+        return 0;
+    struct eager_frame *f = &es->frames[d & (AIOBPF_EAGER_DEPTH - 1)];
+    u64 task = f->task, start = f->start_ns, nested = f->nested_ns;
+    u64 now = bpf_ktime_get_ns();
+    if (start < t->cfg.epoch_ns || !started_eagerly(t, task)) {
+        __sync_fetch_and_add(&t->stats.prog_ns_sum, bpf_ktime_get_ns() - now);
+        return 0;
+    }
+    __sync_fetch_and_add(&t->stats.steps, 1);
+    __sync_fetch_and_add(&t->stats.eager_steps, 1);
+    capture(t, pid, tid, task, start, 0, now, nested, 1);
+    if (d > 0) {
+        es->frames[(d - 1) & (AIOBPF_EAGER_DEPTH - 1)].nested_ns += now - start;
+    } else {
+        struct thread_state *ts = threads.lookup(&tid);
+        if (ts && ts->pid == pid && ts->task && ts->start_ns <= start)
+            ts->nested_ns += now - start;
+    }
+    __sync_fetch_and_add(&t->stats.prog_ns_sum, bpf_ktime_get_ns() - now);
+    return 0;
+}
+
 /* The event loop waits for I/O: the step running on this thread, if any, is over. */
 static __always_inline int is_wait(long nr)
 {
@@ -324,7 +422,7 @@ static __always_inline int wait_enter(void)
         ts->task = 0;
         if (ts->start_ns >= t->cfg.epoch_ns) {
             u64 now = bpf_ktime_get_ns();
-            capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, now);
+            capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, now, ts->nested_ns, 0);
             __sync_fetch_and_add(&t->stats.prog_ns_sum, bpf_ktime_get_ns() - now);
         }
     }

@@ -6,6 +6,7 @@
 #define AIOBPF_MAX_DEPTH 32      /* coroutine frames captured per task */
 #define AIOBPF_MAX_RESUME_OPS 4  /* RESUME opcode variants (3.11/3.12 chain test) */
 #define AIOBPF_HIST_SLOTS 64
+#define AIOBPF_EAGER_DEPTH 4     /* eager starts nested in one another, bracketed per thread */
 
 /* Everything version-specific the programs need, per traced process. */
 struct target_config {
@@ -63,12 +64,14 @@ struct task_record {
     __u64 wake_delay_ns;           /* from its loop waking to that step's start (0: unknown) */
     __u64 steps;                   /* steps seen since tracing began */
     __u64 step_ns;                 /* their total duration */
+    __u64 nested_ns;               /* eager first steps of other tasks that ran inside
+                                      this step: not part of its duration */
     __u32 pid, tid;
     __u32 depth;                   /* frames[] in use, outermost first */
     __u8 state;                    /* enum capture_state */
     __u8 awaited_by_is_set;
     __u8 truncated;                /* the chain was deeper than AIOBPF_MAX_DEPTH */
-    __u8 pad;
+    __u8 eager;                    /* an eager first step (run inside Task.__init__) */
     __u64 signature;               /* hash of frames[]: an unchanged stack is not copied */
     struct frame_ref frames[AIOBPF_MAX_DEPTH];
     __u8 kinds[AIOBPF_MAX_DEPTH];  /* enum frame_kind of each frame */
@@ -86,8 +89,23 @@ struct thread_state {
     __u64 start_ns;
     __u64 woke_ns;
     __u64 delay_ns;                /* wake-to-start delay of the step now running */
+    __u64 nested_ns;               /* eager first steps run inside it so far */
     __u32 pid;                     /* its process: user space removes a process's threads */
     __u32 pad;
+};
+
+/* Task.__init__ calls in progress on a thread, innermost last: an eager task's first
+ * step runs inside one, and may create (and start) further eager tasks. */
+struct eager_frame {
+    __u64 task;
+    __u64 start_ns;                /* when Task.__init__ was entered */
+    __u64 nested_ns;               /* eager first steps of other tasks inside this one */
+};
+
+struct eager_stack {
+    __u32 pid;
+    __u32 depth;                   /* calls in progress (beyond AIOBPF_EAGER_DEPTH: counted only) */
+    struct eager_frame frames[AIOBPF_EAGER_DEPTH];
 };
 
 /* What the programs count for one process; updated in place with atomic adds. */
@@ -101,6 +119,8 @@ struct target_stats {
     __u64 delay_ns_sum;            /* total wake-to-step delay of the steps that have one */
     __u64 prog_ns_sum;             /* time the programs spent on this process's steps */
     __u64 records_dropped;         /* records not stored: the records map was full */
+    __u64 created;                 /* tasks created (Task.__init__ returned 0; 3.12+) */
+    __u64 eager_steps;             /* of the steps, eager first steps */
     __u64 step_hist[AIOBPF_HIST_SLOTS];   /* log2(step duration in ns) */
     __u64 delay_hist[AIOBPF_HIST_SLOTS];  /* log2(ns from the loop waking to the step) */
     __u64 depth_hist[AIOBPF_MAX_DEPTH + 1]; /* frames of the suspended stack */

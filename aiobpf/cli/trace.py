@@ -58,6 +58,9 @@ class _Decoder:
         """The step of record ``r``, whose bytes are ``raw``."""
         name = self.names.get(r.name)
         if name is None:
+            # A name is read from memory as the target has it now, not from pages
+            # cached when an earlier step was decoded: it may be newer than they are.
+            self.objs.mem.clear()
             try:
                 name = task_name(self.objs, r.name)
             except (DecodeError, ReadFault):
@@ -69,8 +72,10 @@ class _Decoder:
         frames = self.stacks.get(key)
         if frames is None:
             frames = self.stacks[key] = self._frames(r, depth)
-        return Step(r.task, name, r.tid, r.step_start_ns, r.taken_ns - r.step_start_ns,
-                    r.wake_delay_ns, _STATES.get(r.state, "suspended"), frames)
+        span = r.taken_ns - r.step_start_ns
+        return Step(r.task, name, r.tid, r.step_start_ns, max(span - r.nested_ns, 0),
+                    r.wake_delay_ns, _STATES.get(r.state, "suspended"), frames,
+                    eager=bool(r.eager), nested_ns=min(r.nested_ns, span))
 
     def _frames(self, r: TaskRecord, depth: int) -> tuple[Frame, ...]:
         frames = []
@@ -135,7 +140,13 @@ class TraceCommand:
     thread's loop had not been seen waiting yet (their end is not known). When steps
     come faster than they are decoded, none is lost: the rest are written after the
     trace ends. Ctrl-C ends the trace early; a second one gives up the steps not yet
-    written."""
+    written.
+
+    On 3.12+ the first step of a task that starts eagerly (eager_start=True, an eager
+    task factory) runs inside the step that created it: it is a step of its own
+    ("eager": true), and the step it ran inside does not count its time (its
+    "duration_ns" is its own; "nested_ns" the eager steps'; in a trace file its slice
+    spans both, with "own_us" in its args)."""
 
     name = "trace"
     help = "record every task step (JSON lines, or a Perfetto/Chrome trace)"

@@ -32,7 +32,13 @@ from typing import Any
 
 from aiobpf.collector import files, procfs
 from aiobpf.collector.elf import ElfImage
-from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_WAKEUP, ProbeSite, find_step_sites
+from aiobpf.collector.probes import (
+    STEP_WRAPPER_CALL,
+    TASK_INIT,
+    TASK_WAKEUP,
+    ProbeSite,
+    find_step_sites,
+)
 from aiobpf.collector.target import LoadedImage, Target
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -41,7 +47,13 @@ MAX_DEPTH = 32
 MAX_RESUME_OPS = 4
 HIST_SLOTS = 64
 BATCH_ENTRIES = 1024   # map entries read per system call
-_HANDLERS = {TASK_WAKEUP: "on_task_wakeup", STEP_WRAPPER_CALL: "on_step_wrapper"}
+_ENTRY, _RETURN = 0, 1   # enum bpf_probe_attach_type
+# The programs of each probed function, with how each is attached.
+_HANDLERS: dict[str, tuple[tuple[str, int], ...]] = {
+    TASK_WAKEUP: (("on_task_wakeup", _ENTRY),),
+    STEP_WRAPPER_CALL: (("on_step_wrapper", _ENTRY),),
+    TASK_INIT: (("on_task_init", _ENTRY), ("on_task_init_return", _RETURN)),
+}
 
 
 @contextmanager
@@ -117,10 +129,11 @@ TRACE_LIMITS = MapLimits(ring_pages=16384)
 @dataclass(frozen=True)
 class FileLimits:
     """Distinct files with probes at once (None: no limit).  Removing a file's probes
-    takes the kernel ~0.1 s per probe, one after another (two probes per file), at every
-    window's end and when aiobpf stops: a user who maps many copies of _asyncio must
-    not make that unbounded.  Files owned by a user other than root count against that
-    owner's own share too, so one user cannot take the probes from everyone else."""
+    takes the kernel ~0.1 s per probe, one after another (two probes per file, four on
+    3.12+: Task.__init__'s entry and return), at every window's end and when aiobpf
+    stops: a user who maps many copies of _asyncio must not make that unbounded.  Files
+    owned by a user other than root count against that owner's own share too, so one
+    user cannot take the probes from everyone else."""
 
     files: int | None = None
     per_owner: int | None = None
@@ -136,7 +149,8 @@ class FileLimits:
         return ""
 
 
-# The daemon's: 32 files take ~7 s to detach at stop; 2 per user take 0.4 s.
+# The daemon's: 32 files take ~7 s to detach at stop (~15 s on 3.12+); 2 per user take
+# 0.4 s (0.9 s).
 DAEMON_FILES = FileLimits(files=32, per_owner=2)
 
 
@@ -203,9 +217,10 @@ class TaskRecord(ct.Structure):
         ("fut_waiter", ct.c_uint64), ("awaited_by", ct.c_uint64), ("awaited", ct.c_uint64),
         ("taken_ns", ct.c_uint64), ("step_start_ns", ct.c_uint64),
         ("wake_delay_ns", ct.c_uint64), ("steps", ct.c_uint64), ("step_ns", ct.c_uint64),
+        ("nested_ns", ct.c_uint64),
         ("pid", ct.c_uint32), ("tid", ct.c_uint32), ("depth", ct.c_uint32),
         ("state", ct.c_uint8), ("awaited_by_is_set", ct.c_uint8), ("truncated", ct.c_uint8),
-        ("pad", ct.c_uint8), ("signature", ct.c_uint64),
+        ("eager", ct.c_uint8), ("signature", ct.c_uint64),
         ("frames", FrameRef * MAX_DEPTH),
         ("kinds", ct.c_uint8 * MAX_DEPTH),
     ]
@@ -220,6 +235,7 @@ class TargetStats(ct.Structure):
         ("read_errors", ct.c_uint64), ("events_lost", ct.c_uint64),
         ("finished", ct.c_uint64), ("step_ns_sum", ct.c_uint64), ("delay_ns_sum", ct.c_uint64),
         ("prog_ns_sum", ct.c_uint64), ("records_dropped", ct.c_uint64),
+        ("created", ct.c_uint64), ("eager_steps", ct.c_uint64),
         ("step_hist", ct.c_uint64 * HIST_SLOTS), ("delay_hist", ct.c_uint64 * HIST_SLOTS),
         ("depth_hist", ct.c_uint64 * (MAX_DEPTH + 1)), ("wrapper_steps", ct.c_uint64),
     ]
@@ -237,7 +253,8 @@ class TaskKey(ct.Structure):
 
 class ThreadState(ct.Structure):
     _fields_ = [("task", ct.c_uint64), ("start_ns", ct.c_uint64), ("woke_ns", ct.c_uint64),
-                ("delay_ns", ct.c_uint64), ("pid", ct.c_uint32), ("pad", ct.c_uint32)]
+                ("delay_ns", ct.c_uint64), ("nested_ns", ct.c_uint64), ("pid", ct.c_uint32),
+                ("pad", ct.c_uint32)]
 
 
 CAPTURE_SUSPENDED, CAPTURE_FINISHED, CAPTURE_RUNNING, CAPTURE_CREATED = 1, 2, 3, 4
@@ -294,6 +311,11 @@ def target_config(target: Target, trace: bool = False) -> TargetConfig:
     return cfg
 
 
+def counts_creations(target: Target) -> bool:
+    """Whether Task.__init__ is probed (3.12+, where tasks may start eagerly in it)."""
+    return target.version[:2] >= (3, 12)
+
+
 @dataclass
 class Attachment:
     """Probes placed for one process: which functions, where, found how."""
@@ -307,6 +329,11 @@ class Attachment:
     @property
     def active(self) -> bool:
         return bool(self.sites)
+
+    @property
+    def counts_creations(self) -> bool:
+        """Tasks created (and eager first steps) are counted by the programs."""
+        return TASK_INIT in self.sites
 
 
 @dataclass
@@ -405,7 +432,8 @@ class Capture:
                 # Every program now: a load failure (privileges, verifier) is one clear
                 # failure here rather than one per process later, and verifying one
                 # (up to a second) never passes while a file's first probes are in place.
-                for name in (*_HANDLERS.values(), "on_calibrate"):
+                programs = [name for handlers in _HANDLERS.values() for name, _ in handlers]
+                for name in (*programs, "on_calibrate"):
                     self.bpf.load_func(name.encode(), BPF.KPROBE)
                 for name in ("on_raw_enter", "on_raw_exit"):
                     self.bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
@@ -462,43 +490,56 @@ class Capture:
         self.set_wait_hooks(any(f.perf_fds for f in self._files.values()))
 
     @contextmanager
-    def empty_uprobe(self, path: str, offset: int) -> Iterator[None]:
+    def empty_uprobe(self, path: str, offset: int, returns: bool = False) -> Iterator[None]:
         """A uprobe whose program does nothing, at ``offset`` of the file at ``path``,
-        for as long as the ``with`` block runs."""
-        with _bcc("attach", "the calibration probe was not placed"):
-            fn = self.bpf.load_func(b"on_calibrate", self.bpf.KPROBE)
-            fd = self._lib.bpf_attach_uprobe(fn.fd, 0, f"aiobpf_{os.getpid()}_cal_{offset:x}"
-                                             .encode(), path.encode(), offset, -1)
-        if fd < 0:
-            raise CaptureUnavailable(f"could not attach a uprobe to {path}", "attach")
+        for as long as the ``with`` block runs (``returns``: and a uretprobe with it)."""
+        kinds = (_ENTRY, _RETURN) if returns else (_ENTRY,)
+        fds = []
         try:
+            for kind in kinds:
+                with _bcc("attach", "the calibration probe was not placed"):
+                    fn = self.bpf.load_func(b"on_calibrate", self.bpf.KPROBE)
+                    fd = self._lib.bpf_attach_uprobe(
+                        fn.fd, kind, f"aiobpf_{os.getpid()}_cal_{offset:x}_{kind}".encode(),
+                        path.encode(), offset, -1)
+                if fd < 0:
+                    raise CaptureUnavailable(f"could not attach a uprobe to {path}", "attach")
+                fds.append(fd)
             yield
         finally:
-            self._lib.bpf_close_perf_event_fd(fd)
+            for fd in fds:
+                self._lib.bpf_close_perf_event_fd(fd)
 
     def _place(self, probed: ProbedFile, name: str) -> list[int]:
-        """Perf-event uprobes at the sites of the held file (all of them, or none)."""
+        """Perf-event uprobes (and uretprobes) at the sites of the held file (all of
+        them, or none)."""
         fds: list[int] = []
         try:
             for site in probed.sites.values():
-                with _bcc("attach", f"no uprobe at {site.function} in {name}"):
-                    fn = self.bpf.load_func(_HANDLERS[site.function].encode(),
-                                            self.bpf.KPROBE)
-                    ev_name = f"aiobpf_{os.getpid()}_{site.file_offset:x}".encode()
-                    fd = self._lib.bpf_attach_uprobe(fn.fd, 0, ev_name, probed.path.encode(),
-                                                     site.file_offset, -1)
-                if fd < 0:
-                    err = ct.get_errno()
-                    raise CaptureUnavailable(
-                        f"could not attach a uprobe to {site.function} in {name} "
-                        f"(+{site.file_offset:#x}): {os.strerror(err) if err else 'failed'}",
-                        "attach")
-                fds.append(fd)
+                for handler, kind in _HANDLERS[site.function]:
+                    fds.append(self._attach(probed, name, site, handler, kind))
         except BaseException:
             for placed in fds:
                 self._lib.bpf_close_perf_event_fd(placed)
             raise
         return fds
+
+    def _attach(self, probed: ProbedFile, name: str, site: ProbeSite, handler: str,
+                kind: int) -> int:
+        what = "uretprobe" if kind == _RETURN else "uprobe"
+        with _bcc("attach", f"no {what} at {site.function} in {name}"):
+            fn = self.bpf.load_func(handler.encode(), self.bpf.KPROBE)
+            ev_name = (f"aiobpf_{os.getpid()}_{site.file_offset:x}"
+                       + ("_r" if kind == _RETURN else "")).encode()
+            fd = self._lib.bpf_attach_uprobe(fn.fd, kind, ev_name, probed.path.encode(),
+                                             site.file_offset, -1)
+        if fd < 0:
+            err = ct.get_errno()
+            raise CaptureUnavailable(
+                f"could not attach a {what} to {site.function} in {name} "
+                f"(+{site.file_offset:#x}): {os.strerror(err) if err else 'failed'}",
+                "attach")
+        return fd
 
     def _open_verified(self, pid: int, holder: LoadedImage, ranges: tuple[tuple[int, int], ...]
                        ) -> tuple[tuple[int, int], int]:
@@ -554,7 +595,7 @@ class Capture:
         self.remove(target.pid)   # a process traced again: its old attachment goes
         holder = target.asyncio or target.core
         sites, notes = found if found is not None else find_step_sites(
-            holder.image, debug, target.layout["type.call"])
+            holder.image, debug, target.layout["type.call"], task_init=counts_creations(target))
         ranges = tuple((m.start, m.end) for m in target.maps if m.path == holder.path)
         attachment = Attachment(target.pid, sites, notes, ranges=ranges)
         if not sites:
@@ -666,7 +707,7 @@ class Capture:
 
     # -- windows: probes off and on again, per file -----------------------------------
     def probe_count(self) -> int:
-        """Uprobes in place now (one per probe site and file)."""
+        """Probes in place now (one per probe site and file; two at Task.__init__)."""
         return sum(len(f.perf_fds) for f in self._files.values())
 
     def is_attached(self, file: tuple[int, int]) -> bool:
@@ -678,10 +719,12 @@ class Capture:
         return self._files[file].since if self.is_attached(file) else None
 
     def pause(self, file: tuple[int, int]) -> None:
-        """Remove the file's probes; its processes stay configured (and counted)."""
+        """Remove the file's probes; its processes stay configured (and counted).  Each
+        removal takes ~0.1 s (counted as attached time): Task.__init__'s probes go
+        first, so that the step probes see steps for as long as that time lasts."""
         probed = self._files.get(file)
         if probed is not None:
-            for fd in probed.perf_fds:
+            for fd in reversed(probed.perf_fds):   # placed step probes first (_place)
                 self._lib.bpf_close_perf_event_fd(fd)
             probed.perf_fds = []
         with contextlib.suppress(CaptureUnavailable):

@@ -1,18 +1,20 @@
 """What BPF capture costs a traced process on this machine, measured rather than assumed.
 
-Two costs do not show in the programs' own run time (which they add up themselves,
+Costs that do not show in the programs' own run time (which they add up themselves,
 ``prog_ns_sum``): the trap of each uprobe hit (the breakpoint exception, the
-emulated instruction, the return to user space), and the toll the raw syscall
-tracepoints take on every system call (the kernel's slow syscall path and two
-programs).  Both are timed here in aiobpf's own process, in a few tens of
-milliseconds:
+emulated instruction, the return to user space); on 3.12+, the two traps of each
+task created (Task.__init__'s entry and return probes: a uretprobe's return trap
+costs more than a uprobe's); and the toll the raw syscall tracepoints take on every
+system call (the kernel's slow syscall path and two programs).  All are timed here
+in aiobpf's own process, in a few tens of milliseconds:
 
 - a three-byte function (``push %rbp; pop %rbp; ret``: a ``push``, which the kernel
   emulates) in a memfd mapped executable, called with and without a uprobe whose
-  program does nothing; and the same with a ``sub $0x28,%rsp`` first, an instruction
-  the kernel must single-step out of line (a second trap): a probe site of either
-  kind is found in distribution builds (``TaskStepMethWrapper``'s call function
-  starts with a ``sub`` in Debian's 3.14, where a hit costs 2-3x a ``push``'s);
+  program does nothing, and with and without such a uprobe and uretprobe; and with
+  a ``sub $0x28,%rsp`` first, an instruction the kernel must single-step out of line
+  (a second trap): a probe site of either kind is found in distribution builds
+  (``TaskStepMethWrapper``'s call function starts with a ``sub`` in Debian's 3.14,
+  where a hit costs ~10x a ``push``'s here);
 - ``getppid()``, with and without the syscall hooks attached.
 
 Rounds alternate off and on, and the medians are compared, so that a busy machine
@@ -43,13 +45,17 @@ class ProbeCosts:
     trap_s: float       # one uprobe hit on an emulated instruction, empty program
     syscall_s: float    # one system call while the syscall hooks are attached
     stepped_trap_s: float = 0.0   # ... on an instruction single-stepped out of line
+    created_s: float = 0.0   # one call through an entry and a return probe (a task created)
 
-    def per_step(self, program_s: float, stepped_share: float = 0.0) -> float:
-        """Estimated cost of one captured step, given the programs' time per step and
-        the share of steps whose probe site's instruction is single-stepped."""
+    def per_step(self, program_s: float, stepped_share: float = 0.0,
+                 created_per_step: float = 0.0) -> float:
+        """Estimated cost of one captured step, given the programs' time per step, the
+        share of steps whose probe site's instruction is single-stepped, and the tasks
+        created per step (where Task.__init__ is probed)."""
         stepped = max(self.stepped_trap_s, self.trap_s)
         trap = stepped_share * stepped + (1.0 - stepped_share) * self.trap_s
-        return trap + program_s + SYSCALLS_PER_STEP * self.syscall_s
+        return (trap + program_s + SYSCALLS_PER_STEP * self.syscall_s
+                + created_per_step * self.created_s)
 
 
 def _per_call(call: Callable[[], object], calls: int) -> float:
@@ -82,9 +88,10 @@ def _libc() -> ct.CDLL:
 
 
 def trap_cost(capture: Capture, calls: int = 20000, rounds: int = 3,
-              code: bytes = _PUSH_POP_RET) -> float:
-    """Seconds one uprobe hit on ``code``'s first instruction (a ``push`` unless
-    said) costs, with a program that does nothing."""
+              code: bytes = _PUSH_POP_RET, returns: bool = False) -> float:
+    """Seconds one uprobe hit on ``code``'s first instruction (a ``push`` unless said)
+    costs, with a program that does nothing (``returns``: one call through such a
+    uprobe and a uretprobe)."""
     libc = _libc()
     fd = os.memfd_create("aiobpf-calibrate", os.MFD_CLOEXEC)
     try:
@@ -98,7 +105,7 @@ def trap_cost(capture: Capture, calls: int = 20000, rounds: int = 3,
             with ExitStack() as probes:
                 return _compare(function,
                                 lambda: probes.enter_context(
-                                    capture.empty_uprobe(f"/proc/self/fd/{fd}", 0)),
+                                    capture.empty_uprobe(f"/proc/self/fd/{fd}", 0, returns)),
                                 probes.close, calls, rounds)
         finally:
             libc.munmap(address, mmap.PAGESIZE)
@@ -119,6 +126,7 @@ def syscall_cost(capture: Capture, calls: int = 20000, rounds: int = 3) -> float
 
 
 def measure(capture: Capture) -> ProbeCosts:
-    """The three costs, on this machine now (about 0.15 s)."""
+    """The costs, on this machine now (about 0.25 s)."""
     return ProbeCosts(trap_s=trap_cost(capture), syscall_s=syscall_cost(capture),
-                      stepped_trap_s=trap_cost(capture, code=_SUB_ADD_RET))
+                      stepped_trap_s=trap_cost(capture, code=_SUB_ADD_RET),
+                      created_s=trap_cost(capture, returns=True))

@@ -3,17 +3,21 @@
 A task steps when ``task_wakeup`` runs (a future it awaited is done) or when
 ``TaskStepMethWrapper``'s call function runs (a step scheduled with
 ``call_soon``); both take the task (or the wrapper holding it) as first
-argument.  Both are static functions, so stripped builds have no symbol for
-them.  They are found, in this order:
+argument.  On 3.12+ a task may also start eagerly: ``Task.__init__`` (the Task
+type's ``tp_init``, ``_asyncio_Task___init__``) then runs its first step itself,
+inside whatever called it (``task_eager_start``); every task, eager or not, is
+created there, so an entry and a return probe on it count creations and bracket
+eager first steps.  All are static functions, so stripped builds have no symbol
+for them.  They are found, in this order:
 
 1. ``.symtab`` of the module (or of the interpreter, when asyncio is built in);
 2. a separate debug file (by build-id or ``.gnu_debuglink``);
 3. the module's own tables: the ``PyMethodDef`` named "task_wakeup" holds
-   ``task_wakeup``'s address, and ``TaskStepMethWrapper``'s type (its
+   ``task_wakeup``'s address, ``TaskStepMethWrapper``'s type (its
    ``PyType_Spec`` slots on 3.12+, its static type object on 3.11) holds the
-   call function.  In a position-independent file those pointers are
-   ``R_X86_64_RELATIVE`` relocation addends; in a non-PIE executable, plain
-   values.
+   call function, and the Task type's ``PyType_Spec`` slots (3.12+) its init.
+   In a position-independent file those pointers are ``R_X86_64_RELATIVE``
+   relocation addends; in a non-PIE executable, plain values.
 
 Distribution builds start functions with ``endbr64``, which the kernel must
 single-step; the probe goes on the instruction after it (usually a ``push``,
@@ -36,9 +40,11 @@ from aiobpf.collector.elf import ElfImage
 TASK_WAKEUP = "task_wakeup"
 STEP_WRAPPER_CALL = "TaskStepMethWrapper_call"
 STEP_FUNCTIONS = (TASK_WAKEUP, STEP_WRAPPER_CALL)
+TASK_INIT = "_asyncio_Task___init__"   # 3.12+: creations and eager first steps
 
 METH_O = 0x0008
 PY_TP_CALL = 50            # Include/typeslots.h
+PY_TP_INIT = 60
 R_X86_64_RELATIVE = 8
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
 _U64 = struct.Struct("<Q")
@@ -150,27 +156,45 @@ def _from_method_table(tables: _Tables) -> int | None:
     return None
 
 
+def _from_spec(tables: _Tables, ref: int, wanted_slot: int) -> int | None:
+    """The function of slot ``wanted_slot`` in the ``PyType_Spec`` whose name pointer is at
+    ``ref`` (3.12+: {name, basicsize, itemsize, flags, slots})."""
+    slots = tables.pointer_at(ref + 24)
+    for i in range(64):
+        if not slots:
+            break
+        slot = tables.int_at(slots + 16 * i)
+        if not slot:
+            break
+        if slot == wanted_slot:
+            return tables.pointer_at(slots + 16 * i + 8) or None
+    return None
+
+
 def _from_type(tables: _Tables, type_call_offset: int) -> tuple[int, str] | None:
     names = list(tables.strings("_asyncio.TaskStepMethWrapper"))
     names += [a for a in tables.strings("TaskStepMethWrapper") if a not in names]
     for name_addr in names:
         for ref in tables.referrers(name_addr):
-            # 3.12+: PyType_Spec {name, basicsize, itemsize, flags, slots}
-            slots = tables.pointer_at(ref + 24)
-            for i in range(64):
-                if not slots:
-                    break
-                slot = tables.int_at(slots + 16 * i)
-                if not slot:
-                    break
-                if slot == PY_TP_CALL:
-                    func = tables.pointer_at(slots + 16 * i + 8)
-                    if func:
-                        return func, "type spec"
+            func = _from_spec(tables, ref, PY_TP_CALL)
+            if func:
+                return func, "type spec"
             # 3.11: a static PyTypeObject whose tp_name is this string
             func = tables.pointer_at(ref - 24 + type_call_offset)
             if func:
                 return func, "type object"
+    return None
+
+
+def _task_init_from_spec(tables: _Tables) -> int | None:
+    """Task's tp_init, from the slots of the spec named exactly "_asyncio.Task" (3.12+)."""
+    for name_addr in tables.strings("_asyncio.Task"):
+        if tables.image.read_vaddr(name_addr - 1, 1) not in (b"\0", b""):
+            continue   # the tail of a longer string ("..._asyncio.Task")
+        for ref in tables.referrers(name_addr):
+            func = _from_spec(tables, ref, PY_TP_INIT)
+            if func:
+                return func
     return None
 
 
@@ -186,11 +210,12 @@ def _site(image: ElfImage, function: str, entry: int, found_by: str) -> ProbeSit
     return ProbeSite(function, entry, address, offset, _classify(code), found_by)
 
 
-def find_step_sites(image: ElfImage, debug: ElfImage | None, type_call_offset: int
-                    ) -> tuple[dict[str, ProbeSite], list[str]]:
+def find_step_sites(image: ElfImage, debug: ElfImage | None, type_call_offset: int,
+                    task_init: bool = False) -> tuple[dict[str, ProbeSite], list[str]]:
     """Probe sites of the step functions in ``image`` (the file holding _asyncio), and
-    for each function not found, why."""
-    wanted = set(STEP_FUNCTIONS)
+    for each function not found, why.  ``task_init`` (3.12+): Task's init too."""
+    functions = (*STEP_FUNCTIONS, TASK_INIT) if task_init else STEP_FUNCTIONS
+    wanted = set(functions)
     found: dict[str, tuple[int, str]] = {}
     for name, addr in image.symbols(wanted, tables=(".symtab",)).items():
         found[name] = (addr, "symtab")
@@ -206,9 +231,13 @@ def find_step_sites(image: ElfImage, debug: ElfImage | None, type_call_offset: i
         hit = _from_type(tables, type_call_offset)
         if hit:
             found[STEP_WRAPPER_CALL] = hit
+    if task_init and TASK_INIT not in found:
+        init = _task_init_from_spec(tables)
+        if init:
+            found[TASK_INIT] = (init, "type spec")
     sites: dict[str, ProbeSite] = {}
     notes: list[str] = []
-    for name in STEP_FUNCTIONS:
+    for name in functions:
         if name not in found:
             notes.append(f"{name} not found in {image.name} (no symbol, debug file or table)")
             continue

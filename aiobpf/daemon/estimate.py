@@ -59,6 +59,7 @@ def counted(now: TargetStats, before: TargetStats) -> StepCounts:
     return StepCounts(
         steps=float(now.steps - before.steps),
         finished=float(now.finished - before.finished),
+        created=float(now.created - before.created),   # (0 where not counted: 3.11)
         step_hist=[float(a - b) for a, b in zip(now.step_hist, before.step_hist, strict=True)],
         step_sum_ns=float(now.step_ns_sum - before.step_ns_sum),
         delay_hist=[float(a - b) for a, b in zip(now.delay_hist, before.delay_hist,

@@ -34,6 +34,7 @@ from aiobpf.collector.loader import (
     Capture,
     CaptureUnavailable,
     TargetStats,
+    counts_creations,
 )
 from aiobpf.collector.memory import ProcessGone, ReadLimitExceeded, RemoteReadError
 from aiobpf.collector.objects import DecodeError
@@ -63,7 +64,8 @@ log = logging.getLogger("aiobpf")
 log.addFilter(SafeLogRecords())   # names and paths in messages come from targets
 TICK_S = 0.2
 MIN_SLEEP_S = 0.01         # the loop wakes for a window's switch, but never spins
-FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6, stepped_trap_s=10e-6)   # pessimistic
+FALLBACK_COSTS = ProbeCosts(trap_s=5e-6, syscall_s=0.5e-6,   # when timing fails: pessimistic
+                            stepped_trap_s=10e-6, created_s=12e-6)
 EXAMINE_LIMIT_S = 30.0     # a process's files examined within this (cold: ~2 s for libpython)
 EXAMINE_GRACE_S = 5.0      # ... and abandoned this much later if the parser did not stop
 MAX_EXAMINING = 4          # processes examined at once
@@ -170,7 +172,8 @@ class Examination:
                     # the probe sites too, within the deadline (placed by the loop)
                     holder = self.target.asyncio or self.target.core
                     self.found = find_step_sites(holder.image, None,
-                                                 self.target.layout["type.call"])
+                                                 self.target.layout["type.call"],
+                                                 task_init=counts_creations(self.target))
                 self.collector = Collector(self.target, MAX_TASKS)
                 summarizer = Summarizer(self.top_sites, self.library_frames)   # as read
                 self.collector.mem.limit(READ_DEADLINE_S)
@@ -725,7 +728,10 @@ class Daemon:
 
     @staticmethod
     def _derive_created(traced: Traced) -> None:
-        """created - finished = the change in pending tasks (never decreasing)."""
+        """created - finished = the change in pending tasks (never decreasing), where
+        the programs do not count creations (3.11)."""
+        if traced.attachment is not None and traced.attachment.counts_creations:
+            return
         c = traced.estimate.counts
         pending = traced.summary.pending if traced.summary else 0
         c.created = max(c.created, c.finished + pending - (traced.pending_at_start or 0))
@@ -772,7 +778,8 @@ class Daemon:
         if cost is None and self.costs is not None and steps > 0:
             wrapped = (stats.wrapper_steps - seen[4]) / steps
             measured = self.costs.per_step((stats.prog_ns_sum - seen[3]) / 1e9 / steps,
-                                           _stepped_share(traced, wrapped))
+                                           _stepped_share(traced, wrapped),
+                                           stats.created / max(stats.steps, 1))
             cost = a * measured + (1 - a) * traced.step_cost if traced.step_cost else measured
         traced.step_cost = cost if cost is not None else traced.step_cost
         traced.overhead_full = full_overhead(traced.step_rate, traced.cpu_rate,

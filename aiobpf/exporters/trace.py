@@ -2,6 +2,13 @@
 format": one complete event, ph "X", per step, on a track per task or per thread),
 each ending with a summary of what the trace holds and misses.
 
+An eager task's first step (3.12+: run by ``Task.__init__``, inside the step that
+created the task) is a step of its own, marked ``eager``; the step it ran inside
+does not count its time: ``duration_ns`` is a step's own time, ``nested_ns`` the
+time of the eager steps inside it.  In a Chrome trace a slice spans the whole step
+(``dur``: its own time and the nested one), so on a thread's track eager steps
+show nested under the step that started them; ``args.own_us`` is its own time.
+
 Writers of ``Step`` values; the command that captures them is cli/trace.py.
 """
 
@@ -20,10 +27,13 @@ class Step:
     name: str
     thread_id: int
     start_ns: int            # CLOCK_MONOTONIC
-    duration_ns: int         # until the step ended (the next step or the loop's wait)
+    duration_ns: int         # its own time: until it ended (the next step or the loop's
+                             # wait), less the eager steps that ran inside it
     wake_delay_ns: int       # from the loop waking to this step's start (0: unknown)
     state: str               # what the step left: suspended | finished | running | created
     frames: tuple[Frame, ...] = field(default=())   # where it suspended, outermost first
+    eager: bool = False      # an eager first step, run inside another step
+    nested_ns: int = 0       # eager steps of other tasks that ran inside this one
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +73,8 @@ class JsonLines:
             f'"thread_id": {step.thread_id}, "start_ns": {step.start_ns}, '
             f'"start_unix_ns": {step.start_ns + self.unix_offset_ns}, '
             f'"duration_ns": {step.duration_ns}, "wake_delay_ns": {step.wake_delay_ns}, '
-            f'"state": "{step.state}", "frames": {frames}}}\n')
+            f'"state": "{step.state}", "eager": {"true" if step.eager else "false"}, '
+            f'"nested_ns": {step.nested_ns}, "frames": {frames}}}\n')
 
     def close(self, summary: TraceSummary) -> None:
         self.out.write(json.dumps({"type": "summary", "pid": self.pid, **summary.as_dict()})
@@ -116,10 +127,12 @@ class ChromeTrace:
         # what json.dumps would write, from cached parts (floats: repr, as json does)
         self.out.write(
             f',\n{{"name": {name}, "cat": "step", "ph": "X", '
-            f'"ts": {(step.start_ns - self.origin) / 1000!r}, "dur": {step.duration_ns / 1000!r}, '
+            f'"ts": {(step.start_ns - self.origin) / 1000!r}, '
+            f'"dur": {(step.duration_ns + step.nested_ns) / 1000!r}, '
             f'"pid": {self.pid}, "tid": {track}, "args": {{"task": "{step.task:#x}", '
             f'"thread": {step.thread_id}, "wake_delay_us": {step.wake_delay_ns / 1000!r}, '
-            f'"left": "{step.state}", {stack}}}}}')
+            f'"left": "{step.state}", "eager": {"true" if step.eager else "false"}, '
+            f'"own_us": {step.duration_ns / 1000!r}, {stack}}}}}')
 
     def close(self, summary: TraceSummary) -> None:
         for track, name in self.names.items():

@@ -132,7 +132,7 @@ def _limit_for(spare: int) -> int:
     return max(taken) + 1
 
 
-@pytest.mark.parametrize(("spare", "failing"), [(1, "uprobe"), (2, "syscall hooks")],
+@pytest.mark.parametrize(("spare", "failing"), [(1, "uprobe"), (4, "syscall hooks")],
                          ids=["the second uprobe fails", "the syscall hooks fail"])
 def test_a_window_that_cannot_reattach_leaves_nothing_attached(spare: int, failing: str
                                                                ) -> None:
@@ -146,7 +146,8 @@ def test_a_window_that_cannot_reattach_leaves_nothing_attached(spare: int, faili
             assert attachment.active and attachment.file is not None
             file = attachment.file
             kinds = sorted(e["fd_type"] for e in perf_events(os.getpid()))
-            assert kinds == ["raw_tracepoint", "raw_tracepoint", "uprobe", "uprobe"], kinds
+            assert kinds == ["raw_tracepoint", "raw_tracepoint", "uprobe", "uprobe", "uprobe",
+                             "uretprobe"], kinds
             capture.pause(file)
             assert perf_events(os.getpid()) == []
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -161,8 +162,8 @@ def test_a_window_that_cannot_reattach_leaves_nothing_attached(spare: int, faili
             assert not capture.is_attached(file) and capture.probe_count() == 0
             assert perf_events(os.getpid()) == []
             capture.resume(file)
-            assert capture.probe_count() == 2
-            assert len(perf_events(os.getpid())) == 4
+            assert capture.probe_count() == 4
+            assert len(perf_events(os.getpid())) == 6
         finally:
             capture.close()
             capture.close()   # twice: safe

@@ -175,11 +175,12 @@ def test_discovery_three_versions_one_probe_set_per_file(tmp_path: Path) -> None
         versions = {line.split('python="')[1].split('"')[0]
                     for t in targets for line in daemon.series("aiobpf_process_info", t.pid)}
         assert len(versions) == len({p.label for p in pythons})
-        # one uprobe per probe site and file: the two 3.14 processes share theirs
+        # one uprobe per probe site and file: the two 3.14 processes share theirs (3.12+:
+        # the step functions and Task.__init__, whose uretprobe is not listed here)
         probes = daemon_uprobes(daemon.proc.pid)
         files = {name for name, _ in probes}
         assert len(files) == len({p.label for p in pythons}), probes
-        assert len(probes) == 2 * len(files), probes
+        assert len(probes) == 3 * len(files), probes
         for target in targets:
             assert daemon.series("aiobpf_task_steps_total", target.pid)
         # exits are noticed

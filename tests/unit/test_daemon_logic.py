@@ -488,6 +488,13 @@ def test_cost_per_step_adds_the_trap_the_programs_and_the_syscall_hooks() -> Non
     assert costs.per_step(0.3e-6) == pytest.approx((0.5 + 0.3 + SYSCALLS_PER_STEP * 0.1) * 1e-6)
 
 
+def test_cost_per_step_adds_the_task_init_probes_per_task_created() -> None:
+    """3.12+: each task created passes Task.__init__'s entry and return probes."""
+    costs = ProbeCosts(trap_s=0.5e-6, syscall_s=0.1e-6, created_s=1.5e-6)
+    assert costs.per_step(0.3e-6, created_per_step=0.5) == pytest.approx(
+        costs.per_step(0.3e-6) + 0.75e-6)
+
+
 @pytest.mark.parametrize(("text", "said"), [
     ("[daemon]\nbudget = 2\n", "budget"),
     ("[daemon]\nlisten = \"nowhere\"\n", "HOST:PORT"),
