@@ -15,6 +15,7 @@ and N ordinary ones:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -29,7 +30,7 @@ import pytest
 
 from aiobpf.collector.probes import TASK_INIT, _Tables, _task_init_from_spec
 from aiobpf.collector.target import open_target
-from aiobpf.exporters.trace import Step, chrome_trace
+from aiobpf.exporters.trace import ChromeTrace, Step, TraceSummary
 from tests.conftest import RunningTarget, matrix_params, require, run_target
 from tests.integration.daemon_proc import daemon_uprobes, run_daemon
 from tests.pythons import Python, all_pythons
@@ -155,8 +156,12 @@ def test_chrome_trace_spans_nested_eager_steps() -> None:
     track eager steps nest inside it; its own time is in its args."""
     parent = Step(1, "driver", 7, 1_000_000, 300_000, 0, "suspended", nested_ns=4_000_000)
     child = Step(2, "eager-done-0", 7, 1_100_000, 4_000_000, 0, "finished", eager=True)
-    events = [e for e in chrome_trace([parent, child], 42, "thread")["traceEvents"]
-              if e["ph"] == "X"]
+    out = io.StringIO()
+    trace = ChromeTrace(out, 42, "thread")
+    trace.add(parent)
+    trace.add(child)
+    trace.close(TraceSummary(steps=2, events_lost=0, unmeasured=0))
+    events = [e for e in json.loads(out.getvalue())["traceEvents"] if e["ph"] == "X"]
     assert [(e["ts"], e["dur"]) for e in events] == [(0, 4300), (100, 4000)]
     assert events[0]["args"]["own_us"] == 300 and not events[0]["args"]["eager"]
     assert events[1]["args"]["eager"] is True
