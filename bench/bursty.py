@@ -21,7 +21,6 @@ Run as root: ``.venv/bin/python bench/bursty.py [--minutes 8] [--seed 1]``.
 from __future__ import annotations
 
 import argparse
-import bisect
 import itertools
 import json
 import os
@@ -32,54 +31,20 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from tests.step_count import StepLog  # noqa: E402
+
 SID_ROOT = Path(os.environ.get("AIOBPF_SID_ROOT", "/var/cache/aiobpf/sid-root"))
 PYTHON = "/usr/bin/python3.14"
 TARGET = "/home/user/bursty.py"
 GOAL = 0.10
-
-
-@dataclass
-class StepLog:
-    """A target's own count of its steps, from its ``STEPS <t> <n>`` lines."""
-
-    times: list[float] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def follow(self, stream) -> threading.Thread:   # type: ignore[no-untyped-def]
-        """Read ``stream`` in a thread until it ends."""
-        def read() -> None:
-            for line in stream:
-                parts = line.split()
-                if len(parts) == 3 and parts[0] == "STEPS":
-                    with self.lock:
-                        self.times.append(float(parts[1]))
-                        self.counts.append(int(parts[2]))
-        thread = threading.Thread(target=read, daemon=True)
-        thread.start()
-        return thread
-
-    def at(self, t: float, wait: float = 1.0) -> float | None:
-        """The count at monotonic time ``t``, interpolated (None: outside the log, after
-        waiting up to ``wait`` s for the line after ``t``)."""
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and (not self.times or self.times[-1] < t):
-            time.sleep(0.05)
-        with self.lock:
-            i = bisect.bisect_left(self.times, t)
-            if i == 0 or i >= len(self.times):
-                return None
-            t0, t1 = self.times[i - 1], self.times[i]
-            c0, c1 = self.counts[i - 1], self.counts[i]
-        return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else float(c1)
 
 
 def range_errors(samples: list[tuple[float, float, float]], min_span: float

@@ -95,6 +95,8 @@ class _Steps:
     delay is known): until then the programs cannot tell where a step ends if the
     loop waited in between (the syscall hooks had not seen a wait yet), so such a step
     may have absorbed I/O waits. Those steps are counted (``unmeasured``), not written.
+    An eager first step is always written: Task.__init__'s probes bracket it (and its
+    record comes before the one of the step it ran in, which ends later).
     """
 
     def __init__(self, decoder: _Decoder, pid: int, end_ns: int,
@@ -113,7 +115,7 @@ class _Steps:
             record = TaskRecord.from_buffer_copy(raw)
             if record.pid != self.pid or record.step_start_ns > self.end_ns:
                 continue   # events can outpace a read: the trace ends on time
-            if record.tid not in self.waited:
+            if record.tid not in self.waited and not record.eager:
                 if record.wake_delay_ns == 0:   # 0: the loop was never seen waking
                     self.unmeasured += 1
                     continue

@@ -123,7 +123,8 @@ def _trace(target: RunningTarget, rounds: int = 1) -> list[dict]:
             proc.wait()
     assert proc.returncode == 0, err
     assert "lost" not in err, err
-    return [json.loads(line) for line in out.splitlines()]
+    lines = [json.loads(line) for line in out.splitlines()]
+    return [line for line in lines if line["type"] == "step"]   # (then a summary line)
 
 
 @pytest.mark.parametrize("python", matrix_params((3, 12)))

@@ -9,23 +9,15 @@ the same over longer runs (figures in the README).
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import re
-import sys
 import time
 from pathlib import Path
 
 from tests.conftest import TARGETS, run_target
 from tests.integration.daemon_proc import run_daemon
 from tests.pythons import by_label
-
-_BENCH = Path(__file__).resolve().parents[2] / "bench" / "bursty.py"
-_spec = importlib.util.spec_from_file_location("bench_bursty", _BENCH)
-assert _spec and _spec.loader
-bursty = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bursty   # (its dataclasses look their module up)
-_spec.loader.exec_module(bursty)
+from tests.step_count import StepLog
 
 SELECT = r" (/home/user|" + re.escape(str(TARGETS)) + r")/bursty\.py"
 ON, OFF = 12.0, 12.0
@@ -36,7 +28,7 @@ def test_windowed_counts_follow_bursts_and_stop_while_idle(tmp_path: Path) -> No
     python = by_label("sid-3.14")
     with (run_target(python, "bursty.py", "20", f"on:{ON},off:{OFF}", str(WORK)) as target,
           run_daemon(tmp_path, budget=0.01, select=SELECT, verbose=2) as daemon):
-        log = bursty.StepLog()
+        log = StepLog()
         assert target.proc.stdout is not None
         log.follow(target.proc.stdout)
         assert log.at(time.monotonic(), wait=5.0) is not None   # the count comes in
