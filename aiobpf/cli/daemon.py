@@ -28,7 +28,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="tracing overhead allowed, as a fraction of each process's CPU "
                              "time (default 0.01); above a third of it, probes are attached "
                              "in windows planned for a third (room for the estimate's "
-                             "error); 1: no limit, full capture")
+                             "error), and step counts between windows are estimated from "
+                             "each process's CPU time; 1: no limit, full capture")
     parser.add_argument("--no-bpf", action="store_true",
                         help="no probes at all: only the metrics that memory reads give "
                              "(tasks, depths, sites), at no cost to the step path")
@@ -36,8 +37,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="log each process traced or let go, the probes' measured "
                              "cost, and each change of a process's capture plan (full, or "
                              "the share of time in windows); -vv: also every window's "
-                             "opening and closing, and each process's cost estimate when "
-                             "it changes")
+                             "opening and closing, what each window saw (steps per CPU "
+                             "second, which the counts between windows are estimated "
+                             "with), and each process's cost estimate when it changes")
 
 
 def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
