@@ -27,7 +27,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
 
+from memory import stop  # noqa: E402
+
+from tests.integration.prom import free_port  # noqa: E402
 from tests.step_count import StepLog  # noqa: E402
 
 SID_ROOT = Path(os.environ.get("AIOBPF_SID_ROOT", "/var/cache/aiobpf/sid-root"))
@@ -80,13 +83,6 @@ def schedule(seed: int, minutes: float) -> str:
     return ",".join(phases)
 
 
-def _port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def scrape_steps(port: int, pids: list[int]) -> dict[int, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
@@ -100,7 +96,7 @@ def scrape_steps(port: int, pids: list[int]) -> dict[int, float]:
 
 
 def start_daemon(workdir: Path) -> tuple[subprocess.Popen, int]:
-    port = _port()
+    port = free_port()
     config = workdir / "aiobpf.toml"
     config.write_text("[daemon]\n"   # every setting the default but where it listens
                       f'listen = "127.0.0.1:{port}"\n'
@@ -137,16 +133,6 @@ def start_target(workers: int, phases: str, work: int) -> tuple[subprocess.Popen
     log = StepLog()
     log.follow(proc.stdout)
     return proc, log
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def report(name: str, samples: list[tuple[float, float, float]], min_span: float,

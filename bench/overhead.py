@@ -249,18 +249,24 @@ def _counter(proc: subprocess.Popen) -> OpsCounter:
     return read
 
 
-def bench_pingpong(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTracer,)
-                   ) -> list[dict]:
-    proc = _start_target([*_python(), "-u", str(HERE / "targets" / "pingpong.py")])
-    read = _counter(proc)
-
+def _rate_sampler(read: OpsCounter) -> Callable[[float], tuple[float, float]]:
+    """A phase's sample of a target that counts its own operations: (operations per
+    second, CPU microseconds per operation) over ``seconds``."""
     def sample(seconds: float) -> tuple[float, float]:
         c0, cpu0 = read()
         t0 = time.perf_counter()
         time.sleep(seconds)
         c1, cpu1 = read()
         return (c1 - c0) / (time.perf_counter() - t0), 1e6 * (cpu1 - cpu0) / (c1 - c0)
+    return sample
 
+
+def bench_pingpong(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTracer,)
+                   ) -> list[dict]:
+    proc = _start_target([*_python(), "-u", str(HERE / "targets" / "pingpong.py")])
+    read = _counter(proc)
+
+    sample = _rate_sampler(read)
     return _measure(proc, Phases(proc.pid, phase, rounds, tracers, read), sample,
                     "queue ping-pong", "round trips/s")
 
@@ -299,13 +305,7 @@ def bench_spawn(phase: float, rounds: int, eager: bool) -> list[dict]:
                           "eager" if eager else "plain"])
     read = _counter(proc)
 
-    def sample(seconds: float) -> tuple[float, float]:
-        c0, cpu0 = read()
-        t0 = time.perf_counter()
-        time.sleep(seconds)
-        c1, cpu1 = read()
-        return (c1 - c0) / (time.perf_counter() - t0), 1e6 * (cpu1 - cpu0) / (c1 - c0)
-
+    sample = _rate_sampler(read)
     return _measure(proc, Phases(proc.pid, phase, rounds, [StepsOnlyTracer, CaptureTracer],
                                  read), sample,
                     f"tasks created {'eagerly' if eager else '(not eager)'}", "tasks/s")

@@ -74,7 +74,6 @@ class StepEstimate:
 
     counts: StepCounts = field(default_factory=StepCounts)
     hits: int = 0                                   # steps the probes saw (not scaled)
-    estimating: bool = False                        # a ratio is known: gaps are filled
     _last: Reading | None = None
     _window: StepCounts = field(default_factory=StepCounts)   # the open window's counts
     _window_cpu_s: float = 0.0                                # ... and CPU time
@@ -119,8 +118,12 @@ class StepEstimate:
         self._folded_at = now
         seen = (self._window.steps, cpu, own)
         self._window, self._window_cpu_s = StepCounts(), 0.0
-        self.estimating = self._ratio_cpu_s > 0.0
         return seen
+
+    @property
+    def estimating(self) -> bool:
+        """A window saw the process run: the gaps between windows are filled."""
+        return self._ratio_cpu_s > 0.0
 
     def steps_per_cpu_second(self) -> float:
         """The ratio estimates use (0 until a window saw the process run)."""
