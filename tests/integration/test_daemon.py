@@ -105,7 +105,7 @@ def test_budget_windows_a_busy_process(tmp_path: Path) -> None:
     """At the default budget (1%), a process stepping as fast as it can (steps of ~8 us,
     cheaper than the probes) is captured in windows: probes come and go, the estimate
     stays within the budget, and counts are estimated beyond what the probes saw,
-    within 2x of the process's own count (the bound for steps cheaper than the probes;
+    within 2.5x of the process's own count (the bound for steps cheaper than the probes;
     test_estimates.py holds steps of a small handler's cost to 25%)."""
     python = by_label("sid-3.14")
     select = r" (/home/user|" + re.escape(str(TARGETS)) + r")/bursty\.py"
@@ -144,7 +144,7 @@ def test_budget_windows_a_busy_process(tmp_path: Path) -> None:
         assert steps > 2 * hits                      # estimated beyond what was seen
         true = (truth.at(scraped_at) or 0.0) - (truth.at(first[0]) or 0.0)
         counted = steps - first[1]
-        assert 0.5 < counted / true < 2, (counted, true)
+        assert 0.4 < counted / true < 2.5, (counted, true)
         print(f"windowed: captured {100 * fraction:.1f}% of the time, {hits:.0f} steps seen, "
               f"{counted:.0f} estimated for {true:.0f} true, "
               f"{1e6 * value('aiobpf_step_cost_seconds'):.2f} us per captured step")

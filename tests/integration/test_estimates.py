@@ -53,7 +53,10 @@ def test_windowed_counts_follow_bursts_and_stop_while_idle(tmp_path: Path) -> No
         if ON + 2 < phase0 < phase1 < ON + OFF - 1:
             idle_growth += e1 - e0
         busy_steps = max(busy_steps, r1 - r0)
-    assert idle_growth <= 0.01 * busy_steps * 5, (idle_growth, busy_steps)
+    # (the target's reporter still steps 5 times a second while idle, and the CPU it
+    # spends is counted at the busy steps' ratio: a few hundred steps per off phase;
+    # the rate of the last window, extrapolated, added hundreds of thousands)
+    assert idle_growth <= 0.02 * busy_steps * 5, (idle_growth, busy_steps)
     (_, e_first, r_first), (_, e_last, r_last) = samples[0], samples[-1]
     ratio = (e_last - e_first) / (r_last - r_first)
     print(f"daemon {e_last - e_first:,.0f} steps for {r_last - r_first:,.0f} true "
