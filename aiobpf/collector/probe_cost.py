@@ -37,25 +37,16 @@ from aiobpf.collector.loader import Capture
 _PUSH_POP_RET = bytes([0x55, 0x5D, 0xC3])
 _SUB_ADD_RET = bytes([0x48, 0x83, 0xEC, 0x28, 0x48, 0x83, 0xC4, 0x28, 0xC3])
 _SYS_GETPPID = 110  # x86-64
-SYSCALLS_PER_STEP = 4  # assumed: 1 for a queue ping-pong, 4 for an HTTP server (README)
 
 
 @dataclass(frozen=True)
 class ProbeCosts:
+    """This machine's timings; what a step costs: aiobpf.daemon.budget.cost."""
+
     trap_s: float       # one uprobe hit on an emulated instruction, empty program
     syscall_s: float    # one system call while the syscall hooks are attached
     stepped_trap_s: float = 0.0   # ... on an instruction single-stepped out of line
     created_s: float = 0.0   # one call through an entry and a return probe (a task created)
-
-    def per_step(self, program_s: float, stepped_share: float = 0.0,
-                 created_per_step: float = 0.0) -> float:
-        """Estimated cost of one captured step, given the programs' time per step, the
-        share of steps whose probe site's instruction is single-stepped, and the tasks
-        created per step (where Task.__init__ is probed)."""
-        stepped = max(self.stepped_trap_s, self.trap_s)
-        trap = stepped_share * stepped + (1.0 - stepped_share) * self.trap_s
-        return (trap + program_s + SYSCALLS_PER_STEP * self.syscall_s
-                + created_per_step * self.created_s)
 
 
 def _per_call(call: Callable[[], object], calls: int) -> float:

@@ -40,18 +40,18 @@ from aiobpf.collector.memory import ProcessGone, ReadLimitExceeded, RemoteReadEr
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.probe_cost import ProbeCosts
 from aiobpf.collector.probes import (
-    STEP_WRAPPER_CALL,
-    TASK_WAKEUP,
     ProbeSite,
     find_step_sites,
 )
 from aiobpf.collector.procfs import ProcessNotFound, ThreadTimes, thread_times
 from aiobpf.collector.snapshot import Collector, trim_heap
 from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPython, open_target
-from aiobpf.daemon.budget import MEASURING_WINDOW, FileWindow, full_overhead, next_switch
+from aiobpf.daemon.budget.account import Faults, ProcessAccount
+from aiobpf.daemon.budget.cost import CostModel
+from aiobpf.daemon.budget.estimate import Reading
+from aiobpf.daemon.budget.windows import FileWindow, next_switch
 from aiobpf.daemon.config import Config
 from aiobpf.daemon.discovery import Candidate, Discovery, Identity
-from aiobpf.daemon.estimate import Reading, StepEstimate
 from aiobpf.exporters.prometheus import (
     DaemonState,
     ProcessView,
@@ -70,7 +70,6 @@ EXAMINE_LIMIT_S = 30.0     # a process's files examined within this (cold: ~2 s 
 EXAMINE_GRACE_S = 5.0      # ... and abandoned this much later if the parser did not stop
 MAX_EXAMINING = 4          # processes examined at once
 MAX_STUCK = 8              # abandoned examinations still running: no new ones beyond this
-RATE_SMOOTHING = 0.5       # weight of the newest window in the step and CPU rates
 # The longest one memory read of a process may take (a million tasks take a few seconds;
 # a forged task list would take forever), for the gauges and for dumps.
 READ_DEADLINE_S = 30.0
@@ -95,22 +94,9 @@ class Traced:
     target: Target
     collector: Collector
     attachment: Attachment | None
+    account: ProcessAccount = field(default_factory=ProcessAccount)   # counts, rates, costs
     lock: threading.Lock = field(default_factory=threading.Lock)
     summary: SnapshotSummary | None = None
-    pending_at_start: int | None = None
-    estimate: StepEstimate = field(default_factory=StepEstimate)
-    last: TargetStats | None = None                     # the counters' last reading
-    traced_s: float = 0.0
-    attached_s: float = 0.0
-    step_rate: float = 0.0
-    cpu_rate: float = 0.0
-    # (monotonic, thread CPU times, steps, prog ns, wrapper steps) when the budget's rates
-    # were last taken
-    cpu_seen: tuple[float, ThreadTimes, int, int, int] | None = None
-    window_cpu: ThreadTimes | None = None               # thread CPU times at the window's start
-    step_cost: float = 0.0                              # seconds one captured step costs
-    overhead_full: float = 0.0
-    measured: bool = False                              # overhead_full has been measured
     logged_overhead: float | None = None                # overhead_full when last logged
     accounted_at: float | None = None                   # the loop's last look at it
     next_read: float = 0.0
@@ -486,12 +472,12 @@ class Daemon:
                     return "waiting"
                 log.warning("pid %d: probes not placed (memory reads only): %s", pid,
                             _one_line(exc))
-        traced = Traced(candidate, target, collector, attachment)
-        traced.summary = exam.summary
+        traced = Traced(candidate, target, collector, attachment,
+                        self._new_account(attachment, exam.summary.pending),
+                        summary=exam.summary)
         self._note_truncated(traced)
-        traced.pending_at_start = traced.summary.pending
         traced.next_read = time.monotonic() + self.config.refresh_interval
-        traced.window_cpu = self._thread_times(traced)   # its probes are on from now
+        traced.account.open_window(self._thread_times(traced))   # its probes are on from now
         self.traced[pid] = traced
         if traced.file is not None:
             self.windows.setdefault(traced.file, FileWindow(self.config.window,
@@ -500,6 +486,14 @@ class Daemon:
                  target.version_str, f", container {candidate.container}"
                  if candidate.container else "", self._capture_kind(traced))
         return "candidate"
+
+    def _new_account(self, attachment: Attachment | None, pending: int) -> ProcessAccount:
+        """The account of a process just traced, its steps costed at its probe sites."""
+        sites = attachment.sites if attachment is not None else {}
+        model = CostModel.for_sites(self.costs, self.config.fixed_probe_cost,
+                                    {name: site.instruction for name, site in sites.items()})
+        return ProcessAccount(model, pending_at_start=pending, counts_creations=(
+            attachment is not None and attachment.counts_creations))
 
     def _check_probed_files(self, traced: list[Traced]) -> None:
         """Drop (and look at afresh) every process of ``traced`` that no longer maps,
@@ -597,25 +591,25 @@ class Daemon:
         stats = self._read_counts(traced, attached)
         if stats is None:
             return
-        traced.traced_s += dt
+        traced.account.elapse(dt, attached)
         if attached:
-            traced.attached_s += dt
             self._measure(traced, stats)
-        window.overheads[traced.pid] = traced.overhead_full if traced.measured else None
+        account = traced.account
+        window.overheads[traced.pid] = account.overhead_full if account.measured else None
 
     def _read_counts(self, traced: Traced, attached: bool) -> TargetStats | None:
         """Read the process's counters and CPU time, and account the stretch since the
-        last reading as ``attached`` or not (see aiobpf.daemon.estimate)."""
+        last reading as ``attached`` or not (see aiobpf.daemon.budget.estimate)."""
         assert self.capture is not None
         with self._bpf_lock:
             stats = self.capture.stats(traced.pid)
         if stats is None:
             return None
         cpu = self._cpu_time(traced)
-        self._count_faults(traced, stats)
         if cpu is not None:
-            traced.estimate.read(Reading(time.monotonic(), cpu, stats), attached)
-            self._derive_created(traced)
+            pending = traced.summary.pending if traced.summary else 0
+            self._count_faults(traced.account.read(Reading(time.monotonic(), cpu, stats),
+                                                   attached, pending))
         return stats
 
     def _schedule(self, now: float) -> None:
@@ -676,29 +670,25 @@ class Daemon:
         if change:
             for traced in users:
                 self._read_counts(traced, attached=False)
-                traced.window_cpu = self._thread_times(traced)
+                traced.account.open_window(self._thread_times(traced))
         else:   # the probes stayed in place until now
             window.detach_took(took)
             for traced in users:
-                traced.attached_s += took   # the next tick sees them detached
+                traced.account.probes_stayed(took)   # the next tick sees them detached
         window.attached = change
         for traced in self.traced.values():
             if traced.file == file:
-                traced.cpu_seen = None   # rates are measured within one window
-                if change:               # ... from its start
+                traced.account.restart_rates()   # rates are measured within one window
+                if change:                       # ... from its start
                     self._start_measuring(traced)
 
     def _close_estimate_window(self, traced: Traced) -> None:
         """The window's counts and CPU time join the estimate's ratio."""
-        now_cpu = self._thread_times(traced)
-        window_cpu = (now_cpu.since(traced.window_cpu)
-                      if now_cpu and traced.window_cpu else None)
-        traced.window_cpu = None
-        steps, cpu, own = traced.estimate.close_window(time.monotonic(), traced.step_cost,
-                                                       window_cpu)
+        steps, cpu, own = traced.account.close_window(time.monotonic(),
+                                                      self._thread_times(traced))
         log.debug("pid %d: the window saw %d steps in %.3f CPU s (%.3f without the probes): "
                   "%.0f steps per CPU s between windows", traced.pid, steps, cpu, own,
-                  traced.estimate.steps_per_cpu_second())
+                  traced.account.estimate.steps_per_cpu_second())
 
     def _sleep_for(self, now: float) -> float:
         """Until the next tick, or sooner when a window is due to open or close."""
@@ -716,25 +706,10 @@ class Daemon:
         if stats is not None:
             self._measure(traced, stats)
 
-    def _count_faults(self, traced: Traced, stats: TargetStats) -> None:
-        """Count what the programs could not do since the last reading (from zero when
-        the process was added)."""
-        seen = traced.last or TargetStats()
-        traced.last = stats
-        if stats.read_errors > seen.read_errors:
-            self.errors["bpf_read"] += stats.read_errors - seen.read_errors
-        if stats.records_dropped > seen.records_dropped:   # read from memory instead
-            self.errors["bpf_records_full"] += stats.records_dropped - seen.records_dropped
-
-    @staticmethod
-    def _derive_created(traced: Traced) -> None:
-        """created - finished = the change in pending tasks (never decreasing), where
-        the programs do not count creations (3.11)."""
-        if traced.attachment is not None and traced.attachment.counts_creations:
-            return
-        c = traced.estimate.counts
-        pending = traced.summary.pending if traced.summary else 0
-        c.created = max(c.created, c.finished + pending - (traced.pending_at_start or 0))
+    def _count_faults(self, faults: Faults) -> None:
+        """Count what the programs could not do since the last reading."""
+        self.errors["bpf_read"] += faults.read_errors
+        self.errors["bpf_records_full"] += faults.records_dropped   # read from memory
 
     def _cpu_time(self, traced: Traced) -> float | None:
         try:
@@ -756,40 +731,15 @@ class Daemon:
         cpu = self._thread_times(traced)
         if cpu is None:
             return
-        now = time.monotonic()   # not the tick's start: that came before the tick's scan
-        seen = traced.cpu_seen
-        if seen is None:
-            traced.cpu_seen = (now, cpu, stats.steps, stats.prog_ns_sum, stats.wrapper_steps)
+        # now, not the tick's start: that came before the tick's scan
+        account = traced.account
+        if not account.measure(time.monotonic(), cpu, stats, self.config.window):
             return
-        span = now - seen[0]
-        # a process not measured yet is measured over a short window (see budget)
-        needed = 0.8 * MEASURING_WINDOW if not traced.measured else min(
-            1.0, 0.6 * self.config.window)
-        if span < needed:
-            return
-        traced.cpu_seen = (now, cpu, stats.steps, stats.prog_ns_sum, stats.wrapper_steps)
-        steps = stats.steps - seen[2]
-        step_rate = steps / span
-        cpu_rate = cpu.since(seen[1]) / span
-        a = RATE_SMOOTHING if traced.cpu_rate else 1.0   # the first measure stands alone
-        traced.step_rate = a * step_rate + (1 - a) * traced.step_rate
-        traced.cpu_rate = a * cpu_rate + (1 - a) * traced.cpu_rate
-        cost = self.config.fixed_probe_cost
-        if cost is None and self.costs is not None and steps > 0:
-            wrapped = (stats.wrapper_steps - seen[4]) / steps
-            measured = self.costs.per_step((stats.prog_ns_sum - seen[3]) / 1e9 / steps,
-                                           _stepped_share(traced, wrapped),
-                                           stats.created / max(stats.steps, 1))
-            cost = a * measured + (1 - a) * traced.step_cost if traced.step_cost else measured
-        traced.step_cost = cost if cost is not None else traced.step_cost
-        traced.overhead_full = full_overhead(traced.step_rate, traced.cpu_rate,
-                                             traced.step_cost)
-        traced.measured = True
-        if _differs(traced.overhead_full, traced.logged_overhead):   # (idle: said once)
-            traced.logged_overhead = traced.overhead_full
+        if _differs(account.overhead_full, traced.logged_overhead):   # (idle: said once)
+            traced.logged_overhead = account.overhead_full
             log.debug("pid %d: %.0f steps/s, %.2f CPU s/s, %.2f us per captured step: full "
-                      "capture would cost %.1f%%", traced.pid, traced.step_rate,
-                      traced.cpu_rate, traced.step_cost * 1e6, 100 * traced.overhead_full)
+                      "capture would cost %.1f%%", traced.pid, account.step_rate,
+                      account.cpu_rate, account.step_cost * 1e6, 100 * account.overhead_full)
 
     # -- memory reads -------------------------------------------------------------------
     def _read_loop(self) -> None:
@@ -866,17 +816,16 @@ class Daemon:
         views = []
         for traced in list(self.traced.values()):
             window = self.windows.get(traced.file) if traced.file else None
-            fraction = traced.attached_s / traced.traced_s if traced.traced_s else (
-                1.0 if traced.file else 0.0)
-            duty = window.duty if window else 0.0
+            account = traced.account
             views.append(ProcessView(
                 pid=traced.pid, process=traced.candidate.name,
                 python=traced.target.version_str, container=traced.candidate.container,
                 capture=self._capture_kind(traced), summary=traced.summary,
-                counts=traced.estimate.counts, probe_hits=traced.estimate.hits,
-                capture_fraction=fraction,
-                attached_seconds=traced.attached_s,
-                overhead=traced.overhead_full * duty, step_cost=traced.step_cost))
+                counts=account.estimate.counts, probe_hits=account.estimate.hits,
+                capture_fraction=account.capture_fraction(traced.file is not None),
+                attached_seconds=account.attached_s,
+                overhead=account.overhead(window.duty if window else 0.0),
+                step_cost=account.step_cost))
         self.state = DaemonState(views, Counter(self.errors), self.last_scan,
                                  generation=self.state.generation + 1)
 
@@ -972,19 +921,6 @@ def _dump_window(asked: object) -> float:
     if isinstance(asked, bool) or not isinstance(asked, (int, float)) or asked != asked:
         return 0.3   # a client that did not say: the CLI's default
     return min(max(float(asked), 0.0), DUMP_WINDOW_MAX_S)
-
-
-def _stepped_share(traced: Traced, wrapped: float) -> float:
-    """The share of steps whose probe site is an instruction the kernel single-steps out
-    of line (a hit there costs a second trap): any but a ``push``.  ``wrapped``: the
-    share TaskStepMethWrapper's probe started, the rest task_wakeup's."""
-    sites = traced.attachment.sites if traced.attachment else {}
-    share = 0.0
-    for function, part in ((STEP_WRAPPER_CALL, wrapped), (TASK_WAKEUP, 1.0 - wrapped)):
-        site = sites.get(function)
-        if site is not None and site.instruction != "push":
-            share += part
-    return min(max(share, 0.0), 1.0)
 
 
 def _differs(new: float, old: float | None, by: float = 0.1) -> bool:

@@ -29,6 +29,7 @@ from aiobpf.collector.loader import BATCH_ENTRIES, CAPTURE_SUSPENDED, Capture
 from aiobpf.collector.probes import STEP_FUNCTIONS, _from_method_table, _from_type, _Tables
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import open_target
+from aiobpf.daemon.budget.cost import step_cost
 from aiobpf.exporters import json_doc
 from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
 from tests.integration.test_churn import check_ids
@@ -310,7 +311,7 @@ def test_what_a_step_costs_is_measured(capture: Capture) -> None:
     print(f"uprobe hit {1e6 * costs.trap_s:.2f} us, with a uretprobe {1e6 * costs.created_s:.2f}"
           f" us, syscall hooks {1e6 * costs.syscall_s:.2f} "
           f"us per call, programs {1e6 * program:.2f} us per step: "
-          f"{1e6 * costs.per_step(program):.2f} us per captured step")
+          f"{1e6 * step_cost(costs, program):.2f} us per captured step")
 
 
 def test_records_of_thousands_of_tasks(capture: Capture) -> None:

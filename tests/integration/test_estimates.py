@@ -1,7 +1,7 @@
 """Windowed step counts against a target's own exact count (issue: numbers you can trust).
 
 At the default budget the probes are attached in short windows; between them the
-daemon estimates from the target's user CPU time (aiobpf.daemon.estimate).  A target
+daemon estimates from the target's user CPU time (aiobpf.daemon.budget.estimate).  A target
 with bursts of load and idle phases counts its own steps; the daemon's counter must
 follow it, and must not grow while the target is idle.  ``bench/bursty.py`` measures
 the same over longer runs (figures in the README).

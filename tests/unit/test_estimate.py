@@ -1,11 +1,11 @@
-"""Step counts between capture windows, estimated from CPU time (aiobpf.daemon.estimate)."""
+"""Step counts between capture windows, estimated from CPU time (aiobpf.daemon.budget.estimate)."""
 
 from __future__ import annotations
 
 import pytest
 
 from aiobpf.collector.loader import TargetStats
-from aiobpf.daemon.estimate import RATIO_HALF_LIFE_S, Reading, StepEstimate
+from aiobpf.daemon.budget.estimate import RATIO_HALF_LIFE_S, Reading, StepEstimate
 
 
 class Process:

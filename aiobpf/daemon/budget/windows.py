@@ -1,27 +1,19 @@
-"""The overhead budget: how much of each probed file's time its probes may stay attached.
+"""Capture windows: when each probed file's probes are attached, at the duty its
+processes' measured overhead allows.
 
-Every captured step costs the traced process about ``probe_cost`` seconds (the uprobe
-trap, the programs, the syscall hooks: measured, see aiobpf.collector.probe_cost).
-Over a window with the probes attached, a process's step rate and CPU rate give the
-overhead full capture would impose::
-
-    overhead = steps/s * cost / (CPU s/s - steps/s * cost)
-
-(the probes' cost is charged to the process's own CPU time, so it is taken out of
-the denominator).  When that exceeds a third of the budget, the file's probes are
-attached for ``window`` seconds out of every ``window / duty`` seconds, with
-``duty = PLAN_SHARE * budget / overhead`` (the smallest duty of the file's processes,
-since one uprobe serves every process of a file).  Planning for a third of the
-budget leaves room for the estimate's error: measured against full capture
+When full capture would exceed a third of the budget (``PLAN_SHARE``), a file's
+probes are attached for ``window`` seconds out of every ``window / duty`` seconds,
+with ``duty = PLAN_SHARE * budget / overhead`` (the smallest duty of the file's
+processes, since one uprobe serves every process of a file).  Planning for a third of
+the budget leaves room for the estimate's error: measured against full capture
 (``bench/daemon.py --tracers full``), the per-step cost was 0.8-1.5x the estimate
 (up to 2x within windows: ``bench/daemon.py``'s in-phase view); one measurement put
 the excess not in the process's system time (the trap and programs themselves) but
 in its user time: a trap disturbs the caches of the interpreter's hot loop, which
-the calibration, with a small working set, does not see.  Between windows, the
-daemon estimates counts from the process's CPU time (aiobpf.daemon.estimate).  The
-pauses between windows vary (``PAUSE_SPREAD``) around the length the duty asks
-for, along a sequence that never repeats, so that windows sample a load that comes
-and goes at any period without bias; the attached fraction stays at the duty.
+the calibration, with a small working set, does not see.  The pauses between
+windows vary (``PAUSE_SPREAD``) around the length the duty asks for, along a sequence
+that never repeats, so that windows sample a load that comes and goes at any period
+without bias; the attached fraction stays at the duty.
 
 A process is held to the budget from its discovery on: until its cost has been
 measured it counts at ``PRIOR_OVERHEAD`` (as costly as full capture may be), so a
@@ -45,8 +37,6 @@ import math
 import random
 from dataclasses import dataclass, field
 
-MIN_CPU_RATE = 1e-3   # a process that sleeps: its few steps decide nothing
-MIN_OWN_SHARE = 0.1   # when the model charges the probes nearly all CPU, it is off
 MIN_DUTY = 0.0005     # a window at least every window/MIN_DUTY s: estimates need samples
 PLAN_SHARE = 1 / 3    # plan for this share of the budget: room for the estimate's error
 PRIOR_OVERHEAD = 2.0  # a process not yet measured: full capture of the costliest steps
@@ -56,13 +46,6 @@ MEASURE_RETRY = 0.05  # s: a measuring window waits this much more for its measu
 MEASURE_LIMIT = 1.0   # s: ... and closes after this long even without one
 PAUSE_SPREAD = 0.5    # a pause lasts (1 +- this) times what the duty asks for
 PAUSE_STEP = (math.sqrt(5) - 1) / 2   # the steps of the pauses' sequence: never periodic
-
-
-def full_overhead(step_rate: float, cpu_rate: float, probe_cost: float) -> float:
-    """The overhead ratio full capture imposes, from rates measured with probes on."""
-    tracer = step_rate * probe_cost
-    own = max(cpu_rate - tracer, MIN_OWN_SHARE * cpu_rate, MIN_CPU_RATE)
-    return tracer / own
 
 
 def duty_for(overhead: float, budget: float) -> float:
