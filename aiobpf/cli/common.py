@@ -38,7 +38,7 @@ marks is shown as CPython's tool shows it."""
 
 
 def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
-    parser.add_argument("pid", type=_pid, metavar="PID", help="the process to read")
+    parser.add_argument("pid", type=parse_pid, metavar="PID", help="the process to read")
     parser.add_argument("--no-dwarf", action="store_true",
                         help="ignore the target's DWARF; use the offsets CPython publishes and "
                              "aiobpf's built-in tables (as for a stripped build)")
@@ -94,7 +94,7 @@ def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
     return 0
 
 
-def _pid(text: str) -> int:
+def parse_pid(text: str) -> int:
     try:
         pid = int(text)
     except ValueError:

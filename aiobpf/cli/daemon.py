@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from aiobpf import errors
-from aiobpf.cli.common import _pid
+from aiobpf.cli.common import parse_pid
 from aiobpf.collector import procfs
 from aiobpf.daemon.config import DEFAULT_LISTEN, ConfigError, load
 from aiobpf.daemon.web_config import WebConfigError, load_web_config
@@ -138,7 +138,7 @@ class ExporterCommand:
     help = "Prometheus metrics for chosen processes"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--pid", type=_pid, action="append", required=True,
+        parser.add_argument("--pid", type=parse_pid, action="append", required=True,
                             metavar="PID", help="a process to trace; repeatable")
         _common(parser)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiobpf import __version__
 from aiobpf.collector.model import Snapshot
-from aiobpf.exporters.text import cycles_of
+from aiobpf.exporters.await_graph import cycles_of
 
 SCHEMA_VERSION = 1
 

@@ -26,6 +26,7 @@ import io
 from collections.abc import Iterable, Iterator
 
 from aiobpf.collector.model import Frame, Snapshot, Task
+from aiobpf.exporters.await_graph import cycles_of
 from aiobpf.safe_text import escape
 
 TASK_MARK = "(T)"
@@ -70,46 +71,6 @@ def format_frame(frame: Frame) -> str:
 
 def _inner_first_names(frames: Iterable[Frame]) -> str:
     return " -> ".join(escape(f.name) for f in reversed(list(frames)))
-
-
-def find_cycles(edges: Iterable[tuple[int, int]]) -> list[list[int]]:
-    """Cycles among tasks (depth-first search for back edges), each closed: [a, b, a]."""
-    graph: dict[int, dict[int, None]] = {}  # an ordered set of children per parent
-    for parent, child in edges:
-        graph.setdefault(parent, {})[child] = None
-    white, grey, black = 0, 1, 2
-    color: dict[int, int] = {}
-    cycles: list[list[int]] = []
-    for root in list(graph):
-        if color.get(root, white) != white:
-            continue
-        path: list[int] = [root]
-        on_path = {root: 0}
-        color[root] = grey
-        stack = [iter(graph.get(root, ()))]
-        while stack:
-            nxt = next(stack[-1], None)
-            if nxt is None:
-                stack.pop()
-                done = path.pop()
-                del on_path[done]
-                color[done] = black
-                continue
-            state = color.get(nxt, white)
-            if state == white:
-                color[nxt] = grey
-                on_path[nxt] = len(path)
-                path.append(nxt)
-                stack.append(iter(graph.get(nxt, ())))
-            elif state == grey:
-                cycles.append([*path[on_path[nxt]:], nxt])
-    return cycles
-
-
-def cycles_of(snapshot: Snapshot) -> list[list[int]]:
-    ids = {t.id for t in snapshot.tasks}
-    return find_cycles((a.id, t.id) for t in snapshot.tasks for a in t.awaited_by
-                       if a.is_task and a.id in ids)
 
 
 # -- pstree -------------------------------------------------------------------

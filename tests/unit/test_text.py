@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
+from aiobpf.exporters.await_graph import find_cycles
 from aiobpf.exporters.text import (
     CycleFound,
-    find_cycles,
     format_frame,
     render_csv,
     render_table,

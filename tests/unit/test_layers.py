@@ -1,0 +1,80 @@
+"""The package's layers: dependencies point one way, cli -> daemon -> exporters ->
+collector/bpf, with errors and safe_text beneath them all; and no module reaches
+for another module's private names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "aiobpf"
+# Lower layers first; a module may import its own layer and those below it.
+LAYERS = (
+    ("aiobpf", "aiobpf.errors", "aiobpf.safe_text"),
+    ("aiobpf.bpf", "aiobpf.collector"),
+    ("aiobpf.exporters",),
+    ("aiobpf.daemon",),
+    ("aiobpf.cli", "aiobpf.__main__"),
+)
+
+
+def _layer(module: str) -> int:
+    """The layer of a module: that of the longest package prefix listed."""
+    best, found = -1, ""
+    for level, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > len(found):
+                best, found = level, prefix
+    assert best >= 0, module
+    return best
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = ast.parse(path.read_text(), str(path))
+    return out
+
+
+def _imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
+    """Every import of an aiobpf module, at any depth (functions' too): the module and
+    the names taken from it."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found.extend((alias.name, []) for alias in node.names)
+    return [(module, names) for module, names in found
+            if module == "aiobpf" or module.startswith("aiobpf.")]
+
+
+def test_the_layers_are_known() -> None:
+    assert _layer("aiobpf.daemon.budget.cost") == 3
+    assert _layer("aiobpf.errors") == 0
+    assert _layer("aiobpf.collector.layouts.tables") == 1
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    upward = [f"{name} imports {module}"
+              for name, tree in _modules().items()
+              for module, _ in _imports(tree)
+              if _layer(module) > _layer(name)]
+    assert upward == []
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    private = [f"{name} imports {module}.{imported}"
+               for name, tree in _modules().items()
+               for module, names in _imports(tree) if module != name
+               for imported in names if imported.startswith("_") and not imported.startswith("__")]
+    assert private == []
+
+
+def test_relative_imports_are_not_used() -> None:
+    """Absolute imports only: the graph above sees every edge."""
+    relative = [name for name, tree in _modules().items()
+                for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
+    assert relative == []
