@@ -230,6 +230,20 @@ def sid_proc() -> Iterator[None]:
             subprocess.run(["umount", "-l", str(proc_dir)], check=False)
 
 
+# Tests in these folders start real interpreters, BPF, daemons: ``-m "not integration"``
+# leaves the unit tests, which run in seconds (``-m "not integration and not fuzz"``).
+INTEGRATION_DIRS = ("integration", "adversarial")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under ``INTEGRATION_DIRS`` ``integration``."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(tests).parts
+        if parts and parts[0] in INTEGRATION_DIRS:
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for proc in _started:
         stop(proc)

@@ -169,6 +169,21 @@ def daemon_uprobes(pid: int) -> set[tuple[str, int]]:
             if e.get("pid") == pid and e.get("fd_type") == "uprobe"}
 
 
+def program_ids(pid: int) -> set[int]:
+    """IDs of the BPF programs a process holds open (``prog_id`` in its fdinfo)."""
+    ids = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:bpf-prog":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:
+            continue
+        ids.update(int(line.split()[1]) for line in info.splitlines()
+                   if line.startswith("prog_id:"))
+    return ids
+
+
 def daemon_programs(pid: int) -> int:
     """BPF programs a process holds open (fdinfo of its descriptors)."""
     count = 0

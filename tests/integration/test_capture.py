@@ -264,7 +264,9 @@ def test_trace_file_says_how_many_events_were_lost(tmp_path: Path,
 
 
 def test_trace_step_count_equals_the_bpf_counter(capture: Capture) -> None:
-    """Every step the programs count reaches user space as one event."""
+    """Every step the programs count reaches user space as one event: once the target
+    is stopped (SIGSTOP: no program runs for it any more) and the ring buffer drained,
+    the events seen equal the programs' count exactly."""
     with run_target(by_label("sid-3.14"), "alternating.py", "10", "0.001") as target:
         found = open_target(target.pid)
         capture.add(found, trace=True)
@@ -273,14 +275,32 @@ def test_trace_step_count_equals_the_bpf_counter(capture: Capture) -> None:
         deadline = time.monotonic() + 1
         while time.monotonic() < deadline:
             capture.poll(50)
-        capture.set_trace(target.pid, False)
-        capture.poll(0)
-        stats = capture.stats(target.pid)
+        os.kill(target.pid, signal.SIGSTOP)
+        try:
+            _wait_stopped(target.pid)
+            drained = -1
+            while drained != len(seen):   # until a poll brings nothing more
+                drained = len(seen)
+                capture.poll(100)
+            stats = capture.stats(target.pid)
+        finally:
+            os.kill(target.pid, signal.SIGCONT)
         capture.remove(target.pid)
         assert stats is not None and stats.events_lost == 0
         assert len(seen) > 100
-        # Captures counted after events were switched off produce no event.
-        assert len(seen) <= stats.captures <= len(seen) + 10 * 2
+        assert stats.captures == len(seen)
+
+
+def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Until every thread of ``pid`` is stopped (state T in /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for tid in os.listdir(f"/proc/{pid}/task")}
+        if states == {"T"}:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop")
 
 
 def _own_uprobes() -> int:

@@ -37,6 +37,7 @@ from tests.integration.daemon_proc import (
     DaemonProcess,
     daemon_programs,
     daemon_uprobes,
+    program_ids,
     run_daemon,
 )
 from tests.integration.prom import Prometheus, free_port
@@ -324,17 +325,33 @@ def test_daemon_restart_leaves_nothing(tmp_path: Path) -> None:
         with run_daemon(workdir) as first:
             first.wait_traced(target.pid)
             old = first.proc.pid
-            assert daemon_uprobes(old) and daemon_programs(old)
+            programs = program_ids(old)
+            assert daemon_uprobes(old) and programs
             os.killpg(old, signal.SIGKILL)
             first.proc.wait()
-        # the kernel dropped the killed daemon's probes and programs with its descriptors
+        # the kernel dropped the killed daemon's programs, and the probes and hooks that
+        # ran them, with its descriptors: no process holds them, none is loaded
         out = json.loads(subprocess.run(["bpftool", "perf", "list", "--json"],
                                         capture_output=True, text=True, check=True).stdout)
-        assert not [e for e in out if e.get("pid") == old]
+        assert [e for e in out if e.get("prog_id") in programs] == []
+        assert _programs_unloaded(programs, timeout=5.0)   # (freed after an RCU grace period)
         with run_daemon(workdir) as second:   # same socket path: the stale one goes
             second.wait_traced(target.pid)
             assert aiobpf("ps", str(target.pid), socket=str(second.socket)).returncode == 0
         assert target.proc.poll() is None
+
+
+def _programs_unloaded(ids: set[int], timeout: float) -> bool:
+    """Whether none of the BPF programs ``ids`` is loaded in the kernel, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        loaded = json.loads(subprocess.run(["bpftool", "prog", "show", "--json"],
+                                           capture_output=True, text=True, check=True).stdout)
+        if not {p["id"] for p in loaded} & ids:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
 
 
 def test_scrape_storm_is_bounded(tmp_path: Path) -> None:
@@ -388,14 +405,33 @@ def test_exporter_says_why_a_pid_is_not_traced(tmp_path: Path) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "exporter", "--pid",
                                  str(sleeper.pid), "--listen", f"127.0.0.1:{port}"],
                                 cwd=REPO, stderr=subprocess.PIPE, text=True)
-        time.sleep(6)
+        said = _first_line_with(proc, f"pid {sleeper.pid}: not traced", timeout=30)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
         sleeper.kill()
         sleeper.wait()
     assert proc.returncode == 0, err
-    assert f"pid {sleeper.pid}: not traced" in err and "Traceback" not in err
+    assert said is not None and "Traceback" not in err
+
+
+def _first_line_with(proc: subprocess.Popen, text: str, timeout: float) -> str | None:
+    """The first line of ``proc``'s stderr that contains ``text``, read as it comes
+    (None: the process ended or ``timeout`` passed first)."""
+    assert proc.stderr is not None
+    found: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if text in line:
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return found[0] if found else None
 
 
 def test_verbose_logs_say_changes_not_every_tick(tmp_path: Path) -> None:

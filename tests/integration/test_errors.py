@@ -118,7 +118,7 @@ def test_unsupported_version_is_named(python: Python) -> None:
                    "3.11 to 3.15")
 
 
-def test_not_root(readable_copy: Path) -> None:
+def test_a_user_without_ptrace_rights_is_told_to_run_as_root(readable_copy: Path) -> None:
     with run_target(by_label("sid-3.14"), "seed_app.py") as target:
         result = _as_nobody(readable_copy, "pstree", str(target.pid))
         _one_error(result, errors.EXIT_PERMISSION, f"PID {target.pid}", "CAP_SYS_PTRACE",

@@ -36,6 +36,8 @@ from aiobpf.collector.layouts.spec import ASYNCIO, CORE
 from aiobpf.collector.probes import find_step_sites
 from tests.crafted_elf import build_module, patch_self_references
 
+pytestmark = pytest.mark.fuzz
+
 # What each entry point may raise on a malformed file, as documented: the ELF reader
 # NotElfError; DWARF walks DwarfError (or NotElfError from the sections under them).
 # resolve_layout and find_debug_file turn both into "no DWARF values" / "no debug

@@ -30,7 +30,7 @@ def test_document_is_valid() -> None:
     jsonschema.validate(doc, SCHEMA)
 
 
-def test_document_content() -> None:
+def test_the_document_holds_threads_tasks_frames_and_awaiters() -> None:
     doc = json_doc.document(sample())
     assert doc["pid"] == 123 and doc["python"]["version"] == "3.12.1"
     assert doc["threads"][0] == {"thread_id": 100, "python_thread_id": 1400,
