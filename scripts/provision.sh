@@ -38,6 +38,8 @@ PACKAGES=(python3 python3-venv python3-pip python3-bpfcc bpftool make git ca-cer
 # tests scrape with (they start their own on loopback; the packaged service is not
 # started).
 [ "$WITH_SID" = 1 ] && PACKAGES+=(debootstrap python3.11-dbg wrk prometheus)
+# golang-go: `go tool pprof`, which reads the pprof files of `aiobpf profile` in the tests.
+[ "$WITH_SID" = 1 ] && PACKAGES+=(golang-go)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

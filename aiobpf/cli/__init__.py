@@ -12,6 +12,7 @@ from typing import Protocol
 from aiobpf import __version__, errors
 from aiobpf.cli.daemon import DaemonCommand, ExporterCommand
 from aiobpf.cli.doctor import DoctorCommand
+from aiobpf.cli.profile import ProfileCommand
 from aiobpf.cli.ps import PsCommand
 from aiobpf.cli.pstree import PstreeCommand
 from aiobpf.cli.trace import TraceCommand
@@ -28,6 +29,7 @@ examples:
   sudo aiobpf ps 1234              table: one row per task and awaiter
   sudo aiobpf ps 1234 --format json
   sudo aiobpf trace 1234 -o t.json every task step for 10 s, as a Perfetto trace
+  sudo aiobpf profile 1234 -o p.html  where tasks spend their time, as a flame graph
   sudo aiobpf exporter --pid 1234  Prometheus metrics of one process
   sudo aiobpf daemon               every asyncio process of the host: metrics, dumps
   aiobpf doctor                    check this host for what aiobpf needs
@@ -46,8 +48,8 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-COMMANDS: tuple[Command, ...] = (PstreeCommand(), PsCommand(), TraceCommand(), ExporterCommand(),
-                                 DaemonCommand(), DoctorCommand())
+COMMANDS: tuple[Command, ...] = (PstreeCommand(), PsCommand(), TraceCommand(), ProfileCommand(),
+                                 ExporterCommand(), DaemonCommand(), DoctorCommand())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,143 @@
+"""aiobpf profile: where a process's tasks spend their time, as async stacks."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from aiobpf import errors
+from aiobpf.cli.common import pid_argument, translate_errors
+from aiobpf.collector.sampling import at_rate
+from aiobpf.collector.snapshot import Collector
+from aiobpf.collector.target import open_target
+from aiobpf.exporters.profile import collapsed, html, pprof, speedscope
+from aiobpf.exporters.profile.profile import Profile
+from aiobpf.exporters.profile.stacks import async_stacks
+
+FORMATS = ("collapsed", "speedscope", "html", "pprof")
+SUFFIXES = {".html": "html", ".htm": "html", ".json": "speedscope", ".pb": "pprof",
+            ".gz": "pprof", ".pprof": "pprof"}
+
+
+class ProfileCommand:
+    """Sample PID's asyncio tasks and write where they spend their time, as async stacks:
+    root task, its coroutine frames, the task it awaits, ... down to the innermost frame
+    of a task that awaits no other task (CPython 3.15's --async-aware convention).
+
+    --mode wall: at each sample, every such task's stack counts once, suspended or
+    running: a stack's share is the share of the time tasks spent there (3.15's
+    --async-mode all). The samples are memory reads of the whole task list, so their
+    rate is bounded by how long one read takes (a few ms for a thousand tasks); the
+    effective rate is said on stderr when it is lower than asked.
+
+    Formats: collapsed stacks (flamegraph.pl, inferno, speedscope, Pyroscope; default
+    on stdout), speedscope JSON, a self-contained HTML flame graph (works offline:
+    search, click to zoom), pprof (gzipped profile.proto: go tool pprof, Pyroscope,
+    Grafana). With -o, the format follows the file's suffix unless --format says.
+
+    examples:
+      sudo aiobpf profile 1234 --duration 30 -o tasks.html
+      sudo aiobpf profile 1234 | flamegraph.pl > tasks.svg
+      sudo aiobpf profile 1234 -o tasks.pb.gz && go tool pprof -top tasks.pb.gz"""
+
+    name = "profile"
+    help = "where tasks spend their time, as async stacks (flame graph, pprof, ...)"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        pid_argument(parser, capture=False)
+        parser.add_argument("--mode", choices=("wall",), default="wall",
+                            help="wall (default): every task's stack at each sample")
+        parser.add_argument("--duration", type=_positive, default=10.0, metavar="SECONDS",
+                            help="how long to sample (default 10; Ctrl-C ends it sooner)")
+        parser.add_argument("--rate", type=_positive, default=10.0, metavar="HZ",
+                            help="samples per second (default 10)")
+        parser.add_argument("-o", "--output", type=Path, metavar="FILE",
+                            help="write to FILE instead of stdout")
+        parser.add_argument("--format", choices=FORMATS,
+                            help="collapsed, speedscope, html or pprof (default: from "
+                                 "FILE's suffix, else collapsed)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        fmt = args.format or SUFFIXES.get(args.output.suffix if args.output else "",
+                                          "collapsed")
+        if fmt == "pprof" and args.output is None and sys.stdout.isatty():
+            raise errors.AiobpfError("pprof is binary: not written to a terminal",
+                                     "give -o FILE, or pipe it")
+        profile = self._sample(args)
+        self._report(profile, args.rate)
+        self._write(profile, fmt, args.output)
+        return 0
+
+    def _sample(self, args: argparse.Namespace) -> Profile:
+        with translate_errors(args.pid):
+            target = open_target(args.pid, use_dwarf=not args.no_dwarf,
+                                 debug_dirs=args.debug_dir)
+        profile = Profile(args.pid, args.mode, args.rate)
+        stop = False
+
+        def finish(_signo: int, _frame: object) -> None:
+            nonlocal stop
+            stop = True
+
+        previous = {sig: signal.signal(sig, finish) for sig in (signal.SIGINT, signal.SIGTERM)}
+        collector = Collector(target)
+        try:
+            first = last = None
+            with translate_errors(args.pid):
+                for at, snapshot in at_rate(lambda: collector.snapshot(details=False),
+                                            args.rate, args.duration, lambda: stop):
+                    first = at if first is None else first
+                    last = at
+                    profile.samples += 1
+                    for _task, stack in async_stacks(snapshot):
+                        profile.add(stack)
+            if first is not None and last is not None:
+                profile.duration_s = last - first
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            collector.close()
+            target.close()
+        return profile
+
+    @staticmethod
+    def _report(profile: Profile, asked: float) -> None:
+        rate = profile.effective_rate_hz
+        slow = (f"; effective rate {rate:.1f} Hz of {asked:g} asked: one read of the "
+                f"tasks takes longer than a period" if rate and rate < 0.9 * asked else "")
+        print(f"aiobpf: {profile.samples} samples in {profile.duration_s:.1f} s, "
+              f"{len(profile.stacks)} stacks{slow}", file=sys.stderr)
+
+    @staticmethod
+    def _write(profile: Profile, fmt: str, output: Path | None) -> None:
+        data: str | bytes
+        if fmt == "collapsed":
+            data = "".join(collapsed.lines(profile))
+        elif fmt == "speedscope":
+            data = speedscope.render(profile)
+        elif fmt == "html":
+            data = html.render(profile)
+        else:
+            data = pprof.render(profile)
+        if output is not None:
+            if isinstance(data, str):
+                output.write_text(data, encoding="utf-8")
+            else:
+                output.write_bytes(data)
+            print(f"aiobpf: wrote {output} ({fmt})", file=sys.stderr)
+        elif isinstance(data, str):
+            sys.stdout.write(data)
+        else:
+            sys.stdout.buffer.write(data)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value

@@ -1,0 +1,68 @@
+"""Async stacks: each task's place in the await graph, as one line from its root task.
+
+A task that awaits no other task (a leaf of the await graph) stands for its whole
+chain: its stack reads, root first, the root task, the root's coroutine frames, the
+task it awaits, that task's frames, and so on down to the leaf's own frames (the
+convention of CPython 3.15's sampling profiler, ``--async-aware``).  A task awaited
+by several tasks follows the one with the lowest id, and its node says how many it
+has; a chain that loops, or that reaches an awaiter that is not a task, ends there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from aiobpf.collector.model import Frame, Snapshot, Task
+
+MAX_CHAIN = 1024   # tasks in one chain: a forged graph cannot make a stack without end
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One element of a stack: a task, a Python frame, or a thread."""
+
+    kind: str            # task | frame | thread
+    name: str            # task name, co_qualname, or "thread TID"
+    filename: str = ""
+    line: int = 0
+
+    @classmethod
+    def of_frame(cls, frame: Frame) -> Node:
+        return cls("frame", frame.name, frame.filename, frame.line)
+
+    def label(self) -> str:
+        """How flame graphs name it: ``[task] name``, ``qualname (file:line)``."""
+        if self.kind == "task":
+            return f"[task] {self.name}"
+        if self.kind == "thread":
+            return f"[{self.name}]"
+        return f"{self.name} ({self.filename}:{self.line})" if self.filename else self.name
+
+
+Stack = tuple[Node, ...]
+
+
+def _task_node(task: Task, parents: int) -> Node:
+    name = task.name or f"Task-{task.id:#x}"
+    return Node("task", f"{name} ({parents} parents)" if parents > 1 else name)
+
+
+def async_stacks(snapshot: Snapshot) -> Iterator[tuple[Task, Stack]]:
+    """Every leaf task of the snapshot with its async stack, root first."""
+    by_id = {task.id: task for task in snapshot.tasks}
+    parents = {task.id: sorted(a.id for a in task.awaited_by if a.is_task and a.id in by_id)
+               for task in snapshot.tasks}
+    awaiting = {parent for ids in parents.values() for parent in ids}
+    for leaf in snapshot.tasks:
+        if leaf.id in awaiting:
+            continue
+        parts: list[tuple[Node, ...]] = []
+        seen: set[int] = set()
+        task: Task | None = leaf
+        while task is not None and task.id not in seen and len(seen) < MAX_CHAIN:
+            seen.add(task.id)
+            up = parents[task.id]
+            parts.append((_task_node(task, len(up)), *map(Node.of_frame, task.frames)))
+            task = by_id[up[0]] if up else None
+        yield leaf, tuple(node for part in reversed(parts) for node in part)

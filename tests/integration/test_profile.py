@@ -1,0 +1,123 @@
+"""aiobpf profile against real targets: the gh-135371 example on every interpreter,
+side by side with CPython 3.15's own sampler, and the files read by their tools."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SID_ROOT, aiobpf, matrix_params, run_target
+from tests.pythons import Python, by_label
+
+# The example's leaf tasks: six foo2 under the three foo1.N (two each), one foo2 under
+# Task-1 directly; every stack as (task or frame name) root first.
+COMMON = ["[task] Task-1", "runner", "sleep"]
+FOO1 = ["foo1", "foo11", "foo12", "[task] foo2", "foo2", "sleep"]
+EXPECTED = {(*COMMON, f"[task] foo1.{i}", *FOO1): 2 for i in range(3)} | {
+    (*COMMON, "[task] foo2", "foo2", "sleep"): 1}
+
+
+def _ours(text: str) -> Counter[tuple[str, ...]]:
+    """Collapsed lines as (names) -> count; a frame ``qualname (file:line)`` by its name."""
+    out: Counter[tuple[str, ...]] = Counter()
+    for line in text.splitlines():
+        stack, count = line.rsplit(" ", 1)
+        out[tuple(part if part.startswith("[task] ") else part.rsplit(" (", 1)[0]
+                  for part in stack.split(";"))] += int(count)
+    return out
+
+
+def _samples(stderr: str) -> int:
+    found = re.search(r"aiobpf: (\d+) samples in", stderr)
+    assert found, stderr
+    return int(found.group(1))
+
+
+@pytest.mark.parametrize("python", matrix_params())
+def test_wall_mode_counts_each_leaf_task_once_per_sample(python: Python) -> None:
+    with run_target(python, "seed_app.py") as target:
+        result = aiobpf("profile", str(target.pid), "--duration", "1", "--rate", "20")
+    assert result.returncode == 0, result.stderr
+    samples = _samples(result.stderr)
+    assert samples >= 10
+    assert _ours(result.stdout) == {stack: n * samples for stack, n in EXPECTED.items()}
+
+
+def _theirs(text: str) -> Counter[tuple[str, ...]]:
+    """3.15's collapsed lines (``tid:N;<task>:name:0;file.py:func:line;...``) the same way."""
+    out: Counter[tuple[str, ...]] = Counter()
+    for line in text.splitlines():
+        stack, count = line.rsplit(" ", 1)
+        parts = stack.split(";")[1:]   # without the thread
+        out[tuple(f"[task] {p.split(':', 1)[1].rsplit(':', 1)[0]}" if p.startswith("<task>:")
+                  else p.split(":")[1] for p in parts)] += int(count)
+    return out
+
+
+def _shares(stacks: Counter[tuple[str, ...]]) -> dict[tuple[str, ...], float]:
+    total = sum(stacks.values())
+    return {stack: count / total for stack, count in stacks.items()}
+
+
+def test_the_same_stacks_and_shares_as_cpython_3_15s_sampler(sid_proc: None) -> None:
+    """Same process, same run: ``python3.15 -m profiling.sampling attach --async-aware
+    --async-mode all`` and aiobpf's wall mode find the same async stacks, with the same
+    shares of the samples."""
+    python = by_label("sid-3.15")
+    out = Path("/tmp/aiobpf-profile-315.txt")
+    with run_target(python, "seed_app.py") as target:
+        ours = aiobpf("profile", str(target.pid), "--duration", "1")
+        theirs = subprocess.run(python.argv(
+            "-m", "profiling.sampling", "attach", "--async-aware", "--async-mode", "all",
+            "-d", "1", "--collapsed", "-o", str(out), str(target.pid)),
+            capture_output=True, text=True, timeout=60)
+    written = SID_ROOT / out.relative_to("/")
+    try:
+        assert theirs.returncode == 0, theirs.stdout + theirs.stderr
+        assert ours.returncode == 0, ours.stderr
+        mine, cpython = _shares(_ours(ours.stdout)), _shares(_theirs(written.read_text()))
+    finally:
+        written.unlink(missing_ok=True)
+    assert set(mine) == set(cpython) == set(EXPECTED)
+    for stack, share in mine.items():
+        assert share == pytest.approx(cpython[stack], abs=0.01), stack
+
+
+def test_the_files_are_read_by_their_tools(tmp_path: Path) -> None:
+    """pprof by ``go tool pprof``; speedscope and HTML by their structure (JSON inside)."""
+    go = shutil.which("go")
+    assert go, "go (Debian's golang-go: go tool pprof) is provisioned for this test"
+    with run_target(by_label("sid-3.14"), "seed_app.py") as target:
+        results = {suffix: aiobpf("profile", str(target.pid), "--duration", "0.5",
+                                  "-o", str(tmp_path / f"p{suffix}"))
+                   for suffix in (".pb.gz", ".json", ".html")}
+    for result in results.values():
+        assert result.returncode == 0, result.stderr
+    raw = subprocess.run([go, "tool", "pprof", "-raw", str(tmp_path / "p.pb.gz")],
+                         capture_output=True, text=True, timeout=120)
+    assert raw.returncode == 0, raw.stderr
+    samples = _samples(results[".pb.gz"].stderr)
+    counts = [int(m.group(1)) for m in re.finditer(r"^\s+(\d+)\s+\d+: [\d ]+$", raw.stdout,
+                                                   re.MULTILINE)]
+    assert sum(counts) == 7 * samples
+    assert "[task] Task-1 <task>:0" in raw.stdout and "foo12 /home/user/seed_app.py:" in raw.stdout
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert sum(doc["profiles"][0]["weights"]) == 7 * _samples(results[".json"].stderr)
+    page = (tmp_path / "p.html").read_text()
+    payload = json.loads(page.split('type="application/json">')[1].split("</script>")[0])
+    assert payload["root"]["value"] == 7 * _samples(results[".html"].stderr)
+
+
+def test_errors_are_one_line_with_their_fix() -> None:
+    gone = aiobpf("profile", "4999999", "--duration", "0.2")
+    assert gone.returncode == 1 and "no process with PID 4999999" in gone.stderr
+    bad = aiobpf("profile", "1", "--rate", "0")
+    assert bad.returncode == 2 and "must be a positive number" in bad.stderr
+    for result in (gone, bad):
+        assert "Traceback" not in result.stderr
