@@ -6,19 +6,14 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from aiobpf import errors
-from aiobpf.collector import procfs
-from aiobpf.collector.layouts import LayoutError
 from aiobpf.collector.loader import Capture, CaptureUnavailable
-from aiobpf.collector.memory import ProcessGone, ReadDenied, RemoteReadError
 from aiobpf.collector.model import Snapshot
-from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.snapshot import Collector
-from aiobpf.collector.target import NoAsyncio, NotPython, UnsupportedPython, open_target
+from aiobpf.collector.target import open_target
+from aiobpf.errors import translate_errors
 from aiobpf.safe_text import bound, escape
 
 # How ps and pstree show what a target named, and what they mark (their --help).
@@ -129,34 +124,6 @@ def _note(snapshot: Snapshot, note: str) -> Snapshot:
     snapshot.warnings.append(note)
     print(f"aiobpf: note: {escape(note)}; tasks were read from memory", file=sys.stderr)
     return snapshot
-
-
-@contextmanager
-def translate_errors(pid: int) -> Iterator[None]:
-    """Turn what the collector raises into ``AiobpfError``s that say what to do."""
-    try:
-        yield
-    except procfs.ProcessNotFound:
-        if procfs.exists(pid):
-            raise errors.ProcessExitedError(pid) from None
-        raise errors.ProcessNotFoundError(pid) from None
-    except ProcessGone:
-        raise errors.ProcessExitedError(pid) from None
-    except (ReadDenied, PermissionError):
-        raise errors.PermissionDeniedError(pid) from None
-    except NotPython as exc:
-        raise errors.NotPythonError(str(exc)) from None
-    except UnsupportedPython as exc:
-        raise errors.UnsupportedPythonError(str(exc)) from None
-    except NoAsyncio as exc:
-        raise errors.NoAsyncioError(str(exc)) from None
-    except (RemoteReadError, DecodeError, LayoutError) as exc:
-        if not procfs.exists(pid):
-            raise errors.ProcessExitedError(pid) from None
-        raise errors.AiobpfError(
-            f"could not read the asyncio state of process {pid}: {exc}",
-            "if the program is changing fast, try again; otherwise please report it with the "
-            "output of: aiobpf doctor") from None
 
 
 def escalation_reason(torn: int, snapshot: Snapshot) -> str:

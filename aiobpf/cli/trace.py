@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from aiobpf import errors
-from aiobpf.cli.common import pid_argument, translate_errors
+from aiobpf.cli.common import pid_argument
 from aiobpf.collector.frames import Frames
 from aiobpf.collector.loader import (
     CAPTURE_CREATED,
@@ -34,6 +34,7 @@ from aiobpf.collector.model import Frame
 from aiobpf.collector.objects import DecodeError, Objects
 from aiobpf.collector.target import Target, open_target
 from aiobpf.collector.tasks import task_name
+from aiobpf.errors import translate_errors
 from aiobpf.exporters.trace import ChromeTrace, JsonLines, Step, TraceSummary
 
 _STATES = {CAPTURE_FINISHED: "finished", CAPTURE_RUNNING: "running", CAPTURE_CREATED: "created"}
