@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from aiobpf.exporters.prometheus import series_cap
+from aiobpf.exporters.metrics import series_cap
 from tests.conftest import TARGETS, aiobpf, run_target
 from tests.integration.daemon_proc import (
     REPO,
