@@ -32,15 +32,20 @@ consistently (--format json says why in the task's "errors"). A task without
 marks is shown as CPython's tool shows it."""
 
 
+# Options that ask for a reading of one's own (the daemon reads with the layout it found).
+_HERE_NOT_DAEMON = "; the process is then read here, not through the daemon"
+
+
 def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
     parser.add_argument("pid", type=parse_pid, metavar="PID", help="the process to read")
     parser.add_argument("--no-dwarf", action="store_true",
                         help="ignore the target's DWARF; use the offsets CPython publishes and "
-                             "aiobpf's built-in tables (as for a stripped build)")
+                             "aiobpf's built-in tables (as for a stripped build)"
+                             + _HERE_NOT_DAEMON * capture)
     parser.add_argument("--debug-dir", type=Path, action="append", default=[], metavar="DIR",
                         help="where to look for separate debug files of a stripped interpreter "
                              "(by build-id), before /usr/lib/debug in the target's root and "
-                             "on the host; repeatable")
+                             "on the host; repeatable" + _HERE_NOT_DAEMON * capture)
     if not capture:
         return
     parser.add_argument("--capture", choices=("auto", "memory", "bpf"), default="auto",
@@ -50,7 +55,10 @@ def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
                              "memory, and bpf when a read tore because the process is busy, said "
                              "on stderr with the reason)")
     parser.add_argument("--window", type=float, default=0.3, metavar="SECONDS",
-                        help="how long BPF capture watches steps before the read (default 0.3)")
+                        help="how long BPF capture watches steps before the read (default "
+                             "0.3); through the daemon, for --capture bpf only (auto uses "
+                             "the daemon's records as they are; a note says when the daemon "
+                             "watches less than asked)")
     parser.add_argument("--no-daemon", action="store_true",
                         help="read the process here even if an aiobpf daemon traces it (by "
                              "default the daemon is asked first, over its socket: "
@@ -62,14 +70,20 @@ def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
 
 def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
     """Print the daemon's answer for ``args.pid`` and return the exit status; None when
-    no daemon answers for the process (or options ask for a reading of one's own).
-    When the daemon cannot answer, its reason is said on stderr in one line."""
-    if args.no_daemon or args.no_dwarf or args.debug_dir:
+    no daemon answers for the process (or options ask for a reading of one's own: said
+    on stderr in one line when a daemon runs).  When the daemon cannot answer, its
+    reason is said on stderr in one line."""
+    if args.no_daemon:
         return None
     from aiobpf.daemon import dumps
     from aiobpf.daemon.config import DEFAULT_SOCKET
 
     path = Path(os.environ.get("AIOBPF_SOCKET", DEFAULT_SOCKET))
+    if args.no_dwarf or args.debug_dir:
+        if dumps.answers(path):   # the daemon reads with the layout it found: not these
+            print(f"aiobpf: {_layout_options(args)} reads the process here, not through the "
+                  "daemon", file=sys.stderr, flush=True)
+        return None
     reply = dumps.request(path, {"pid": args.pid, "format": fmt, "capture": args.capture,
                                  "window": args.window})
     if reply is None:
@@ -87,6 +101,11 @@ def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
         error.exit_code = int(reply.get("exit_code", errors.EXIT_ERROR))
         raise error
     return 0
+
+
+def _layout_options(args: argparse.Namespace) -> str:
+    return " and ".join(option for option, given in (("--no-dwarf", args.no_dwarf),
+                                                     ("--debug-dir", args.debug_dir)) if given)
 
 
 def parse_pid(text: str) -> int:
