@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aiobpf.daemon import service
 from aiobpf.daemon.config import Config
 from aiobpf.exporters.metrics import (
+    ERROR_KINDS,
     FAMILIES,
     OWN_PROCESS_METRICS,
     PROCESS_LABELS,
@@ -28,7 +31,12 @@ from aiobpf.exporters.metrics import (
 )
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+WIDTH = 86   # of the paragraphs written (the table's rows are one line each)
 TYPES = {"gaugehistogram": "gauge histogram"}
+
+
+def fill(paragraph: str) -> str:
+    return textwrap.fill(paragraph, WIDTH, break_long_words=False, break_on_hyphens=False)
 
 
 def duration(seconds: float) -> str:
@@ -62,9 +70,9 @@ def row(family: Family) -> str:
 def metrics_table() -> str:
     own = ", ".join(f"`{name}`" for name in OWN_PROCESS_METRICS)
     return "\n".join([
-        "Per-process series carry " + ", ".join(f"`{label}`" for label in PROCESS_LABELS)
-        + " (`container`: the container id from the cgroup, empty on the host); those "
-        "\"from\" aiobpf itself carry none of them.",
+        fill("Per-process series carry " + ", ".join(f"`{label}`" for label in PROCESS_LABELS)
+             + " (`container`: the container id from the cgroup, empty on the host); those "
+             "\"from\" aiobpf itself carry none of them."),
         "",
         "| metric | type | labels | from | what |",
         "|---|---|---|---|---|",
@@ -76,13 +84,23 @@ def metrics_table() -> str:
 
 def series_cap_text() -> str:
     top = Config().top_sites
-    return (f"**Cardinality cap.** A process exports at most {series_fixed()} + "
+    return fill(f"**Cardinality cap.** A process exports at most {series_fixed()} + "
             f"`top_sites` + 1 series (its await sites and `(other)`): {series_cap(top)} "
             f"with the default `top_sites = {top}`, whatever its task names and sites "
             "(tested with 100,000 task names and 10,000 await sites).")
 
 
-PARTS = {"metrics table": metrics_table, "series cap": series_cap_text}
+def error_kinds() -> str:
+    limits = {"read_deadline": f"{service.READ_DEADLINE_S:g} s",
+              "dump_deadline": f"{service.DUMP_DEADLINE_S:g} s",
+              "max_tasks": f"{service.MAX_TASKS:,}",
+              "examine_limit": f"{service.EXAMINE_LIMIT_S:g} s"}
+    return fill("Error kinds (`aiobpf_errors_total{kind}`): " + ", ".join(
+        f"`{kind}` ({what.format(**limits)})" for kind, what in ERROR_KINDS.items()) + ".")
+
+
+PARTS = {"metrics table": metrics_table, "series cap": series_cap_text,
+         "error kinds": error_kinds}
 
 
 def generate(readme: str) -> str:

@@ -149,6 +149,35 @@ FAMILIES = (
 )
 BY_KEY = {family.key: family for family in FAMILIES}
 
+# The kinds of aiobpf_errors_total and what each means, for the README; the daemon's
+# limits in braces are filled in by tools/gen_metrics_doc.py.
+ERROR_KINDS = {
+    "attach": "probes not placed",
+    "bpf_load": "the BPF programs did not load: memory reads only",
+    "calibrate": "BPF refused the start-up timing of a probe: memory reads only",
+    "probe_file_changed": "a traced process mapped another file where its probed `_asyncio` "
+                          "was: dropped and looked at afresh",
+    "too_many_files": "no probes for a process whose `_asyncio` file would exceed the limits "
+                      "on probed files, see \"Security model\": memory reads only",
+    "read": "a memory read failed",
+    "read_limit": "a memory read ran past its deadline: {read_deadline}, dumps {dump_deadline}",
+    "tasks_left_out": "a process has more than {max_tasks} tasks: the rest are left out of "
+                      "its gauges",
+    "bpf_read": "kernel-space reads that faulted",
+    "bpf_records_full": "task records the full `records` map refused: those tasks are read "
+                        "from memory",
+    "bpf_prune": "the maps could not be pruned",
+    "scan": "listing `/proc` failed, or looking at a process found there did",
+    "too_many_processes": "over `max_processes`",
+    "malformed_file": "a file the process maps is not a sound ELF file, or one it names is "
+                      "unsafe to open",
+    "examine_timeout": "its files took longer than {examine_limit} to examine",
+    "examine_busy": "examinations put off while earlier ones are still stuck",
+    "internal": "an unexpected fault while examining, accounting or reading one process: "
+                "that process is not traced or is dropped, the daemon's log says which and "
+                "why; a bug, please report it",
+}
+
 
 def series_fixed() -> int:
     """Series of one traced process besides its await sites (buckets included)."""

@@ -3,7 +3,9 @@ names, types, help, labels and buckets; aiobpf's own process metrics are unprefi
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,6 +16,7 @@ from aiobpf.collector.model import Frame, Snapshot, Task
 from aiobpf.daemon.metrics_server import Rejections, own_metrics
 from aiobpf.exporters.metrics import (
     BY_KEY,
+    ERROR_KINDS,
     FAMILIES,
     OWN_PROCESS_METRICS,
     TIME_BUCKETS,
@@ -26,6 +29,8 @@ from aiobpf.exporters.prometheus import (
     StepCounts,
     summarize,
 )
+
+PACKAGE = Path(__file__).resolve().parents[2] / "aiobpf"
 
 
 def _scrape() -> str:
@@ -81,3 +86,40 @@ def test_the_own_registry_is_what_the_table_says() -> None:
     names = {s.name for f in registry.collect() for s in f.samples}
     assert names == set(OWN_PROCESS_METRICS)   # no rejections yet: no samples of them
     assert isinstance(registry, CollectorRegistry)
+
+
+def _counted_kinds() -> set[str]:
+    """Every error kind aiobpf's code can count: ``x.errors["kind"]`` (either branch of
+    a conditional too), ``_kind(exc, "default")``, and the kinds ``CaptureUnavailable``
+    is raised with (and its default), found in the syntax trees of the package."""
+    def strings(node: ast.AST) -> list[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
+        if isinstance(node, ast.IfExp):
+            return strings(node.body) + strings(node.orelse)
+        return []
+
+    kinds: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+                    and node.value.attr == "errors"):
+                kinds.update(strings(node.slice))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                if node.func.id == "_kind" and len(node.args) == 2:
+                    kinds.update(strings(node.args[1]))
+                if node.func.id == "CaptureUnavailable":
+                    for arg in [*node.args[1:], *(k.value for k in node.keywords)]:
+                        kinds.update(strings(arg))
+            elif isinstance(node, ast.ClassDef) and node.name == "CaptureUnavailable":
+                init = next(n for n in node.body
+                            if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+                kinds.update(s for d in init.args.defaults for s in strings(d))
+    return kinds
+
+
+def test_every_error_kind_counted_is_documented() -> None:
+    """ERROR_KINDS (the README's "Error kinds") names exactly the kinds the code counts."""
+    counted = _counted_kinds()
+    assert {"internal", "bpf_load", "attach", "too_many_files", "read_limit"} <= counted
+    assert counted == set(ERROR_KINDS), (counted ^ set(ERROR_KINDS))
