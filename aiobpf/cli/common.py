@@ -13,7 +13,7 @@ from aiobpf.collector.loader import Capture, CaptureUnavailable
 from aiobpf.collector.model import Snapshot
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import open_target
-from aiobpf.errors import translate_errors
+from aiobpf.errors.translate import translate_errors
 from aiobpf.safe_text import bound, escape
 
 # How ps and pstree show what a target named, and what they mark (their --help).

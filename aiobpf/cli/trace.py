@@ -34,7 +34,7 @@ from aiobpf.collector.model import Frame
 from aiobpf.collector.objects import DecodeError, Objects
 from aiobpf.collector.target import Target, open_target
 from aiobpf.collector.tasks import task_name
-from aiobpf.errors import translate_errors
+from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.trace import ChromeTrace, JsonLines, Step, TraceSummary
 
 _STATES = {CAPTURE_FINISHED: "finished", CAPTURE_RUNNING: "running", CAPTURE_CREATED: "created"}

@@ -50,7 +50,7 @@ from aiobpf.daemon.budget.estimate import Reading
 from aiobpf.daemon.budget.windows import FileWindow, next_switch
 from aiobpf.daemon.config import Config
 from aiobpf.daemon.discovery import Candidate, Discovery, Identity
-from aiobpf.errors import translate_errors
+from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.prometheus import (
     DaemonState,
     ProcessView,

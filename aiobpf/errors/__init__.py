@@ -1,5 +1,5 @@
-"""Errors a user can act on: each carries its exit code and what to do about it; and
-``translate_errors``, which turns what the collector raises into them.
+"""Errors a user can act on: each carries its exit code and what to do about it
+(``errors.translate`` turns what the collector raises into them).
 
 The CLI prints ``aiobpf: <message>`` and, indented below it, the hint; never a
 traceback.  Exit codes (documented in the README):
@@ -15,15 +15,7 @@ traceback.  Exit codes (documented in the README):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-from aiobpf.collector import procfs
-from aiobpf.collector.layouts import LayoutError
-from aiobpf.collector.memory import ProcessGone, ReadDenied, RemoteReadError
-from aiobpf.collector.objects import DecodeError
-from aiobpf.collector.target import NoAsyncio, NotPython, UnsupportedPython
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -161,31 +153,3 @@ def permission_hint(pid: int) -> str:
         return reason + ": run it as root, e.g. sudo aiobpf ..."
     return ("the kernel refused the read although aiobpf has CAP_SYS_PTRACE: a security "
             "module (SELinux, AppArmor, Yama) denies it; see aiobpf doctor")
-
-
-@contextmanager
-def translate_errors(pid: int) -> Iterator[None]:
-    """Turn what the collector raises into ``AiobpfError``s that say what to do."""
-    try:
-        yield
-    except procfs.ProcessNotFound:
-        if procfs.exists(pid):
-            raise ProcessExitedError(pid) from None
-        raise ProcessNotFoundError(pid) from None
-    except ProcessGone:
-        raise ProcessExitedError(pid) from None
-    except (ReadDenied, PermissionError):
-        raise PermissionDeniedError(pid) from None
-    except NotPython as exc:
-        raise NotPythonError(str(exc)) from None
-    except UnsupportedPython as exc:
-        raise UnsupportedPythonError(str(exc)) from None
-    except NoAsyncio as exc:
-        raise NoAsyncioError(str(exc)) from None
-    except (RemoteReadError, DecodeError, LayoutError) as exc:
-        if not procfs.exists(pid):
-            raise ProcessExitedError(pid) from None
-        raise AiobpfError(
-            f"could not read the asyncio state of process {pid}: {exc}",
-            "if the program is changing fast, try again; otherwise please report it with the "
-            "output of: aiobpf doctor") from None
