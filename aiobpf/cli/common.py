@@ -6,19 +6,14 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from aiobpf import errors
-from aiobpf.collector import procfs
-from aiobpf.collector.layouts import LayoutError
 from aiobpf.collector.loader import Capture, CaptureUnavailable
-from aiobpf.collector.memory import ProcessGone, ReadDenied, RemoteReadError
 from aiobpf.collector.model import Snapshot
-from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.snapshot import Collector
-from aiobpf.collector.target import NoAsyncio, NotPython, UnsupportedPython, open_target
+from aiobpf.collector.target import open_target
+from aiobpf.errors.translate import translate_errors
 from aiobpf.safe_text import bound, escape
 
 # How ps and pstree show what a target named, and what they mark (their --help).
@@ -37,15 +32,20 @@ consistently (--format json says why in the task's "errors"). A task without
 marks is shown as CPython's tool shows it."""
 
 
+# Options that ask for a reading of one's own (the daemon reads with the layout it found).
+_HERE_NOT_DAEMON = "; the process is then read here, not through the daemon"
+
+
 def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
     parser.add_argument("pid", type=parse_pid, metavar="PID", help="the process to read")
     parser.add_argument("--no-dwarf", action="store_true",
                         help="ignore the target's DWARF; use the offsets CPython publishes and "
-                             "aiobpf's built-in tables (as for a stripped build)")
+                             "aiobpf's built-in tables (as for a stripped build)"
+                             + _HERE_NOT_DAEMON * capture)
     parser.add_argument("--debug-dir", type=Path, action="append", default=[], metavar="DIR",
                         help="where to look for separate debug files of a stripped interpreter "
                              "(by build-id), before /usr/lib/debug in the target's root and "
-                             "on the host; repeatable")
+                             "on the host; repeatable" + _HERE_NOT_DAEMON * capture)
     if not capture:
         return
     parser.add_argument("--capture", choices=("auto", "memory", "bpf"), default="auto",
@@ -55,7 +55,10 @@ def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
                              "memory, and bpf when a read tore because the process is busy, said "
                              "on stderr with the reason)")
     parser.add_argument("--window", type=float, default=0.3, metavar="SECONDS",
-                        help="how long BPF capture watches steps before the read (default 0.3)")
+                        help="how long BPF capture watches steps before the read (default "
+                             "0.3); through the daemon, for --capture bpf only (auto uses "
+                             "the daemon's records as they are; a note says when the daemon "
+                             "watches less than asked)")
     parser.add_argument("--no-daemon", action="store_true",
                         help="read the process here even if an aiobpf daemon traces it (by "
                              "default the daemon is asked first, over its socket: "
@@ -67,14 +70,20 @@ def pid_argument(parser: argparse.ArgumentParser, capture: bool = True) -> None:
 
 def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
     """Print the daemon's answer for ``args.pid`` and return the exit status; None when
-    no daemon answers for the process (or options ask for a reading of one's own).
-    When the daemon cannot answer, its reason is said on stderr in one line."""
-    if args.no_daemon or args.no_dwarf or args.debug_dir:
+    no daemon answers for the process (or options ask for a reading of one's own: said
+    on stderr in one line when a daemon runs).  When the daemon cannot answer, its
+    reason is said on stderr in one line."""
+    if args.no_daemon:
         return None
     from aiobpf.daemon import dumps
     from aiobpf.daemon.config import DEFAULT_SOCKET
 
     path = Path(os.environ.get("AIOBPF_SOCKET", DEFAULT_SOCKET))
+    if args.no_dwarf or args.debug_dir:
+        if dumps.answers(path):   # the daemon reads with the layout it found: not these
+            print(f"aiobpf: {_layout_options(args)} reads the process here, not through the "
+                  "daemon", file=sys.stderr, flush=True)
+        return None
     reply = dumps.request(path, {"pid": args.pid, "format": fmt, "capture": args.capture,
                                  "window": args.window})
     if reply is None:
@@ -92,6 +101,11 @@ def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
         error.exit_code = int(reply.get("exit_code", errors.EXIT_ERROR))
         raise error
     return 0
+
+
+def _layout_options(args: argparse.Namespace) -> str:
+    return " and ".join(option for option, given in (("--no-dwarf", args.no_dwarf),
+                                                     ("--debug-dir", args.debug_dir)) if given)
 
 
 def parse_pid(text: str) -> int:
@@ -129,34 +143,6 @@ def _note(snapshot: Snapshot, note: str) -> Snapshot:
     snapshot.warnings.append(note)
     print(f"aiobpf: note: {escape(note)}; tasks were read from memory", file=sys.stderr)
     return snapshot
-
-
-@contextmanager
-def translate_errors(pid: int) -> Iterator[None]:
-    """Turn what the collector raises into ``AiobpfError``s that say what to do."""
-    try:
-        yield
-    except procfs.ProcessNotFound:
-        if procfs.exists(pid):
-            raise errors.ProcessExitedError(pid) from None
-        raise errors.ProcessNotFoundError(pid) from None
-    except ProcessGone:
-        raise errors.ProcessExitedError(pid) from None
-    except (ReadDenied, PermissionError):
-        raise errors.PermissionDeniedError(pid) from None
-    except NotPython as exc:
-        raise errors.NotPythonError(str(exc)) from None
-    except UnsupportedPython as exc:
-        raise errors.UnsupportedPythonError(str(exc)) from None
-    except NoAsyncio as exc:
-        raise errors.NoAsyncioError(str(exc)) from None
-    except (RemoteReadError, DecodeError, LayoutError) as exc:
-        if not procfs.exists(pid):
-            raise errors.ProcessExitedError(pid) from None
-        raise errors.AiobpfError(
-            f"could not read the asyncio state of process {pid}: {exc}",
-            "if the program is changing fast, try again; otherwise please report it with the "
-            "output of: aiobpf doctor") from None
 
 
 def escalation_reason(torn: int, snapshot: Snapshot) -> str:

@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
     from aiobpf.daemon.service import Daemon, serve
 
     if os.geteuid() != 0 and not errors._has_capability(errors.CAP_SYS_PTRACE):
-        raise errors.AiobpfError(
+        raise errors.PrivilegeError(
             f"aiobpf {args.command} needs root (to read other processes' memory and load "
             "BPF programs)", "run it with sudo, or as the systemd unit / DaemonSet in deploy/")
     for pid in pids or []:
@@ -88,6 +88,9 @@ def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
         raise errors.AiobpfError(f"{exc}", "check the web config and start again") from None
     except OSError as exc:
         daemon.close()
+        if isinstance(exc, PermissionError):
+            raise errors.PrivilegeError(f"cannot serve: {exc}", "run it as root (the dump "
+                                        "socket's directory, a port below 1024)") from None
         raise errors.AiobpfError(f"cannot serve: {exc}",
                                  "is another aiobpf daemon or exporter running there? "
                                  "(--listen, and the socket key of the config)") from None

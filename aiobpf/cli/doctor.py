@@ -9,9 +9,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aiobpf.errors import CAP_SYS_PTRACE, EXIT_ERROR, EXIT_OK, ptrace_scope
+from aiobpf.errors import (
+    CAP_BPF,
+    CAP_PERFMON,
+    CAP_SYS_ADMIN,
+    CAP_SYS_PTRACE,
+    EXIT_ERROR,
+    EXIT_OK,
+    ptrace_scope,
+)
 
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from aiobpf.cli.common import OUTPUT_NOTES, ask_daemon, pid_argument, take_snapshot
-from aiobpf.cli.output import render
+from aiobpf.exporters.render import render
 
 
 class PsCommand:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from aiobpf import errors
-from aiobpf.cli.common import pid_argument, translate_errors
+from aiobpf.cli.common import pid_argument
 from aiobpf.collector.frames import Frames
 from aiobpf.collector.loader import (
     CAPTURE_CREATED,
@@ -34,6 +34,7 @@ from aiobpf.collector.model import Frame
 from aiobpf.collector.objects import DecodeError, Objects
 from aiobpf.collector.target import Target, open_target
 from aiobpf.collector.tasks import task_name
+from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.trace import ChromeTrace, JsonLines, Step, TraceSummary
 
 _STATES = {CAPTURE_FINISHED: "finished", CAPTURE_RUNNING: "running", CAPTURE_CREATED: "created"}
@@ -129,6 +130,14 @@ def _ring_limits() -> MapLimits:
     return MapLimits(ring_pages=int(pages)) if pages else TRACE_LIMITS
 
 
+def _cannot_trace(reason: str) -> errors.AiobpfError:
+    """Why no probes: for want of privileges (exit status 77), or else (see doctor)."""
+    if errors.may_load_bpf():
+        return errors.AiobpfError(f"cannot trace: {reason}", "see aiobpf doctor")
+    return errors.PrivilegeError(f"cannot trace: {reason}",
+                                 "run it as root, e.g. sudo aiobpf trace PID")
+
+
 class TraceCommand:
     """Record every asyncio task step of PID: which task, on which thread, when, for how
     long, how long after its loop woke up, and the stack it suspended at.
@@ -170,7 +179,7 @@ class TraceCommand:
         try:
             capture = Capture(_ring_limits())
         except CaptureUnavailable as exc:
-            raise errors.AiobpfError(f"cannot trace: {exc}", "see aiobpf doctor") from None
+            raise _cannot_trace(str(exc)) from None
         stop = False
 
         def finish(_signo: int, _frame: object) -> None:
@@ -183,8 +192,7 @@ class TraceCommand:
         try:
             attachment = capture.add(target, trace=True)
             if not attachment.active:
-                raise errors.AiobpfError("cannot trace: " + "; ".join(attachment.notes),
-                                         "see aiobpf doctor")
+                raise _cannot_trace("; ".join(attachment.notes))
             self._trace(args, capture, target, lambda: stop)
         finally:
             for sig, handler in previous.items():

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aiobpf.errors import EXIT_PERMISSION, EXIT_USAGE
+
 MAX_REQUEST = 4096
 CLIENT_TIMEOUT_S = 300.0   # a dump of a million tasks takes about a minute
 
@@ -82,14 +84,14 @@ class DumpServer:
             data += chunk
         reply: dict[str, Any]
         if _peer_uid(conn) not in (0, os.geteuid()):
-            reply = {"error": "dumps are for root only", "exit_code": 77}
+            reply = {"error": "dumps are for root only", "exit_code": EXIT_PERMISSION}
         else:
             try:
                 request = json.loads(data)
                 if not isinstance(request, dict) or not isinstance(request.get("pid"), int):
                     raise ValueError("no pid")
             except ValueError:
-                reply = {"error": "bad request", "exit_code": 2}
+                reply = {"error": "bad request", "exit_code": EXIT_USAGE}
             else:
                 reply = self.handler(request)
         conn.settimeout(CLIENT_TIMEOUT_S)

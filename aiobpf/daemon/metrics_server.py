@@ -29,12 +29,14 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from aiobpf.daemon.web_config import BasicAuth, WebConfig
+from aiobpf.exporters import prometheus
+from aiobpf.exporters.metrics import OWN_PROCESS_NAMESPACE
 from aiobpf.exporters.prometheus import DaemonState, MetricsCollector
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,7 @@ class RejectionsCollector(Collector):
         self._rejections = rejections
 
     def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(
-            "aiobpf_http_rejected", "Connections and requests the metrics endpoint turned "
-            "away: too_many_connections, too_many_from_peer, timeout, too_large, "
-            "tls_handshake, unauthorized.", labels=["reason"])
+        family = prometheus.family("rejected")
         for reason, count in sorted(self._rejections.counts().items()):
             family.add_metric([reason], count)
         yield family
@@ -332,16 +331,22 @@ class Guarded:
             return [b"aiobpf: rendering the metrics failed; see the daemon's log\n"]
 
 
+def own_metrics(rejections: Rejections) -> CollectorRegistry:
+    """A registry of what the endpoint says about aiobpf's own process (besides the
+    daemon's state): CPU, memory and descriptors, and the requests it turned away."""
+    registry = CollectorRegistry()
+    ProcessCollector(namespace=OWN_PROCESS_NAMESPACE, registry=registry)
+    registry.register(RejectionsCollector(rejections))
+    return registry
+
+
 def start_metrics_server(host: str, port: int, state: Callable[[], DaemonState],
                          web: WebConfig | None = None) -> WSGIServer:
     """Serve /metrics from ``state`` (and aiobpf's own process metrics) in a thread,
     with TLS and basic authentication when ``web`` says so."""
     web = web or WebConfig()
     rejections = Rejections()
-    registry = CollectorRegistry()
-    ProcessCollector(namespace="aiobpf", registry=registry)
-    registry.register(RejectionsCollector(rejections))
-    app = Guarded(CachedMetrics(state, registry), web.auth, rejections)
+    app = Guarded(CachedMetrics(state, own_metrics(rejections)), web.auth, rejections)
     server = _Server(host, port, web.tls, rejections)
     server.set_app(app)
     threading.Thread(target=server.serve_forever, name="aiobpf-metrics", daemon=True).start()

@@ -22,8 +22,6 @@ from typing import Any
 import psutil
 
 from aiobpf import errors
-from aiobpf.cli.common import translate_errors
-from aiobpf.cli.output import FORMATS, render
 from aiobpf.collector import deadline, probe_cost
 from aiobpf.collector.elf import NotElfError
 from aiobpf.collector.files import UnsafeFile
@@ -52,12 +50,14 @@ from aiobpf.daemon.budget.estimate import Reading
 from aiobpf.daemon.budget.windows import FileWindow, next_switch
 from aiobpf.daemon.config import Config
 from aiobpf.daemon.discovery import Candidate, Discovery, Identity
+from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.prometheus import (
     DaemonState,
     ProcessView,
     SnapshotSummary,
     Summarizer,
 )
+from aiobpf.exporters.render import FORMATS, render
 from aiobpf.safe_text import NAME_MAX, SafeLogRecords, bound
 
 log = logging.getLogger("aiobpf")

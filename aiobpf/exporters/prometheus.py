@@ -5,8 +5,9 @@ Per-process series carry ``pid``, ``process``, ``python`` and ``container`` labe
 nothing unbounded: no task names or ids; await sites are limited to the top K per
 process, the rest summed under ``site="(other)"``.  Every label value a target
 controls goes through ``safe_text.label``: valid UTF-8, control characters escaped,
-at most 128 characters (256 for sites).  A process therefore exports at
-most ``SERIES_FIXED + top_sites + 1`` series (``series_cap``).
+at most 128 characters (256 for sites).  A process therefore exports at most
+``metrics.series_cap(top_sites)`` series.  What each family is (name, type, help,
+labels, buckets) is the table in ``exporters.metrics``.
 """
 
 from __future__ import annotations
@@ -30,24 +31,26 @@ from prometheus_client.registry import Collector
 
 from aiobpf import __version__
 from aiobpf.collector.model import Snapshot, Task
+from aiobpf.exporters.metrics import (
+    AWAIT_DEPTH_BUCKETS,
+    BY_KEY,
+    FAMILIES,
+    STACK_DEPTH_BUCKETS,
+    TIME_EDGES,
+)
 from aiobpf.exporters.sites import APPLICATION, await_site
 from aiobpf.safe_text import label
 
-LABELS = ("pid", "process", "python", "container")
-STACK_DEPTH_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)
-AWAIT_DEPTH_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16)
-# Bucket edges of the time histograms, 2^12 ns (4 us) to 2^36 ns (69 s), one per two of
-# the BPF histograms' log2 slots (fewer series per process, cheaper scrapes).
-TIME_EDGES = range(12, 37, 2)
 OTHER_SITE = "(other)"
-# Series per process besides the await sites (buckets included).
-SERIES_FIXED = (1 + (len(STACK_DEPTH_BUCKETS) + 3) + (len(AWAIT_DEPTH_BUCKETS) + 3)
-                + 3 + 2 * (len(TIME_EDGES) + 3) + 6 + 1)
+_CLASSES: dict[str, Any] = {
+    "gauge": GaugeMetricFamily, "counter": CounterMetricFamily, "info": InfoMetricFamily,
+    "histogram": HistogramMetricFamily, "gaugehistogram": GaugeHistogramMetricFamily}
 
 
-def series_cap(top_sites: int) -> int:
-    """The most series one traced process can export."""
-    return SERIES_FIXED + top_sites + 1
+def family(key: str) -> Any:
+    """An empty metric family of the table (``exporters.metrics``) to add samples to."""
+    spec = BY_KEY[key]
+    return _CLASSES[spec.type](spec.name, spec.documentation, labels=spec.all_labels)
 
 
 @dataclass
@@ -221,56 +224,12 @@ def _time_buckets(hist: list[float]) -> list[tuple[str, float]]:
     return out
 
 
-# attribute, family class, name, help, extra label of the per-process families
-_FAMILIES = (
-    ("info", GaugeMetricFamily, "aiobpf_process_info",
-     "A traced process; capture is full, windowed or memory.", "capture"),
-    ("pending", GaugeMetricFamily, "aiobpf_tasks_pending",
-     "Pending asyncio tasks (memory read).", None),
-    ("stack", GaugeHistogramMetricFamily, "aiobpf_task_stack_depth",
-     "Coroutine frames of each suspended task's stack (memory read).", None),
-    ("await_", GaugeHistogramMetricFamily, "aiobpf_task_await_depth",
-     "Tasks between each pending task and the root of its await chain (memory read).", None),
-    ("created", CounterMetricFamily, "aiobpf_tasks_created",
-     "Tasks created since tracing began, eager ones included (counted at Task.__init__ "
-     "on 3.12+, estimated between capture windows; on 3.11 derived from finished tasks "
-     "and the change in pending ones).", None),
-    ("finished", CounterMetricFamily, "aiobpf_tasks_finished",
-     "Tasks whose last step aiobpf saw end (estimate).", None),
-    ("steps", CounterMetricFamily, "aiobpf_task_steps",
-     "Task steps (estimated between capture windows).", None),
-    ("step_time", HistogramMetricFamily, "aiobpf_task_step_duration_seconds",
-     "Duration of task steps: a long step is an event loop blocked.", None),
-    ("delay", HistogramMetricFamily, "aiobpf_task_wakeup_delay_seconds",
-     "From the event loop waking to a task's step starting: loop lag.", None),
-    ("sites", GaugeMetricFamily, "aiobpf_suspended_tasks",
-     "Suspended tasks by await site (innermost frame of the application, else of a "
-     "library), top K per process.", "site"),
-    ("fraction", GaugeMetricFamily, "aiobpf_capture_fraction",
-     "Fraction of the time since tracing began that the process's probes were attached "
-     "(1: full capture).", None),
-    ("attached", CounterMetricFamily, "aiobpf_probes_attached_seconds",
-     "Seconds the process's probes were attached; its rate() is the attached fraction "
-     "over any range.", None),
-    ("overhead", GaugeMetricFamily, "aiobpf_estimated_overhead_ratio",
-     "Estimated CPU aiobpf's probes cost the process, as a fraction of its own.", None),
-    ("step_cost", GaugeMetricFamily, "aiobpf_step_cost_seconds",
-     "Estimated CPU time one captured step costs the process (uprobe trap, programs, "
-     "syscall hooks).", None),
-    ("hits", CounterMetricFamily, "aiobpf_probe_hits",
-     "Step starts seen by the probes (not scaled).", None),
-    ("read_time", GaugeMetricFamily, "aiobpf_snapshot_read_seconds",
-     "Duration of the last memory read.", None),
-)
-
-
 class Families:
     """The metric families of one scrape, filled process by process."""
 
     def __init__(self) -> None:
-        self.by_key: dict[str, Any] = {
-            key: family(name, documentation, labels=[*LABELS, extra] if extra else list(LABELS))
-            for key, family, name, documentation, extra in _FAMILIES}
+        self.by_key: dict[str, Any] = {spec.key: family(spec.key) for spec in FAMILIES
+                                       if spec.per_process}
 
     def add(self, view: ProcessView) -> None:
         lab = view.labels
@@ -322,18 +281,17 @@ class MetricsCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         state = self._state()
-        yield InfoMetricFamily("aiobpf_build", "aiobpf's version.", value={"version": __version__})
-        attached = GaugeMetricFamily("aiobpf_attached_processes", "Processes traced now.")
+        build = family("build")
+        build.add_metric([__version__], {})
+        yield build
+        attached = family("processes")
         attached.add_metric([], len(state.views))
         yield attached
-        errors = CounterMetricFamily("aiobpf_errors", "Errors by kind.", labels=["kind"])
+        errors = family("errors")
         for kind, n in sorted(state.errors.items()):
             errors.add_metric([kind], n)
         yield errors
-        scanned = GaugeMetricFamily(
-            "aiobpf_last_scan_timestamp_seconds",
-            "Unix time the daemon's last discovery scan ended: it advances every "
-            "scan_interval while the daemon's loop is healthy.")
+        scanned = family("last_scan")
         scanned.add_metric([], state.last_scan)
         yield scanned
         families = Families()

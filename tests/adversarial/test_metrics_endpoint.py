@@ -272,7 +272,7 @@ def test_scrapes_never_go_back_in_time_while_the_state_changes(tmp_path: Path) -
             for accept in burst:
                 began = time.time()
                 text = scrape_as(daemon, accept)
-                cpu = sample(text, "aiobpf_process_cpu_seconds_total")
+                cpu = sample(text, "process_cpu_seconds_total")
                 scan = sample(text, "aiobpf_last_scan_timestamp_seconds")
                 if cpu < last_cpu or scan < last_scan:
                     back.append((n, last_cpu, cpu, last_scan, scan))

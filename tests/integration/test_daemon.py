@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from aiobpf.exporters.prometheus import series_cap
+from aiobpf.exporters.metrics import series_cap
 from tests.conftest import TARGETS, aiobpf, run_target
 from tests.integration.daemon_proc import (
     REPO,
@@ -391,7 +391,7 @@ def test_daemon_and_exporter_errors(tmp_path: Path) -> None:
     assert config.returncode == 1 and "budget" in config.stderr
     assert "deploy/aiobpf.toml" in config.stderr
     nobody = aiobpf("daemon", user="nobody")
-    assert nobody.returncode == 1 and "needs root" in nobody.stderr
+    assert nobody.returncode == 77 and "needs root" in nobody.stderr
     for result in (gone, config, nobody):
         assert "Traceback" not in result.stderr
     helped = aiobpf("daemon", "--help")

@@ -101,3 +101,25 @@ def test_bpf_dump_through_a_memory_only_daemon_says_why(tmp_path: Path) -> None:
         memory = aiobpf("pstree", str(target.pid), "--capture", "memory",
                         socket=str(daemon.socket))
         assert memory.returncode == 0 and SAID not in memory.stderr, memory.stderr
+
+
+def test_layout_options_read_here_and_say_so(tmp_path: Path) -> None:
+    """--no-dwarf and --debug-dir ask for a reading with a layout of one's own: never
+    through the daemon (it reads with the layout it found), said in one line when a
+    daemon runs, silently when none does."""
+    python = by_label("sid-3.14")
+    with (run_target(python, "depth.py", "5", "2", name="dump_layout_options.py") as target,
+          run_daemon(tmp_path, bpf=False, select=r"/dump_layout_options\.py") as daemon):
+        daemon.wait_traced(target.pid)
+        pid = str(target.pid)
+        for options, said in ((["--no-dwarf"], "--no-dwarf"),
+                              (["--debug-dir", str(tmp_path)], "--debug-dir"),
+                              (["--no-dwarf", "--debug-dir", str(tmp_path)],
+                               "--no-dwarf and --debug-dir")):
+            result = aiobpf("ps", pid, *options, socket=str(daemon.socket))
+            assert result.returncode == 0, result.stderr
+            assert result.stderr.splitlines() == [
+                f"aiobpf: {said} reads the process here, not through the daemon"], result.stderr
+        alone = aiobpf("ps", pid, "--no-dwarf")   # no daemon at the default test socket
+        assert alone.returncode == 0 and alone.stderr == "", alone.stderr
+        assert alone.stdout == result.stdout

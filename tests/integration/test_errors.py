@@ -20,6 +20,7 @@ from aiobpf import errors
 from aiobpf.cli import common
 from aiobpf.collector import target as target_mod
 from tests.conftest import (
+    NO_DAEMON_SOCKET,
     TARGETS,
     Result,
     aiobpf,
@@ -28,6 +29,7 @@ from tests.conftest import (
     run_target,
     stop,
 )
+from tests.integration.prom import free_port
 from tests.pythons import Python, by_label, unsupported_pythons
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,9 +51,13 @@ def readable_copy() -> Path:
     return readable_package("nobody")
 
 
-def _as_nobody(readable_copy: Path, *args: str) -> Result:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(readable_copy), "HOME": "/tmp"}
-    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+def _as_nobody(readable_copy: Path, *args: str, caps: str = "") -> Result:
+    """``aiobpf ARGS`` as ``nobody``, with the ambient capabilities ``caps`` (setpriv's
+    syntax, e.g. ``+sys_ptrace``)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(readable_copy), "HOME": "/tmp",
+           "AIOBPF_SOCKET": NO_DAEMON_SOCKET}
+    keep = [f"--inh-caps={caps}", f"--ambient-caps={caps}"] if caps else []
+    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *keep,
             sys.executable, "-m", "aiobpf", *args]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     return Result(out.returncode, out.stdout, out.stderr)
@@ -132,6 +138,33 @@ def test_memory_reads_refused_for_a_non_dumpable_process(readable_copy: Path) ->
         result = _as_nobody(readable_copy, "ps", str(target.pid))
         _one_error(result, errors.EXIT_PERMISSION, "not allowed to read its memory",
                    "not dumpable", "CAP_SYS_PTRACE")
+
+
+def test_daemon_and_exporter_without_root_exit_77(readable_copy: Path) -> None:
+    """Permission errors exit 77 from every command, the daemon's too."""
+    for args in (("daemon",), ("exporter", "--pid", str(os.getpid()))):
+        result = _as_nobody(readable_copy, *args)
+        _one_error(result, errors.EXIT_PERMISSION, f"aiobpf {args[0]} needs root", "sudo")
+
+
+def test_daemon_refused_its_socket_directory_exits_77(readable_copy: Path,
+                                                       tmp_path: Path) -> None:
+    """Allowed to read memory (CAP_SYS_PTRACE), not to create its dump socket."""
+    os.chmod(tmp_path, 0o700)   # root's: nobody may not create anything in it
+    result = _as_nobody(readable_copy, "daemon", "--no-bpf", "--listen",
+                        f"127.0.0.1:{free_port()}", "--socket",
+                        str(tmp_path / "run" / "aiobpf.sock"), caps="+sys_ptrace")
+    _one_error(result, errors.EXIT_PERMISSION, "cannot serve", "Permission denied",
+               "run it as root")
+
+
+def test_trace_without_bpf_privileges_exits_77(readable_copy: Path) -> None:
+    """nobody may read its own process's memory, but not load BPF programs."""
+    with run_target(by_label("debian-3.11"), _world_readable("seed_app.py"),
+                    user="nobody") as target:
+        result = _as_nobody(readable_copy, "trace", str(target.pid), "--duration", "1")
+        _one_error(result, errors.EXIT_PERMISSION, "cannot trace", "CAP_BPF",
+                   "run it as root")
 
 
 def _world_readable(name: str) -> Path:

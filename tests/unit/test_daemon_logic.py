@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
 from aiobpf.daemon.config import ConfigError, Selection, load
+from aiobpf.exporters.metrics import series_cap
 from aiobpf.exporters.prometheus import (
     OTHER_SITE,
     DaemonState,
@@ -17,7 +18,6 @@ from aiobpf.exporters.prometheus import (
     ProcessView,
     StepCounts,
     Summarizer,
-    series_cap,
     summarize,
 )
 from aiobpf.exporters.sites import await_site, library_pattern
@@ -234,25 +234,3 @@ def test_selection() -> None:
     by_id = Selection(containers=["0123"], users=["1000"])
     assert by_id.accepts("x", 1000, "app", "0123456789ab")
 
-
-def test_the_dashboard_queries_only_what_is_exported() -> None:
-    import json
-    import re
-
-    dashboard = (REPO / "deploy" / "grafana" / "aiobpf-dashboard.json").read_text()
-    queried = set(re.findall(r"aiobpf_\w+", "".join(
-        str(v) for v in _values(json.loads(dashboard), "expr"))))
-    view = ProcessView(7, "python3", "3.14.0", "", "full",
-                       summarize(_snapshot([_task(1, 2)]), top_sites=10), StepCounts())
-    exported = {line.split("{")[0].split(" ")[0]
-                for line in _exposition([view]).splitlines() if not line.startswith("#")}
-    assert queried and queried <= exported, queried - exported
-
-
-def _values(node: object, key: str) -> list:
-    if isinstance(node, dict):
-        return [v for k, v in node.items() if k == key] + [
-            x for v in node.values() for x in _values(v, key)]
-    if isinstance(node, list):
-        return [x for v in node for x in _values(v, key)]
-    return []

@@ -3,7 +3,8 @@
 scripts/lint-deploy.sh checks the files' syntax (hadolint, kubernetes-validate
 --strict, JSON, TOML); the tests here check what they say: the DaemonSet's
 privileges, the ConfigMap against the example configuration, the image's install
-script, the dashboard's metrics, the systemd unit.
+script, the dashboard's metrics and the README's metrics table (against the table of
+aiobpf/exporters/metrics.py), the systemd unit.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from aiobpf.exporters.metrics import FAMILIES, OWN_PROCESS_METRICS
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -36,15 +39,6 @@ CAPABILITIES = {"SYS_PTRACE", "BPF", "PERFMON", "SYS_ADMIN"}
 # Left out, each with a comment saying where (which kernel, which files) it is needed.
 OPTIONAL_CAPABILITIES = {"SYS_RESOURCE": "5.11", "DAC_READ_SEARCH": "world-readable",
                          "CHECKPOINT_RESTORE": "5.9"}
-METRICS = [
-    "aiobpf_tasks_pending", "aiobpf_task_stack_depth_bucket", "aiobpf_task_await_depth_bucket",
-    "aiobpf_tasks_created_total", "aiobpf_tasks_finished_total", "aiobpf_task_steps_total",
-    "aiobpf_task_step_duration_seconds_bucket", "aiobpf_task_wakeup_delay_seconds_bucket",
-    "aiobpf_suspended_tasks", "aiobpf_capture_fraction", "aiobpf_estimated_overhead_ratio",
-    "aiobpf_probes_attached_seconds_total",
-    "aiobpf_attached_processes", "aiobpf_probe_hits_total", "aiobpf_errors_total",
-    "aiobpf_build_info",
-]
 
 
 def resources() -> dict[str, dict]:
@@ -248,8 +242,13 @@ def test_dashboard_shows_every_metric() -> None:
     assert len(ids) == len(set(ids))
     assert all({"x", "y", "w", "h"} <= panel["gridPos"].keys() for panel in panels)
     exprs = " ".join(target["expr"] for panel in panels for target in panel.get("targets", []))
-    for metric in METRICS:
-        assert re.search(rf"\b{metric}\b", exprs), f"no panel shows {metric}"
+    for family in FAMILIES:   # the table in aiobpf/exporters/metrics.py
+        assert any(re.search(rf"\b{sample}\b", exprs) for sample in family.samples), \
+            f"no panel shows {family.name}"
+    exported = {sample for family in FAMILIES for sample in family.samples}
+    exported.update(OWN_PROCESS_METRICS)
+    shown = set(re.findall(r"\b(?:aiobpf|process)_[a-z_]+", exprs))
+    assert shown <= exported, f"not exported, yet on the dashboard: {shown - exported}"
     variables = {var["name"]: var for var in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
@@ -258,6 +257,14 @@ def test_dashboard_shows_every_metric() -> None:
     step = [panel for panel in panels if "aiobpf_task_step_duration_seconds_bucket"
             in " ".join(target["expr"] for target in panel.get("targets", []))]
     assert step and all("blocked" in panel["title"] for panel in step)
+
+
+def test_readme_metrics_are_generated_from_the_table() -> None:
+    """tools/gen_metrics_doc.py --check: the README's metrics table and series cap are
+    what the table in aiobpf/exporters/metrics.py gives."""
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "gen_metrics_doc.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
 
 
 # -- the systemd unit --------------------------------------------------------------------

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "aiobpf"
 # Lower layers first; a module may import its own layer and those below it.
 LAYERS = (
     ("aiobpf", "aiobpf.errors", "aiobpf.safe_text"),
-    ("aiobpf.bpf", "aiobpf.collector"),
+    # errors.translate names the collector's exceptions: it sits just above them.
+    ("aiobpf.bpf", "aiobpf.collector", "aiobpf.errors.translate"),
     ("aiobpf.exporters",),
     ("aiobpf.daemon",),
     ("aiobpf.cli", "aiobpf.__main__"),

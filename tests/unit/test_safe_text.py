@@ -9,7 +9,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from aiobpf.cli.output import render
 from aiobpf.collector.model import Frame, Snapshot, Task
 from aiobpf.exporters.prometheus import (
     OTHER_SITE,
@@ -19,6 +18,7 @@ from aiobpf.exporters.prometheus import (
     StepCounts,
     summarize,
 )
+from aiobpf.exporters.render import render
 from aiobpf.safe_text import (
     ELLIPSIS,
     NAME_MAX,

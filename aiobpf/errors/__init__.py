@@ -1,4 +1,5 @@
-"""Errors a user can act on: each carries its exit code and what to do about it.
+"""Errors a user can act on: each carries its exit code and what to do about it
+(``errors.translate`` turns what the collector raises into them).
 
 The CLI prints ``aiobpf: <message>`` and, indented below it, the hint; never a
 traceback.  Exit codes (documented in the README):
@@ -24,6 +25,7 @@ EXIT_NOTHING = 4
 EXIT_PERMISSION = 77
 
 CAP_SYS_PTRACE = 19
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
 class AiobpfError(Exception):
@@ -98,6 +100,18 @@ class PermissionDeniedError(AiobpfError):
 
     def __init__(self, pid: int, what: str = "read its memory") -> None:
         super().__init__(f"not allowed to {what} (PID {pid})", permission_hint(pid))
+
+
+class PrivilegeError(AiobpfError):
+    """The command needs privileges aiobpf lacks (root, or capabilities)."""
+
+    exit_code = EXIT_PERMISSION
+
+
+def may_load_bpf() -> bool:
+    """Has aiobpf the capabilities that loading BPF programs and attaching uprobes need?"""
+    return _has_capability(CAP_SYS_ADMIN) or (_has_capability(CAP_BPF)
+                                              and _has_capability(CAP_PERFMON))
 
 
 def _has_capability(bit: int) -> bool:

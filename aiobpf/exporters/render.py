@@ -1,5 +1,5 @@
-"""The output of ps and pstree from a snapshot, in pieces: shared by the CLI, which
-writes them as they come, and the daemon, which sends them over its dump socket.
+"""The output of ps and pstree from a snapshot, in pieces: written by the CLI as they
+come, and sent by the daemon over its dump socket.
 
 Every format is safe to print on a terminal: tree, table and CSV escape what the
 target named (``exporters.text``); JSON keeps every name exact, with the characters
