@@ -37,7 +37,8 @@ from prometheus_client.registry import Collector
 from aiobpf.daemon.web_config import BasicAuth, WebConfig
 from aiobpf.exporters import prometheus
 from aiobpf.exporters.metrics import OWN_PROCESS_NAMESPACE
-from aiobpf.exporters.prometheus import DaemonState, MetricsCollector
+from aiobpf.exporters.prometheus import MetricsCollector
+from aiobpf.exporters.state import DaemonState
 
 log = logging.getLogger(__name__)
 

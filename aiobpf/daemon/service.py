@@ -52,12 +52,10 @@ from aiobpf.daemon.config import Config
 from aiobpf.daemon.discovery import Candidate, Discovery, Identity
 from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.prometheus import (
-    DaemonState,
-    ProcessView,
-    SnapshotSummary,
     Summarizer,
 )
 from aiobpf.exporters.render import FORMATS, render
+from aiobpf.exporters.state import DaemonState, ProcessView, SnapshotSummary
 from aiobpf.safe_text import NAME_MAX, SafeLogRecords, bound
 
 log = logging.getLogger("aiobpf")

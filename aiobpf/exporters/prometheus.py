@@ -16,7 +16,6 @@ import re
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import (
@@ -39,7 +38,7 @@ from aiobpf.exporters.metrics import (
     TIME_EDGES,
 )
 from aiobpf.exporters.sites import APPLICATION, await_site
-from aiobpf.safe_text import label
+from aiobpf.exporters.state import DaemonState, ProcessView, SnapshotSummary
 
 OTHER_SITE = "(other)"
 _CLASSES: dict[str, Any] = {
@@ -51,17 +50,6 @@ def family(key: str) -> Any:
     """An empty metric family of the table (``exporters.metrics``) to add samples to."""
     spec = BY_KEY[key]
     return _CLASSES[spec.type](spec.name, spec.documentation, labels=spec.all_labels)
-
-
-@dataclass
-class SnapshotSummary:
-    """What the gauges show of one memory read: exact at the time of that read."""
-
-    pending: int = 0
-    stack_depths: Counter[int] = field(default_factory=Counter)   # frames -> suspended tasks
-    await_depths: Counter[int] = field(default_factory=Counter)   # awaiting tasks -> tasks
-    sites: list[tuple[str, int]] = field(default_factory=list)    # top K, then (other)
-    read_seconds: float = 0.0
 
 
 def _depths_of(first: dict[int, int | None]) -> dict[int, int]:
@@ -157,54 +145,6 @@ def summarize(snapshot: Snapshot, top_sites: int,
     return summarizer.finish(snapshot.duration_s)
 
 
-@dataclass
-class StepCounts:
-    """The BPF counters of one process; between capture windows, estimated."""
-
-    steps: float = 0.0
-    finished: float = 0.0
-    created: float = 0.0
-    step_hist: list[float] = field(default_factory=lambda: [0.0] * 64)
-    step_sum_ns: float = 0.0
-    delay_hist: list[float] = field(default_factory=lambda: [0.0] * 64)
-    delay_sum_ns: float = 0.0
-
-    def add(self, other: StepCounts, scale: float = 1.0) -> None:
-        """Add ``other``'s counts, multiplied by ``scale``."""
-        self.steps += other.steps * scale
-        self.finished += other.finished * scale
-        self.created += other.created * scale
-        self.step_sum_ns += other.step_sum_ns * scale
-        self.delay_sum_ns += other.delay_sum_ns * scale
-        for i, n in enumerate(other.step_hist):
-            self.step_hist[i] += n * scale
-        for i, n in enumerate(other.delay_hist):
-            self.delay_hist[i] += n * scale
-
-
-@dataclass
-class ProcessView:
-    """Everything exported about one traced process (made by the daemon, read by scrapes)."""
-
-    pid: int
-    process: str
-    python: str
-    container: str
-    capture: str                      # full | windowed | memory
-    summary: SnapshotSummary | None
-    counts: StepCounts
-    probe_hits: int = 0               # step starts the probes saw (not scaled)
-    capture_fraction: float = 0.0     # time with probes attached / time traced
-    attached_seconds: float = 0.0     # time with probes attached
-    overhead: float = 0.0             # estimated tracing overhead ratio
-    step_cost: float = 0.0            # estimated seconds one captured step costs
-
-    @property
-    def labels(self) -> list[str]:
-        """The per-process label values; all but the PID come from the target."""
-        return [str(self.pid), label(self.process), label(self.python), label(self.container)]
-
-
 def _depth_buckets(counts: Counter[int], bounds: tuple[int, ...]) -> list[tuple[str, float]]:
     out, total = [], 0
     for bound in bounds:
@@ -261,16 +201,6 @@ class Families:
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self.by_key.values())
-
-
-@dataclass
-class DaemonState:
-    """What the exporter says about aiobpf itself."""
-
-    views: list[ProcessView] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
-    last_scan: float = 0.0    # Unix time the last discovery scan ended (0: none yet)
-    generation: int = 0       # +1 at each publication: what the endpoint's cache is keyed by
 
 
 class MetricsCollector(Collector):

@@ -13,14 +13,12 @@ from aiobpf.daemon.config import ConfigError, Selection, load
 from aiobpf.exporters.metrics import series_cap
 from aiobpf.exporters.prometheus import (
     OTHER_SITE,
-    DaemonState,
     MetricsCollector,
-    ProcessView,
-    StepCounts,
     Summarizer,
     summarize,
 )
 from aiobpf.exporters.sites import await_site, library_pattern
+from aiobpf.exporters.state import DaemonState, ProcessView, StepCounts
 
 REPO = Path(__file__).resolve().parents[2]
 

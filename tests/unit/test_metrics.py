@@ -23,12 +23,10 @@ from aiobpf.exporters.metrics import (
     series_cap,
 )
 from aiobpf.exporters.prometheus import (
-    DaemonState,
     MetricsCollector,
-    ProcessView,
-    StepCounts,
     summarize,
 )
+from aiobpf.exporters.state import DaemonState, ProcessView, StepCounts
 
 PACKAGE = Path(__file__).resolve().parents[2] / "aiobpf"
 

@@ -12,13 +12,11 @@ from prometheus_client.registry import CollectorRegistry
 from aiobpf.collector.model import Frame, Snapshot, Task
 from aiobpf.exporters.prometheus import (
     OTHER_SITE,
-    DaemonState,
     MetricsCollector,
-    ProcessView,
-    StepCounts,
     summarize,
 )
 from aiobpf.exporters.render import render
+from aiobpf.exporters.state import DaemonState, ProcessView, StepCounts
 from aiobpf.safe_text import (
     ELLIPSIS,
     NAME_MAX,
