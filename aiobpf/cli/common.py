@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from aiobpf import errors
+from aiobpf.bpf.capture import Capture
+from aiobpf.bpf.program import CaptureUnavailable
 from aiobpf.collector import procfs
 from aiobpf.collector.layouts import LayoutError
-from aiobpf.collector.loader import Capture, CaptureUnavailable
 from aiobpf.collector.memory import ProcessGone, ReadDenied, RemoteReadError
 from aiobpf.collector.model import Snapshot
 from aiobpf.collector.objects import DecodeError

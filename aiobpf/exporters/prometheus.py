@@ -29,6 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from aiobpf import __version__
+from aiobpf.bpf.abi import HIST_SLOTS
 from aiobpf.collector.model import Snapshot, Task
 from aiobpf.exporters.sites import APPLICATION, await_site
 from aiobpf.safe_text import label
@@ -161,9 +162,9 @@ class StepCounts:
     steps: float = 0.0
     finished: float = 0.0
     created: float = 0.0
-    step_hist: list[float] = field(default_factory=lambda: [0.0] * 64)
+    step_hist: list[float] = field(default_factory=lambda: [0.0] * HIST_SLOTS)
     step_sum_ns: float = 0.0
-    delay_hist: list[float] = field(default_factory=lambda: [0.0] * 64)
+    delay_hist: list[float] = field(default_factory=lambda: [0.0] * HIST_SLOTS)
     delay_sum_ns: float = 0.0
 
     def add(self, other: StepCounts, scale: float = 1.0) -> None:
