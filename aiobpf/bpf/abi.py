@@ -110,6 +110,13 @@ class ThreadState(ct.Structure):
                 ("pad", ct.c_uint32)]
 
 
+# The structures of capture.h that user space reads or writes, by their C names (the
+# header's others, eager_frame and eager_stack, stay in the kernel).
+STRUCTS: dict[str, type[ct.Structure]] = {
+    "target_config": TargetConfig, "frame_ref": FrameRef, "task_record": TaskRecord,
+    "target_stats": TargetStats, "target": TargetValue, "task_key": TaskKey,
+    "thread_state": ThreadState,
+}
 # The maps user space reads, with the ctypes of their keys and values (given to bcc,
 # which cannot decode int8 fields itself).
 MAPS: dict[str, tuple[Any, Any]] = {
