@@ -34,6 +34,7 @@ from aiobpf.bpf.program import (
     ENTRY,
     HANDLERS,
     RETURN,
+    WAIT_HOOKS,
     CaptureUnavailable,
     MapLimits,
     bcc_errors,
@@ -94,8 +95,8 @@ class Capture:
         if on and not self.wait_hooks:
             try:
                 with bcc_errors("attach", "the syscall hooks (raw tracepoints) were not attached"):
-                    self.bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"on_raw_enter")
-                    self.bpf.attach_raw_tracepoint(tp=b"sys_exit", fn_name=b"on_raw_exit")
+                    for tp, program in WAIT_HOOKS.items():
+                        self.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=program.encode())
             except CaptureUnavailable:
                 self._detach_wait_hooks()
                 raise
@@ -105,8 +106,9 @@ class Capture:
         return before
 
     def _detach_wait_hooks(self) -> None:
-        for tp in (b"sys_enter", b"sys_exit"):
-            fd = self.bpf.raw_tracepoint_fds.pop(tp, None) if self.bpf is not None else None
+        fds = self.bpf.raw_tracepoint_fds if self.bpf is not None else {}
+        for tp in WAIT_HOOKS:
+            fd = fds.pop(tp.encode(), None)
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)

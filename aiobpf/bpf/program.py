@@ -33,7 +33,8 @@ HANDLERS: dict[str, tuple[tuple[str, int], ...]] = {
     TASK_INIT: (("on_task_init", ENTRY), ("on_task_init_return", RETURN)),
 }
 CALIBRATION = "on_calibrate"                        # an empty uprobe program
-WAIT_HOOKS = ("on_raw_enter", "on_raw_exit")        # raw syscall tracepoints
+# The programs on raw syscall tracepoints, by tracepoint: when a loop waits and wakes.
+WAIT_HOOKS = {"sys_enter": "on_raw_enter", "sys_exit": "on_raw_exit"}
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def load(limits: MapLimits) -> Program:
             programs = [name for handlers in HANDLERS.values() for name, _ in handlers]
             for name in (*programs, CALIBRATION):
                 bpf.load_func(name.encode(), BPF.KPROBE)
-            for name in WAIT_HOOKS:
+            for name in WAIT_HOOKS.values():
                 bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
             lib = __import__("bcc").lib
             drift = _drift(bpf, lib)
