@@ -11,6 +11,8 @@ from aiobpf.bpf import abi, program
 from aiobpf.bpf.capture import Capture
 from aiobpf.bpf.program import CaptureUnavailable
 
+pytestmark = pytest.mark.integration   # compiles and loads the programs (needs root)
+
 
 def test_the_compiled_maps_are_abis_types() -> None:
     capture = Capture()
