@@ -40,8 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aiobpf.bpf.capture import Capture
 from aiobpf.collector import probe_cost, procfs
-from aiobpf.collector.loader import Capture
 from aiobpf.collector.probes import TASK_INIT, find_step_sites
 from aiobpf.collector.target import open_target
 

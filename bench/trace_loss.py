@@ -49,8 +49,8 @@ def _rate(proc: subprocess.Popen, seconds: float) -> float:
 def _reader_only(pid: int, duration: float) -> tuple[int, int, float]:
     """Events copied out of the ring, events lost, and the reader's CPU seconds."""
     sys.path.insert(0, str(REPO))
+    from aiobpf.bpf.capture import Capture
     from aiobpf.cli.trace import POLL_MS, _ring_limits
-    from aiobpf.collector.loader import Capture
     from aiobpf.collector.target import open_target
 
     capture = Capture(_ring_limits())

@@ -20,7 +20,7 @@
 #include <uapi/linux/ptrace.h>
 #include "capture.h"
 
-/* Map sizes; the loader sets them (-D, aiobpf/collector/loader.py: MapLimits). */
+/* Map sizes; user space sets them (-D, program.py: MapLimits). */
 #ifndef MAX_TARGETS
 #define MAX_TARGETS 1024
 #endif

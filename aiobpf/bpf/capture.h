@@ -1,5 +1,6 @@
-/* Structures shared by capture.bpf.c and its user side (aiobpf/collector/loader.py,
- * which mirrors them with ctypes).  Keep both in step: the loader checks sizes. */
+/* Structures shared by capture.bpf.c and its user side (capture.py), mirrored with
+ * ctypes in abi.py.  Keep both in step: tests/unit/test_abi.py compares this file with
+ * abi.py, and every load compares the maps as compiled with abi.py's types. */
 #ifndef AIOBPF_CAPTURE_H
 #define AIOBPF_CAPTURE_H
 

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from aiobpf import errors
-from aiobpf.collector.loader import Capture, CaptureUnavailable
+from aiobpf.bpf.capture import Capture
+from aiobpf.bpf.program import CaptureUnavailable
 from aiobpf.collector.model import Snapshot
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import open_target

@@ -3,126 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import ctypes as ct
 import os
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from aiobpf import errors
+from aiobpf.bpf.capture import Capture
+from aiobpf.bpf.program import TRACE_LIMITS, CaptureUnavailable, MapLimits
+from aiobpf.bpf.records import StepDecoder, StepEvents
 from aiobpf.cli.common import pid_argument
-from aiobpf.collector.frames import Frames
-from aiobpf.collector.loader import (
-    CAPTURE_CREATED,
-    CAPTURE_FINISHED,
-    CAPTURE_RUNNING,
-    FRAME_KINDS,
-    MAX_DEPTH,
-    TRACE_LIMITS,
-    Capture,
-    CaptureUnavailable,
-    FrameRef,
-    MapLimits,
-    TaskRecord,
-)
-from aiobpf.collector.memory import ReadFault, RemoteMemory
-from aiobpf.collector.model import Frame
-from aiobpf.collector.objects import DecodeError, Objects
+from aiobpf.collector.model import Step
 from aiobpf.collector.target import Target, open_target
-from aiobpf.collector.tasks import task_name
 from aiobpf.errors.translate import translate_errors
-from aiobpf.exporters.trace import ChromeTrace, JsonLines, Step, TraceSummary
+from aiobpf.exporters.trace import ChromeTrace, JsonLines, TraceSummary
 
-_STATES = {CAPTURE_FINISHED: "finished", CAPTURE_RUNNING: "running", CAPTURE_CREATED: "created"}
 RING_PAGES_ENV = "AIOBPF_TRACE_RING_PAGES"   # pages of ring buffer (tests: a tiny one)
 POLL_MS = 50            # the ring is read this often while nothing is left to decode,
 DECODE_SLICE_S = 0.02   # and between slices of decoding while something is
 BACKLOG_NOTE = 100_000  # events left to decode at the end that are worth a word on stderr
-_FRAMES_AT, _KINDS_AT = TaskRecord.frames.offset, TaskRecord.kinds.offset
-_FRAME_SIZE = ct.sizeof(FrameRef)
-
-
-class _Decoder:
-    """Task names and frames of step records, from the target's (unchanging) objects."""
-
-    def __init__(self, target: Target) -> None:
-        self.objs = Objects(RemoteMemory(target.pid), target.layout)
-        self.frames = Frames(self.objs)
-        self.names: dict[int, str] = {}
-        self.stacks: dict[bytes, tuple[Frame, ...]] = {}   # by the record's frame bytes
-
-    def step(self, r: TaskRecord, raw: bytes) -> Step:
-        """The step of record ``r``, whose bytes are ``raw``."""
-        name = self.names.get(r.name)
-        if name is None:
-            # A name is read from memory as the target has it now, not from pages
-            # cached when an earlier step was decoded: it may be newer than they are.
-            self.objs.mem.clear()
-            try:
-                name = task_name(self.objs, r.name)
-            except (DecodeError, ReadFault):
-                name = "?"
-            self.names[r.name] = name
-        depth = min(r.depth, MAX_DEPTH)
-        key = (raw[_FRAMES_AT:_FRAMES_AT + _FRAME_SIZE * depth]
-               + raw[_KINDS_AT:_KINDS_AT + depth])
-        frames = self.stacks.get(key)
-        if frames is None:
-            frames = self.stacks[key] = self._frames(r, depth)
-        span = r.taken_ns - r.step_start_ns
-        return Step(r.task, name, r.tid, r.step_start_ns, max(span - r.nested_ns, 0),
-                    r.wake_delay_ns, _STATES.get(r.state, "suspended"), frames,
-                    eager=bool(r.eager), nested_ns=min(r.nested_ns, span))
-
-    def _frames(self, r: TaskRecord, depth: int) -> tuple[Frame, ...]:
-        frames = []
-        for i in range(depth):
-            try:
-                frames.append(self.frames.frame_of(r.frames[i].code, r.frames[i].instr,
-                                                   FRAME_KINDS[r.kinds[i] % 3]))
-            except (DecodeError, ReadFault):
-                break
-        return tuple(frames)
-
-
-class _Steps:
-    """The events of one traced process, from ring-buffer bytes to written steps.
-
-    A step is written only once its thread's loop has been seen waiting (its wake
-    delay is known): until then the programs cannot tell where a step ends if the
-    loop waited in between (the syscall hooks had not seen a wait yet), so such a step
-    may have absorbed I/O waits. Those steps are counted (``unmeasured``), not written.
-    An eager first step is always written: Task.__init__'s probes bracket it (and its
-    record comes before the one of the step it ran in, which ends later).
-    """
-
-    def __init__(self, decoder: _Decoder, pid: int, end_ns: int,
-                 write: Callable[[Step], None]) -> None:
-        self.decoder, self.pid, self.end_ns, self.write = decoder, pid, end_ns, write
-        self.pending: deque[bytes] = deque()   # copied from the ring, not yet decoded
-        self.waited: set[int] = set()          # threads whose loop was seen waiting
-        self.written = 0
-        self.unmeasured = 0
-
-    def decode(self, until: float | None = None) -> None:
-        """Decode and write pending events (until the monotonic time ``until``)."""
-        pending = self.pending
-        while pending and (until is None or time.monotonic() < until):
-            raw = pending.popleft()
-            record = TaskRecord.from_buffer_copy(raw)
-            if record.pid != self.pid or record.step_start_ns > self.end_ns:
-                continue   # events can outpace a read: the trace ends on time
-            if record.tid not in self.waited and not record.eager:
-                if record.wake_delay_ns == 0:   # 0: the loop was never seen waking
-                    self.unmeasured += 1
-                    continue
-                self.waited.add(record.tid)
-            self.write(self.decoder.step(record, raw))
-            self.written += 1
 
 
 def _ring_limits() -> MapLimits:
@@ -223,7 +125,7 @@ class TraceCommand:
             except BrokenPipeError:  # the reader (head, jq) has gone: end quietly
                 pipe_closed = True
 
-        steps = _Steps(_Decoder(target), target.pid, int(deadline * 1e9), write)
+        steps = StepEvents(StepDecoder(target), target.pid, int(deadline * 1e9), write)
         capture.on_step_bytes(steps.pending.append)
         lost = 0
         try:

@@ -1,4 +1,5 @@
-"""Plain data: what a snapshot of an asyncio process contains.
+"""Plain data: what a snapshot of an asyncio process contains, and the steps a
+trace records.
 
 Everything the exporters render comes from these classes; they hold no
 addresses to read and no references to the process.  A ``Task`` may come from
@@ -67,3 +68,20 @@ class Snapshot:
     layout_sources: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     capture: str = "memory"       # memory | bpf+memory
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a task, as ``aiobpf trace`` records it (bpf/records.py)."""
+
+    task: int
+    name: str
+    thread_id: int
+    start_ns: int            # CLOCK_MONOTONIC
+    duration_ns: int         # its own time: until it ended (the next step or the loop's
+                             # wait), less the eager steps that ran inside it
+    wake_delay_ns: int       # from the loop waking to this step's start (0: unknown)
+    state: str               # what the step left: suspended | finished | running | created
+    frames: tuple[Frame, ...] = field(default=())   # where it suspended, outermost first
+    eager: bool = False      # an eager first step, run inside another step
+    nested_ns: int = 0       # eager steps of other tasks that ran inside this one

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from aiobpf.collector.loader import Capture
+from aiobpf.bpf.capture import Capture
 
 _PUSH_POP_RET = bytes([0x55, 0x5D, 0xC3])
 _SUB_ADD_RET = bytes([0x48, 0x83, 0xEC, 0x28, 0x48, 0x83, 0xC4, 0x28, 0xC3])

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from aiobpf.bpf.abi import CAPTURE_SUSPENDED, TaskRecord
+from aiobpf.bpf.records import frames_of
 from aiobpf.collector.awaiters import AwaiterIndex
 from aiobpf.collector.frames import Chain, Frames
 from aiobpf.collector.interpreter import ThreadState, interpreters, modules, thread_states
-from aiobpf.collector.loader import CAPTURE_SUSPENDED, FRAME_KINDS, TaskRecord
 from aiobpf.collector.memory import ReadFault, RemoteMemory
 from aiobpf.collector.model import Snapshot, Task, Thread
 from aiobpf.collector.objects import DecodeError, Objects
@@ -433,9 +434,7 @@ class Collector:
         change, are decoded from memory)."""
         task.source = "bpf"
         try:
-            task.frames = [self.frames.frame_of(record.frames[i].code, record.frames[i].instr,
-                                                FRAME_KINDS[record.kinds[i] % 3])
-                           for i in range(min(record.depth, len(record.frames)))]
+            task.frames = list(frames_of(record, self.frames))
             if record.truncated:
                 task.errors.append(f"more than {len(record.frames)} frames deep")
             if record.awaited and self._details:

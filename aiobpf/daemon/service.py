@@ -22,18 +22,14 @@ from typing import Any
 import psutil
 
 from aiobpf import errors
+from aiobpf.bpf.abi import TargetStats
+from aiobpf.bpf.capture import Attachment, Capture
+from aiobpf.bpf.config import counts_creations
+from aiobpf.bpf.probed import DAEMON_FILES
+from aiobpf.bpf.program import DAEMON_LIMITS, CaptureUnavailable
 from aiobpf.collector import deadline, probe_cost
 from aiobpf.collector.elf import NotElfError
 from aiobpf.collector.files import UnsafeFile
-from aiobpf.collector.loader import (
-    DAEMON_FILES,
-    DAEMON_LIMITS,
-    Attachment,
-    Capture,
-    CaptureUnavailable,
-    TargetStats,
-    counts_creations,
-)
 from aiobpf.collector.memory import ProcessGone, ReadLimitExceeded, RemoteReadError
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.probe_cost import ProbeCosts

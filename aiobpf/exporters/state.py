@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from aiobpf.bpf.abi import HIST_SLOTS
 from aiobpf.safe_text import label
 
 
@@ -32,9 +33,9 @@ class StepCounts:
     steps: float = 0.0
     finished: float = 0.0
     created: float = 0.0
-    step_hist: list[float] = field(default_factory=lambda: [0.0] * 64)
+    step_hist: list[float] = field(default_factory=lambda: [0.0] * HIST_SLOTS)
     step_sum_ns: float = 0.0
-    delay_hist: list[float] = field(default_factory=lambda: [0.0] * 64)
+    delay_hist: list[float] = field(default_factory=lambda: [0.0] * HIST_SLOTS)
     delay_sum_ns: float = 0.0
 
     def add(self, other: StepCounts, scale: float = 1.0) -> None:

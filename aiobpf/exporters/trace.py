@@ -9,31 +9,17 @@ time of the eager steps inside it.  In a Chrome trace a slice spans the whole st
 (``dur``: its own time and the nested one), so on a thread's track eager steps
 show nested under the step that started them; ``args.own_us`` is its own time.
 
-Writers of ``Step`` values; the command that captures them is cli/trace.py.
+Writers of ``Step`` values (collector/model.py), which bpf/records.py decodes and
+cli/trace.py captures.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
-from aiobpf.collector.model import Frame
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    task: int
-    name: str
-    thread_id: int
-    start_ns: int            # CLOCK_MONOTONIC
-    duration_ns: int         # its own time: until it ended (the next step or the loop's
-                             # wait), less the eager steps that ran inside it
-    wake_delay_ns: int       # from the loop waking to this step's start (0: unknown)
-    state: str               # what the step left: suspended | finished | running | created
-    frames: tuple[Frame, ...] = field(default=())   # where it suspended, outermost first
-    eager: bool = False      # an eager first step, run inside another step
-    nested_ns: int = 0       # eager steps of other tasks that ran inside this one
+from aiobpf.collector.model import Frame, Step
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from aiobpf.collector.loader import Capture, CaptureUnavailable
+from aiobpf.bpf.capture import Capture
+from aiobpf.bpf.program import CaptureUnavailable
 from aiobpf.collector.target import open_target
 from tests.adversarial.conftest import User, assert_healthy, stop_in_time
 from tests.conftest import IN_ROOT_DIR, run_target

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from aiobpf.collector.loader import DAEMON_LIMITS
+from aiobpf.bpf.program import DAEMON_LIMITS
 from tests.adversarial.conftest import User, assert_healthy, stop_in_time
 from tests.conftest import TARGETS, run_target
 from tests.integration.daemon_proc import DaemonProcess, run_daemon

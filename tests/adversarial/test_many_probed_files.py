@@ -12,7 +12,7 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from aiobpf.collector.loader import DAEMON_FILES
+from aiobpf.bpf.probed import DAEMON_FILES
 from tests.adversarial.conftest import User, stop_in_time
 from tests.conftest import IN_ROOT_DIR, run_target
 from tests.integration.daemon_proc import DaemonProcess, daemon_uprobes, run_daemon

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from aiobpf.bpf.abi import CAPTURE_SUSPENDED
+from aiobpf.bpf.capture import Capture
+from aiobpf.bpf.maps import BATCH_ENTRIES
 from aiobpf.collector import probe_cost
 from aiobpf.collector.elf import find_debug_file
-from aiobpf.collector.loader import BATCH_ENTRIES, CAPTURE_SUSPENDED, Capture
 from aiobpf.collector.probes import STEP_FUNCTIONS, _from_method_table, _from_type, _Tables
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import open_target
@@ -426,7 +428,7 @@ def test_prune_deletes_what_no_reader_uses(capture: Capture) -> None:
             time.sleep(0.5)
 
             def threads() -> int:
-                return sum(1 for _, v in capture._entries("threads") if v.pid == target.pid)
+                return sum(1 for _, v in capture.entries("threads") if v.pid == target.pid)
 
             assert capture.records(target.pid) and threads() == 1
             capture.prune()

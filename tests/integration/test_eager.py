@@ -28,9 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from aiobpf.collector.model import Step
 from aiobpf.collector.probes import TASK_INIT, _Tables, _task_init_from_spec
 from aiobpf.collector.target import open_target
-from aiobpf.exporters.trace import ChromeTrace, Step, TraceSummary
+from aiobpf.exporters.trace import ChromeTrace, TraceSummary
 from tests.conftest import RunningTarget, matrix_params, require, run_target
 from tests.integration.daemon_proc import daemon_uprobes, run_daemon
 from tests.pythons import Python, all_pythons

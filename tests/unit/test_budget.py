@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from aiobpf.collector.loader import TargetStats
+from aiobpf.bpf.abi import TargetStats
 from aiobpf.collector.probe_cost import ProbeCosts
 from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_WAKEUP
 from aiobpf.collector.procfs import ThreadTimes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aiobpf.collector.loader import TargetStats
+from aiobpf.bpf.abi import TargetStats
 from aiobpf.daemon.budget.estimate import RATIO_HALF_LIFE_S, Reading, StepEstimate
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aiobpf.collector.loader import TargetStats
+from aiobpf.bpf.abi import TargetStats
 from aiobpf.collector.procfs import ThreadTimes
 from aiobpf.daemon.budget.cost import CostModel, full_overhead
 from aiobpf.daemon.budget.estimate import Reading, StepEstimate

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aiobpf.collector.loader import TargetStats
+from aiobpf.bpf.abi import TargetStats
 from aiobpf.exporters.state import StepCounts
 
 RATIO_HALF_LIFE_S = 900.0   # a window's weight in the ratio halves in this much time
