@@ -5,18 +5,25 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiobpf import errors
-from aiobpf.cli.common import pid_argument, translate_errors
+from aiobpf.bpf.profile import ProfilerUnavailable
+from aiobpf.cli.common import pid_argument
+from aiobpf.collector.cpu_samples import CpuSample, CpuSampling
 from aiobpf.collector.sampling import at_rate
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import open_target
+from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.profile import collapsed, html, pprof, speedscope
 from aiobpf.exporters.profile.profile import Profile
-from aiobpf.exporters.profile.stacks import async_stacks
+from aiobpf.exporters.profile.stacks import AwaitGraph, Stack, async_stacks, thread_stack
 
 FORMATS = ("collapsed", "speedscope", "html", "pprof")
+CPU_RATE_HZ = 99.0    # per thread, on its CPU clock: off the beat of 100 Hz timers
+WALL_RATE_HZ = 10.0   # reads of the whole task list
 SUFFIXES = {".html": "html", ".htm": "html", ".json": "speedscope", ".pb": "pprof",
             ".gz": "pprof", ".pprof": "pprof"}
 
@@ -47,12 +54,15 @@ class ProfileCommand:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         pid_argument(parser, capture=False)
-        parser.add_argument("--mode", choices=("wall",), default="wall",
-                            help="wall (default): every task's stack at each sample")
+        parser.add_argument("--mode", choices=("cpu", "wall"), default="cpu",
+                            help="cpu (default): what each thread executes on its CPU clock, "
+                                 "under the task it runs for; wall: every task's stack at "
+                                 "each sample")
         parser.add_argument("--duration", type=_positive, default=10.0, metavar="SECONDS",
                             help="how long to sample (default 10; Ctrl-C ends it sooner)")
-        parser.add_argument("--rate", type=_positive, default=10.0, metavar="HZ",
-                            help="samples per second (default 10)")
+        parser.add_argument("--rate", type=_positive, metavar="HZ",
+                            help="samples per second (default: 99 a thread on its CPU clock "
+                                 "in cpu mode, 10 in wall mode)")
         parser.add_argument("-o", "--output", type=Path, metavar="FILE",
                             help="write to FILE instead of stdout")
         parser.add_argument("--format", choices=FORMATS,
@@ -60,6 +70,7 @@ class ProfileCommand:
                                  "FILE's suffix, else collapsed)")
 
     def run(self, args: argparse.Namespace) -> int:
+        args.rate = args.rate or (CPU_RATE_HZ if args.mode == "cpu" else WALL_RATE_HZ)
         fmt = args.format or SUFFIXES.get(args.output.suffix if args.output else "",
                                           "collapsed")
         if fmt == "pprof" and args.output is None and sys.stdout.isatty():
@@ -84,17 +95,11 @@ class ProfileCommand:
         previous = {sig: signal.signal(sig, finish) for sig in (signal.SIGINT, signal.SIGTERM)}
         collector = Collector(target)
         try:
-            first = last = None
             with translate_errors(args.pid):
-                for at, snapshot in at_rate(lambda: collector.snapshot(details=False),
-                                            args.rate, args.duration, lambda: stop):
-                    first = at if first is None else first
-                    last = at
-                    profile.samples += 1
-                    for _task, stack in async_stacks(snapshot):
-                        profile.add(stack)
-            if first is not None and last is not None:
-                profile.duration_s = last - first
+                if args.mode == "cpu":
+                    _sample_cpu(collector, profile, args.duration, lambda: stop)
+                else:
+                    _sample_wall(collector, profile, args.duration, lambda: stop)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -104,6 +109,11 @@ class ProfileCommand:
 
     @staticmethod
     def _report(profile: Profile, asked: float) -> None:
+        if profile.mode == "cpu":
+            print(f"aiobpf: {profile.samples} samples in {profile.duration_s:.1f} s "
+                  f"({asked:g} Hz a thread while it runs), {len(profile.stacks)} stacks",
+                  file=sys.stderr)
+            return
         rate = profile.effective_rate_hz
         slow = (f"; effective rate {rate:.1f} Hz of {asked:g} asked: one read of the "
                 f"tasks takes longer than a period" if rate and rate < 0.9 * asked else "")
@@ -141,3 +151,46 @@ def _positive(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
     return value
+
+
+def _sample_wall(collector: Collector, profile: Profile, duration_s: float,
+                 stopped: Callable[[], bool]) -> None:
+    """Every leaf task's async stack, once per read of the task list."""
+    first = last = None
+    for at, snapshot in at_rate(lambda: collector.snapshot(details=False), profile.rate_hz,
+                                duration_s, stopped):
+        first = at if first is None else first
+        last = at
+        profile.samples += 1
+        for _task, stack in async_stacks(snapshot):
+            profile.add(stack)
+    if first is not None and last is not None:
+        profile.duration_s = last - first
+
+
+def _sample_cpu(collector: Collector, profile: Profile, duration_s: float,
+                stopped: Callable[[], bool]) -> None:
+    """Each CPU sample's frames under the async stack of the task it ran for."""
+    try:
+        sampling = CpuSampling(collector, profile.rate_hz)
+    except ProfilerUnavailable as exc:
+        raise errors.AiobpfError(f"cannot profile CPU time: {exc}",
+                                 "see aiobpf doctor; --mode wall needs no BPF") from None
+    started = time.monotonic()
+    try:
+        for snapshot, before, samples in sampling.batches(duration_s, stopped):
+            graphs = [AwaitGraph(snapshot)] + ([AwaitGraph(before)] if before else [])
+            for sample in samples:
+                profile.add(_cpu_stack(sample, graphs))
+            profile.samples += len(samples)
+    finally:
+        sampling.close()
+    profile.duration_s = time.monotonic() - started
+
+
+def _cpu_stack(sample: CpuSample, graphs: list[AwaitGraph]) -> Stack:
+    for graph in graphs:
+        task = graph.by_id.get(sample.task) if sample.task else None
+        if task is not None:
+            return graph.stack(task, sample.frames)
+    return thread_stack(sample.tid, sample.frames)

@@ -121,3 +121,26 @@ def test_errors_are_one_line_with_their_fix() -> None:
     assert bad.returncode == 2 and "must be a positive number" in bad.stderr
     for result in (gone, bad):
         assert "Traceback" not in result.stderr
+
+
+# -- cpu mode -------------------------------------------------------------------------------
+A_CHAIN = ("[task] parent", "parent", "[task] A", "a_middle_outer", "a_middle", "a_loop",
+           "outer_work", "inner_work", "spin")
+B_CHAIN = ("[task] B", "b_loop", "spin")
+
+
+@pytest.mark.parametrize("python", matrix_params())
+def test_cpu_mode_attributes_a_known_split_under_each_task(python: Python) -> None:
+    """cpu_split.py: task A (awaited by "parent" through two coroutines) spins in a
+    nested function 3 slices out of every 4, task B 1: the samples split 75/25 within
+    5 points, and A's samples read parent, A's coroutines, then the synchronous frames."""
+    with run_target(python, "cpu_split.py") as target:
+        result = aiobpf("profile", str(target.pid), "--duration", "3", "--rate", "199")
+    assert result.returncode == 0, result.stderr
+    stacks = _ours(result.stdout)
+    total = sum(stacks.values())
+    assert total >= 200, result.stderr   # ~600 expected; fewer only on a starved machine
+    a = sum(n for stack, n in stacks.items() if stack[-len(A_CHAIN):] == A_CHAIN)
+    b = sum(n for stack, n in stacks.items() if stack[-len(B_CHAIN):] == B_CHAIN)
+    assert a / total == pytest.approx(0.75, abs=0.05), stacks
+    assert b / total == pytest.approx(0.25, abs=0.05), stacks

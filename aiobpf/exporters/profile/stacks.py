@@ -48,21 +48,42 @@ def _task_node(task: Task, parents: int) -> Node:
     return Node("task", f"{name} ({parents} parents)" if parents > 1 else name)
 
 
-def async_stacks(snapshot: Snapshot) -> Iterator[tuple[Task, Stack]]:
-    """Every leaf task of the snapshot with its async stack, root first."""
-    by_id = {task.id: task for task in snapshot.tasks}
-    parents = {task.id: sorted(a.id for a in task.awaited_by if a.is_task and a.id in by_id)
-               for task in snapshot.tasks}
-    awaiting = {parent for ids in parents.values() for parent in ids}
-    for leaf in snapshot.tasks:
-        if leaf.id in awaiting:
-            continue
+class AwaitGraph:
+    """Who awaits whom in one snapshot, for building stacks."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.by_id = {task.id: task for task in snapshot.tasks}
+        self.parents = {task.id: sorted(a.id for a in task.awaited_by
+                                        if a.is_task and a.id in self.by_id)
+                        for task in snapshot.tasks}
+        self.awaiting = {parent for ids in self.parents.values() for parent in ids}
+
+    def leaves(self) -> Iterator[Task]:
+        """The tasks that await no other task."""
+        return (task for task in self.by_id.values() if task.id not in self.awaiting)
+
+    def stack(self, task: Task, frames: tuple[Frame, ...] | None = None) -> Stack:
+        """``task``'s async stack, root first; ``frames``: its own frames instead of
+        the ones it was read suspended in (a CPU sample's)."""
         parts: list[tuple[Node, ...]] = []
         seen: set[int] = set()
-        task: Task | None = leaf
-        while task is not None and task.id not in seen and len(seen) < MAX_CHAIN:
-            seen.add(task.id)
-            up = parents[task.id]
-            parts.append((_task_node(task, len(up)), *map(Node.of_frame, task.frames)))
-            task = by_id[up[0]] if up else None
-        yield leaf, tuple(node for part in reversed(parts) for node in part)
+        current: Task | None = task
+        while current is not None and current.id not in seen and len(seen) < MAX_CHAIN:
+            seen.add(current.id)
+            up = self.parents.get(current.id, [])
+            own = frames if current is task and frames is not None else current.frames
+            parts.append((_task_node(current, len(up)), *map(Node.of_frame, own)))
+            current = self.by_id[up[0]] if up else None
+        return tuple(node for part in reversed(parts) for node in part)
+
+
+def async_stacks(snapshot: Snapshot) -> Iterator[tuple[Task, Stack]]:
+    """Every leaf task of the snapshot with its async stack, root first."""
+    graph = AwaitGraph(snapshot)
+    for leaf in graph.leaves():
+        yield leaf, graph.stack(leaf)
+
+
+def thread_stack(tid: int, frames: tuple[Frame, ...]) -> Stack:
+    """A CPU sample outside any task: its thread, then its frames."""
+    return (Node("thread", f"thread {tid}"), *map(Node.of_frame, frames))

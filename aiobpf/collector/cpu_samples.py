@@ -1,0 +1,152 @@
+"""CPU samples named: the frames a thread was executing, and the task they ran for.
+
+The profiler's program (aiobpf.bpf.profile) sends frames as addresses: a code object
+and an instruction per interpreter frame, innermost first.  Here they become
+``Frame``s (qualname, file, line), and the running task is found without any probe
+on the task's steps: a task's coroutine runs in an interpreter frame embedded in the
+coroutine object, so the outermost frame of the sample that is some task's
+coroutine frame marks both the task and where its frames begin (outside it: the
+event loop).  The map from coroutine frames to tasks comes from the memory reads of
+the task list (``refresh``): a task created and finished between two reads is not
+found, and its sample counts under its thread."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from aiobpf.bpf.profile import NO_CFRAME, CpuProfiler, ProfileConfig, RawSample
+from aiobpf.collector.interpreter import interpreters, thread_states
+from aiobpf.collector.memory import ReadFault
+from aiobpf.collector.model import Frame, Snapshot
+from aiobpf.collector.objects import DecodeError
+from aiobpf.collector.snapshot import Collector
+
+UNREADABLE = Frame("<frame not readable>", "", 0, "function")
+POLL_MS = 50   # the ring buffer is read this often
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """What a thread was executing: its frames, outermost first, from the running
+    task's coroutine inwards (``task``: that task's id) or, outside any task
+    (``task`` 0), from the thread's first Python frame."""
+
+    tid: int
+    time_ns: int
+    task: int
+    frames: tuple[Frame, ...]
+    truncated: bool = False
+
+
+def profile_config(collector: Collector) -> ProfileConfig:
+    """Where the profiler's program finds a thread's frames in this target's Python."""
+    L = collector.target.layout.values
+    frames = collector.frames
+    direct = "tstate.current_frame" in L
+    return ProfileConfig(
+        tstate_frame=L["tstate.current_frame"] if direct else L["tstate.cframe"],
+        cframe_frame=NO_CFRAME if direct else L["cframe.current_frame"],
+        frame_previous=frames.f_prev, frame_code=frames.f_code, frame_instr=frames.f_instr,
+        frame_owner=frames.f_owner, frame_span=frames.frame_span,
+        ref_clear=frames.ref_clear & (2**64 - 1))
+
+
+class SampleNamer:
+    """Names the samples of one process (``collector``'s target)."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+        self.snapshot: Snapshot | None = None
+        self._task_of_frame: dict[int, int] = {}   # coroutine frame -> task id
+        self._previous: dict[int, int] = {}        # ... as the read before found them
+
+    def threads(self) -> dict[int, int]:
+        """The process's Python threads now: native id -> PyThreadState."""
+        objs = self.collector.objs
+        objs.mem.clear()
+        runtime = self.collector.target.runtime_addr
+        return {ts.native_id: ts.addr for interp in interpreters(objs, runtime)
+                for ts in thread_states(objs, interp)}
+
+    def refresh(self) -> Snapshot:
+        """Read the task list: names, awaiters, and where each task's coroutine runs."""
+        snapshot = self.collector.snapshot(details=False)
+        mem, coro_at = self.collector.mem, self.collector.target.layout["task.coro"]
+        by_frame = {}
+        for task in snapshot.tasks:
+            try:
+                coro = mem.ptr(task.id + coro_at)
+                if coro:
+                    by_frame[self.collector.frames.iframe_of(coro)] = task.id
+            except (ReadFault, DecodeError):
+                continue   # finished meanwhile: its samples count under its thread
+        # The previous read's tasks too: samples taken before this read may belong to a
+        # task that finished meanwhile (this read's tasks win where a frame was reused).
+        self._previous, self._task_of_frame = self._task_of_frame, by_frame
+        self.snapshot = snapshot
+        return snapshot
+
+    def name(self, raw: RawSample) -> CpuSample:
+        """The sample's frames named, cut at the running task's coroutine frame."""
+        frames = self.collector.frames
+        start, task = len(raw.frames), 0
+        for i in range(len(raw.frames) - 1, -1, -1):   # outermost first: the task's
+            address = raw.frames[i].frame
+            found = self._task_of_frame.get(address) or self._previous.get(address)
+            if found:
+                start, task = i + 1, found
+                break
+        named: list[Frame] = []
+        for f in raw.frames[:start]:
+            if f.owner in frames.skip_owners:
+                continue
+            kind = "coroutine" if f.owner == frames.owned_by_gen else "function"
+            try:
+                named.append(frames.frame_of(f.code, f.instr, kind))
+            except (ReadFault, DecodeError):
+                named.append(UNREADABLE)
+        if raw.unreadable:
+            named.append(UNREADABLE)
+        return CpuSample(raw.tid, raw.time_ns, task, tuple(reversed(named)), raw.truncated)
+
+
+class CpuSampling:
+    """A CPU profile of one process in progress: the profiler's program samples its
+    threads; every ``refresh_s`` the task list is read again and the samples taken
+    since are named.  ``batches`` yields (the snapshot they were named with, the
+    snapshot before it, the samples)."""
+
+    def __init__(self, collector: Collector, rate_hz: float, refresh_s: float = 1.0) -> None:
+        self.namer = SampleNamer(collector)
+        self.rate_hz = rate_hz
+        self.refresh_s = refresh_s
+        self._raw: list[RawSample] = []
+        self.profiler = CpuProfiler(self._raw.append)
+        self.pid = collector.target.pid
+        self.config = profile_config(collector)
+        self.samples = 0
+
+    def batches(self, duration_s: float, stopped: Callable[[], bool]
+                ) -> Iterator[tuple[Snapshot, Snapshot | None, list[CpuSample]]]:
+        previous: Snapshot | None = None
+        current = self.namer.refresh()
+        self.profiler.follow(self.pid, self.config, self.namer.threads(), self.rate_hz)
+        end = time.monotonic() + duration_s
+        while True:
+            due = min(time.monotonic() + self.refresh_s, end)
+            while time.monotonic() < due and not stopped():
+                self.profiler.poll(POLL_MS)
+            done = stopped() or time.monotonic() >= end
+            self.profiler.poll(0)
+            raw, self._raw[:] = list(self._raw), []
+            previous, current = current, self.namer.refresh()   # knows the newer tasks
+            self.samples += len(raw)
+            yield current, previous, [self.namer.name(r) for r in raw]
+            if done:
+                return
+            self.profiler.follow(self.pid, self.config, self.namer.threads(), self.rate_hz)
+
+    def close(self) -> None:
+        self.profiler.close()
