@@ -7,6 +7,8 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -144,3 +146,102 @@ def test_cpu_mode_attributes_a_known_split_under_each_task(python: Python) -> No
     b = sum(n for stack, n in stacks.items() if stack[-len(B_CHAIN):] == B_CHAIN)
     assert a / total == pytest.approx(0.75, abs=0.05), stacks
     assert b / total == pytest.approx(0.25, abs=0.05), stacks
+
+
+def _top_two(stacks: Counter[tuple[str, ...]]) -> list[tuple[tuple[str, ...], float]]:
+    total = sum(stacks.values())
+    return [(stack, n / total) for stack, n in stacks.most_common(2)]
+
+
+def test_cpu_mode_agrees_with_cpython_3_15s_sampler_on_the_running_task(sid_proc: None
+                                                                        ) -> None:
+    """Same process, same run: ``python3.15 -m profiling.sampling attach --async-aware``
+    (``--async-mode running``, sampling wall time at 1 kHz) and aiobpf's cpu mode find the
+    same two top stacks, with shares within 5 points."""
+    python = by_label("sid-3.15")
+    out = Path("/tmp/aiobpf-profile-315-running.txt")
+    written = SID_ROOT / out.relative_to("/")
+    with run_target(python, "cpu_split.py") as target:
+        theirs = subprocess.Popen(python.argv(
+            "-m", "profiling.sampling", "attach", "--async-aware", "--async-mode", "running",
+            "-d", "3", "--collapsed", "-o", str(out), str(target.pid)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            ours = aiobpf("profile", str(target.pid), "--duration", "3", "--rate", "199")
+            said, _ = theirs.communicate(timeout=60)
+        finally:
+            if theirs.poll() is None:
+                theirs.kill()
+                theirs.wait()
+    try:
+        assert theirs.returncode == 0, said
+        assert ours.returncode == 0, ours.stderr
+        cpython = _top_two(_theirs(written.read_text()))
+    finally:
+        written.unlink(missing_ok=True)
+    mine = _top_two(_ours(ours.stdout))
+    assert [stack for stack, _ in mine] == [stack for stack, _ in cpython]
+    assert mine[0][0][-len(A_CHAIN):] == A_CHAIN
+    for (_, share), (_, their_share) in zip(mine, cpython, strict=True):
+        assert share == pytest.approx(their_share, abs=0.05), (mine, cpython)
+
+
+def _py_spy_stacks(text: str) -> Counter[tuple[tuple[str, int], ...]]:
+    """py-spy's raw (collapsed) lines as ((name, line), ...) -> count."""
+    out: Counter[tuple[tuple[str, int], ...]] = Counter()
+    for line in text.splitlines():
+        stack, count = line.rsplit(" ", 1)
+        frames = []
+        for part in stack.split(";"):
+            name, where = part.rsplit(" (", 1)
+            frames.append((name, int(where.rstrip(")").rsplit(":", 1)[1])))
+        out[tuple(frames)] += int(count)
+    return out
+
+
+def _frames_of(collapsed: str) -> Counter[tuple[str, ...]]:
+    """Our lines with each frame as ``name:line`` (tasks as ``[task] name``)."""
+    out: Counter[tuple[str, ...]] = Counter()
+    for line in collapsed.splitlines():
+        stack, count = line.rsplit(" ", 1)
+        out[tuple(p if p.startswith("[") else
+                  f"{p.rsplit(' (', 1)[0]}:{p.rsplit(':', 1)[1].rstrip(')')}"
+                  for p in stack.split(";"))] += int(count)
+    return out
+
+
+@pytest.mark.parametrize("label", ["debian-3.11", "sid-3.14"])
+def test_the_same_synchronous_frames_as_py_spy_with_the_awaiter_chain_above(label: str
+                                                                             ) -> None:
+    """py-spy, same process, same run, same rate: its stack for the spinning task ends
+    in the same frames (names and lines) as aiobpf's; aiobpf has the tasks above them
+    where py-spy has the event loop."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    assert py_spy, "py-spy (pip, the test extra) is the reference sampler"
+    with run_target(by_label(label), "cpu_split.py") as target, \
+            tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "py-spy.txt"
+        theirs = subprocess.Popen([py_spy, "record", "--pid", str(target.pid), "--rate", "99",
+                                   "--duration", "3", "--format", "raw", "--nonblocking",
+                                   "-o", str(raw)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        try:
+            ours = aiobpf("profile", str(target.pid), "--duration", "3")
+            said, _ = theirs.communicate(timeout=60)
+        finally:
+            if theirs.poll() is None:
+                theirs.kill()
+                theirs.wait()
+        assert theirs.returncode == 0, said
+        spy = _py_spy_stacks(raw.read_text())
+    assert ours.returncode == 0, ours.stderr
+    mine = _frames_of(ours.stdout)
+    top_spy = spy.most_common(1)[0][0]
+    top_mine = mine.most_common(1)[0][0]
+    spinning = [f"{name}:{line}" for name, line in top_spy]
+    start = spinning.index(next(f for f in spinning if f.startswith("a_middle_outer:")))
+    assert top_mine[-len(spinning[start:]):] == tuple(spinning[start:])   # same frames
+    assert top_mine[:-len(spinning[start:])][-3:] == ("[task] parent",
+                                                      top_mine[-len(spinning[start:]) - 2],
+                                                      "[task] A")
+    assert "Handle._run" in spinning[start - 1]   # py-spy: the loop, where we have tasks
