@@ -29,15 +29,20 @@ SUFFIXES = {".html": "html", ".htm": "html", ".json": "speedscope", ".pb": "ppro
 
 
 class ProfileCommand:
-    """Sample PID's asyncio tasks and write where they spend their time, as async stacks:
-    root task, its coroutine frames, the task it awaits, ... down to the innermost frame
-    of a task that awaits no other task (CPython 3.15's --async-aware convention).
+    """Sample PID and write where its tasks spend their time, as async stacks: root task,
+    its coroutine frames, the task it awaits, ... down to the innermost frame (CPython
+    3.15's --async-aware convention), on any CPython 3.11-3.15.
 
-    --mode wall: at each sample, every such task's stack counts once, suspended or
-    running: a stack's share is the share of the time tasks spent there (3.15's
-    --async-mode all). The samples are memory reads of the whole task list, so their
-    rate is bounded by how long one read takes (a few ms for a thousand tasks); the
-    effective rate is said on stderr when it is lower than asked.
+    --mode cpu (default): a BPF program samples each thread of PID on its own CPU clock
+    (--rate per thread, default 99 Hz) and reads its Python frames in kernel space; a
+    sample reads root task -> ... -> the running task's coroutines -> the synchronous
+    frames it was executing. Samples outside any task keep their thread's stack under a
+    [thread TID] node. Needs root (BPF); the target is not changed or stopped.
+
+    --mode wall: at each sample, every task that awaits no other task counts its stack
+    once, suspended or running: a stack's share is the share of the time tasks spent
+    there (3.15's --async-mode all). The samples are memory reads of the whole task
+    list (default 10 Hz); stderr says the effective rate when reads are slower.
 
     Formats: collapsed stacks (flamegraph.pl, inferno, speedscope, Pyroscope; default
     on stdout), speedscope JSON, a self-contained HTML flame graph (works offline:
@@ -45,9 +50,9 @@ class ProfileCommand:
     Grafana). With -o, the format follows the file's suffix unless --format says.
 
     examples:
-      sudo aiobpf profile 1234 --duration 30 -o tasks.html
-      sudo aiobpf profile 1234 | flamegraph.pl > tasks.svg
-      sudo aiobpf profile 1234 -o tasks.pb.gz && go tool pprof -top tasks.pb.gz"""
+      sudo aiobpf profile 1234 --duration 30 -o cpu.html
+      sudo aiobpf profile 1234 --mode wall -o waits.pb.gz && go tool pprof -top waits.pb.gz
+      sudo aiobpf profile 1234 | flamegraph.pl > cpu.svg"""
 
     name = "profile"
     help = "where tasks spend their time, as async stacks (flame graph, pprof, ...)"
@@ -100,6 +105,11 @@ class ProfileCommand:
                     _sample_cpu(collector, profile, args.duration, lambda: stop)
                 else:
                     _sample_wall(collector, profile, args.duration, lambda: stop)
+        except (errors.ProcessExitedError, errors.ProcessNotFoundError):
+            if not profile.stacks:
+                raise
+            print(f"aiobpf: process {args.pid} exited: writing the samples taken until then",
+                  file=sys.stderr)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -156,16 +166,14 @@ def _positive(text: str) -> float:
 def _sample_wall(collector: Collector, profile: Profile, duration_s: float,
                  stopped: Callable[[], bool]) -> None:
     """Every leaf task's async stack, once per read of the task list."""
-    first = last = None
+    first = None
     for at, snapshot in at_rate(lambda: collector.snapshot(details=False), profile.rate_hz,
                                 duration_s, stopped):
         first = at if first is None else first
-        last = at
+        profile.duration_s = at - first
         profile.samples += 1
         for _task, stack in async_stacks(snapshot):
             profile.add(stack)
-    if first is not None and last is not None:
-        profile.duration_s = last - first
 
 
 def _sample_cpu(collector: Collector, profile: Profile, duration_s: float,
@@ -178,14 +186,19 @@ def _sample_cpu(collector: Collector, profile: Profile, duration_s: float,
                                  "see aiobpf doctor; --mode wall needs no BPF") from None
     started = time.monotonic()
     try:
-        for snapshot, before, samples in sampling.batches(duration_s, stopped):
+        def say_started(threads: int) -> None:
+            print(f"aiobpf: sampling {threads} thread{'s' if threads != 1 else ''} of "
+                  f"process {collector.target.pid} at {profile.rate_hz:g} Hz of CPU time for "
+                  f"{duration_s:g} s (Ctrl-C ends it sooner)", file=sys.stderr, flush=True)
+
+        for snapshot, before, samples in sampling.batches(duration_s, stopped, say_started):
             graphs = [AwaitGraph(snapshot)] + ([AwaitGraph(before)] if before else [])
             for sample in samples:
                 profile.add(_cpu_stack(sample, graphs))
             profile.samples += len(samples)
     finally:
         sampling.close()
-    profile.duration_s = time.monotonic() - started
+        profile.duration_s = time.monotonic() - started
 
 
 def _cpu_stack(sample: CpuSample, graphs: list[AwaitGraph]) -> Stack:

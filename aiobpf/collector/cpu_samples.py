@@ -18,13 +18,25 @@ from dataclasses import dataclass
 
 from aiobpf.bpf.profile import NO_CFRAME, CpuProfiler, ProfileConfig, RawSample
 from aiobpf.collector.interpreter import interpreters, thread_states
-from aiobpf.collector.memory import ReadFault
+from aiobpf.collector.memory import ProcessGone, ReadFault
 from aiobpf.collector.model import Frame, Snapshot
 from aiobpf.collector.objects import DecodeError
+from aiobpf.collector.procfs import ProcessNotFound
 from aiobpf.collector.snapshot import Collector
 
 UNREADABLE = Frame("<frame not readable>", "", 0, "function")
 POLL_MS = 50   # the ring buffer is read this often
+GONE = (ProcessGone, ProcessNotFound)
+
+
+@dataclass(frozen=True)
+class NamedSample:
+    """A sample's frames named, innermost first, each with its frame's address."""
+
+    tid: int
+    time_ns: int
+    frames: tuple[tuple[int, Frame], ...]
+    truncated: bool
 
 
 @dataclass(frozen=True)
@@ -88,51 +100,63 @@ class SampleNamer:
         self.snapshot = snapshot
         return snapshot
 
-    def name(self, raw: RawSample) -> CpuSample:
-        """The sample's frames named, cut at the running task's coroutine frame."""
+    def named(self, raw: RawSample) -> NamedSample:
+        """The sample's frames named now, while the process (its code objects) is there;
+        frames that are the interpreter's own (shims, C entry frames) are left out."""
         frames = self.collector.frames
-        start, task = len(raw.frames), 0
-        for i in range(len(raw.frames) - 1, -1, -1):   # outermost first: the task's
-            address = raw.frames[i].frame
-            found = self._task_of_frame.get(address) or self._previous.get(address)
-            if found:
-                start, task = i + 1, found
-                break
-        named: list[Frame] = []
-        for f in raw.frames[:start]:
+        out: list[tuple[int, Frame]] = []
+        for f in raw.frames:
             if f.owner in frames.skip_owners:
                 continue
             kind = "coroutine" if f.owner == frames.owned_by_gen else "function"
             try:
-                named.append(frames.frame_of(f.code, f.instr, kind))
-            except (ReadFault, DecodeError):
-                named.append(UNREADABLE)
+                out.append((f.frame, frames.frame_of(f.code, f.instr, kind)))
+            except (ReadFault, DecodeError, ProcessGone):
+                out.append((f.frame, UNREADABLE))
         if raw.unreadable:
-            named.append(UNREADABLE)
-        return CpuSample(raw.tid, raw.time_ns, task, tuple(reversed(named)), raw.truncated)
+            out.append((0, UNREADABLE))
+        return NamedSample(raw.tid, raw.time_ns, tuple(out), raw.truncated)
+
+    def attribute(self, sample: NamedSample) -> CpuSample:
+        """The task the sample ran for (its outermost frame that is a task's coroutine
+        frame), and its frames from there inwards, outermost first."""
+        start, task = len(sample.frames), 0
+        for i in range(len(sample.frames) - 1, -1, -1):
+            address = sample.frames[i][0]
+            found = self._task_of_frame.get(address) or self._previous.get(address)
+            if found:
+                start, task = i + 1, found
+                break
+        frames = tuple(frame for _, frame in reversed(sample.frames[:start]))
+        return CpuSample(sample.tid, sample.time_ns, task, frames, sample.truncated)
 
 
 class CpuSampling:
     """A CPU profile of one process in progress: the profiler's program samples its
-    threads; every ``refresh_s`` the task list is read again and the samples taken
-    since are named.  ``batches`` yields (the snapshot they were named with, the
-    snapshot before it, the samples)."""
+    threads; each sample's frames are named as it arrives (``POLL_MS``); every
+    ``refresh_s`` the task list is read again and the samples since are attributed to
+    their tasks.  ``batches`` yields (the snapshot they were attributed with, the one
+    before it, the samples); when the process exits, the samples it left are yielded
+    before the error is raised."""
 
     def __init__(self, collector: Collector, rate_hz: float, refresh_s: float = 1.0) -> None:
         self.namer = SampleNamer(collector)
         self.rate_hz = rate_hz
         self.refresh_s = refresh_s
-        self._raw: list[RawSample] = []
-        self.profiler = CpuProfiler(self._raw.append)
+        self._pending: list[NamedSample] = []
+        self.profiler = CpuProfiler(lambda raw: self._pending.append(self.namer.named(raw)))
         self.pid = collector.target.pid
         self.config = profile_config(collector)
-        self.samples = 0
 
-    def batches(self, duration_s: float, stopped: Callable[[], bool]
+    def batches(self, duration_s: float, stopped: Callable[[], bool],
+                started: Callable[[int], None] = lambda threads: None
                 ) -> Iterator[tuple[Snapshot, Snapshot | None, list[CpuSample]]]:
+        """The batches, until ``duration_s`` passed or ``stopped()``; ``started`` is
+        told how many threads are sampled once sampling began."""
         previous: Snapshot | None = None
         current = self.namer.refresh()
         self.profiler.follow(self.pid, self.config, self.namer.threads(), self.rate_hz)
+        started(self.profiler.threads)
         end = time.monotonic() + duration_s
         while True:
             due = min(time.monotonic() + self.refresh_s, end)
@@ -140,10 +164,13 @@ class CpuSampling:
                 self.profiler.poll(POLL_MS)
             done = stopped() or time.monotonic() >= end
             self.profiler.poll(0)
-            raw, self._raw[:] = list(self._raw), []
-            previous, current = current, self.namer.refresh()   # knows the newer tasks
-            self.samples += len(raw)
-            yield current, previous, [self.namer.name(r) for r in raw]
+            pending, self._pending = self._pending, []
+            try:
+                previous, current = current, self.namer.refresh()   # knows newer tasks
+            except GONE:
+                yield current, previous, [self.namer.attribute(s) for s in pending]
+                raise
+            yield current, previous, [self.namer.attribute(s) for s in pending]
             if done:
                 return
             self.profiler.follow(self.pid, self.config, self.namer.threads(), self.rate_hz)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def _samples(stderr: str) -> int:
 @pytest.mark.parametrize("python", matrix_params())
 def test_wall_mode_counts_each_leaf_task_once_per_sample(python: Python) -> None:
     with run_target(python, "seed_app.py") as target:
-        result = aiobpf("profile", str(target.pid), "--duration", "1", "--rate", "20")
+        result = aiobpf("profile", str(target.pid), "--mode", "wall", "--duration", "1",
+                        "--rate", "20")
     assert result.returncode == 0, result.stderr
     samples = _samples(result.stderr)
     assert samples >= 10
@@ -74,7 +76,7 @@ def test_the_same_stacks_and_shares_as_cpython_3_15s_sampler(sid_proc: None) -> 
     python = by_label("sid-3.15")
     out = Path("/tmp/aiobpf-profile-315.txt")
     with run_target(python, "seed_app.py") as target:
-        ours = aiobpf("profile", str(target.pid), "--duration", "1")
+        ours = aiobpf("profile", str(target.pid), "--mode", "wall", "--duration", "1")
         theirs = subprocess.run(python.argv(
             "-m", "profiling.sampling", "attach", "--async-aware", "--async-mode", "all",
             "-d", "1", "--collapsed", "-o", str(out), str(target.pid)),
@@ -96,7 +98,8 @@ def test_the_files_are_read_by_their_tools(tmp_path: Path) -> None:
     go = shutil.which("go")
     assert go, "go (Debian's golang-go: go tool pprof) is provisioned for this test"
     with run_target(by_label("sid-3.14"), "seed_app.py") as target:
-        results = {suffix: aiobpf("profile", str(target.pid), "--duration", "0.5",
+        results = {suffix: aiobpf("profile", str(target.pid), "--mode", "wall",
+                                  "--duration", "0.5",
                                   "-o", str(tmp_path / f"p{suffix}"))
                    for suffix in (".pb.gz", ".json", ".html")}
     for result in results.values():
@@ -118,10 +121,12 @@ def test_the_files_are_read_by_their_tools(tmp_path: Path) -> None:
 
 def test_errors_are_one_line_with_their_fix() -> None:
     gone = aiobpf("profile", "4999999", "--duration", "0.2")
+    nobody = aiobpf("profile", "1", "--duration", "0.2", user="nobody")
+    assert nobody.returncode == 77, nobody.stderr
     assert gone.returncode == 1 and "no process with PID 4999999" in gone.stderr
     bad = aiobpf("profile", "1", "--rate", "0")
     assert bad.returncode == 2 and "must be a positive number" in bad.stderr
-    for result in (gone, bad):
+    for result in (gone, bad, nobody):
         assert "Traceback" not in result.stderr
 
 
@@ -245,3 +250,22 @@ def test_the_same_synchronous_frames_as_py_spy_with_the_awaiter_chain_above(labe
                                                       top_mine[-len(spinning[start:]) - 2],
                                                       "[task] A")
     assert "Handle._run" in spinning[start - 1]   # py-spy: the loop, where we have tasks
+
+
+@pytest.mark.parametrize("mode", ["cpu", "wall"])
+def test_a_target_that_exits_leaves_the_samples_taken(mode: str) -> None:
+    with run_target(by_label("sid-3.14"), "cpu_split.py") as target:
+        proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "profile", str(target.pid),
+                                 "--mode", mode, "--duration", "30"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parents[2])
+        assert proc.stderr is not None
+        if mode == "cpu":   # compiled (1-3 s) and sampling
+            assert proc.stderr.readline().startswith("aiobpf: sampling 1 thread of process")
+        time.sleep(2)
+        target.proc.kill()
+        target.proc.wait()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"process {target.pid} exited: writing the samples taken" in err
+    assert sum(_ours(out).values()) > 0
