@@ -15,6 +15,7 @@ from aiobpf.cli.doctor import DoctorCommand
 from aiobpf.cli.profile import ProfileCommand
 from aiobpf.cli.ps import PsCommand
 from aiobpf.cli.pstree import PstreeCommand
+from aiobpf.cli.top import TopCommand
 from aiobpf.cli.trace import TraceCommand
 from aiobpf.safe_text import escape, terminal_lines
 
@@ -29,7 +30,8 @@ examples:
   sudo aiobpf ps 1234              table: one row per task and awaiter
   sudo aiobpf ps 1234 --format json
   sudo aiobpf trace 1234 -o t.json every task step for 10 s, as a Perfetto trace
-  sudo aiobpf profile 1234 -o p.html  where tasks spend their time, as a flame graph
+  sudo aiobpf profile 1234 -o p.html  where tasks spend their CPU, as a flame graph
+  sudo aiobpf top 1234             live: tasks by CPU share, and where tasks wait
   sudo aiobpf exporter --pid 1234  Prometheus metrics of one process
   sudo aiobpf daemon               every asyncio process of the host: metrics, dumps
   aiobpf doctor                    check this host for what aiobpf needs
@@ -49,7 +51,8 @@ class Command(Protocol):
 
 
 COMMANDS: tuple[Command, ...] = (PstreeCommand(), PsCommand(), TraceCommand(), ProfileCommand(),
-                                 ExporterCommand(), DaemonCommand(), DoctorCommand())
+                                 TopCommand(), ExporterCommand(), DaemonCommand(),
+                                 DoctorCommand())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,9 +63,9 @@ class ProfileCommand:
                             help="cpu (default): what each thread executes on its CPU clock, "
                                  "under the task it runs for; wall: every task's stack at "
                                  "each sample")
-        parser.add_argument("--duration", type=_positive, default=10.0, metavar="SECONDS",
+        parser.add_argument("--duration", type=positive, default=10.0, metavar="SECONDS",
                             help="how long to sample (default 10; Ctrl-C ends it sooner)")
-        parser.add_argument("--rate", type=_positive, metavar="HZ",
+        parser.add_argument("--rate", type=positive, metavar="HZ",
                             help="samples per second (default: 99 a thread on its CPU clock "
                                  "in cpu mode, 10 in wall mode)")
         parser.add_argument("-o", "--output", type=Path, metavar="FILE",
@@ -153,7 +153,7 @@ class ProfileCommand:
             sys.stdout.buffer.write(data)
 
 
-def _positive(text: str) -> float:
+def positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError:

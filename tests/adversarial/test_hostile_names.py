@@ -252,3 +252,25 @@ def test_a_cgroup_name_that_is_not_utf8_stops_no_discovery(tmp_path, hostile_use
         for path in (crafted, os.fsencode(delegated)):
             with contextlib.suppress(OSError):
                 os.rmdir(path)
+
+
+def test_profiles_and_top_of_hostile_names_stay_safe(hostile_user, tmp_path):
+    """``aiobpf profile`` (collapsed on a terminal, the HTML flame graph) and ``aiobpf
+    top`` of a process whose task names, qualnames and file names hold escapes,
+    newlines, bytes that are not UTF-8 and 10 kB of text: every line a terminal gets is
+    printable, one collapsed stack per line; the HTML cannot be broken out of."""
+    with hostile_targets(hostile_user, ("argv0",)) as (target,):
+        collapsed = run_cli("profile", str(target.pid), "--mode", "wall", "--duration", "0.5")
+        page = tmp_path / "p.html"
+        html = run_cli("profile", str(target.pid), "--mode", "wall", "--duration", "0.5",
+                       "-o", str(page))
+        top = run_cli("top", str(target.pid), "--iterations", "2")
+    for result, what in ((collapsed, "profile"), (html, "profile -o"), (top, "top")):
+        assert result.returncode == 0, result.stderr
+        assert_terminal_safe(result.stdout, what)
+        assert_terminal_safe(result.stderr, what)
+    lines = assert_terminal_safe(collapsed.stdout, "profile").splitlines()
+    assert lines and all(re.fullmatch(r".+ \d+", line) for line in lines)
+    assert any("fake line" in line for line in lines)
+    text = page.read_text()
+    assert text.count("<script") == 2 and text.count("</script>") == 2

@@ -3,12 +3,18 @@ side by side with CPython 3.15's own sampler, and the files read by their tools.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
 import re
+import select
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections import Counter
 from pathlib import Path
@@ -269,3 +275,55 @@ def test_a_target_that_exits_leaves_the_samples_taken(mode: str) -> None:
     assert proc.returncode == 0, err
     assert f"process {target.pid} exited: writing the samples taken" in err
     assert sum(_ours(out).values()) > 0
+
+
+# -- top ------------------------------------------------------------------------------------
+def test_top_shows_tasks_by_cpu_share_and_where_tasks_wait() -> None:
+    with run_target(by_label("sid-3.14"), "cpu_split.py") as target:
+        result = aiobpf("top", str(target.pid), "--iterations", "4", "--rate", "199")
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().split("\n\n\n")[-1].splitlines()
+    shares = {line[8:].split("  ")[0].strip(): float(line[:6]) for line in last
+              if re.match(r"^\s+\d+\.\d  ", line)}
+    assert shares["Task-1 > parent > A"] == pytest.approx(75, abs=7)
+    assert shares["Task-1 > B"] == pytest.approx(25, abs=7)
+    assert any("parent /home/user/cpu_split.py:46" in line for line in last)
+
+
+def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:   # the other side closed
+                break
+    return seen
+
+
+def test_top_in_a_terminal_quits_on_q_and_restores_the_terminal() -> None:
+    """A pseudo-terminal, as over SSH: the full-screen view draws the tasks, and q ends
+    it with status 0, the terminal's normal screen restored (curses' exit sequence)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    with run_target(by_label("sid-3.14"), "cpu_split.py") as target:
+        proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "top", str(target.pid)],
+                                stdin=slave, stdout=slave, stderr=slave,
+                                cwd=Path(__file__).resolve().parents[2],
+                                env={**os.environ, "TERM": "xterm"}, start_new_session=True)
+        os.close(slave)
+        try:
+            drawn = _read_until(master, b"Task-1 > parent > A", timeout=30)
+            assert b"Task-1 > parent > A" in drawn, drawn[-2000:]
+            os.write(master, b"q")
+            proc.wait(timeout=10)
+            rest = _read_until(master, b"\x1b[?1049l", timeout=5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+    assert proc.returncode == 0
+    assert b"\x1b[?1049l" in drawn + rest   # xterm's "leave the alternate screen"

@@ -182,3 +182,22 @@ def test_samples_skip_ticks_a_slow_read_ran_over_instead_of_bursting() -> None:
 def test_samples_keep_the_rate_asked(rate: float) -> None:
     times = [t for t, _ in at_rate(lambda: None, rate_hz=rate, duration_s=0.2)]
     assert abs(len(times) - rate * 0.2) <= 2
+
+
+def test_top_ranks_tasks_by_cpu_share_and_counts_tasks_by_await_site() -> None:
+    from aiobpf.collector.cpu_samples import CpuSample
+    from aiobpf.exporters.profile.top import TopWindow, lines
+
+    snap = _snapshot(_task(1, "main", ["main"]), _task(2, "busy\x1b[2J", ["work"], 1),
+                     _task(3, "idle", ["wait"], 1))
+    spin = Frame("spin", "/app.py", 7, "function")
+    window = TopWindow(seconds=10)
+    window.add(0.0, [CpuSample(1, 0, 2, (Frame("work", "/app.py", 1), spin))] * 3
+               + [CpuSample(1, 0, 0, (Frame("_run_once", "/asyncio/base_events.py", 9),))])
+    window.add(20.0, [CpuSample(1, 0, 2, (spin,))] * 2)   # the first batch ages out
+    text = lines(window, snap, "header", width=100)
+    rows = [line for line in text if line[:6].strip().replace(".", "").isdigit()]
+    assert rows[0].split()[0] == "100.0" and "main > busy\\x1b[2J" in rows[0]
+    assert "spin (app.py:7)" in rows[0]
+    assert "\x1b" not in "".join(text)
+    assert any(line.split()[0] == "1" and "wait /app.py:1" in line for line in rows[1:])
