@@ -45,12 +45,18 @@ class TargetConfig(ct.Structure):
         ("st_created", ct.c_int8), ("st_executing", ct.c_int8), ("st_suspended", ct.c_int8),
         ("st_yf", ct.c_int8), ("st_yf_locked", ct.c_int8), ("st_cleared", ct.c_int8),
         ("stack_is_pointer", ct.c_uint8), ("yf_by_oparg", ct.c_uint8), ("yf_depth", ct.c_uint8),
-        ("resume_offset", ct.c_uint8), ("trace", ct.c_uint8), ("pad0", ct.c_uint8),
+        ("resume_offset", ct.c_uint8), ("pad0", ct.c_uint8 * 2),
         ("resume_ops", ct.c_uint8 * MAX_RESUME_OPS),
         ("ref_clear", ct.c_uint64), ("int_tag", ct.c_uint64),
         ("coro_type", ct.c_uint64), ("gen_type", ct.c_uint64), ("asyncgen_type", ct.c_uint64),
-        ("pending_state", ct.c_uint64), ("epoch_ns", ct.c_uint64),
+        ("pending_state", ct.c_uint64), ("slot", ct.c_uint32), ("pad1", ct.c_uint32),
     ]
+
+
+class TargetSettings(ct.Structure):
+    """struct target_settings: what user space changes while a process is traced."""
+
+    _fields_ = [("epoch_ns", ct.c_uint64), ("trace", ct.c_uint8), ("pad", ct.c_uint8 * 7)]
 
 
 class FrameRef(ct.Structure):
@@ -115,7 +121,7 @@ class ThreadState(ct.Structure):
 STRUCTS: dict[str, type[ct.Structure]] = {
     "target_config": TargetConfig, "frame_ref": FrameRef, "task_record": TaskRecord,
     "target_stats": TargetStats, "target": TargetValue, "task_key": TaskKey,
-    "thread_state": ThreadState,
+    "thread_state": ThreadState, "target_settings": TargetSettings,
 }
 # The maps user space reads, with the ctypes of their keys and values (given to bcc,
 # which cannot decode int8 fields itself).
@@ -123,6 +129,7 @@ MAPS: dict[str, tuple[Any, Any]] = {
     "targets": (ct.c_uint32, TargetValue),
     "records": (TaskKey, TaskRecord),
     "threads": (ct.c_uint32, ThreadState),
+    "settings": (ct.c_int, TargetSettings),
 }
 
 # -- the comparison with bcc's description of a map --------------------------------

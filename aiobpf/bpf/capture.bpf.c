@@ -49,6 +49,8 @@ struct gen_buf {
  * capture never stops for want of thread slots, however many threads come and go. */
 BPF_F_TABLE("hash", u32, struct target, targets, MAX_TARGETS, BPF_F_NO_PREALLOC);
 BPF_TABLE("lru_hash", u32, struct thread_state, threads, MAX_THREADS);
+/* What user space changes while a process is traced (capture.h: target_settings). */
+BPF_ARRAY(settings, struct target_settings, MAX_TARGETS);
 BPF_F_TABLE("hash", struct task_key, struct task_record, records, MAX_RECORDS,
             BPF_F_NO_PREALLOC);
 /* Threads inside Task.__init__ (event loops, mostly): LRU, allocated whole, so small. */
@@ -68,6 +70,22 @@ static __always_inline u32 log2l(u64 v)
         }
     }
     return r;
+}
+
+/* When the process's probes were last (re)attached: thread states and Task.__init__
+ * calls from before describe steps whose ends nobody saw.  No settings: all stale. */
+static __always_inline u64 epoch_of(struct target *t)
+{
+    u32 slot = t->cfg.slot;
+    struct target_settings *s = settings.lookup(&slot);
+    return s ? s->epoch_ns : ~0ULL;
+}
+
+static __always_inline int tracing(struct target *t)
+{
+    u32 slot = t->cfg.slot;
+    struct target_settings *s = settings.lookup(&slot);
+    return s && s->trace;
 }
 
 static __always_inline u64 field(char *buf, u32 off)
@@ -247,7 +265,7 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
     __sync_fetch_and_add(&t->stats.step_hist[log2l(duration) & (AIOBPF_HIST_SLOTS - 1)], 1);
     if (r->state == CAPTURE_SUSPENDED && depth <= AIOBPF_MAX_DEPTH)
         __sync_fetch_and_add(&t->stats.depth_hist[depth], 1);
-    if (cfg->trace) {
+    if (tracing(t)) {
         /* Waking the reader at every event would cost the traced thread more than the
          * event itself: the reader is never woken, it reads the ring every few ms. */
         if (events.ringbuf_output(r, sizeof(*r), BPF_RB_NO_WAKEUP))
@@ -273,14 +291,15 @@ static __always_inline int step_start(struct target *t, u64 task)
     }
     /* Thread states from before the probes were last attached describe steps whose
      * end nobody saw: they are dropped, not measured. */
-    if (ts->task && ts->start_ns >= t->cfg.epoch_ns) {
+    u64 epoch = epoch_of(t);
+    if (ts->task && ts->start_ns >= epoch) {
         u64 prev = ts->task;
         ts->task = 0;
         capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, now, ts->nested_ns, 0);
     }
     ts->delay_ns = 0;
     ts->nested_ns = 0;
-    if (ts->woke_ns && ts->woke_ns >= t->cfg.epoch_ns) {
+    if (ts->woke_ns && ts->woke_ns >= epoch) {
         ts->delay_ns = now - ts->woke_ns;
         __sync_fetch_and_add(&t->stats.delay_hist[log2l(ts->delay_ns) & (AIOBPF_HIST_SLOTS - 1)], 1);
         __sync_fetch_and_add(&t->stats.delay_ns_sum, ts->delay_ns);
@@ -334,7 +353,7 @@ int on_task_init(struct pt_regs *ctx)
             return 0;
     }
     /* Calls whose return nobody saw (the probes were detached meanwhile) are stale. */
-    if (es->depth && es->frames[0].start_ns < t->cfg.epoch_ns)
+    if (es->depth && es->frames[0].start_ns < epoch_of(t))
         es->depth = 0;
     u32 d = es->depth;
     if (d < AIOBPF_EAGER_DEPTH) {
@@ -384,7 +403,7 @@ int on_task_init_return(struct pt_regs *ctx)
     struct eager_frame *f = &es->frames[d & (AIOBPF_EAGER_DEPTH - 1)];
     u64 task = f->task, start = f->start_ns, nested = f->nested_ns;
     u64 now = bpf_ktime_get_ns();
-    if (start < t->cfg.epoch_ns || !started_eagerly(t, task)) {
+    if (start < epoch_of(t) || !started_eagerly(t, task)) {
         __sync_fetch_and_add(&t->stats.prog_ns_sum, bpf_ktime_get_ns() - now);
         return 0;
     }
@@ -420,7 +439,7 @@ static __always_inline int wait_enter(void)
     if (ts && ts->task && ts->pid == pid) {
         u64 prev = ts->task;
         ts->task = 0;
-        if (ts->start_ns >= t->cfg.epoch_ns) {
+        if (ts->start_ns >= epoch_of(t)) {
             u64 now = bpf_ktime_get_ns();
             capture(t, pid, tid, prev, ts->start_ns, ts->delay_ns, now, ts->nested_ns, 0);
             __sync_fetch_and_add(&t->stats.prog_ns_sum, bpf_ktime_get_ns() - now);

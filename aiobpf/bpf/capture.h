@@ -29,14 +29,23 @@ struct target_config {
     __u8 yf_by_oparg;              /* 3.11/3.12: test the RESUME after the frame's instr */
     __u8 yf_depth;                 /* stack slot (from the top) of the awaited object */
     __u8 resume_offset;            /* RESUME is at instr + resume_offset */
-    __u8 trace;                    /* emit one event per step */
-    __u8 pad0;
+    __u8 pad0[2];
     __u8 resume_ops[AIOBPF_MAX_RESUME_OPS];
     __u64 ref_clear;               /* mask clearing _PyStackRef tag bits */
     __u64 int_tag;                 /* tagged-int marker (low two bits), 0: none */
     __u64 coro_type, gen_type, asyncgen_type;  /* run-time type object addresses */
     __u64 pending_state;           /* value of STATE_PENDING */
+    __u32 slot;                    /* the process's entry in `settings` */
+    __u32 pad1;
+};
+
+/* What user space changes while a process is traced, in a map of its own (`settings`,
+ * an array indexed by target_config.slot): a write of a `targets` value would replace
+ * the counters the programs add to in place, and lose what they add meanwhile. */
+struct target_settings {
     __u64 epoch_ns;                /* probes (re)attached then: older thread states are stale */
+    __u8 trace;                    /* emit one event per step */
+    __u8 pad[7];
 };
 
 struct frame_ref {

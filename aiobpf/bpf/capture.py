@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiobpf.bpf.abi import TargetStats, TargetValue, TaskKey, TaskRecord
+from aiobpf.bpf.abi import TargetSettings, TargetStats, TargetValue, TaskKey, TaskRecord
 from aiobpf.bpf.config import counts_creations, target_config
 from aiobpf.bpf.maps import entries
 from aiobpf.bpf.probed import FileLimits, ProbedFile, mapped_file, open_verified, same_file
@@ -81,6 +81,8 @@ class Capture:
         self.tables = program.tables
         self._files: dict[tuple[int, int], ProbedFile] = {}
         self._targets: dict[int, Attachment] = {}
+        self._slots: dict[int, int] = {}   # pid -> its entry in the settings map
+        self._free_slots = list(range(limits.targets - 1, -1, -1))
         self.wait_hooks = ""   # attached with the first probes (add), not before
 
     # -- probes ---------------------------------------------------------------------
@@ -202,11 +204,15 @@ class Capture:
             if not probed.perf_fds and probed.since == 0:   # new (not merely paused)
                 probed.perf_fds = self._place(probed, Path(holder.path).name)
                 probed.since = time.monotonic_ns()
-            config = target_config(target, trace)
-            config.epoch_ns = probed.since
+            if not self._free_slots:
+                raise CaptureUnavailable(f"{self.limits.targets} processes are traced "
+                                         "already", "attach")
+            slot = self._slots[target.pid] = self._free_slots.pop()
             with bcc_errors("attach", "the process's settings were not stored"):
-                self.tables["targets"][ct.c_uint32(target.pid)] = TargetValue(config,
-                                                                              TargetStats())
+                self.tables["settings"][ct.c_int(slot)] = TargetSettings(probed.since,
+                                                                         int(trace))
+                self.tables["targets"][ct.c_uint32(target.pid)] = TargetValue(
+                    target_config(target, slot), TargetStats())
             self._sync_wait_hooks()   # not while the file is paused
         except BaseException:
             self.remove(target.pid)
@@ -219,6 +225,9 @@ class Capture:
         attachment = self._targets.pop(pid, None)
         with contextlib.suppress(Exception):   # bcc: KeyError, or bare Exceptions
             del self.tables["targets"][ct.c_uint32(pid)]
+        slot = self._slots.pop(pid, None)
+        if slot is not None:
+            self._free_slots.append(slot)
         self._forget(pid)
         if attachment is None or attachment.file is None:
             return
@@ -322,7 +331,7 @@ class Capture:
             return
         now = time.monotonic_ns()
         for pid in self.users(file):
-            self._update_config(pid, epoch_ns=now)
+            self._update_settings(pid, epoch_ns=now)
         probed.perf_fds = self._place(probed, f"file {file[1]}")
         probed.since = now
         try:
@@ -359,18 +368,20 @@ class Capture:
 
     def set_trace(self, pid: int, on: bool) -> None:
         """Start or stop step events for ``pid`` (records and counters go on)."""
-        self._update_config(pid, trace=int(on))
+        self._update_settings(pid, trace=int(on))
 
-    def _update_config(self, pid: int, **settings: int) -> None:
-        key = ct.c_uint32(pid)
-        try:
-            value = self.tables["targets"][key]
-        except KeyError:
+    def _update_settings(self, pid: int, **changes: int) -> None:
+        """Change ``pid``'s settings (only user space writes them: the counters, which
+        the programs update in place, are never written back)."""
+        slot = self._slots.get(pid)
+        if slot is None:
             return
-        for name, setting in settings.items():
-            setattr(value.cfg, name, setting)
+        key = ct.c_int(slot)
+        value = self.tables["settings"][key]
+        for name, setting in changes.items():
+            setattr(value, name, setting)
         with bcc_errors("attach", f"the settings of process {pid} were not stored"):
-            self.tables["targets"][key] = value
+            self.tables["settings"][key] = value
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Wait ``timeout_ms`` (the programs never wake the reader: a wakeup per event

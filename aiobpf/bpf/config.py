@@ -9,8 +9,9 @@ from aiobpf.bpf.abi import MAX_RESUME_OPS, TargetConfig
 from aiobpf.collector.target import Target
 
 
-def target_config(target: Target, trace: bool = False) -> TargetConfig:
-    """The per-process settings of the BPF programs, from the target's layout."""
+def target_config(target: Target, slot: int) -> TargetConfig:
+    """The per-process settings of the BPF programs, from the target's layout; ``slot``:
+    its entry in the ``settings`` map."""
     L = target.layout.values
     c = target.layout.consts
     cfg = TargetConfig()
@@ -50,7 +51,7 @@ def target_config(target: Target, trace: bool = False) -> TargetConfig:
     cfg.gen_type = target.core.addr(types["PyGen_Type"])
     cfg.asyncgen_type = target.core.addr(types["PyAsyncGen_Type"])
     cfg.pending_state = L["enum.STATE_PENDING"]
-    cfg.trace = int(trace)
+    cfg.slot = slot
     return cfg
 
 

@@ -268,8 +268,9 @@ def test_trace_file_says_how_many_events_were_lost(tmp_path: Path,
 def test_trace_step_count_equals_the_bpf_counter(capture: Capture) -> None:
     """Every step the programs count reaches user space as one event: once the target
     is stopped (SIGSTOP: no program runs for it any more) and the ring buffer drained,
-    the events seen equal the programs' count exactly."""
-    with run_target(by_label("sid-3.14"), "alternating.py", "10", "0.001") as target:
+    the events seen equal the programs' count exactly, with the process's settings
+    rewritten all along (a busy target: bursty.py's workers step back to back)."""
+    with run_target(by_label("sid-3.14"), "bursty.py", "4", "on:60", "30") as target:
         found = open_target(target.pid)
         capture.add(found, trace=True)
         seen: list[int] = []
@@ -277,6 +278,8 @@ def test_trace_step_count_equals_the_bpf_counter(capture: Capture) -> None:
         deadline = time.monotonic() + 1
         while time.monotonic() < deadline:
             capture.poll(50)
+            for _ in range(200):   # settings written while the programs count: none lost
+                capture.set_trace(target.pid, True)
         os.kill(target.pid, signal.SIGSTOP)
         try:
             _wait_stopped(target.pid)

@@ -88,7 +88,7 @@ def test_every_structure_of_the_header_is_mirrored_or_kernel_only() -> None:
 
 def _bcc_desc(ctype: Any) -> Any:
     """A description of ``ctype`` as bcc gives it (packed, padding spelled out)."""
-    names = {ct.c_uint8: "unsigned char", ct.c_int8: "signed char",
+    names = {ct.c_uint8: "unsigned char", ct.c_int8: "signed char", ct.c_int: "int",
              ct.c_uint32: "unsigned int", ct.c_uint64: "unsigned long long"}
     if not issubclass(ctype, ct.Structure):
         return names[ctype]
