@@ -219,7 +219,7 @@ def test_config_errors_name_the_key(tmp_path: Path, text: str, said: str) -> Non
         load(path)
 
 
-def test_selection() -> None:
+def test_selection_by_command_line_user_and_container() -> None:
     everything = Selection()
     assert everything.accepts("python app.py", 1000, "app", "")
     chosen = Selection(cmdline=["app\\.py"], exclude_cmdline=["--test"], users=["app"],
