@@ -4,7 +4,7 @@
 #
 #   make image             (scripts/image.sh: podman, or docker; no registry needed)
 #   podman run -d --name aiobpf --pid=host --network=host --user 0 \
-#     --cap-drop=ALL --cap-add=SYS_PTRACE --cap-add=BPF --cap-add=PERFMON --cap-add=SYS_ADMIN \
+#     --cap-drop=ALL --cap-add=SYS_PTRACE --cap-add=SYS_ADMIN \
 #     --security-opt apparmor=unconfined --memory=256m -e PYTHONUNBUFFERED=1 \
 #     -v /lib/modules:/lib/modules:ro -v /usr/src:/usr/src:ro -v /run/aiobpf:/run/aiobpf \
 #     localhost/aiobpf
@@ -15,9 +15,9 @@
 # the host's processes.  --network=host keeps the metrics on the host's loopback
 # (127.0.0.1:9477, listen in aiobpf.toml); without it, mount a configuration with
 # listen = "0.0.0.0:9477" and publish the port.  apparmor=unconfined: the default
-# AppArmor profile forbids reading processes outside the container.  A Docker whose
-# default seccomp profile predates CAP_BPF and CAP_PERFMON also needs
-# --security-opt seccomp=unconfined.  /lib/modules and /usr/src give bcc the host's
+# AppArmor profile forbids reading processes outside the container.  The default seccomp
+# profile allows bpf() and perf_event_open() to SYS_ADMIN (podman 4.3's to it
+# only).  /lib/modules and /usr/src give bcc the host's
 # kernel headers; /run/aiobpf holds the root-only dump socket, so `aiobpf pstree PID`
 # on the host reaches the daemon.
 # One-off commands replace the daemon: `podman run --rm --pid=host ... aiobpf pstree PID`.

@@ -39,6 +39,7 @@ from tests.integration.containers import (
     build_image,
     configmap_toml,
     daemonset_run,
+    manifest_capabilities,
     pod,
     podman,
     programs_loaded,
@@ -95,14 +96,22 @@ class Targets:
                 self.host: ""}
 
 
-def target_containers(containers: Pod, image: str) -> tuple[Container, Container]:
-    mount = ["--network=none", "--volume", f"{TARGETS / APP}:{IN_CONTAINER}:ro"]
+MOUNT_APP = ["--network=none", "--volume", f"{TARGETS / APP}:{IN_CONTAINER}:ro"]
+
+
+def sid_container(containers: Pod) -> Container:
+    """fleet_app.py under sid's python3.14, the sid root as the container's root (--rootfs
+    DIR:O: its writes kept in an overlay)."""
     assert (SID_ROOT / "usr/bin/python3.14").exists(), "no sid root: scripts/provision.sh"
-    bookworm = containers.run("py311", [*mount, "--entrypoint", "/usr/bin/python3.11"], image,
-                              "-u", IN_CONTAINER)
-    # --rootfs DIR:O: the sid root as the container's root, writes kept in an overlay
-    sid = containers.run("py314", [*mount, "--rootfs"], f"{SID_ROOT}:O",
-                         "/usr/bin/python3.14", "-u", IN_CONTAINER)
+    return containers.run("py314", [*MOUNT_APP, "--rootfs"], f"{SID_ROOT}:O",
+                          "/usr/bin/python3.14", "-u", IN_CONTAINER)
+
+
+def target_containers(containers: Pod, image: str) -> tuple[Container, Container]:
+    """fleet_app.py in a container of the image (Debian's python3.11) and in sid's."""
+    bookworm = containers.run("py311", [*MOUNT_APP, "--entrypoint", "/usr/bin/python3.11"],
+                              image, "-u", IN_CONTAINER)
+    sid = sid_container(containers)
     for container in (bookworm, sid):
         wait_ready(containers, container.name)
     return bookworm, sid
@@ -297,3 +306,55 @@ def stop_and_check(deployment: Deployment) -> float:
     assert not uprobes_of(pid), "uprobes left after the stop"
     assert not programs_loaded(programs), "BPF programs left after the stop"
     return took
+
+
+# -- the capability list, proven minimal ----------------------------------------------------
+def says_missing(log: str, capability: str) -> list[str]:
+    """The daemon's own lines that name ``capability`` as what it lacks."""
+    return [line for line in log.splitlines()
+            if line.startswith("aiobpf:") and f"CAP_{capability}" in line]
+
+
+@pytest.mark.parametrize("missing", [None, *manifest_capabilities()],
+                         ids=lambda cap: f"without-{cap}" if cap else "all")
+def test_each_capability_is_needed(tmp_path: Path, image: Image, public: Path,
+                                   missing: str | None) -> None:
+    """The manifest's capabilities less one, for each: the daemon runs on, says in one
+    line which capability it lacks, and does less (no BPF capture of the target, or no
+    read of it at all).  With all of them it captures, and a forced kill (SIGKILL, as
+    after the grace period) leaves no uprobe or program."""
+    capabilities = [cap for cap in manifest_capabilities() if cap != missing]
+    with pod(f"caps-{missing or 'all'}".lower()) as containers:
+        target = sid_container(containers)
+        wait_ready(containers, target.name)
+        deployment = deploy(containers, image.name, config_dir(tmp_path),
+                            public / "run-aiobpf", capabilities=capabilities)
+        name, pid = deployment.daemon.name, deployment.daemon.pid
+        if missing is None:
+            wait_for_metrics(deployment.url, lambda text: probe_hits(text, target.pid) > 0,
+                             "no BPF probe hits with every capability")
+            assert not [line for line in containers.logs(name).splitlines()
+                        if "CAP_" in line], containers.logs(name)
+            programs = programs_of(pid)
+            assert programs
+            wait_for_uprobes(pid)
+            podman("kill", "--signal", "KILL", name)
+            podman("wait", name, timeout=60)
+            assert not uprobes_of(pid), "uprobes left after a forced kill"
+            assert not programs_loaded(programs), "BPF programs left after a forced kill"
+            return
+        t0 = time.monotonic()
+        while not says_missing(containers.logs(name), missing):
+            if time.monotonic() - t0 > 30:
+                pytest.fail(f"without {missing} the daemon does not say so:\n"
+                            f"{containers.logs(name)}")
+            time.sleep(0.5)
+        time.sleep(max(0.0, 8 - (time.monotonic() - t0)))   # several scans, a refresh
+        with urllib.request.urlopen(deployment.url, timeout=15) as reply:
+            text = reply.read().decode()
+        (line,) = says_missing(containers.logs(name), missing)
+        assert probe_hits(text, target.pid) == 0
+        info = metric_lines(text, "aiobpf_process_info", target.pid)
+        assert not info or label(info[0], "capture") == "memory", info
+        print(f"\nwithout {missing}: {'not read' if not info else 'memory reads only'}; "
+              f"{line}")
