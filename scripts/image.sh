@@ -83,7 +83,29 @@ name() {
   echo "$REPO_NAME:in-$digest"
 }
 
+# A build killed midway (a test's timeout) leaves its working container, the runc
+# container of the step it ran (still running) and that one's bundle: removed before
+# the next build, unless a build is running now.
+leftovers() {
+  command -v podman >/dev/null || return 0
+  pgrep -f '^podman( .*)? build( |$)' >/dev/null && return 0
+  local found=0 c
+  for c in $(runc list -q 2>/dev/null | grep '^buildah-' || true); do
+    runc kill "$c" KILL 2>/dev/null || true
+    runc delete -f "$c" >/dev/null 2>&1 || true
+    rm -rf "/var/tmp/${c#buildah-}"
+    found=1
+  done
+  for c in $(podman ps -a --external --format '{{.ID}} {{.Names}}' \
+             | awk '/-working-container$/ {print $1}'); do
+    podman rm -f "$c" >/dev/null
+    found=1
+  done
+  if [ "$found" = 1 ]; then say "removed: the leftovers of a killed build"; fi
+}
+
 build() {
+  leftovers
   base
   local image archive started
   image=$(name)
