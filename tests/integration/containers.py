@@ -241,28 +241,8 @@ def wait_scrape(url: str, pod: Pod, name: str, timeout: float = 120) -> str:
         time.sleep(0.5)
 
 
-def bpftool(*what: str) -> list[dict]:
-    out = subprocess.run(["bpftool", *what, "--json"], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
-    return json.loads(out or "[]")
-
-
-def uprobes_of(pid: int) -> list[dict]:
-    """The uprobes the kernel lists for process ``pid`` (bpftool perf list)."""
-    return [e for e in bpftool("perf", "list") if e.get("pid") == pid]
-
-
-def programs_of(pid: int) -> set[int]:
-    """Ids of the BPF programs process ``pid`` holds (its descriptors' fdinfo)."""
-    ids = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with suppress(OSError):
-            if os.readlink(fd) == "anon_inode:bpf-prog":
-                info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
-                ids.add(int(info.split("prog_id:")[1].split()[0]))
-    return ids
-
-
 def programs_loaded(ids: set[int]) -> set[int]:
-    """Which of the programs ``ids`` the kernel still has (bpftool prog list)."""
-    return ids & {program["id"] for program in bpftool("prog", "list")}
+    """Which of the BPF programs ``ids`` the kernel still has (bpftool prog list)."""
+    out = subprocess.run(["bpftool", "prog", "list", "--json"], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    return ids & {program["id"] for program in json.loads(out or "[]")}

@@ -171,11 +171,17 @@ def daemon_uprobes(pid: int) -> set[tuple[str, int]]:
 
 def daemon_programs(pid: int) -> int:
     """BPF programs a process holds open (fdinfo of its descriptors)."""
-    count = 0
+    return len(program_ids(pid))
+
+
+def program_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs a process holds open (its descriptors' fdinfo)."""
+    ids = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             if os.readlink(fd) == "anon_inode:bpf-prog":
-                count += 1
+                info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+                ids.add(int(info.split("prog_id:")[1].split()[0]))
         except OSError:
             continue
-    return count
+    return ids

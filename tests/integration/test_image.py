@@ -43,12 +43,10 @@ from tests.integration.containers import (
     pod,
     podman,
     programs_loaded,
-    programs_of,
-    uprobes_of,
     wait_ready,
     wait_scrape,
 )
-from tests.integration.daemon_proc import REPO
+from tests.integration.daemon_proc import REPO, daemon_uprobes, program_ids
 from tests.integration.prom import Prometheus, free_port
 from tests.pythons import SID_ROOT, by_label
 
@@ -283,7 +281,7 @@ def wait_for_uprobes(pid: int, timeout: float = 30) -> None:
     """Until the kernel lists uprobes of ``pid`` (windowed capture attaches them now and
     then), so that their absence after the stop means something."""
     deadline = time.monotonic() + timeout
-    while not uprobes_of(pid):
+    while not daemon_uprobes(pid):
         if time.monotonic() > deadline:
             pytest.fail(f"no uprobes of the daemon (pid {pid}) in {timeout} s")
         time.sleep(0.2)
@@ -293,7 +291,7 @@ def stop_and_check(deployment: Deployment) -> float:
     """``podman stop`` (SIGTERM, then SIGKILL after the manifest's grace period): the
     daemon exits by itself, cleanly, and the kernel lists no probe or program of it."""
     pid, name = deployment.daemon.pid, deployment.daemon.name
-    programs = programs_of(pid)
+    programs = program_ids(pid)
     assert programs and programs_loaded(programs) == programs
     wait_for_uprobes(pid)
     t0 = time.monotonic()
@@ -303,7 +301,7 @@ def stop_and_check(deployment: Deployment) -> float:
     log = deployment.containers.logs(name)
     assert state["ExitCode"] == 0 and took < deployment.grace, (state, took, log)
     assert "Traceback" not in log, log
-    assert not uprobes_of(pid), "uprobes left after the stop"
+    assert not daemon_uprobes(pid), "uprobes left after the stop"
     assert not programs_loaded(programs), "BPF programs left after the stop"
     return took
 
@@ -335,12 +333,12 @@ def test_each_capability_is_needed(tmp_path: Path, image: Image, public: Path,
                              "no BPF probe hits with every capability")
             assert not [line for line in containers.logs(name).splitlines()
                         if "CAP_" in line], containers.logs(name)
-            programs = programs_of(pid)
+            programs = program_ids(pid)
             assert programs
             wait_for_uprobes(pid)
             podman("kill", "--signal", "KILL", name)
             podman("wait", name, timeout=60)
-            assert not uprobes_of(pid), "uprobes left after a forced kill"
+            assert not daemon_uprobes(pid), "uprobes left after a forced kill"
             assert not programs_loaded(programs), "BPF programs left after a forced kill"
             return
         t0 = time.monotonic()
