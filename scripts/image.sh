@@ -34,9 +34,11 @@ die() { echo "image: FAILED: $*" >&2; exit 1; }
 if command -v podman >/dev/null; then
   engine() { podman --runtime "$OCI_RUNTIME" "$@"; }
   exists() { podman image exists "$1"; }
+  NO_PULL=(--pull=never)
 elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   engine() { docker "$@"; }
   exists() { docker image inspect "$1" >/dev/null 2>&1; }
+  NO_PULL=()    # docker's FROM uses the local image unless told to pull
 else
   die "neither podman nor a running docker (scripts/provision.sh installs podman)"
 fi
@@ -63,7 +65,7 @@ base() {
     trap - EXIT
     say "built: $BASE_TAR (debootstrap --variant=minbase bookworm)"
   fi
-  engine import -q - "$BASE" <"$BASE_TAR" >/dev/null
+  engine import - "$BASE" <"$BASE_TAR" >/dev/null
   say "ok: base $BASE imported from $BASE_TAR"
 }
 
@@ -121,9 +123,9 @@ build() {
     # Dockerfile's secret pip-ca, mounted for that step only.
     local trust=()
     [ -s "$HOST_CA" ] && trust=(--secret "id=pip-ca,src=$HOST_CA")
-    engine build --pull=never --force-rm "${trust[@]}" -t "$image" . >&2
+    engine build "${NO_PULL[@]}" --force-rm "${trust[@]}" -t "$image" . >&2
     say "built: $image in $(( $(date +%s) - started )) s"
-    engine save -q -o "$archive.tmp" "$image" && mv "$archive.tmp" "$archive"
+    engine save -o "$archive.tmp" "$image" >/dev/null && mv "$archive.tmp" "$archive"
   fi
   engine tag "$image" "$REPO_NAME:latest"
   # Older builds: their images and archives.
