@@ -2,36 +2,42 @@
 # (scripts/provision.sh, as in the README).  By default it runs the daemon with the
 # configuration at /etc/aiobpf/aiobpf.toml (deploy/aiobpf.toml).
 #
-#   docker build -t aiobpf .
-#   docker run -d --name aiobpf --pid=host --network=host \
-#     --cap-drop=ALL --cap-add=SYS_PTRACE --cap-add=BPF --cap-add=PERFMON \
-#     --cap-add=SYS_ADMIN --cap-add=SYS_RESOURCE --cap-add=DAC_READ_SEARCH \
-#     --security-opt apparmor=unconfined \
+#   make image             (scripts/image.sh: podman, or docker; no registry needed)
+#   podman run -d --name aiobpf --pid=host --network=host --user 0 \
+#     --cap-drop=ALL --cap-add=SYS_PTRACE --cap-add=SYS_ADMIN \
+#     --security-opt apparmor=unconfined --memory=256m -e PYTHONUNBUFFERED=1 \
 #     -v /lib/modules:/lib/modules:ro -v /usr/src:/usr/src:ro -v /run/aiobpf:/run/aiobpf \
-#     aiobpf
+#     localhost/aiobpf
 #
-# --pid=host lets the daemon see and read the host's processes.  --network=host keeps
-# the metrics on the host's loopback (127.0.0.1:9477, listen in aiobpf.toml); without
-# it, mount a configuration with listen = "0.0.0.0:9477" and publish the port.
-# Capabilities instead of --privileged: SYS_PTRACE (reading targets' memory,
-# /proc/PID/root and map_files), BPF and PERFMON (loading the BPF programs, perf-event
-# uprobes; kernel >= 5.8, else SYS_ADMIN instead of both), SYS_RESOURCE (locked
-# memory for BPF maps before kernel 5.11), DAC_READ_SEARCH (/proc/PID/map_files, files
-# in other containers' roots), SYS_ADMIN (uprobes: since "perf: Revert to requiring
-# CAP_SYS_ADMIN for uprobes", kernel 6.16 and stable backports; without it the daemon
-# reads memory only, with no step metrics; drop it on kernels that do not need it).
-# apparmor=unconfined: the default AppArmor profile forbids reading processes outside
-# the container.  A Docker whose default seccomp profile predates CAP_BPF and
-# CAP_PERFMON also needs --security-opt seccomp=unconfined.
-# /lib/modules and /usr/src give bcc the host's kernel headers; /run/aiobpf holds the
-# root-only dump socket, so `aiobpf pstree PID` on the host reaches the daemon.
-# One-off commands replace the daemon: `docker run --rm --pid=host ... aiobpf pstree PID`.
-# Kubernetes: deploy/kubernetes/daemonset.yaml.
+# The flags are the DaemonSet's (deploy/kubernetes/daemonset.yaml says why each
+# capability, and which nodes need more); tests/integration/test_image.py reads them
+# from the manifest and runs the image so.  --pid=host lets the daemon see and read
+# the host's processes.  --network=host keeps the metrics on the host's loopback
+# (127.0.0.1:9477, listen in aiobpf.toml); without it, mount a configuration with
+# listen = "0.0.0.0:9477" and publish the port.  apparmor=unconfined: the default
+# AppArmor profile forbids reading processes outside the container.  The default seccomp
+# profile allows bpf() and perf_event_open() to SYS_ADMIN (podman 4.3's to it
+# only).  /lib/modules and /usr/src give bcc the host's
+# kernel headers; /run/aiobpf holds the root-only dump socket, so `aiobpf pstree PID`
+# on the host reaches the daemon.
+# One-off commands replace the daemon: `podman run --rm --pid=host ... aiobpf pstree PID`.
 FROM debian:bookworm-slim
 WORKDIR /opt/aiobpf
-COPY . .
-RUN bash scripts/provision.sh --no-sid \
+# Debian's packages first, a layer of their own: a change to aiobpf's code does not
+# download them again.  --container: no kernel headers (the host's are mounted at
+# /lib/modules and /usr/src), no tools of a host's shell (git, make, pip, bpftool).
+COPY scripts/provision.sh scripts/provision.sh
+RUN bash scripts/provision.sh --no-sid --container --packages-only \
     && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml README.md ./
+COPY aiobpf aiobpf
+# pip fetches aiobpf's dependencies from PyPI, over HTTPS.  The secret pip-ca, when
+# the build is given one (scripts/image.sh gives the host's CA bundle), is the CA
+# bundle it trusts: that of a host behind a TLS-inspecting proxy.
+RUN --mount=type=secret,id=pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && bash scripts/provision.sh --no-sid --container \
+    && rm -rf /root/.cache
 COPY deploy/aiobpf.toml /etc/aiobpf/aiobpf.toml
 EXPOSE 9477
 ENTRYPOINT ["/opt/aiobpf/.venv/bin/aiobpf"]

@@ -4,13 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SID_ROOT ?= /var/cache/aiobpf/sid-root
 
-.PHONY: help provision demo test lint layouts bench clean
+.PHONY: help provision image demo test lint layouts bench clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
 provision:  ## install bcc, kernel headers, the venv and the test interpreters (idempotent)
 	bash scripts/provision.sh
+
+image:  ## build the container image (podman or docker; base made locally, cached in /var/cache/aiobpf/images)
+	bash scripts/image.sh build
 
 demo: provision  ## run the gh-135371 example under Python 3.14 in the sid root and print its aiobpf pstree
 	bash scripts/demo.sh

@@ -4,7 +4,11 @@
 # prints one line: "ok:" (already there), "installed:", "created:", "linked:".
 #
 #   scripts/provision.sh            everything (as root)
-#   scripts/provision.sh --no-sid   skip the test interpreters (the Docker image)
+#   scripts/provision.sh --no-sid   only what the daemon needs: no test interpreters,
+#                                   test tools or container image (a host, the image)
+#   --container                     the image: no kernel headers (the host's are mounted),
+#                                   nor git, make, pip and bpftool
+#   --packages-only                 Debian packages only (the image's first layer)
 #
 # Environment: AIOBPF_VENV (default .venv in the repository), AIOBPF_SID_ROOT
 # (default /var/cache/aiobpf/sid-root), AIOBPF_OLD_ROOT (default
@@ -18,10 +22,14 @@ SID_ROOT=${AIOBPF_SID_ROOT:-/var/cache/aiobpf/sid-root}
 OLD_ROOT=${AIOBPF_OLD_ROOT:-/var/cache/aiobpf/bullseye-root}
 MIRROR=${AIOBPF_MIRROR:-http://deb.debian.org/debian}
 WITH_SID=1
+CONTAINER=0
+PACKAGES_ONLY=0
 for arg in "$@"; do
   case "$arg" in
     --no-sid) WITH_SID=0 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --container) CONTAINER=1 ;;
+    --packages-only) PACKAGES_ONLY=1 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "provision: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -31,13 +39,18 @@ die() { echo "provision: FAILED: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and links kernel headers)"
 
 # -- 1. Debian packages ---------------------------------------------------------
-PACKAGES=(python3 python3-venv python3-pip python3-bpfcc bpftool make git ca-certificates)
+PACKAGES=(python3 python3-venv python3-bpfcc ca-certificates)
+# A shell on the host: the tools the README's commands use.
+[ "$CONTAINER" = 0 ] && PACKAGES+=(python3-pip bpftool make git)
 # The test interpreters: debootstrap for the sid and bullseye roots; python3.11-dbg
 # for the debug file of Debian's python3.11, which the layout tests check against;
 # wrk, the load generator of bench/overhead.py; prometheus, the server the daemon's
 # tests scrape with (they start their own on loopback; the packaged service is not
-# started).
-[ "$WITH_SID" = 1 ] && PACKAGES+=(debootstrap python3.11-dbg wrk prometheus)
+# started); podman and runc, which build and run the container image in the tests
+# (crun, podman's other runtime, cannot set rlimits in some VMs), with the CNI
+# plugins of its default network.
+[ "$WITH_SID" = 1 ] && PACKAGES+=(debootstrap python3.11-dbg wrk prometheus
+                                  podman runc containernetworking-plugins iptables)
 # golang-go: `go tool pprof`, which reads the pprof files of `aiobpf profile` in the tests.
 [ "$WITH_SID" = 1 ] && PACKAGES+=(golang-go)
 missing=()
@@ -60,10 +73,14 @@ else
   say "ok: packages ${PACKAGES[*]}"
 fi
 
+[ "$PACKAGES_ONLY" = 1 ] && exit 0
+
 # -- 2. kernel headers for bcc --------------------------------------------------
 KREL=$(uname -r)
 MODDIR=/lib/modules/$KREL
-if [ -f "$MODDIR/build/Makefile" ]; then
+if [ "$CONTAINER" = 1 ]; then
+  say "ok: no kernel headers (--container: the host's are mounted)"
+elif [ -f "$MODDIR/build/Makefile" ]; then
   say "ok: kernel headers at $MODDIR/build"
 elif DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "linux-headers-$KREL" >/dev/null 2>&1; then
   say "installed: linux-headers-$KREL"
@@ -91,15 +108,18 @@ else
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
   say "created: venv $VENV (with system site packages: bcc comes from python3-bpfcc, not PyPI)"
 fi
-if "$VENV/bin/python" -c "import aiobpf, elftools, prometheus_client, psutil, yaml, bcrypt, pytest, hypothesis, jsonschema, kubernetes_validate" 2>/dev/null \
+# The test tools (pytest, linters) with the test interpreters only.
+EXTRAS="" TEST_MODULES=""
+[ "$WITH_SID" = 1 ] && EXTRAS="[test]" TEST_MODULES=", pytest, hypothesis, jsonschema, kubernetes_validate"
+if "$VENV/bin/python" -c "import aiobpf, elftools, prometheus_client, psutil, yaml, bcrypt$TEST_MODULES" 2>/dev/null \
    && [ "$("$VENV/bin/python" -c 'import aiobpf, pathlib; print(pathlib.Path(aiobpf.__file__).resolve().parent.parent)')" = "$REPO" ]; then
   say "ok: aiobpf and its dependencies in the venv"
 else
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO$EXTRAS"
   say "installed: aiobpf (editable) and its dependencies into the venv"
 fi
-"$VENV/bin/python" -c "import bcc, elftools, prometheus_client, yaml, bcrypt, pytest" \
-  || die "the venv cannot import bcc, pyelftools, prometheus_client, yaml, bcrypt and pytest"
+"$VENV/bin/python" -c "import bcc, elftools, prometheus_client, yaml, bcrypt$TEST_MODULES" \
+  || die "the venv cannot import bcc, pyelftools, prometheus_client, yaml, bcrypt$TEST_MODULES"
 
 # -- 4. test interpreters ---------------------------------------------------------
 /usr/bin/python3.11 -c 'import sys' 2>/dev/null || die "Debian's /usr/bin/python3.11 does not run"
@@ -190,7 +210,14 @@ else
   say "ok: no pyenv on this machine (its builds are optional)"
 fi
 
-# -- 6. the matrix ------------------------------------------------------------------
+[ "$WITH_SID" = 1 ] || exit 0
+
+# -- 6. the container image's base --------------------------------------------------
+# debian:bookworm-slim for tests/integration/test_image.py and `make image`, made
+# locally (no registry needed) and cached; the image itself is built by the test.
+bash scripts/image.sh base
+
+# -- 7. the matrix ------------------------------------------------------------------
 AIOBPF_SID_ROOT=$SID_ROOT AIOBPF_OLD_ROOT=$OLD_ROOT "$VENV/bin/python" - <<'PY'
 from tests.pythons import all_pythons
 print("provision: interpreter matrix")

@@ -56,6 +56,11 @@ def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level,
                         format="aiobpf: %(message)s", stream=sys.stderr)
+    if not errors._has_capability(errors.CAP_SYS_PTRACE):
+        # root without it (a container that drops it): reading a process takes it,
+        # unless the process has the same uid and no capability the daemon lacks
+        logging.warning("no CAP_SYS_PTRACE: the processes of other users and containers "
+                        "cannot be read, nor traced (grant CAP_SYS_PTRACE)")
     try:
         config = load(getattr(args, "config", None))
         if args.listen:

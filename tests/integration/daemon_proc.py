@@ -186,11 +186,4 @@ def program_ids(pid: int) -> set[int]:
 
 def daemon_programs(pid: int) -> int:
     """BPF programs a process holds open (fdinfo of its descriptors)."""
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if os.readlink(fd) == "anon_inode:bpf-prog":
-                count += 1
-        except OSError:
-            continue
-    return count
+    return len(program_ids(pid))
