@@ -298,7 +298,7 @@ def test_unit_runs_the_daemon_as_root_with_bounded_capabilities() -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
-def test_unit_verifies(tmp_path: Path) -> None:
+def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify wants ExecStart's program to exist: point it at this venv's aiobpf (or
     # any executable) in a copy.
     program = VENV / "bin" / "aiobpf"
