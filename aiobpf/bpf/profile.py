@@ -97,7 +97,7 @@ class CpuProfiler:
         except Exception as exc:  # bcc raises bare Exceptions
             raise ProfilerUnavailable(f"the profiler's BPF program did not load: {exc}") from None
         check_abi(self.bpf)
-        self._events: dict[int, int] = {}   # tid -> perf event fd
+        self._events: dict[int, dict[int, int]] = {}   # pid -> tid -> perf event fd
 
         def received(_ctx: object, data: int, _size: int) -> int:
             on_sample(decode(ct.cast(data, ct.POINTER(ProfileSample)).contents))
@@ -107,30 +107,40 @@ class CpuProfiler:
 
     def follow(self, pid: int, config: ProfileConfig, threads: dict[int, int],
                rate_hz: float) -> None:
-        """Sample ``pid``'s ``threads`` (native id -> PyThreadState) at ``rate_hz``; threads
-        no longer listed stop being sampled."""
+        """Sample ``pid``'s ``threads`` (native id -> PyThreadState) at ``rate_hz``; its
+        threads no longer listed stop being sampled."""
         self.bpf["configs"][ct.c_uint32(pid)] = config
         states = self.bpf["thread_states"]
-        for tid in list(self._events):
+        events = self._events.setdefault(pid, {})
+        for tid in list(events):
             if tid not in threads:
-                self._lib.bpf_close_perf_event_fd(self._events.pop(tid))
+                self._lib.bpf_close_perf_event_fd(events.pop(tid))
                 states.pop(ct.c_uint32(tid), None)
-        for tid, tstate in list(threads.items())[:MAX_THREADS]:
+        room = MAX_THREADS - self.threads + len(events)
+        for tid, tstate in list(threads.items())[:max(room, 0)]:
             states[ct.c_uint32(tid)] = ct.c_uint64(tstate)
-            if tid in self._events:
+            if tid in events:
                 continue
             fd = self._lib.bpf_attach_perf_event(self._fn.fd, _PERF_TYPE_SOFTWARE,
                                                  _PERF_COUNT_SW_CPU_CLOCK, 0, int(rate_hz),
                                                  tid, -1, -1)
             if fd >= 0:
-                self._events[tid] = fd
-            elif not self._events and tid == pid:
+                events[tid] = fd
+            elif not events and tid == pid:
                 raise ProfilerUnavailable(f"the kernel refused a CPU-clock perf event for "
                                           f"thread {tid} (errno {ct.get_errno() or '?'})")
 
+    def forget(self, pid: int) -> None:
+        """Stop sampling ``pid``."""
+        states = self.bpf["thread_states"]
+        for tid, fd in self._events.pop(pid, {}).items():
+            self._lib.bpf_close_perf_event_fd(fd)
+            states.pop(ct.c_uint32(tid), None)
+        self.bpf["configs"].pop(ct.c_uint32(pid), None)
+
     @property
     def threads(self) -> int:
-        return len(self._events)
+        return sum(len(events) for events in self._events.values())
 
     def poll(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)
@@ -139,8 +149,9 @@ class CpuProfiler:
         return int(self.bpf["lost"][ct.c_int(0)].value)
 
     def close(self) -> None:
-        for fd in self._events.values():
-            self._lib.bpf_close_perf_event_fd(fd)
+        for events in self._events.values():
+            for fd in events.values():
+                self._lib.bpf_close_perf_event_fd(fd)
         self._events.clear()
         self.bpf.cleanup()
 

@@ -60,6 +60,10 @@ class Config:
     max_processes: int = 256
     bpf: bool = True
     web_config: str = ""    # TLS and basic auth of the endpoint (aiobpf.daemon.web_config)
+    profile_rate: float = 0.0   # continuous CPU profiles (aiobpf.daemon.profiling); 0: off
+    profile_dir: str = "/var/lib/aiobpf/profiles"
+    profile_rotate: float = 60.0
+    profile_keep: float = 3600.0
     select: Selection = field(default_factory=Selection)
 
     @property
@@ -90,6 +94,13 @@ class Config:
             raise ConfigError("probe_cost_us: \"auto\" or a positive number of microseconds")
         if not 0 < self.budget <= 1:
             raise ConfigError("budget: a fraction of the target's CPU time, in (0, 1]")
+        if not 0 <= self.profile_rate <= 1000:
+            raise ConfigError("profile_rate: samples per second of a thread's CPU time, "
+                              "0 (off) to 1000")
+        if self.profile_rotate <= 0 or self.profile_keep < self.profile_rotate:
+            raise ConfigError("profile_rotate: positive, and profile_keep at least as long")
+        if not self.profile_dir.startswith("/"):
+            raise ConfigError("profile_dir: an absolute path")
         if self.top_sites < 1 or self.max_processes < 1:
             raise ConfigError("top_sites and max_processes: at least 1")
         self._check_site_frames()

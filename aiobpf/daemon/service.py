@@ -46,6 +46,7 @@ from aiobpf.daemon.budget.estimate import Reading
 from aiobpf.daemon.budget.windows import FileWindow, next_switch
 from aiobpf.daemon.config import Config
 from aiobpf.daemon.discovery import Candidate, Discovery, Identity
+from aiobpf.daemon.profiling import ContinuousProfiles, ProfilesUnavailable
 from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.prometheus import (
     Summarizer,
@@ -225,6 +226,27 @@ class Daemon:
             self.costs = self._calibrate(self.capture)
         self._reader = threading.Thread(target=self._read_loop, name="aiobpf-reader",
                                         daemon=True)
+        self.profiles = self._start_profiles()
+
+    def _start_profiles(self) -> ContinuousProfiles | None:
+        """The continuous profiles, when asked for and possible (else one log line)."""
+        config = self.config
+        if config.profile_rate <= 0:
+            return None
+        if self.capture is None:
+            self.errors["profiles"] += 1
+            log.warning("continuous profiles are off: %s", self.capture_off or "bpf = false")
+            return None
+        try:
+            profiles = ContinuousProfiles(config.profile_rate, Path(config.profile_dir),
+                                          config.profile_rotate, config.profile_keep)
+        except ProfilesUnavailable as exc:
+            self.errors["profiles"] += 1
+            log.warning("continuous profiles are off: %s", exc)
+            return None
+        log.info("continuous profiles: %g Hz of each traced thread's CPU time, a file every "
+                 "%g s in %s", config.profile_rate, config.profile_rotate, config.profile_dir)
+        return profiles
 
     def _calibrate(self, capture: Capture) -> ProbeCosts | None:
         """Time a uprobe hit and the syscall hooks' toll on this machine.  When BPF
@@ -256,6 +278,8 @@ class Daemon:
     def run(self) -> None:
         """Trace until ``stop()``; everything is released on the way out."""
         self._reader.start()
+        if self.profiles is not None:
+            self.profiles.start()
         next_scan = 0.0
         try:
             while not self._stop.is_set():
@@ -282,6 +306,10 @@ class Daemon:
             self._abandon(pid)   # (its read in progress is cancelled)
         for traced in list(self.traced.values()):
             traced.collector.mem.cancel()   # a read in progress ends at its next system call
+        if self.profiles is not None:   # (their last files first, while all are traced)
+            with contextlib.suppress(Exception):
+                self.profiles.close()
+            self.profiles = None
         for pid in list(self.traced):
             self._drop(pid, "stopping")
         if self.capture is not None:
@@ -473,6 +501,8 @@ class Daemon:
         traced.next_read = time.monotonic() + self.config.refresh_interval
         traced.account.open_window(self._thread_times(traced))   # its probes are on from now
         self.traced[pid] = traced
+        if self.profiles is not None:
+            self.profiles.follow(target)
         if traced.file is not None:
             self.windows.setdefault(traced.file, FileWindow(self.config.window,
                                                             attached_at=time.monotonic()))
@@ -542,6 +572,8 @@ class Daemon:
         traced = self.traced.pop(pid, None)
         if traced is None:
             return
+        if self.profiles is not None:
+            self.profiles.forget(pid)
         if self.capture is not None:
             with self._bpf_lock, contextlib.suppress(Exception):
                 self.capture.remove(pid)

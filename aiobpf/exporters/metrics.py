@@ -155,6 +155,8 @@ ERROR_KINDS = {
     "attach": "probes not placed",
     "bpf_load": "the BPF programs did not load: memory reads only",
     "calibrate": "BPF refused the start-up timing of a probe: memory reads only",
+    "profiles": "continuous profiles asked for (`profile_rate`) could not start: off, the "
+                "log says why",
     "probe_file_changed": "a traced process mapped another file where its probed `_asyncio` "
                           "was: dropped and looked at afresh",
     "too_many_files": "no probes for a process whose `_asyncio` file would exceed the limits "

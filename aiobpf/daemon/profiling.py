@@ -1,0 +1,206 @@
+"""Continuous CPU profiles of the traced processes, written as pprof files on a rotation.
+
+Off by default (``profile_rate = 0``).  When on, the profiler's program
+(aiobpf.bpf.profile) samples every thread of every traced process on its CPU clock at
+``profile_rate`` Hz, as ``aiobpf profile --mode cpu`` does; every ``profile_rotate``
+seconds each process's samples since the last file are written to
+``profile_dir/PID-START.pb.gz`` (pprof, the async stacks of ``aiobpf profile``), and
+files older than ``profile_keep`` seconds are removed, so an operator can fetch the
+last hour with ``go tool pprof`` or a Pyroscope uploader.
+
+A sample costs the traced thread one perf interrupt and the program's walk of its
+frames (a few microseconds): at 19 Hz, about 0.01 % of a busy thread, a small part of
+the overhead budget's 1 %.  Naming the samples and finding their tasks reads each
+process's memory (its task list every ``REFRESH_S``), on this module's own thread,
+with collectors of its own.
+
+The directory is the daemon's: created 0700, and refused (profiles off, said in the
+log) when it is a symbolic link, is not owned by the daemon's user, or is open to
+others; files are created 0600 without following links, under names of digits only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiobpf.bpf.profile import CpuProfiler, ProfilerUnavailable, RawSample
+from aiobpf.collector.cpu_samples import GONE, NamedSample, SampleNamer, profile_config
+from aiobpf.collector.memory import RemoteReadError
+from aiobpf.collector.objects import DecodeError
+from aiobpf.collector.snapshot import Collector
+from aiobpf.collector.target import Target
+from aiobpf.exporters.profile import pprof
+from aiobpf.exporters.profile.profile import Profile
+from aiobpf.exporters.profile.stacks import AwaitGraph, thread_stack
+
+log = logging.getLogger("aiobpf")
+
+REFRESH_S = 5.0           # the task list of a profiled process is read this often
+POLL_MS = 100
+MAX_PENDING = 100_000     # samples waiting for their tasks, all processes (then dropped)
+FILE_NAME = re.compile(r"(\d+)-(\d+)\.pb\.gz")
+
+
+class ProfilesUnavailable(Exception):
+    """Continuous profiles cannot run (the message says why)."""
+
+
+def own_directory(path: Path) -> int:
+    """An O_DIRECTORY descriptor of ``path``, made 0700 if missing; refused when it is a
+    link, not owned by this user, or open to others."""
+    with contextlib.suppress(FileExistsError):
+        os.makedirs(path, mode=0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ProfilesUnavailable(f"{path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        os.close(fd)
+        raise ProfilesUnavailable(f"{path}: must be owned by uid {os.geteuid()} and closed "
+                                  f"to others (mode 0700)")
+    return fd
+
+
+@dataclass
+class _Profiled:
+    pid: int
+    collector: Collector
+    namer: SampleNamer
+    profile: Profile
+    started: float = field(default_factory=time.time)
+    pending: list[NamedSample] = field(default_factory=list)
+    refreshed: float = 0.0
+
+
+class ContinuousProfiles:
+    """The profiler of a daemon: ``follow`` and ``forget`` processes as they are traced."""
+
+    def __init__(self, rate_hz: float, directory: Path, rotate_s: float, keep_s: float) -> None:
+        self.rate_hz, self.rotate_s, self.keep_s = rate_hz, rotate_s, keep_s
+        self.directory = directory
+        self._dir_fd = own_directory(directory)
+        self._lock = threading.Lock()
+        self._processes: dict[int, _Profiled] = {}
+        self._stop = threading.Event()
+        self.written = 0
+        try:
+            self.profiler = CpuProfiler(self._received)
+        except ProfilerUnavailable as exc:
+            os.close(self._dir_fd)
+            raise ProfilesUnavailable(str(exc)) from None
+        self._thread = threading.Thread(target=self._run, name="aiobpf-profiles", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def follow(self, target: Target) -> None:
+        """Profile ``target`` from now on (with a collector of its own)."""
+        collector = Collector(target)
+        process = _Profiled(target.pid, collector, SampleNamer(collector),
+                            Profile(target.pid, "cpu", self.rate_hz))
+        with self._lock:
+            self._processes[target.pid] = process
+
+    def forget(self, pid: int) -> None:
+        with self._lock:
+            process = self._processes.pop(pid, None)
+            if process is not None:
+                with contextlib.suppress(Exception):
+                    self.profiler.forget(pid)
+                process.collector.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        with self._lock:
+            for pid in list(self._processes):
+                self._write(self._processes[pid], time.time())
+        for pid in list(self._processes):
+            self.forget(pid)
+        self.profiler.close()
+        os.close(self._dir_fd)
+
+    # -- the profiler's thread ----------------------------------------------------------
+    def _received(self, raw: RawSample) -> None:
+        process = self._processes.get(raw.pid)
+        if process is not None and len(process.pending) < MAX_PENDING:
+            process.pending.append(process.namer.named(raw))   # while its code is there
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self.profiler.poll(0)
+                now = time.time()
+                for process in list(self._processes.values()):
+                    try:
+                        self._tend(process, now)
+                    except Exception as exc:  # one process must never stop the others
+                        gone = isinstance(exc, GONE)
+                        if not gone:
+                            log.warning("pid %d: continuous profile stopped: %s",
+                                        process.pid, exc)
+                        self._processes.pop(process.pid, None)
+                        with contextlib.suppress(Exception):
+                            self.profiler.forget(process.pid)
+                        process.collector.close()
+                self._prune(now)
+            self._stop.wait(POLL_MS / 1000)
+
+    def _tend(self, process: _Profiled, now: float) -> None:
+        """Read its task list when due (following its threads), attribute the samples
+        waiting, and write its file when the rotation is due."""
+        if now - process.refreshed >= min(REFRESH_S, self.rotate_s):
+            process.refreshed = now
+            try:
+                self._attribute(process)
+            except (RemoteReadError, DecodeError) as exc:   # torn: the samples wait
+                log.debug("pid %d: the profile's read of the tasks failed: %s",
+                          process.pid, exc)
+        if now - process.started >= self.rotate_s:
+            self._write(process, now)
+
+    def _attribute(self, process: _Profiled) -> None:
+        graph = AwaitGraph(process.namer.refresh())
+        self.profiler.follow(process.pid, profile_config(process.collector),
+                             process.namer.threads(), self.rate_hz)
+        pending, process.pending = process.pending, []
+        for named in pending:
+            sample = process.namer.attribute(named)
+            task = graph.by_id.get(sample.task) if sample.task else None
+            process.profile.add(graph.stack(task, sample.frames) if task is not None
+                                else thread_stack(sample.tid, sample.frames))
+            process.profile.samples += 1
+
+    def _write(self, process: _Profiled, now: float) -> None:
+        profile, process.profile = process.profile, Profile(process.pid, "cpu", self.rate_hz)
+        profile.duration_s = now - process.started
+        name = f"{process.pid}-{int(process.started)}.pb.gz"
+        process.started = now
+        if not profile.stacks:
+            return
+        temporary = f".{name}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                     0o600, dir_fd=self._dir_fd)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pprof.render(profile))
+        os.rename(temporary, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        self.written += 1
+
+    def _prune(self, now: float) -> None:
+        """Remove the files older than ``keep_s`` (only names this module writes)."""
+        with os.scandir(self._dir_fd) as entries:
+            for entry in entries:
+                found = FILE_NAME.fullmatch(entry.name)
+                if found and int(found.group(2)) < now - self.keep_s - self.rotate_s:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.name, dir_fd=self._dir_fd)
