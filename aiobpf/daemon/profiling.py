@@ -45,7 +45,7 @@ log = logging.getLogger("aiobpf")
 
 REFRESH_S = 5.0           # the task list of a profiled process is read this often
 POLL_MS = 100
-MAX_PENDING = 100_000     # samples waiting for their tasks, all processes (then dropped)
+MAX_PENDING = 100_000     # samples of one process waiting for their tasks (then dropped)
 FILE_NAME = re.compile(r"(\d+)-(\d+)\.pb\.gz")
 
 
