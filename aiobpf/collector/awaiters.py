@@ -41,7 +41,7 @@ class AwaiterIndex:
         self.objs = objs
         self.tasks = {t.addr: t for t in tasks}
         self.waiting_on: dict[int, list[int]] = {}
-        self._task_flags: dict[int, bool] = {}
+        self._recorded: dict[int, Awaiter] = {}   # shared: the exporters only read them
         for t in tasks:
             if t.fut_waiter:
                 self.waiting_on.setdefault(t.fut_waiter, []).append(t.addr)
@@ -52,22 +52,21 @@ class AwaiterIndex:
         tasks from other futures."""
         out = []
         for addr in task.awaited_by:
-            if self._is_task(addr):
-                out.append(Awaiter(addr))
-            else:
-                out.append(Awaiter(addr, is_task=False, type_name=self._type_name(addr)))
+            # Many tasks share an awaiter (a TaskGroup's parent): each is read once.
+            awaiter = self._recorded.get(addr)
+            if awaiter is None:
+                if len(self._recorded) >= MAX_CALLBACKS:
+                    self._recorded.clear()
+                awaiter = self._recorded[addr] = self._awaiter(addr)
+            out.append(awaiter)
         return out
 
-    def _is_task(self, addr: int) -> bool:
-        """Whether the future at ``addr`` is a task (many tasks share an awaiter: a
-        TaskGroup's parent is read once)."""
-        known = self._task_flags.get(addr)
-        if known is None:
-            known = bool(self.objs.mem.read(addr + self.objs.layout["task.is_task"], 1)[0])
-            if len(self._task_flags) >= MAX_CALLBACKS:
-                self._task_flags.clear()
-            self._task_flags[addr] = known
-        return known
+    def _awaiter(self, addr: int) -> Awaiter:
+        """The awaiter at ``addr``: ``task_is_task`` (shared with futures) tells tasks
+        from other futures."""
+        if self.objs.mem.read(addr + self.objs.layout["task.is_task"], 1)[0]:
+            return Awaiter(addr)
+        return Awaiter(addr, is_task=False, type_name=self._type_name(addr))
 
     # -- 3.11-3.13 ----------------------------------------------------------------
     def inferred(self, task: RawTask) -> list[Awaiter]:

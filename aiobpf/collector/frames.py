@@ -196,33 +196,44 @@ class Frames:
 
     def chain(self, obj: int) -> Chain:
         """Follow what ``obj`` (a task's coroutine) awaits, as far as frames go."""
-        out = Chain()
-        for _ in range(MAX_AWAIT_DEPTH):
-            if not obj or not self._enter(obj, out):
-                return out
-            obj = self._step(obj, self._blob(obj), out)
-        out.errors.append(f"await chain deeper than {MAX_AWAIT_DEPTH}")
-        return out
+        return self._follow([obj], strict=True)[0] or Chain()
 
     def chains(self, objs: list[int]) -> list[Chain | None]:
         """``chain`` of each of ``objs``, read side by side; None for a chain that could
         not be read (an object freed meanwhile: the caller reads it again alone)."""
+        return self._follow(objs, strict=False)
+
+    def _follow(self, objs: list[int], strict: bool) -> list[Chain | None]:
+        """The chains from ``objs``, one level of all of them read with one system
+        call.  A read that fails raises when ``strict``, else its chain is None."""
         outs = [Chain() for _ in objs]
         failed: set[int] = set()
         todo = [(out, i, obj) for i, (out, obj) in enumerate(zip(outs, objs, strict=True))
                 if obj]
-        read_many, span, step, enter = self.mem.read_many, self.gen_span, self._step, self._enter
+        read_many, span, step = self.mem.read_many, self.gen_span, self._step
+        awaiting_at, signature, base = self._awaiting_at, self._signature, self.o_iframe
         for _ in range(MAX_AWAIT_DEPTH):
             if not todo:
                 break
-            blobs = read_many([(obj, span) for _, _, obj in todo])
+            blobs = read_many([obj for _, _, obj in todo], span)
             nxt = []
             for (out, i, obj), blob in zip(todo, blobs, strict=True):
-                if not enter(obj, out):
+                if obj in out.seen:
+                    out.errors.append("await chain loops")
                     continue
+                out.seen.add(obj)
                 try:
-                    obj = step(obj, blob if blob is not None else self._blob(obj), out)
+                    frame = awaiting_at.get(signature(blob)) if blob is not None else None
+                    if frame is not None and blob is not None:
+                        # A generator awaiting where one was seen awaiting before.
+                        out.frames.append(frame)
+                        out.innermost_state = "suspended"
+                        obj = self._stack_top(obj + base, blob, base)
+                    else:
+                        obj = step(obj, blob if blob is not None else self._blob(obj), out)
                 except (DecodeError, ReadFault):
+                    if strict:
+                        raise
                     failed.add(i)
                     continue
                 if obj:
@@ -231,15 +242,6 @@ class Frames:
         for out, _, _ in todo:
             out.errors.append(f"await chain deeper than {MAX_AWAIT_DEPTH}")
         return [None if i in failed else out for i, out in enumerate(outs)]
-
-    @staticmethod
-    def _enter(obj: int, out: Chain) -> bool:
-        """False (and the chain ends, saying so) when ``obj`` was met before in it."""
-        if obj in out.seen:
-            out.errors.append("await chain loops")
-            return False
-        out.seen.add(obj)
-        return True
 
     def _blob(self, obj: int) -> bytes:
         """The bytes of ``obj`` that ``_step`` decodes: its type, its frame state, its
@@ -254,12 +256,6 @@ class Frames:
         """Decode ``obj`` from ``blob`` into ``out``; what it awaits next (0: the chain
         ends here)."""
         base = self.o_iframe
-        if len(blob) >= self.gen_span:
-            frame = self._awaiting_at.get(self._signature(blob))
-            if frame is not None:
-                out.frames.append(frame)
-                out.innermost_state = "suspended"
-                return self._stack_top(obj + base, blob, base)
         kind = self.objs.type_kind(_Q(blob, self.objs.o_type)[0])
         frame_kind = _FRAME_KINDS.get(kind)
         if frame_kind is None:

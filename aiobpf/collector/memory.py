@@ -18,7 +18,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from itertools import accumulate
+from itertools import accumulate, chain, repeat
 
 PAGE = 4096
 _PAGE_MASK = ~(PAGE - 1)
@@ -136,7 +136,7 @@ class RemoteMemory:
             return self._read_mem_until_fault(ranges)
         buf = ctypes.create_string_buffer(total)
         local = array("Q", (ctypes.addressof(buf), total))
-        remote = array("Q", [v for pair in ranges for v in pair])
+        remote = array("Q", chain.from_iterable(ranges))
         self.syscalls += 1
         got = _process_vm_readv(self.pid, local.buffer_info()[0], 1, remote.buffer_info()[0],
                                 len(ranges), 0)
@@ -275,17 +275,21 @@ class RemoteMemory:
     def i64(self, addr: int) -> int:
         return _I64.unpack(self.read(addr, 8))[0]
 
-    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
-        """Each ``(addr, size)`` range as it is now, in one system call per 1024 ranges
-        (None for a range that is not mapped).  The page cache is neither used nor
-        filled: one read of the exact bytes of many objects (a batch of tasks, their
-        coroutines) costs less than the pages holding them."""
-        out: list[bytes | None] = [None] * len(ranges)
-        valid = [i for i, (addr, size) in enumerate(ranges)
-                 if addr > 0 and 0 <= size <= MAX_READ and addr + size <= _MAX_ADDR]
-        if valid:
-            for i, data in zip(valid, self._readv([ranges[i] for i in valid]), strict=True):
-                out[i] = data
+    def read_many(self, addrs: Sequence[int], size: int) -> list[bytes | None]:
+        """``size`` bytes at each of ``addrs`` as they are now, in one system call per
+        1024 of them (None where they are not mapped).  The page cache is neither used
+        nor filled: reading the exact bytes of many objects (a batch of tasks, their
+        coroutines) costs less than reading the pages that hold them."""
+        if not addrs:
+            return []
+        if size < 0 or size > MAX_READ:
+            raise ReadFault(0, size)
+        if min(addrs) > 0 and max(addrs) <= _MAX_ADDR - size:
+            return self._readv(list(zip(addrs, repeat(size, len(addrs)), strict=True)))
+        out: list[bytes | None] = [None] * len(addrs)
+        valid = [i for i, addr in enumerate(addrs) if 0 < addr <= _MAX_ADDR - size]
+        for i, data in zip(valid, self._readv([(addrs[i], size) for i in valid]), strict=True):
+            out[i] = data
         return out
 
     def prefetch(self, addrs: Iterable[int]) -> None:

@@ -231,7 +231,7 @@ class _Read:
         """The pending tasks of ``pairs`` (address, native thread id), their objects
         read with one system call, the heads of their names with another."""
         pending = self.target.layout["enum.STATE_PENDING"]
-        blobs = self.mem.read_many([(addr, self._span) for addr, _ in pairs])
+        blobs = self.mem.read_many([addr for addr, _ in pairs], self._span)
         raws, unnamed = [], []
         for (addr, tid), blob in zip(pairs, blobs, strict=True):
             try:
@@ -360,7 +360,7 @@ class _Read:
         for start in range(0, len(raws), BATCH):
             batch = raws[start:start + BATCH]
             self.mem.clear()
-            blobs = self.mem.read_many([(raw.addr, self._span) for raw in batch])
+            blobs = self.mem.read_many([raw.addr for raw in batch], self._span)
             fresh_batch = []
             for raw, blob in zip(batch, blobs, strict=True):
                 try:
@@ -555,10 +555,11 @@ class _Read:
     def _describe(self, obj: int) -> str:
         """A short label for what the innermost frame awaits (a future, an awaitable)."""
         try:
-            if self.objs.kind(obj) == "_asyncio.FutureIter":
+            name = self.objs.type_name(obj)
+            if name == "_asyncio.FutureIter":   # a heap type from 3.12
                 fut = self.mem.ptr(obj + self.target.layout["futureiter.future"])
                 return f"{self.objs.type_name(fut)} {fut:#x}"
-            return f"{self.objs.type_name(obj)} {obj:#x}"
+            return f"{name} {obj:#x}"
         except _TRANSIENT:
             return f"{obj:#x}"
 

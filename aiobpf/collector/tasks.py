@@ -169,7 +169,7 @@ def decode_task(objs: Objects, addr: int, blob: bytes, name: str | None = None) 
 def name_tasks(objs: Objects, raws: list[RawTask]) -> list[RawTask]:
     """Decode the names of tasks read without them (``name=""``), the heads of all
     their name objects read at once.  Returns the tasks whose name could not be read."""
-    heads = objs.mem.read_many([(raw.name_obj, objs.str_peek) for raw in raws])
+    heads = objs.mem.read_many([raw.name_obj for raw in raws], objs.str_peek)
     failed = []
     for raw, head in zip(raws, heads, strict=True):
         try:
