@@ -8,6 +8,11 @@ lists longer than 65,536 ("Task list appears corrupted"); aiobpf also runs at
 one million tasks (``--million``).  Every aiobpf output is checked: it must
 list every task of the target.
 
+The daemon's read of the same process (``Collector.snapshot`` as the daemon calls it:
+no names, no details, each task handed to a sink, every cache dropped before each
+read) is timed in a process of its own, after the command lines (median wall time and
+CPU time of ``--repeat`` reads).
+
 Run as root: ``make bench`` or ``.venv/bin/python bench/dump_time.py``.
 """
 
@@ -59,6 +64,31 @@ def measure(argv: list[str]) -> Run:
                last_err[-1] if last_err else "")
 
 
+# The daemon's read (service.py's _refresh), timed; prints "wall cpu" medians.
+DAEMON_READ = """
+import os, statistics, sys, time
+from aiobpf.collector.snapshot import Collector
+from aiobpf.collector.target import open_target
+collector = Collector(open_target(int(sys.argv[1])))
+walls, cpus = [], []
+for _ in range(int(sys.argv[2])):
+    collector.forget()
+    t0, c0 = time.perf_counter(), os.times()
+    collector.snapshot(details=False, sink=lambda task: None, names=False)
+    c1 = os.times()
+    walls.append(time.perf_counter() - t0)
+    cpus.append(c1.user - c0.user + c1.system - c0.system)
+print(statistics.median(walls), statistics.median(cpus))
+"""
+
+
+def daemon_read(pid: int, repeat: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the daemon's read of ``pid``, medians of ``repeat``."""
+    out = subprocess.run([sys.executable, "-c", DAEMON_READ, str(pid), str(repeat)], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
 def start_target(n: int) -> subprocess.Popen:
     dest = SID_ROOT / TARGET.lstrip("/")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +123,7 @@ def bench_size(n: int, repeat: int, with_cpython: bool) -> dict:
             if with_cpython:
                 theirs.append(measure(["chroot", str(SID_ROOT), PYTHON, "-m", "asyncio",
                                        "pstree", pid]))
+        read_wall, read_cpu = daemon_read(target.pid, repeat)
     finally:
         os.killpg(target.pid, 9)
         target.wait()
@@ -100,7 +131,8 @@ def bench_size(n: int, repeat: int, with_cpython: bool) -> dict:
         if run.returncode != 0 or run.lines != expected_lines(n):
             raise SystemExit(f"aiobpf failed at {n} tasks: {run.lines} lines, "
                              f"{expected_lines(n)} expected; {run.error}")
-    return {"tasks": n, "aiobpf": [asdict(r) for r in ours], "cpython": [asdict(r) for r in theirs]}
+    return {"tasks": n, "aiobpf": [asdict(r) for r in ours], "cpython": [asdict(r) for r in theirs],
+            "daemon_read": {"wall": read_wall, "cpu": read_cpu}}
 
 
 def _median(runs: list[dict], key: str) -> float:
@@ -110,7 +142,7 @@ def _median(runs: list[dict], key: str) -> float:
 def report(results: list[dict]) -> str:
     head = (f"{'tasks':>9} | {'aiobpf s':>9} {'3.14 s':>9} {'speed-up':>8} | "
             f"{'aiobpf MB':>9} {'3.14 MB':>9} {'mem ratio':>9} | "
-            f"{'aiobpf µs/task':>14} | 3.14 result")
+            f"{'aiobpf µs/task':>14} | {'daemon read s':>13} {'(CPU s)':>7} | 3.14 result")
     lines = [head, "-" * len(head)]
     for res in results:
         ours, theirs = res["aiobpf"], res["cpython"]
@@ -127,7 +159,8 @@ def report(results: list[dict]) -> str:
         mem = m_theirs / m_ours if ok else float("nan")
         lines.append(f"{res['tasks']:>9} | {t_ours:>9.2f} {t_theirs:>9.2f} {speed:>7.1f}x | "
                      f"{m_ours:>9.0f} {m_theirs:>9.0f} {mem:>8.1f}x | "
-                     f"{t_ours / res['tasks'] * 1e6:>14.1f} | {verdict}")
+                     f"{t_ours / res['tasks'] * 1e6:>14.1f} | {res['daemon_read']['wall']:>13.2f} "
+                     f"{res['daemon_read']['cpu']:>7.2f} | {verdict}")
     return "\n".join(lines)
 
 
