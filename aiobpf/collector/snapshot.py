@@ -378,7 +378,8 @@ class _Read:
                keep: Callable[[Task], None]) -> int:
         """Hand ``keep`` the task of each of ``raws`` (a batch): the await chains of the
         tasks that no BPF record shows are followed side by side.  Returns how many."""
-        needed = [raw for raw in raws if self._record(raw, running) is None]
+        needed = ([raw for raw in raws if self._record(raw, running) is None] if self._records
+                  else raws)
         chains = dict(zip((raw.addr for raw in needed),
                           self.frames.chains([raw.coro for raw in needed]), strict=True))
         count = 0
