@@ -45,9 +45,9 @@ class Run:
     error: str = ""
 
 
-def measure(argv: list[str]) -> Run:
+def measure(argv: list[str], cwd: Path = REPO) -> Run:
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
     out_chunks = []
     assert proc.stdout is not None and proc.stderr is not None
     while chunk := proc.stdout.read(1 << 20):
@@ -82,9 +82,10 @@ print(statistics.median(walls), statistics.median(cpus))
 """
 
 
-def daemon_read(pid: int, repeat: int) -> tuple[float, float]:
-    """(wall, CPU) seconds of the daemon's read of ``pid``, medians of ``repeat``."""
-    out = subprocess.run([sys.executable, "-c", DAEMON_READ, str(pid), str(repeat)], cwd=REPO,
+def daemon_read(pid: int, repeat: int, tree: Path = REPO) -> tuple[float, float]:
+    """(wall, CPU) seconds of the daemon's read of ``pid`` by the aiobpf of ``tree``,
+    medians of ``repeat``."""
+    out = subprocess.run([sys.executable, "-c", DAEMON_READ, str(pid), str(repeat)], cwd=tree,
                          capture_output=True, text=True, check=True).stdout.split()
     return float(out[0]), float(out[1])
 
@@ -111,19 +112,23 @@ def expected_lines(n: int) -> int:
     return 3 + groups * 4 + n * 5
 
 
-def bench_size(n: int, repeat: int, with_cpython: bool) -> dict:
+def bench_size(n: int, repeat: int, with_cpython: bool, before: Path | None = None) -> dict:
     target = start_target(n)
     pid = str(target.pid)
     ours: list[Run] = []
     theirs: list[Run] = []
+    old: list[Run] = []
     try:
         # Interleaved, so that both tools see the same machine (this VM's speed drifts).
         for _ in range(repeat):
             ours.append(measure([sys.executable, "-m", "aiobpf", "pstree", pid]))
+            if before is not None:
+                old.append(measure([sys.executable, "-m", "aiobpf", "pstree", pid], before))
             if with_cpython:
                 theirs.append(measure(["chroot", str(SID_ROOT), PYTHON, "-m", "asyncio",
                                        "pstree", pid]))
         read_wall, read_cpu = daemon_read(target.pid, repeat)
+        old_read = daemon_read(target.pid, repeat, before) if before is not None else None
     finally:
         os.killpg(target.pid, 9)
         target.wait()
@@ -132,7 +137,10 @@ def bench_size(n: int, repeat: int, with_cpython: bool) -> dict:
             raise SystemExit(f"aiobpf failed at {n} tasks: {run.lines} lines, "
                              f"{expected_lines(n)} expected; {run.error}")
     return {"tasks": n, "aiobpf": [asdict(r) for r in ours], "cpython": [asdict(r) for r in theirs],
-            "daemon_read": {"wall": read_wall, "cpu": read_cpu}}
+            "daemon_read": {"wall": read_wall, "cpu": read_cpu},
+            "before": [asdict(r) for r in old],
+            "before_daemon_read": ({"wall": old_read[0], "cpu": old_read[1]} if old_read
+                                   else None)}
 
 
 def _median(runs: list[dict], key: str) -> float:
@@ -164,6 +172,20 @@ def report(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report_before(results: list[dict]) -> str:
+    """The --before tree against this one: command lines and the daemon's read."""
+    head = (f"{'tasks':>9} | {'before s':>9} {'after s':>9} {'speed-up':>8} | "
+            f"{'daemon read before s (CPU)':>26} | {'after s (CPU)':>13}")
+    lines = [head, "-" * len(head)]
+    for res in results:
+        t_old, t_new = _median(res["before"], "seconds"), _median(res["aiobpf"], "seconds")
+        r_old, r_new = res["before_daemon_read"], res["daemon_read"]
+        lines.append(f"{res['tasks']:>9} | {t_old:>9.2f} {t_new:>9.2f} {t_old / t_new:>7.1f}x | "
+                     f"{r_old['wall']:>19.2f} ({r_old['cpu']:.2f}) | "
+                     f"{r_new['wall']:>6.2f} ({r_new['cpu']:.2f})")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,6 +193,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--million", action="store_true", help="also 1,000,000 tasks (aiobpf only)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--before", type=Path, metavar="TREE",
+                        help="another aiobpf tree (a checkout of an older commit), run "
+                             "interleaved with this one: before and after in one run")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark chroots into the sid root and reads memory")
@@ -182,14 +207,17 @@ def main() -> int:
         subprocess.run(["mount", "-t", "proc", "proc", str(proc_dir)], check=True)
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
-        results = [bench_size(n, args.repeat, True) for n in sizes]
+        results = [bench_size(n, args.repeat, True, args.before) for n in sizes]
         if args.million:
-            results.append(bench_size(1_000_000, 1, False))
+            results.append(bench_size(1_000_000, 1, False, args.before))
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(proc_dir)], check=False)
     print(f"aiobpf pstree vs python3.14 -m asyncio pstree, same process, median of {args.repeat}")
     print(report(results))
+    if args.before is not None:
+        print(f"\n{args.before} (before) against this tree, interleaved in the same run")
+        print(report_before(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
