@@ -8,6 +8,11 @@ lists longer than 65,536 ("Task list appears corrupted"); aiobpf also runs at
 one million tasks (``--million``).  Every aiobpf output is checked: it must
 list every task of the target.
 
+The daemon's read of the same process (``Collector.snapshot`` as the daemon calls it:
+no names, no details, each task handed to a sink, every cache dropped before each
+read) is timed in a process of its own, after the command lines (median wall time and
+CPU time of ``--repeat`` reads).
+
 Run as root: ``make bench`` or ``.venv/bin/python bench/dump_time.py``.
 """
 
@@ -40,9 +45,9 @@ class Run:
     error: str = ""
 
 
-def measure(argv: list[str]) -> Run:
+def measure(argv: list[str], cwd: Path = REPO) -> Run:
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
     out_chunks = []
     assert proc.stdout is not None and proc.stderr is not None
     while chunk := proc.stdout.read(1 << 20):
@@ -57,6 +62,32 @@ def measure(argv: list[str]) -> Run:
     last_err = said.decode(errors="replace").strip().splitlines()
     return Run(seconds, usage.ru_maxrss / 1024, proc.returncode, out.count(b"\n"),
                last_err[-1] if last_err else "")
+
+
+# The daemon's read (service.py's _refresh), timed; prints "wall cpu" medians.
+DAEMON_READ = """
+import os, statistics, sys, time
+from aiobpf.collector.snapshot import Collector
+from aiobpf.collector.target import open_target
+collector = Collector(open_target(int(sys.argv[1])))
+walls, cpus = [], []
+for _ in range(int(sys.argv[2])):
+    collector.forget()
+    t0, c0 = time.perf_counter(), os.times()
+    collector.snapshot(details=False, sink=lambda task: None, names=False)
+    c1 = os.times()
+    walls.append(time.perf_counter() - t0)
+    cpus.append(c1.user - c0.user + c1.system - c0.system)
+print(statistics.median(walls), statistics.median(cpus))
+"""
+
+
+def daemon_read(pid: int, repeat: int, tree: Path = REPO) -> tuple[float, float]:
+    """(wall, CPU) seconds of the daemon's read of ``pid`` by the aiobpf of ``tree``,
+    medians of ``repeat``."""
+    out = subprocess.run([sys.executable, "-c", DAEMON_READ, str(pid), str(repeat)], cwd=tree,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), float(out[1])
 
 
 def start_target(n: int) -> subprocess.Popen:
@@ -81,18 +112,23 @@ def expected_lines(n: int) -> int:
     return 3 + groups * 4 + n * 5
 
 
-def bench_size(n: int, repeat: int, with_cpython: bool) -> dict:
+def bench_size(n: int, repeat: int, with_cpython: bool, before: Path | None = None) -> dict:
     target = start_target(n)
     pid = str(target.pid)
     ours: list[Run] = []
     theirs: list[Run] = []
+    old: list[Run] = []
     try:
         # Interleaved, so that both tools see the same machine (this VM's speed drifts).
         for _ in range(repeat):
             ours.append(measure([sys.executable, "-m", "aiobpf", "pstree", pid]))
+            if before is not None:
+                old.append(measure([sys.executable, "-m", "aiobpf", "pstree", pid], before))
             if with_cpython:
                 theirs.append(measure(["chroot", str(SID_ROOT), PYTHON, "-m", "asyncio",
                                        "pstree", pid]))
+        read_wall, read_cpu = daemon_read(target.pid, repeat)
+        old_read = daemon_read(target.pid, repeat, before) if before is not None else None
     finally:
         os.killpg(target.pid, 9)
         target.wait()
@@ -100,7 +136,11 @@ def bench_size(n: int, repeat: int, with_cpython: bool) -> dict:
         if run.returncode != 0 or run.lines != expected_lines(n):
             raise SystemExit(f"aiobpf failed at {n} tasks: {run.lines} lines, "
                              f"{expected_lines(n)} expected; {run.error}")
-    return {"tasks": n, "aiobpf": [asdict(r) for r in ours], "cpython": [asdict(r) for r in theirs]}
+    return {"tasks": n, "aiobpf": [asdict(r) for r in ours], "cpython": [asdict(r) for r in theirs],
+            "daemon_read": {"wall": read_wall, "cpu": read_cpu},
+            "before": [asdict(r) for r in old],
+            "before_daemon_read": ({"wall": old_read[0], "cpu": old_read[1]} if old_read
+                                   else None)}
 
 
 def _median(runs: list[dict], key: str) -> float:
@@ -110,7 +150,7 @@ def _median(runs: list[dict], key: str) -> float:
 def report(results: list[dict]) -> str:
     head = (f"{'tasks':>9} | {'aiobpf s':>9} {'3.14 s':>9} {'speed-up':>8} | "
             f"{'aiobpf MB':>9} {'3.14 MB':>9} {'mem ratio':>9} | "
-            f"{'aiobpf µs/task':>14} | 3.14 result")
+            f"{'aiobpf µs/task':>14} | {'daemon read s':>13} {'(CPU s)':>7} | 3.14 result")
     lines = [head, "-" * len(head)]
     for res in results:
         ours, theirs = res["aiobpf"], res["cpython"]
@@ -127,7 +167,22 @@ def report(results: list[dict]) -> str:
         mem = m_theirs / m_ours if ok else float("nan")
         lines.append(f"{res['tasks']:>9} | {t_ours:>9.2f} {t_theirs:>9.2f} {speed:>7.1f}x | "
                      f"{m_ours:>9.0f} {m_theirs:>9.0f} {mem:>8.1f}x | "
-                     f"{t_ours / res['tasks'] * 1e6:>14.1f} | {verdict}")
+                     f"{t_ours / res['tasks'] * 1e6:>14.1f} | {res['daemon_read']['wall']:>13.2f} "
+                     f"{res['daemon_read']['cpu']:>7.2f} | {verdict}")
+    return "\n".join(lines)
+
+
+def report_before(results: list[dict]) -> str:
+    """The --before tree against this one: command lines and the daemon's read."""
+    head = (f"{'tasks':>9} | {'before s':>9} {'after s':>9} {'speed-up':>8} | "
+            f"{'daemon read before s (CPU)':>26} | {'after s (CPU)':>13}")
+    lines = [head, "-" * len(head)]
+    for res in results:
+        t_old, t_new = _median(res["before"], "seconds"), _median(res["aiobpf"], "seconds")
+        r_old, r_new = res["before_daemon_read"], res["daemon_read"]
+        lines.append(f"{res['tasks']:>9} | {t_old:>9.2f} {t_new:>9.2f} {t_old / t_new:>7.1f}x | "
+                     f"{r_old['wall']:>19.2f} ({r_old['cpu']:.2f}) | "
+                     f"{r_new['wall']:>6.2f} ({r_new['cpu']:.2f})")
     return "\n".join(lines)
 
 
@@ -138,6 +193,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--million", action="store_true", help="also 1,000,000 tasks (aiobpf only)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
+    parser.add_argument("--before", type=Path, metavar="TREE",
+                        help="another aiobpf tree (a checkout of an older commit), run "
+                             "interleaved with this one: before and after in one run")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark chroots into the sid root and reads memory")
@@ -149,14 +207,17 @@ def main() -> int:
         subprocess.run(["mount", "-t", "proc", "proc", str(proc_dir)], check=True)
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
-        results = [bench_size(n, args.repeat, True) for n in sizes]
+        results = [bench_size(n, args.repeat, True, args.before) for n in sizes]
         if args.million:
-            results.append(bench_size(1_000_000, 1, False))
+            results.append(bench_size(1_000_000, 1, False, args.before))
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(proc_dir)], check=False)
     print(f"aiobpf pstree vs python3.14 -m asyncio pstree, same process, median of {args.repeat}")
     print(report(results))
+    if args.before is not None:
+        print(f"\n{args.before} (before) against this tree, interleaved in the same run")
+        print(report_before(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

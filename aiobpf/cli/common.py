@@ -171,9 +171,9 @@ def take_snapshot(args: argparse.Namespace, *, details: bool = True) -> Snapshot
                 if mode == "bpf":
                     return _with_capture(collector, args.window, details, None)
                 snapshot = collector.snapshot(details=details)
-                if mode == "auto" and (collector.torn or any(t.errors for t in snapshot.tasks)):
+                if mode == "auto" and (snapshot.torn or any(t.errors for t in snapshot.tasks)):
                     # The process changed under the read: take busy tasks from BPF records.
-                    print(f"aiobpf: {escalation_reason(collector.torn, snapshot)}: taking "
+                    print(f"aiobpf: {escalation_reason(snapshot.torn, snapshot)}: taking "
                           "busy tasks from BPF records (--capture bpf; --capture memory "
                           "keeps the memory read)", file=sys.stderr, flush=True)
                     return _with_capture(collector, args.window, details, snapshot)

@@ -41,6 +41,7 @@ class AwaiterIndex:
         self.objs = objs
         self.tasks = {t.addr: t for t in tasks}
         self.waiting_on: dict[int, list[int]] = {}
+        self._recorded: dict[int, Awaiter] = {}   # shared: the exporters only read them
         for t in tasks:
             if t.fut_waiter:
                 self.waiting_on.setdefault(t.fut_waiter, []).append(t.addr)
@@ -49,14 +50,23 @@ class AwaiterIndex:
     def recorded(self, task: RawTask) -> list[Awaiter]:
         """Awaiters a 3.14+ task records; ``task_is_task`` (shared with futures) tells
         tasks from other futures."""
-        is_task = self.objs.layout["task.is_task"]
         out = []
         for addr in task.awaited_by:
-            if self.objs.mem.read(addr + is_task, 1)[0]:
-                out.append(Awaiter(addr))
-            else:
-                out.append(Awaiter(addr, is_task=False, type_name=self._type_name(addr)))
+            # Many tasks share an awaiter (a TaskGroup's parent): each is read once.
+            awaiter = self._recorded.get(addr)
+            if awaiter is None:
+                if len(self._recorded) >= MAX_CALLBACKS:
+                    self._recorded.clear()
+                awaiter = self._recorded[addr] = self._awaiter(addr)
+            out.append(awaiter)
         return out
+
+    def _awaiter(self, addr: int) -> Awaiter:
+        """The awaiter at ``addr``: ``task_is_task`` (shared with futures) tells tasks
+        from other futures."""
+        if self.objs.mem.read(addr + self.objs.layout["task.is_task"], 1)[0]:
+            return Awaiter(addr)
+        return Awaiter(addr, is_task=False, type_name=self._type_name(addr))
 
     # -- 3.11-3.13 ----------------------------------------------------------------
     def inferred(self, task: RawTask) -> list[Awaiter]:
@@ -116,7 +126,9 @@ class AwaiterIndex:
     def _from_callback(self, cb: int, depth: int, seen: set[int]) -> Iterable[Awaiter]:
         objs = self.objs
         L = objs.layout.values
-        kind = objs.kind(cb).lstrip("~")  # functools.partial is a heap type on 3.11
+        kind = objs.kind(cb)
+        if not kind and objs.type_name(cb) == "functools.partial":
+            kind = "functools.partial"   # a heap type on 3.11
         referenced: list[int] = []
         if kind == "method":
             owner = objs.mem.ptr(cb + L["method.self"])
@@ -149,7 +161,7 @@ class AwaiterIndex:
                 return  # a task held by a callback does not await the child
             yield from self._future_awaiters(obj, depth, seen)
             return
-        if objs.kind(obj).startswith("~"):
+        if not objs.kind(obj):   # an instance of a class defined in Python
             # A queue (as_completed's), directly or as an attribute: its getters are
             # the futures that the consuming tasks await.
             queue = obj if objs.attr(obj, "_getters") else objs.attr(obj, "_done")

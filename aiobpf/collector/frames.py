@@ -13,28 +13,38 @@ Future, a custom awaitable): that object is returned as what the task awaits.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
 from aiobpf.collector.memory import ReadFault
 from aiobpf.collector.model import Frame
-from aiobpf.collector.objects import DecodeError, Objects, u64
+from aiobpf.collector.objects import DecodeError, Objects, field_reader, u64
 
 _Q = struct.Struct("<Q").unpack_from
 MAX_AWAIT_DEPTH = 1024     # coroutines awaiting coroutines
 FRESH_READS = 3            # re-reads of a coroutine caught between two states
 _TORN = -2
 MAX_THREAD_FRAMES = 4096   # frames of one thread stack
+MAX_SIGNATURES = 1 << 16   # generator signatures remembered (a forged target has many)
 
 _FRAME_KINDS = {"coroutine": "coroutine", "generator": "generator",
                 "async_generator": "async_generator"}
+# Objects without a frame that stand for a generator: the field that holds it.
+_WRAPPED = {"async_generator_asend": "asend.gen", "async_generator_athrow": "athrow.gen",
+            "coroutine_wrapper": "corowrapper.coroutine",
+            "anext_awaitable": "anext.wrapped"}   # anext(agen, default)
 
 
-@dataclass
 class Chain:
-    frames: list[Frame] = field(default_factory=list)   # outermost first
-    awaited: int = 0            # the object the innermost frame waits on (0: none)
-    innermost_state: str = ""   # suspended | running | created | finished
-    errors: list[str] = field(default_factory=list)
+    """What a task's coroutine awaits, as far as frames go (one is made per task:
+    a plain class, cheaper to make than a dataclass with default factories)."""
+
+    __slots__ = ("awaited", "errors", "frames", "innermost_state", "seen")
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []   # outermost first
+        self.awaited = 0                # the object the innermost frame waits on (0: none)
+        self.innermost_state = ""       # suspended | running | created | finished | unknown
+        self.errors: list[str] = []
+        self.seen: set[int] = set()     # objects met so far (a chain that loops ends)
 
 
 class Frames:
@@ -69,6 +79,13 @@ class Frames:
         self.yf_depth = c.yield_from_depth
         self.owned_by_gen = L["enum.FRAME_OWNED_BY_GENERATOR"]
         self._frames: dict[tuple[int, int, str], Frame] = {}
+        # A generator's type, frame state, code and instruction pointer tell all that
+        # decoding it needs but the object it awaits: the frame of a generator seen
+        # awaiting in that state at that instruction is shown for the next at once.
+        self._signature = field_reader([(L["object.type"], "Q"), (self.o_state, "b"),
+                                        (self.o_iframe + self.f_code, "Q"),
+                                        (self.o_iframe + self.f_instr, "Q")])
+        self._awaiting_at: dict[tuple[int, ...], Frame] = {}
         self._resume_at: dict[int, int] = {}
         # Bytes read at once from a generator: its header, its interpreter frame and
         # the first slots of the frame's locals and value stack.
@@ -109,6 +126,7 @@ class Frames:
 
     def clear(self) -> None:
         self._frames.clear()
+        self._awaiting_at.clear()
         self._resume_at.clear()
 
     def _stack_top(self, iframe: int, blob: bytes, base: int = 0) -> int:
@@ -164,98 +182,126 @@ class Frames:
             return state, (0 if -1 <= unit <= 1 else _TORN)
         return state, 0
 
-    def _awaiting(self, state: int, iframe: int, blob: bytes, oparg: int, base: int = 0) -> int:
-        """What a suspended frame awaits (0: nothing, it yielded a value itself)."""
-        awaits = state in self.st_yf if self.st_yf else oparg >= 2
-        return self._stack_top(iframe, blob, base) if awaits else 0
+    def _awaits(self, state: int, oparg: int) -> bool:
+        """Whether a suspended frame awaits the object on top of its stack (else it
+        yielded a value itself)."""
+        return state in self.st_yf if self.st_yf else oparg >= 2
 
     # -- await chains -----------------------------------------------------------
+    # A chain is followed one object at a time: ``_step`` decodes one object from its
+    # bytes and says what it awaits.  ``chain`` reads the objects of one chain one after
+    # the other; ``chains`` follows many chains side by side, reading the next object of
+    # every chain with one system call (a batch of tasks costs a few calls, not a few
+    # per task).
+
     def chain(self, obj: int) -> Chain:
         """Follow what ``obj`` (a task's coroutine) awaits, as far as frames go."""
-        out = Chain()
-        seen: set[int] = set()
-        mem = self.mem
-        kinds = self.objs._kinds
-        o_type, gen_span = self.objs.o_type, self.gen_span
-        base = self.o_iframe
-        o_state, f_instr, f_code = self.o_state, base + self.f_instr, base + self.f_code
-        roff, ref_clear = self.resume_offset - 2, self.ref_clear
-        resume_at, frames_cache = self._resume_at, self._frames
-        # States in which a frame awaits the object on its stack (3.13+); for 3.11/3.12
-        # the RESUME's oparg decides, so the fast path does not apply.
-        st_yf_fast = self.st_yf
+        return self._follow([obj], strict=True)[0] or Chain()
+
+    def chains(self, objs: list[int]) -> list[Chain | None]:
+        """``chain`` of each of ``objs``, read side by side; None for a chain that could
+        not be read (an object freed meanwhile: the caller reads it again alone)."""
+        return self._follow(objs, strict=False)
+
+    def _follow(self, objs: list[int], strict: bool) -> list[Chain | None]:
+        """The chains from ``objs``, one level of all of them read with one system
+        call.  A read that fails raises when ``strict``, else its chain is None."""
+        outs = [Chain() for _ in objs]
+        failed: set[int] = set()
+        todo = [(out, i, obj) for i, (out, obj) in enumerate(zip(outs, objs, strict=True))
+                if obj]
+        read_many, span, step = self.mem.read_many, self.gen_span, self._step
+        awaiting_at, signature, base = self._awaiting_at, self._signature, self.o_iframe
         for _ in range(MAX_AWAIT_DEPTH):
-            if not obj:
-                return out
-            if obj in seen:
-                out.errors.append("await chain loops")
-                return out
-            seen.add(obj)
-            # One read covers the type, the frame state, the embedded interpreter frame
-            # and usually the top of its value stack; a small object near the end of a
-            # mapping may not have that much memory after it.
-            try:
-                blob = mem.read(obj, gen_span)
-            except ReadFault:
-                blob = mem.read(obj, o_type + 8)
-            kind = kinds.get(_Q(blob, o_type)[0]) or self.objs.kind(obj)
-            frame_kind = _FRAME_KINDS.get(kind)
-            if frame_kind is not None:
-                if len(blob) < gen_span:
-                    blob = mem.read(obj, gen_span)
-                # Fast path: a frame suspended in ``await`` at a known resume point.
-                raw = blob[o_state]
-                state = raw - 256 if raw > 127 else raw
-                if state in st_yf_fast:
-                    instr = _Q(blob, f_instr)[0]
-                    if resume_at.get(instr + roff, -1) >= 0:
-                        frame = frames_cache.get((_Q(blob, f_code)[0] & ref_clear, instr,
-                                                  frame_kind))
-                        if frame is not None:
-                            out.frames.append(frame)
-                            out.innermost_state = "suspended"
-                            obj = self._stack_top(obj + base, blob, base)
-                            continue
-                state, oparg = self._state(blob, base)
-                for _retry in range(FRESH_READS):
-                    if oparg != _TORN:
-                        break
-                    # Its state and its frame disagree: the page holding part of it was
-                    # cached before the coroutine moved on.  Read it again as it is now.
-                    blob = mem.read_fresh(obj, gen_span)
-                    state, oparg = self._state(blob, base)
-                if oparg == _TORN:
-                    out.innermost_state = "unknown"
-                    out.errors.append("a coroutine changed while it was read")
-                    return out
-                if state >= self.st_cleared or (state > self.st_executing
-                                                and state not in self.st_suspended):
-                    out.innermost_state = "finished"
-                    return out
-                iframe = obj + self.o_iframe
-                out.frames.append(self.frame_at(iframe, frame_kind, blob, base))
-                if state == self.st_executing:
-                    out.innermost_state = "running"
-                    return out
-                if state == self.st_created:
-                    out.innermost_state = "created"
-                    return out
-                out.innermost_state = "suspended"
-                obj = self._awaiting(state, iframe, blob, oparg, base)
-                continue
-            if kind == "async_generator_asend":
-                obj = mem.ptr(obj + self.L["asend.gen"])
-            elif kind == "async_generator_athrow":
-                obj = mem.ptr(obj + self.L["athrow.gen"])
-            elif kind == "coroutine_wrapper":
-                obj = mem.ptr(obj + self.L["corowrapper.coroutine"])
-            elif kind == "anext_awaitable":  # anext(agen, default)
-                obj = mem.ptr(obj + self.L["anext.wrapped"])
-            else:
-                out.awaited = obj
-                return out
-        out.errors.append(f"await chain deeper than {MAX_AWAIT_DEPTH}")
-        return out
+            if not todo:
+                break
+            blobs = read_many([obj for _, _, obj in todo], span)
+            nxt = []
+            for (out, i, obj), blob in zip(todo, blobs, strict=True):
+                if obj in out.seen:
+                    out.errors.append("await chain loops")
+                    continue
+                out.seen.add(obj)
+                try:
+                    frame = awaiting_at.get(signature(blob)) if blob is not None else None
+                    if frame is not None and blob is not None:
+                        # A generator awaiting where one was seen awaiting before.
+                        out.frames.append(frame)
+                        out.innermost_state = "suspended"
+                        obj = self._stack_top(obj + base, blob, base)
+                    else:
+                        obj = step(obj, blob if blob is not None else self._blob(obj), out)
+                except (DecodeError, ReadFault):
+                    if strict:
+                        raise
+                    failed.add(i)
+                    continue
+                if obj:
+                    nxt.append((out, i, obj))
+            todo = nxt
+        for out, _, _ in todo:
+            out.errors.append(f"await chain deeper than {MAX_AWAIT_DEPTH}")
+        return [None if i in failed else out for i, out in enumerate(outs)]
+
+    def _blob(self, obj: int) -> bytes:
+        """The bytes of ``obj`` that ``_step`` decodes: its type, its frame state, its
+        embedded interpreter frame and usually the top of its value stack.  A small
+        object near the end of a mapping may not have that much memory after it."""
+        try:
+            return self.mem.read(obj, self.gen_span)
+        except ReadFault:
+            return self.mem.read(obj, self.objs.o_type + 8)
+
+    def _step(self, obj: int, blob: bytes, out: Chain) -> int:
+        """Decode ``obj`` from ``blob`` into ``out``; what it awaits next (0: the chain
+        ends here)."""
+        base = self.o_iframe
+        kind = self.objs.type_kind(_Q(blob, self.objs.o_type)[0])
+        frame_kind = _FRAME_KINDS.get(kind)
+        if frame_kind is None:
+            return self._through(obj, kind, out)
+        if len(blob) < self.gen_span:
+            blob = self.mem.read(obj, self.gen_span)
+        state, oparg = self._state(blob, base)
+        for _retry in range(FRESH_READS):
+            if oparg != _TORN:
+                break
+            # Its state and its frame disagree: the page holding part of it was
+            # cached before the coroutine moved on.  Read it again as it is now.
+            blob = self.mem.read_fresh(obj, self.gen_span)
+            state, oparg = self._state(blob, base)
+        if oparg == _TORN:
+            out.innermost_state = "unknown"
+            out.errors.append("a coroutine changed while it was read")
+            return 0
+        if state >= self.st_cleared or (state > self.st_executing
+                                        and state not in self.st_suspended):
+            out.innermost_state = "finished"
+            return 0
+        iframe = obj + base
+        out.frames.append(self.frame_at(iframe, frame_kind, blob, base))
+        if state == self.st_executing:
+            out.innermost_state = "running"
+            return 0
+        if state == self.st_created:
+            out.innermost_state = "created"
+            return 0
+        out.innermost_state = "suspended"
+        if not self._awaits(state, oparg):
+            return 0
+        if len(self._awaiting_at) >= MAX_SIGNATURES:
+            self._awaiting_at.clear()
+        self._awaiting_at[self._signature(blob)] = out.frames[-1]
+        return self._stack_top(iframe, blob, base)
+
+    def _through(self, obj: int, kind: str, out: Chain) -> int:
+        """What an object without a frame leads to: the generator behind an async
+        generator's awaitable or a coroutine wrapper; else it is what the chain awaits."""
+        field_of = _WRAPPED.get(kind)
+        if field_of is None:
+            out.awaited = obj
+            return 0
+        return self.mem.ptr(obj + self.L[field_of])
 
     def iframe_of(self, gen: int) -> int:
         return gen + self.o_iframe

@@ -68,6 +68,8 @@ class Snapshot:
     layout_sources: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     capture: str = "memory"       # memory | bpf+memory
+    torn: int = 0                 # reads that tore (the target changed them) and were retaken
+    truncated: bool = False       # tasks were left out (more than the collector reads)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,10 @@ by address for the life of one snapshot.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
 
 from aiobpf.collector.layouts import Layout
 from aiobpf.collector.linetable import LineTable, decode
@@ -64,6 +67,24 @@ def _keep(cache: dict, key: int, value: object) -> None:
     cache[key] = value
 
 
+def field_reader(fields: Sequence[tuple[int, str]]) -> Callable[[bytes], tuple[Any, ...]]:
+    """One call that unpacks ``fields`` ((offset, struct code) pairs, not overlapping)
+    from the start of a blob, in the order given: an object decoded in one step."""
+    order = sorted(range(len(fields)), key=lambda i: fields[i][0])
+    fmt, pos = "<", 0
+    for i in order:
+        off, code = fields[i]
+        if off < pos:
+            raise ValueError(f"fields overlap at offset {off}")
+        fmt += f"{off - pos}x{code}"
+        pos = off + struct.calcsize(code)
+    unpack = struct.Struct(fmt).unpack_from
+    if order == list(range(len(fields))):
+        return unpack
+    back = itemgetter(*[order.index(i) for i in range(len(fields))])
+    return lambda blob: back(unpack(blob))
+
+
 def u64(blob: bytes, off: int) -> int:
     return _Q.unpack_from(blob, off)[0]
 
@@ -89,6 +110,7 @@ class Objects:
                                   L["type.dictoffset"], L["type.base"])
         self._strs: dict[int, str] = {}
         self._codes: dict[int, CodeInfo] = {}
+        self.readers: dict[str, Callable[[bytes], tuple[Any, ...]]] = {}   # field_reader()s
         self._u_len = L["unicode.length"]
         self._u_state = L["unicode.state"]
         self._u_kind = L["unicode.kind"] - 8 * L["unicode.state"]
@@ -96,6 +118,7 @@ class Objects:
         self._u_ascii = L["unicode.ascii"] - 8 * L["unicode.state"]
         self._u_ascii_size = L["unicode.ascii_size"]
         self._u_compact_size = L["unicode.compact_size"]
+        self.str_peek = self._u_compact_size + 48   # bytes of a str that hold a short one
 
     def clear(self) -> None:
         """Forget what was read: objects may be freed and their addresses reused."""
@@ -125,12 +148,16 @@ class Objects:
         return self.type_info(self.type_of(obj)).name
 
     def kind(self, obj: int) -> str:
-        """The type name of a built-in (static) type, or "~Name" for a heap type."""
-        tp = self.mem.u64(obj + self.o_type)
+        """The name of ``obj``'s type when that is a built-in (static) type; "" for an
+        instance of a class defined in Python (a heap type: its name proves nothing)."""
+        return self.type_kind(self.mem.u64(obj + self.o_type))
+
+    def type_kind(self, tp: int) -> str:
+        """``kind`` of an instance of the type at ``tp``."""
         kind = self._kinds.get(tp)
         if kind is None:
             info = self.type_info(tp)
-            kind = "~" + info.name if info.is_heap else info.name
+            kind = "" if info.is_heap else info.name
             _keep(self._kinds, tp, kind)
         return kind
 
@@ -161,13 +188,15 @@ class Objects:
             chunk = min(chunk * 2, 1024)
         return data.decode("utf-8", "replace")
 
-    def str_(self, addr: int, limit: int = MAX_STR) -> str:
+    def str_(self, addr: int, limit: int = MAX_STR, head: bytes | None = None) -> str:
         """Decode a str object of any kind (ASCII, Latin-1, UCS-2, UCS-4), its first
-        ``limit`` characters (then "…")."""
+        ``limit`` characters (then "…").  ``head``: the object's first bytes, read
+        already (``str_peek`` of them hold a short name whole)."""
         cached = self._strs.get(addr)
         if cached is not None and (len(cached) <= limit or limit >= MAX_STR):
             return cached
-        head = self.mem.read(addr, self._u_compact_size)
+        if head is None or len(head) < self._u_compact_size:
+            head = self.mem.read(addr, self._u_compact_size)
         length = i64(head, self._u_len)
         if length < 0:
             raise DecodeError(f"str at {addr:#x} has negative length")
@@ -184,7 +213,11 @@ class Objects:
             data_addr = addr + self._u_compact_size
         else:
             data_addr = self.mem.ptr(addr + self.layout["unicode.data_any"])
-        raw = self.mem.read(data_addr, n * kind) if n else b""
+        at = data_addr - addr
+        if compact and at + n * kind <= len(head):
+            raw = head[at:at + n * kind]
+        else:
+            raw = self.mem.read(data_addr, n * kind) if n else b""
         codec = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
         text = raw.decode(codec, "replace") + ("…" if n < length else "")
         if n == length or limit >= MAX_STR:

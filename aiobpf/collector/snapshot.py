@@ -13,7 +13,7 @@ import ctypes
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from aiobpf.bpf.abi import CAPTURE_SUSPENDED, TaskRecord
 from aiobpf.bpf.records import frames_of
@@ -27,14 +27,18 @@ from aiobpf.collector.target import NoAsyncio, Target
 from aiobpf.collector.tasks import (
     MAX_TASKS,
     RawTask,
+    decode_task,
     linked_tasks,
     loop_thread_id,
+    name_tasks,
     read_task,
     registered_tasks,
+    task_name,
     task_span,
 )
 
 _TRANSIENT = (DecodeError, ReadFault)
+_T = TypeVar("_T")
 DISCOVERY_ATTEMPTS = 5
 BATCH = 256  # tasks decoded from one generation of cached pages
 TASK_ATTEMPTS = 4  # reads of one busy task before it is reported partial
@@ -114,7 +118,11 @@ def settle_running(threads: list[Thread], tasks: list[Task], named: Mapping[int,
 
 
 class Collector:
-    """Reads snapshots of one target process, reusing its discovery between reads."""
+    """Reads snapshots of one target process, reusing its discovery between reads.
+
+    What one read works with (its options, the BPF records, what it found so far) lives
+    in that read (``_Read``), never here: a collector holds the target, its memory and
+    the caches of what cannot change while they are valid."""
 
     def __init__(self, target: Target, max_tasks: int = MAX_TASKS) -> None:
         self.target = target
@@ -122,28 +130,69 @@ class Collector:
         self.mem = RemoteMemory(target.pid)
         self.objs = Objects(self.mem, target.layout)
         self.frames = Frames(self.objs)
-        self.linked = target.layout.has("task.node")
-        self._span = task_span(self.objs)
-        self._details = True
-        self._skip_name: str | None = None   # "": task names are not decoded
-        self._records: Mapping[int, TaskRecord] = {}
-        self._named: dict[int, int] = {}   # native thread id -> the task it named running
-        self.torn = 0  # reads of the last snapshot that tore and were taken again
-        self.truncated = False  # the last snapshot left tasks out (more than max_tasks)
 
     def close(self) -> None:
         self.mem.close()
 
     def forget(self, *, trim: bool = False) -> None:
-        """Drop every cache (pages, decoded objects and frames, the BPF records): between
-        reads a collector holds nothing that grows with the target.  ``trim`` also hands
-        the heap freed by a big read back to the system (glibc keeps it otherwise)."""
+        """Drop every cache (pages, decoded objects and frames): between reads a
+        collector holds nothing that grows with the target.  ``trim`` also hands the
+        heap freed by a big read back to the system (glibc keeps it otherwise)."""
         self.mem.clear()
         self.objs.clear()
         self.frames.clear()
-        self._records = {}
         if trim:
             trim_heap()
+
+    def snapshot(self, *, details: bool = True,
+                 records: Mapping[int, TaskRecord] | None = None,
+                 sink: Callable[[Task], None] | None = None, names: bool = True) -> Snapshot:
+        """Read every pending task now.  ``details=False`` skips what only the JSON
+        document shows (what each innermost frame awaits).
+
+        ``records`` are the BPF capture's latest records (task address -> record): a
+        task suspended where its record says is shown from it (source "bpf"), as it
+        was when its last step ended; the others are read from memory.
+
+        With ``sink``, each task is handed to it as soon as it is read and not kept
+        (the snapshot's ``tasks`` stay empty): memory stays bounded by a batch, not by
+        the target's task count.  Awaiters that finished during the read are then
+        left in ``awaited_by`` (a task id the sink never saw).  ``names=False`` leaves
+        task names empty (not decoded: less time, and no name cache)."""
+        return _Read(self, details, records or {}, names).run(sink)
+
+
+def retry(read: Callable[[], _T], attempts: int, fresh: Callable[[], None]) -> _T:
+    """``read()``; when it tears (the target changed an object under it), ``fresh()``
+    and again, ``attempts`` times in all; the last failure is raised."""
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except _TRANSIENT:
+            fresh()
+    return read()
+
+
+class _Read:
+    """One snapshot being taken: its options and what it found so far."""
+
+    def __init__(self, collector: Collector, details: bool,
+                 records: Mapping[int, TaskRecord], names: bool) -> None:
+        self.target = collector.target
+        self.max_tasks = collector.max_tasks
+        self.mem, self.objs, self.frames = collector.mem, collector.objs, collector.frames
+        self.linked = self.target.layout.has("task.node")
+        self._span = task_span(self.objs)
+        self._details = details
+        self._names = names
+        self._records = records
+        self._named: dict[int, int] = {}   # native thread id -> the task it named running
+        self.torn = 0  # reads that tore and were taken again
+        self.truncated = False  # tasks were left out (more than max_tasks)
+
+    def _torn_read(self) -> None:
+        self.torn += 1
+        self.mem.clear()
 
     # -- discovery of tasks -------------------------------------------------------
     def _task_addresses(self, interps: list[int], threads: list[ThreadState], warnings: list[str]
@@ -174,50 +223,70 @@ class Collector:
         return pairs, running
 
     def _read_raw(self, addr: int) -> RawTask:
-        try:
-            return read_task(self.objs, addr, self._span, name=self._skip_name)
-        except _TRANSIENT:
-            self.mem.clear()
-            return read_task(self.objs, addr, self._span, name=self._skip_name)
+        """The task at ``addr``, its name decoded unless names are left out."""
+        name = None if self._names else ""
+        return retry(lambda: read_task(self.objs, addr, self._span, name=name), 2,
+                     self.mem.clear)
+
+    def _read_batch(self, pairs: list[tuple[int, int]], warnings: list[str]) -> list[RawTask]:
+        """The pending tasks of ``pairs`` (address, native thread id), their objects
+        read with one system call, the heads of their names with another."""
+        pending = self.target.layout["enum.STATE_PENDING"]
+        blobs = self.mem.read_many([addr for addr, _ in pairs], self._span)
+        raws, unnamed = [], []
+        for (addr, tid), blob in zip(pairs, blobs, strict=True):
+            try:
+                if blob is None:
+                    raise ReadFault(addr, self._span)
+                raw = decode_task(self.objs, addr, blob, name="")
+                named = not self._names
+            except _TRANSIENT:
+                try:
+                    raw, named = self._read_raw(addr), True
+                except _TRANSIENT as exc:
+                    _warn(warnings, f"task {addr:#x} could not be read: {exc}")
+                    continue
+            if raw.state == pending:
+                raw.thread_native_id = tid
+                raws.append(raw)
+                if not named:
+                    unnamed.append(raw)
+        lost = set()
+        for raw in name_tasks(self.objs, unnamed) if unnamed else ():
+            try:
+                raw.name = self._name_again(raw)
+            except _TRANSIENT as exc:
+                _warn(warnings, f"task {raw.addr:#x} could not be read: {exc}")
+                lost.add(raw.addr)
+        return [raw for raw in raws if raw.addr not in lost] if lost else raws
+
+    def _name_again(self, raw: RawTask) -> str:
+        return retry(lambda: task_name(self.objs, raw.name_obj), 2, self.mem.clear)
 
     # -- the snapshot -------------------------------------------------------------
-    def snapshot(self, *, details: bool = True,
-                 records: Mapping[int, TaskRecord] | None = None,
-                 sink: Callable[[Task], None] | None = None, names: bool = True) -> Snapshot:
-        """Read every pending task now.  ``details=False`` skips what only the JSON
-        document shows (what each innermost frame awaits).
+    def _discover(self, warnings: list[str]
+                  ) -> tuple[list[int], list[ThreadState], list[tuple[int, int]], dict[int, int]]:
+        """Interpreters, thread states, (task, native thread id) pairs and loop ->
+        running task (3.11-3.13)."""
+        interps = interpreters(self.objs, self.target.runtime_addr)
+        threads = [ts for interp in interps for ts in thread_states(self.objs, interp)]
+        pairs, running_by_loop = self._task_addresses(interps, threads, warnings)
+        return interps, threads, pairs, running_by_loop
 
-        ``records`` are the BPF capture's latest records (task address -> record): a
-        task suspended where its record says is shown from it (source "bpf"), as it
-        was when its last step ended; the others are read from memory.
+    def _forget_decoded(self) -> None:
+        self.mem.clear()
+        self.objs.clear()
+        self.frames.clear()
 
-        With ``sink``, each task is handed to it as soon as it is read and not kept
-        (the snapshot's ``tasks`` stay empty): memory stays bounded by a batch, not by
-        the target's task count.  Awaiters that finished during the read are then
-        left in ``awaited_by`` (a task id the sink never saw).  ``names=False`` leaves
-        task names empty (not decoded: less time, and no name cache)."""
+    def run(self, sink: Callable[[Task], None] | None) -> Snapshot:
+        """The snapshot (``Collector.snapshot``)."""
         started, t0 = time.time(), time.perf_counter()
-        self._details = details
-        self._skip_name = None if names else ""
-        self._records = records or {}
-        self._named = {}
-        self.torn = 0
-        self.truncated = False
         warnings: list[str] = list(self.target.layout.notes)
-        for attempt in range(DISCOVERY_ATTEMPTS):
-            self.mem.clear()
-            self.objs.clear()
-            self.frames.clear()
-            try:
-                interps = interpreters(self.objs, self.target.runtime_addr)
-                threads = [ts for interp in interps for ts in thread_states(self.objs, interp)]
-                pairs, running_by_loop = self._task_addresses(interps, threads, warnings)
-                break
-            except _TRANSIENT:
-                # Thread states and task registries change as the target runs; a read
-                # that tore is taken again from fresh pages.
-                if attempt == DISCOVERY_ATTEMPTS - 1:
-                    raise
+        self._forget_decoded()
+        # Thread states and task registries change as the target runs; a read that
+        # tore is taken again from fresh pages.
+        interps, threads, pairs, running_by_loop = retry(
+            lambda: self._discover(warnings), DISCOVERY_ATTEMPTS, self._forget_decoded)
 
         found: list[Task] = []
         keep = found.append if sink is None else sink
@@ -251,12 +320,15 @@ class Collector:
             layout_sources=self.target.layout.source_counts(),
             warnings=warnings,
             capture="bpf+memory" if self._records else "memory",
+            torn=self.torn,
+            truncated=self.truncated,
         )
 
     # The target runs on while it is read, so a page cached for long describes the
-    # past.  Tasks are read in batches; each batch starts from fresh pages, fetched
-    # together in one system call, which bounds how far apart in time the parts of
-    # one task's record can be.
+    # past.  Tasks are read in batches; each batch starts from fresh pages, and reads
+    # each level of its objects (the tasks, their names, their coroutines, what those
+    # await) with one system call, which bounds how far apart in time the parts of one
+    # task's record can be.
 
     def _read_linked(self, pairs: list[tuple[int, int]], threads: list[ThreadState],
                      warnings: list[str], keep: Callable[[Task], None]) -> int:
@@ -265,29 +337,12 @@ class Collector:
         running = {ts.running_task: ts for ts in threads if ts.running_task}
         self._named = {ts.native_id: task for task, ts in running.items()}
         index = AwaiterIndex(self.objs, [])
-        pending = self.target.layout["enum.STATE_PENDING"]
         count = 0
         for start in range(0, len(pairs), BATCH):
-            batch = pairs[start:start + BATCH]
             self.mem.clear()
-            self.mem.prefetch(addr for addr, _ in batch)
-            raws = []
-            for addr, tid in batch:
-                try:
-                    raw = self._read_raw(addr)
-                except _TRANSIENT as exc:
-                    _warn(warnings, f"task {addr:#x} could not be read: {exc}")
-                    continue
-                if raw.state == pending:
-                    raw.thread_native_id = tid
-                    raws.append(raw)
+            raws = self._read_batch(pairs[start:start + BATCH], warnings)
             self._assign_threads(raws, threads)  # tasks of threads that have exited
-            self.mem.prefetch(raw.coro for raw in raws)
-            for raw in raws:
-                task = self._task(raw, index, running)
-                if task is not None:
-                    keep(task)
-                    count += 1
+            count += self._build(raws, index, running, keep)
         return count
 
     def _read_registered(self, pairs: list[tuple[int, int]], threads: list[ThreadState],
@@ -296,16 +351,9 @@ class Collector:
         """3.11-3.13: every task first (awaiters are inferred from all of them), then
         each batch again from fresh pages."""
         pending = self.target.layout["enum.STATE_PENDING"]
-        self.mem.prefetch(addr for addr, _ in pairs)
         raws: list[RawTask] = []
-        for addr, _tid in pairs:
-            try:
-                raw = self._read_raw(addr)
-            except _TRANSIENT as exc:
-                _warn(warnings, f"task {addr:#x} could not be read: {exc}")
-                continue
-            if raw.state == pending:
-                raws.append(raw)
+        for start in range(0, len(pairs), BATCH):
+            raws += self._read_batch(pairs[start:start + BATCH], warnings)
         self._assign_threads(raws, threads)
         running = self._running_threads(threads, running_by_loop, raws)
         self._named = {ts.native_id: task for task, ts in running.items()}
@@ -313,18 +361,35 @@ class Collector:
         for start in range(0, len(raws), BATCH):
             batch = raws[start:start + BATCH]
             self.mem.clear()
-            self.mem.prefetch([raw.addr for raw in batch] + [raw.coro for raw in batch])
-            for raw in batch:
+            blobs = self.mem.read_many([raw.addr for raw in batch], self._span)
+            fresh_batch = []
+            for raw, blob in zip(batch, blobs, strict=True):
                 try:
-                    fresh = read_task(self.objs, raw.addr, self._span, name=raw.name)
+                    fresh = (raw if blob is None
+                             else decode_task(self.objs, raw.addr, blob, name=raw.name))
                 except _TRANSIENT:
                     fresh = raw
                 if fresh.state != pending or fresh.type != raw.type:
                     continue  # finished (and maybe freed) since the task list was read
                 fresh.thread_native_id = raw.thread_native_id
-                task = self._task(fresh, index, running)
-                if task is not None:
-                    keep(task)
+                fresh_batch.append(fresh)
+            self._build(fresh_batch, index, running, keep)
+
+    def _build(self, raws: list[RawTask], index: AwaiterIndex, running: dict[int, ThreadState],
+               keep: Callable[[Task], None]) -> int:
+        """Hand ``keep`` the task of each of ``raws`` (a batch): the await chains of the
+        tasks that no BPF record shows are followed side by side.  Returns how many."""
+        needed = ([raw for raw in raws if self._record(raw, running) is None] if self._records
+                  else raws)
+        chains = dict(zip((raw.addr for raw in needed),
+                          self.frames.chains([raw.coro for raw in needed]), strict=True))
+        count = 0
+        for raw in raws:
+            task = self._task(raw, index, running, chains.get(raw.addr))
+            if task is not None:
+                keep(task)
+                count += 1
+        return count
 
     def _interp_id(self, interp: int) -> int:
         try:
@@ -369,21 +434,18 @@ class Collector:
     def _chain(self, raw: RawTask, task: Task) -> Chain | None:
         """The task's await chain; a chain that tore (an object freed between the read
         of its awaiter and its own read) is read again from fresh pages."""
-        for attempt in range(TASK_ATTEMPTS):
-            try:
-                return self.frames.chain(raw.coro)
-            except _TRANSIENT as exc:
-                self.torn += 1
-                if attempt == TASK_ATTEMPTS - 1:
-                    task.errors.append(f"coroutine stack unreadable: {exc}")
-                self.mem.clear()
-        return None
+        try:
+            return retry(lambda: self.frames.chain(raw.coro), TASK_ATTEMPTS, self._torn_read)
+        except _TRANSIENT as exc:
+            self.torn += 1
+            task.errors.append(f"coroutine stack unreadable: {exc}")
+            return None
 
     def _still_pending(self, raw: RawTask) -> RawTask | None:
         """The task read again from fresh pages; None when it has finished meanwhile."""
         self.mem.clear()
         try:
-            fresh = read_task(self.objs, raw.addr, self._span, name=self._skip_name)
+            fresh = read_task(self.objs, raw.addr, self._span, name=raw.name)
         except _TRANSIENT:
             return None
         pending = self.target.layout["enum.STATE_PENDING"]
@@ -392,15 +454,25 @@ class Collector:
         fresh.thread_native_id = raw.thread_native_id
         return fresh
 
-    def _task(self, raw: RawTask, index: AwaiterIndex, running: dict[int, ThreadState]
-              ) -> Task | None:
-        """The task's record; None when it turns out to have finished during the read."""
-        task = Task(raw.addr, raw.name, raw.thread_native_id, "pending", [], loop=raw.loop)
+    def _record(self, raw: RawTask, running: dict[int, ThreadState]) -> TaskRecord | None:
+        """The task's BPF record, when it shows the task as it is now: suspended
+        where its last step left it, on the same coroutine, not running."""
         record = self._records.get(raw.addr)
         if (record is not None and record.state == CAPTURE_SUSPENDED and record.coro == raw.coro
                 and raw.addr not in running):
+            return record
+        return None
+
+    def _task(self, raw: RawTask, index: AwaiterIndex, running: dict[int, ThreadState],
+              chain: Chain | None = None) -> Task | None:
+        """The task's record; None when it turns out to have finished during the read.
+        ``chain``: its await chain, read already (None: read it now)."""
+        task = Task(raw.addr, raw.name, raw.thread_native_id, "pending", [], loop=raw.loop)
+        record = self._record(raw, running)
+        if record is not None:
             return self._from_record(task, raw, record, index)
-        chain = self._chain(raw, task) if raw.coro else None
+        if chain is None and raw.coro:
+            chain = self._chain(raw, task)
         if not raw.coro or (chain is not None and chain.innermost_state == "finished"):
             # Its coroutine is done: the task finished after its state was read.
             fresh = self._still_pending(raw)
@@ -417,14 +489,11 @@ class Collector:
             if chain.innermost_state == "running":
                 task.state = "running"
                 self._running_stack(task, raw, running)
-        for attempt in range(TASK_ATTEMPTS):
-            try:
-                task.awaited_by = index.recorded(raw) if self.linked else index.inferred(raw)
-                break
-            except _TRANSIENT as exc:
-                self.mem.clear()
-                if attempt == TASK_ATTEMPTS - 1:
-                    task.errors.append(f"awaiters unreadable: {exc}")
+        awaiters = index.recorded if self.linked else index.inferred
+        try:
+            task.awaited_by = retry(lambda: awaiters(raw), TASK_ATTEMPTS, self.mem.clear)
+        except _TRANSIENT as exc:
+            task.errors.append(f"awaiters unreadable: {exc}")
         return task
 
     def _from_record(self, task: Task, raw: RawTask, record: TaskRecord,
@@ -486,11 +555,11 @@ class Collector:
     def _describe(self, obj: int) -> str:
         """A short label for what the innermost frame awaits (a future, an awaitable)."""
         try:
-            kind = self.objs.kind(obj).lstrip("~")
-            if kind == "_asyncio.FutureIter":
+            name = self.objs.type_name(obj)
+            if name == "_asyncio.FutureIter":   # a heap type from 3.12
                 fut = self.mem.ptr(obj + self.target.layout["futureiter.future"])
                 return f"{self.objs.type_name(fut)} {fut:#x}"
-            return f"{kind} {obj:#x}"
+            return f"{name} {obj:#x}"
         except _TRANSIENT:
             return f"{obj:#x}"
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from aiobpf.collector.interpreter import ThreadState, module_globals, modules
 from aiobpf.collector.memory import ReadFault
-from aiobpf.collector.objects import DecodeError, Objects, u64
+from aiobpf.collector.objects import DecodeError, Objects, field_reader, u64
 
 # Tasks read from one process.  Loops are caught by cycle detection; this bounds what a
 # forged list (millions of distinct nodes) costs the reader in memory and time.
@@ -29,7 +29,7 @@ class TaskListCorrupt(Exception):
     """A task list that loops without returning to its head."""
 
 
-@dataclass
+@dataclass(slots=True)
 class RawTask:
     """A task object as read from memory, before reconstruction."""
 
@@ -42,6 +42,7 @@ class RawTask:
     loop: int
     thread_native_id: int = 0
     awaited_by: list[int] = field(default_factory=list)   # 3.14+: task_awaited_by
+    name_obj: int = 0       # the object ``name`` was decoded from
 
 
 def walk_llist(objs: Objects, head: int, limit: int = MAX_TASKS) -> Iterator[int]:
@@ -126,47 +127,62 @@ def registered_tasks(objs: Objects, interp: int) -> tuple[list[int], dict[int, i
     return list(dict.fromkeys(found)), running
 
 
-def task_name(objs: Objects, name_obj: int) -> str:
-    """Task.get_name(): a str, or the lazy "Task-N" counter kept as an int (3.12+)."""
+def task_name(objs: Objects, name_obj: int, head: bytes | None = None) -> str:
+    """Task.get_name(): a str, or the lazy "Task-N" counter kept as an int (3.12+).
+    ``head``: the name object's first bytes, read already (``Objects.str_peek``)."""
     if not name_obj:
         return ""
-    kind = objs.kind(name_obj)
-    if kind == "str" or objs.type_info(objs.type_of(name_obj)).flags & \
-            objs.consts.tpflags_unicode_subclass:
-        return objs.str_(name_obj, MAX_TASK_NAME)
+    tp = u64(head, objs.o_type) if head is not None else objs.type_of(name_obj)
+    kind = objs.type_kind(tp)
+    if kind == "str" or objs.type_info(tp).flags & objs.consts.tpflags_unicode_subclass:
+        return objs.str_(name_obj, MAX_TASK_NAME, head)
     if kind == "int":
         return f"Task-{objs.int_(name_obj)}"
-    return f"<{kind.lstrip('~')}>"
+    return f"<{objs.type_info(tp).name}>"
 
 
 def read_task(objs: Objects, addr: int, span: int, name: str | None = None) -> RawTask:
     """A task object's fields; ``name`` skips decoding the name when it is known."""
-    L = objs.layout.values
-    blob = objs.mem.read(addr, span)
-    raw = RawTask(
-        addr=addr,
-        type=u64(blob, objs.o_type),
-        name=task_name(objs, u64(blob, L["task.name"])) if name is None else name,
-        state=int.from_bytes(blob[L["task.state"]:L["task.state"] + 4], "little", signed=True),
-        coro=u64(blob, L["task.coro"]),
-        fut_waiter=u64(blob, L["task.fut_waiter"]),
-        loop=u64(blob, L["task.loop"]),
-    )
-    if "task.awaited_by" in L:
-        awaited_by = u64(blob, L["task.awaited_by"])
-        if awaited_by:
-            if blob[L["task.awaited_by_is_set"]]:
-                raw.awaited_by = objs.set_items(awaited_by)
-            else:
-                raw.awaited_by = [awaited_by]
+    return decode_task(objs, addr, objs.mem.read(addr, span), name)
+
+
+_TASK_FIELDS = (("object.type", "Q"), ("task.name", "Q"), ("task.state", "i"), ("task.coro", "Q"),
+                ("task.fut_waiter", "Q"), ("task.loop", "Q"), ("task.awaited_by", "Q"),
+                ("task.awaited_by_is_set", "B"))
+
+
+def decode_task(objs: Objects, addr: int, blob: bytes, name: str | None = None) -> RawTask:
+    """The fields of the task object whose first ``task_span`` bytes are ``blob``."""
+    fields = objs.readers.get("task")
+    if fields is None:
+        L = objs.layout.values
+        fields = objs.readers["task"] = field_reader([(L[n], c) for n, c in _TASK_FIELDS
+                                                      if n in L])
+    tp, name_obj, state, coro, fut_waiter, loop, *awaited = fields(blob)
+    raw = RawTask(addr, tp, task_name(objs, name_obj) if name is None else name, state, coro,
+                  fut_waiter, loop, name_obj=name_obj)
+    if awaited and awaited[0]:
+        raw.awaited_by = objs.set_items(awaited[0]) if awaited[1] else [awaited[0]]
     return raw
 
 
+def name_tasks(objs: Objects, raws: list[RawTask]) -> list[RawTask]:
+    """Decode the names of tasks read without them (``name=""``), the heads of all
+    their name objects read at once.  Returns the tasks whose name could not be read."""
+    heads = objs.mem.read_many([raw.name_obj for raw in raws], objs.str_peek)
+    failed = []
+    for raw, head in zip(raws, heads, strict=True):
+        try:
+            raw.name = task_name(objs, raw.name_obj, head)
+        except (DecodeError, ReadFault):
+            failed.append(raw)
+    return failed
+
+
 def task_span(objs: Objects) -> int:
+    """Bytes of a task object that ``decode_task`` decodes."""
     L = objs.layout.values
-    names = ("object.type", "task.name", "task.state", "task.coro", "task.fut_waiter", "task.loop",
-             "task.awaited_by", "task.awaited_by_is_set")
-    return max(L[n] for n in names if n in L) + 8
+    return max(L[n] for n, _ in _TASK_FIELDS if n in L) + 8
 
 
 def loop_thread_id(objs: Objects, loop: int) -> int | None:

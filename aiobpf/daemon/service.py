@@ -134,6 +134,7 @@ class Examination:
     target: Target | None = None
     collector: Collector | None = None
     summary: SnapshotSummary | None = None   # of the first read
+    truncated: bool = False                  # the first read left tasks out
     found: tuple[dict[str, ProbeSite], list[str]] | None = None   # probe sites and notes
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -165,6 +166,7 @@ class Examination:
                     self.collector.mem.limit(None)
                     self.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
                 self.summary = summarizer.finish(snapshot.duration_s)
+                self.truncated = snapshot.truncated
         except Exception as exc:
             self.error = exc
             self.release()
@@ -497,7 +499,7 @@ class Daemon:
         traced = Traced(candidate, target, collector, attachment,
                         self._new_account(attachment, exam.summary.pending),
                         summary=exam.summary)
-        self._note_truncated(traced)
+        self._note_truncated(traced, exam.truncated)
         traced.next_read = time.monotonic() + self.config.refresh_interval
         traced.account.open_window(self._thread_times(traced))   # its probes are on from now
         self.traced[pid] = traced
@@ -799,7 +801,7 @@ class Daemon:
                     traced.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
             if self._unchanged(traced):   # else it was read from another process or program
                 traced.summary = summarizer.finish(snapshot.duration_s)
-                self._note_truncated(traced)
+                self._note_truncated(traced, snapshot.truncated)
         except NoAsyncio:
             traced.summary = SnapshotSummary()
         except _GONE:
@@ -813,9 +815,9 @@ class Daemon:
         took = time.monotonic() - started
         traced.next_read = time.monotonic() + max(self.config.refresh_interval, 10 * took)
 
-    def _note_truncated(self, traced: Traced) -> None:
+    def _note_truncated(self, traced: Traced, truncated: bool) -> None:
         """Count and say it when the last read left tasks out (more than MAX_TASKS)."""
-        if traced.collector.truncated:
+        if truncated:
             self.errors["tasks_left_out"] += 1
             log.warning("pid %d: more than %d tasks: the rest were left out of the read",
                         traced.pid, traced.collector.max_tasks)

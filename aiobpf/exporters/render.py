@@ -31,8 +31,14 @@ def render(snapshot: Snapshot, fmt: str) -> Iterator[str]:
             lines = text.iter_tree(snapshot)
         except text.CycleFound as exc:
             raise errors.AwaitCycleError(exc.lines) from None
-        for line in lines:
-            yield line + "\n"
+        chunk: list[str] = []
+        for line in lines:   # written a thousand lines at a time: a million tasks make 5M
+            chunk.append(line)
+            if len(chunk) == 1000:
+                yield "\n".join(chunk) + "\n"
+                chunk.clear()
+        if chunk:
+            yield "\n".join(chunk) + "\n"
         return
     rows = text.table_rows(snapshot, marks=fmt == "table")   # CSV: names only
     yield text.render_table(rows) if fmt == "table" else text.render_csv(rows)

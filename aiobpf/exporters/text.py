@@ -147,6 +147,7 @@ def iter_tree(snapshot: Snapshot) -> Iterator[str]:
 def _render(roots: list[int], labels: list[str], children: list[list[int] | None],
             tasks: list[Task], hook: dict[int, int]) -> Iterator[str]:
     n_tasks = len(tasks)
+    shown: dict[Frame, str] = {}   # frames are shared by many tasks: each escaped once
     for root in roots:
         todo: list[tuple[int, str, bool]] = [(root, "", True)]
         pop, push = todo.pop, todo.append
@@ -161,7 +162,10 @@ def _render(roots: list[int], labels: list[str], children: list[list[int] | None
             if node < n_tasks and tasks[node].id not in hook:
                 # A task that awaits no other task: its frames, one under the other.
                 for frame in tasks[node].frames:
-                    yield inner + "└── " + format_frame(frame)
+                    text = shown.get(frame)
+                    if text is None:
+                        text = shown[frame] = format_frame(frame)
+                    yield inner + "└── " + text
                     inner += "    "
                 continue
             kids = children[node]

@@ -43,6 +43,15 @@ class FakeMemory:
 
     read_fresh = read
 
+    def read_many(self, addrs: list[int], size: int) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for addr in addrs:
+            try:
+                out.append(self.read(addr, size))
+            except ReadFault:
+                out.append(None)
+        return out
+
     def u64(self, addr: int) -> int:
         return struct.unpack("<Q", self.read(addr, 8))[0]
 
