@@ -17,6 +17,7 @@ Run as root: ``.venv/bin/python bench/profile_overhead.py [--phase S] [--rounds 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -77,9 +78,27 @@ class AiobpfProfile(_ProfilerProcess):
     label = f"aiobpf profile (cpu, {RATE} Hz)"
     settle_s = STARTED_S
 
+    def start(self) -> None:
+        super().start()
+        self.runs0 = _program_runs()
+
+    def phase_info(self) -> tuple[int, int]:
+        """(runs, ns) of the sampling program in the phase, as the kernel counted them
+        (kernel.bpf_stats_enabled): its cost inside the target's threads."""
+        runs, ns = _program_runs()
+        return runs - self.runs0[0], ns - self.runs0[1]
+
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "aiobpf", "profile", str(self.pid), "--rate", str(RATE),
                 "--duration", "3600", "-o", os.devnull, "--format", "collapsed"]
+
+
+def _program_runs() -> tuple[int, int]:
+    """Runs and run time (ns) of every loaded ``on_cpu_clock`` program."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True,
+                         text=True, check=True).stdout
+    progs = [p for p in json.loads(out) if p.get("name") == "on_cpu_clock"]
+    return sum(p.get("run_cnt", 0) for p in progs), sum(p.get("run_time_ns", 0) for p in progs)
 
 
 class PySpy(_ProfilerProcess):
@@ -97,21 +116,40 @@ class PySpyNonblocking(PySpy):
     extra = ("--nonblocking",)
 
 
+PROFILERS: dict[str, type[_ProfilerProcess]] = {
+    "aiobpf": AiobpfProfile, "py-spy": PySpy, "py-spy-nonblocking": PySpyNonblocking}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--rounds", type=int, default=4, help="off/on pairs per profiler")
+    parser.add_argument("--profilers", default=",".join(PROFILERS),
+                        help=f"which, comma-separated (default all: {','.join(PROFILERS)})")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: BPF needs it")
-    profilers = [AiobpfProfile, PySpy, PySpyNonblocking]
-    results = [*bench_pingpong(args.phase, args.rounds, profilers),
-               *bench_http(args.phase, args.rounds, profilers)]
+    profilers = [PROFILERS[name] for name in args.profilers.split(",")]
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    was = stats.read_text().strip()
+    stats.write_text("1")   # the programs' run time, counted by the kernel
+    try:
+        results = [*bench_pingpong(args.phase, args.rounds, profilers),
+                   *bench_http(args.phase, args.rounds, profilers)]
+    finally:
+        stats.write_text(was)
     print(f"profiling overhead, same process, profiler off/on alternating, median of "
           f"{args.rounds} phases of {args.phase:.0f} s ({' '.join(_python())})")
     print_table(results)
     for r in results:
+        runs = [info for info in r["phases"]["info"] if info and info[0]]
+        if runs:
+            count, ns = sum(n for n, _ in runs), sum(t for _, t in runs)
+            cpu_s = r["cpu_us_on"] * r["on"] * args.phase * len(runs) / 1e6
+            print(f"{r['name']}: {r['tracer']}: the sampling program ran {count} times, "
+                  f"{ns / count / 1000:.2f} us each: {100 * ns / 1e9 / cpu_s:.3f}% of the "
+                  f"target's CPU time (kernel.bpf_stats_enabled)")
         if r["tracer_cpu"] is not None:
             print(f"{r['name']}: {r['tracer']}: the profiler's own CPU "
                   f"{100 * r['tracer_cpu']:.1f}% of a core")
