@@ -251,10 +251,12 @@ def test_the_same_synchronous_frames_as_py_spy_with_the_awaiter_chain_above(labe
     top_mine = mine.most_common(1)[0][0]
     spinning = [f"{name}:{line}" for name, line in top_spy]
     start = spinning.index(next(f for f in spinning if f.startswith("a_middle_outer:")))
-    assert top_mine[-len(spinning[start:]):] == tuple(spinning[start:])   # same frames
-    assert top_mine[:-len(spinning[start:])][-3:] == ("[task] parent",
-                                                      top_mine[-len(spinning[start:]) - 2],
-                                                      "[task] A")
+    theirs, ours = spinning[start:], list(top_mine[-len(spinning[start:]):])
+    # the same frames; the innermost one's line may differ (a sample lands on either
+    # line of spin's loop, and each tool's most common stack may pick the other)
+    assert ours[:-1] == theirs[:-1] and ours[-1].split(":")[0] == theirs[-1].split(":")[0]
+    assert top_mine[:-len(theirs)][-3:] == ("[task] parent", top_mine[-len(theirs) - 2],
+                                            "[task] A")
     assert "Handle._run" in spinning[start - 1]   # py-spy: the loop, where we have tasks
 
 
