@@ -50,7 +50,9 @@ def test_profiles_are_written_on_a_rotation_and_name_the_tasks(tmp_path: Path) -
         time.sleep(10)   # longer than keep + rotate: the first file goes
         files = sorted(profiles.glob("*.pb.gz"))
         log = daemon.log.read_text()
-    assert first not in files and len(files) >= 3, (files, log[-3000:])
+    # (a rotation whose samples wait for a read of the tasks that tore writes nothing:
+    # they go in the next file)
+    assert first not in files and len(files) >= 2, (files, log[-3000:])
     assert all(re.fullmatch(rf"{target.pid}-\d+\.pb\.gz", f.name) for f in files)
     assert stat.S_IMODE(profiles.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
