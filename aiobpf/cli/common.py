@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from aiobpf import errors
@@ -185,3 +188,24 @@ def take_snapshot(args: argparse.Namespace, *, details: bool = True) -> Snapshot
         if found:  # it was there a moment ago
             raise errors.ProcessExitedError(args.pid) from None
         raise
+
+
+@contextmanager
+def stop_on_signals(second_interrupts: bool = False) -> Iterator[Callable[[], bool]]:
+    """SIGINT and SIGTERM end a command's sampling or tracing gracefully: the callable
+    yielded says whether one came (``second_interrupts``: a second one raises
+    KeyboardInterrupt).  The previous handlers come back on the way out."""
+    stop = False
+
+    def finish(_signo: int, _frame: object) -> None:
+        nonlocal stop
+        if stop and second_interrupts:
+            raise KeyboardInterrupt
+        stop = True
+
+    previous = {sig: signal.signal(sig, finish) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -11,15 +10,15 @@ from pathlib import Path
 
 from aiobpf import errors
 from aiobpf.bpf.profile import ProfilerUnavailable
-from aiobpf.cli.common import pid_argument
-from aiobpf.collector.cpu_samples import CpuSample, CpuSampling
+from aiobpf.cli.common import pid_argument, stop_on_signals
+from aiobpf.collector.cpu_samples import CpuSampling
 from aiobpf.collector.sampling import at_rate
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import open_target
 from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.profile import collapsed, html, pprof, speedscope
 from aiobpf.exporters.profile.profile import Profile
-from aiobpf.exporters.profile.stacks import AwaitGraph, Stack, async_stacks, thread_stack
+from aiobpf.exporters.profile.stacks import AwaitGraph, async_stacks, cpu_stack
 
 FORMATS = ("collapsed", "speedscope", "html", "pprof")
 CPU_RATE_HZ = 99.0    # per thread, on its CPU clock: off the beat of 100 Hz timers
@@ -91,28 +90,19 @@ class ProfileCommand:
             target = open_target(args.pid, use_dwarf=not args.no_dwarf,
                                  debug_dirs=args.debug_dir)
         profile = Profile(args.pid, args.mode, args.rate)
-        stop = False
-
-        def finish(_signo: int, _frame: object) -> None:
-            nonlocal stop
-            stop = True
-
-        previous = {sig: signal.signal(sig, finish) for sig in (signal.SIGINT, signal.SIGTERM)}
         collector = Collector(target)
         try:
-            with translate_errors(args.pid):
+            with translate_errors(args.pid), stop_on_signals() as stopped:
                 if args.mode == "cpu":
-                    _sample_cpu(collector, profile, args.duration, lambda: stop)
+                    _sample_cpu(collector, profile, args.duration, stopped)
                 else:
-                    _sample_wall(collector, profile, args.duration, lambda: stop)
+                    _sample_wall(collector, profile, args.duration, stopped)
         except (errors.ProcessExitedError, errors.ProcessNotFoundError):
             if not profile.stacks:
                 raise
             print(f"aiobpf: process {args.pid} exited: writing the samples taken until then",
                   file=sys.stderr)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             collector.close()
             target.close()
         return profile
@@ -194,16 +184,8 @@ def _sample_cpu(collector: Collector, profile: Profile, duration_s: float,
         for snapshot, before, samples in sampling.batches(duration_s, stopped, say_started):
             graphs = [AwaitGraph(snapshot)] + ([AwaitGraph(before)] if before else [])
             for sample in samples:
-                profile.add(_cpu_stack(sample, graphs))
+                profile.add(cpu_stack(sample, *graphs))
             profile.samples += len(samples)
     finally:
         sampling.close()
         profile.duration_s = time.monotonic() - started
-
-
-def _cpu_stack(sample: CpuSample, graphs: list[AwaitGraph]) -> Stack:
-    for graph in graphs:
-        task = graph.by_id.get(sample.task) if sample.task else None
-        if task is not None:
-            return graph.stack(task, sample.frames)
-    return thread_stack(sample.tid, sample.frames)

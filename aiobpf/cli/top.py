@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import curses
-import signal
 import sys
 import time
 from collections.abc import Callable
 
 from aiobpf import errors
 from aiobpf.bpf.profile import ProfilerUnavailable
-from aiobpf.cli.common import pid_argument
+from aiobpf.cli.common import pid_argument, stop_on_signals
 from aiobpf.cli.profile import CPU_RATE_HZ, positive
 from aiobpf.collector.cpu_samples import CpuSampling
 from aiobpf.collector.snapshot import Collector
@@ -61,13 +60,6 @@ class TopCommand:
             target = open_target(args.pid, use_dwarf=not args.no_dwarf,
                                  debug_dirs=args.debug_dir)
         collector = Collector(target)
-        stop = False
-
-        def finish(_signo: int, _frame: object) -> None:
-            nonlocal stop
-            stop = True
-
-        previous = {sig: signal.signal(sig, finish) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             try:
                 sampling = CpuSampling(collector, args.rate, refresh_s=args.interval)
@@ -75,16 +67,14 @@ class TopCommand:
                 raise errors.AiobpfError(f"cannot sample CPU time: {exc}",
                                          "see aiobpf doctor") from None
             try:
-                with translate_errors(args.pid):
+                with translate_errors(args.pid), stop_on_signals() as stopped:
                     if args.plain or not sys.stdout.isatty():
-                        self._loop(args, sampling, _print, lambda: stop)
+                        self._loop(args, sampling, _print, stopped)
                     else:
-                        curses.wrapper(self._screen, args, sampling, lambda: stop)
+                        curses.wrapper(self._screen, args, sampling, stopped)
             finally:
                 sampling.close()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             collector.close()
             target.close()
         return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from aiobpf import errors
 from aiobpf.bpf.capture import Capture
 from aiobpf.bpf.program import TRACE_LIMITS, CaptureUnavailable, MapLimits
 from aiobpf.bpf.records import StepDecoder, StepEvents
-from aiobpf.cli.common import pid_argument
+from aiobpf.cli.common import pid_argument, stop_on_signals
 from aiobpf.collector.model import Step
 from aiobpf.collector.target import Target, open_target
 from aiobpf.errors.translate import translate_errors
@@ -82,23 +81,14 @@ class TraceCommand:
             capture = Capture(_ring_limits())
         except CaptureUnavailable as exc:
             raise _cannot_trace(str(exc)) from None
-        stop = False
-
-        def finish(_signo: int, _frame: object) -> None:
-            nonlocal stop
-            if stop:   # a second Ctrl-C: the steps not yet written are given up
-                raise KeyboardInterrupt
-            stop = True
-
-        previous = {sig: signal.signal(sig, finish) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # a second Ctrl-C: the steps not yet written are given up
         try:
-            attachment = capture.add(target, trace=True)
-            if not attachment.active:
-                raise _cannot_trace("; ".join(attachment.notes))
-            self._trace(args, capture, target, lambda: stop)
+            with stop_on_signals(second_interrupts=True) as stopped:
+                attachment = capture.add(target, trace=True)
+                if not attachment.active:
+                    raise _cannot_trace("; ".join(attachment.notes))
+                self._trace(args, capture, target, stopped)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             capture.close()
             target.close()
         return 0

@@ -39,7 +39,7 @@ from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import Target
 from aiobpf.exporters.profile import pprof
 from aiobpf.exporters.profile.profile import Profile
-from aiobpf.exporters.profile.stacks import AwaitGraph, thread_stack
+from aiobpf.exporters.profile.stacks import AwaitGraph, cpu_stack
 
 log = logging.getLogger("aiobpf")
 
@@ -175,10 +175,7 @@ class ContinuousProfiles:
                              process.namer.threads(), self.rate_hz)
         pending, process.pending = process.pending, []
         for named in pending:
-            sample = process.namer.attribute(named)
-            task = graph.by_id.get(sample.task) if sample.task else None
-            process.profile.add(graph.stack(task, sample.frames) if task is not None
-                                else thread_stack(sample.tid, sample.frames))
+            process.profile.add(cpu_stack(process.namer.attribute(named), graph))
             process.profile.samples += 1
 
     def _write(self, process: _Profiled, now: float) -> None:

@@ -97,27 +97,28 @@ def test_the_html_flame_graph_is_self_contained_and_names_cannot_close_its_scrip
         "[task] </script><script>alert(1)</script>", "[task] main"]
 
 
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    """The varint at ``data[i:]`` and the offset after it."""
+    shift = value = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+
 def _decode(data: bytes) -> list[tuple[int, int, bytes]]:
     """A protobuf message's fields: (number, wire type, value or varint as int)."""
     out, i = [], 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = value = 0
-        while True:
-            byte = data[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return value
-
     while i < len(data):
-        key = varint()
+        key, i = _varint(data, i)
         if key & 7 == 0:
-            out.append((key >> 3, 0, varint()))
+            value, i = _varint(data, i)
+            out.append((key >> 3, 0, value))
         else:
-            length = varint()
+            length, i = _varint(data, i)
             out.append((key >> 3, 2, data[i:i + length]))
             i += length
     return out
@@ -126,14 +127,7 @@ def _decode(data: bytes) -> list[tuple[int, int, bytes]]:
 def _packed(data: bytes) -> list[int]:
     values, i = [], 0
     while i < len(data):
-        shift = value = 0
-        while True:
-            byte = data[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
+        value, i = _varint(data, i)
         values.append(value)
     return values
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from aiobpf.collector.cpu_samples import CpuSample
 from aiobpf.collector.model import Frame, Snapshot, Task
 
 MAX_CHAIN = 1024   # tasks in one chain: a forged graph cannot make a stack without end
@@ -87,3 +88,13 @@ def async_stacks(snapshot: Snapshot) -> Iterator[tuple[Task, Stack]]:
 def thread_stack(tid: int, frames: tuple[Frame, ...]) -> Stack:
     """A CPU sample outside any task: its thread, then its frames."""
     return (Node("thread", f"thread {tid}"), *map(Node.of_frame, frames))
+
+
+def cpu_stack(sample: CpuSample, *graphs: AwaitGraph) -> Stack:
+    """A CPU sample's stack: its frames under the async stack of the task it ran for,
+    found in the first of ``graphs`` that has it; else under its thread."""
+    for graph in graphs:
+        task = graph.by_id.get(sample.task) if sample.task else None
+        if task is not None:
+            return graph.stack(task, sample.frames)
+    return thread_stack(sample.tid, sample.frames)
