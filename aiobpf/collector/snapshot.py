@@ -195,11 +195,13 @@ class _Read:
         self.mem.clear()
 
     # -- discovery of tasks -------------------------------------------------------
-    def _task_addresses(self, interps: list[int], threads: list[ThreadState], warnings: list[str]
-                        ) -> tuple[list[tuple[int, int]], dict[int, int]]:
-        """(task, native thread id or 0) pairs, and loop -> running task (3.11-3.13)."""
+    def _task_addresses(self, interps: list[int], threads: list[ThreadState], warnings: list[str],
+                        partial: bool) -> tuple[list[tuple[int, int]], dict[int, int]]:
+        """(task, native thread id or 0) pairs, and loop -> running task (3.11-3.13).
+        ``partial``: keep what a task list that tore gave (``linked_tasks``)."""
         if self.linked:
-            linked = linked_tasks(self.objs, threads, interps, warnings, self.max_tasks)
+            linked = linked_tasks(self.objs, threads, interps, warnings, self.max_tasks,
+                                  partial=partial)
             self.truncated = len(linked) >= self.max_tasks
             return linked, {}
         pairs: list[tuple[int, int]] = []
@@ -267,11 +269,25 @@ class _Read:
     def _discover(self, warnings: list[str]
                   ) -> tuple[list[int], list[ThreadState], list[tuple[int, int]], dict[int, int]]:
         """Interpreters, thread states, (task, native thread id) pairs and loop ->
-        running task (3.11-3.13)."""
-        interps = interpreters(self.objs, self.target.runtime_addr)
-        threads = [ts for interp in interps for ts in thread_states(self.objs, interp)]
-        pairs, running_by_loop = self._task_addresses(interps, threads, warnings)
-        return interps, threads, pairs, running_by_loop
+        running task (3.11-3.13).  Thread states and task lists change as the target
+        runs: a read that tore is taken again from fresh pages, and the last attempt
+        keeps the part of a torn task list that it could walk (with a warning)."""
+        def attempt(partial: bool) -> tuple[list[int], list[ThreadState],
+                                            list[tuple[int, int]], dict[int, int]]:
+            interps = interpreters(self.objs, self.target.runtime_addr)
+            threads = [ts for interp in interps for ts in thread_states(self.objs, interp)]
+            pairs, running_by_loop = self._task_addresses(interps, threads, warnings, partial)
+            return interps, threads, pairs, running_by_loop
+
+        try:
+            return retry(lambda: attempt(False), DISCOVERY_ATTEMPTS - 1, self._discovery_torn)
+        except _TRANSIENT:
+            self._discovery_torn()
+            return attempt(True)
+
+    def _discovery_torn(self) -> None:
+        self.torn += 1
+        self._forget_decoded()
 
     def _forget_decoded(self) -> None:
         self.mem.clear()
@@ -283,10 +299,7 @@ class _Read:
         started, t0 = time.time(), time.perf_counter()
         warnings: list[str] = list(self.target.layout.notes)
         self._forget_decoded()
-        # Thread states and task registries change as the target runs; a read that
-        # tore is taken again from fresh pages.
-        interps, threads, pairs, running_by_loop = retry(
-            lambda: self._discover(warnings), DISCOVERY_ATTEMPTS, self._forget_decoded)
+        interps, threads, pairs, running_by_loop = self._discover(warnings)
 
         found: list[Task] = []
         keep = found.append if sink is None else sink

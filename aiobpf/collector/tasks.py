@@ -67,9 +67,15 @@ def walk_llist(objs: Objects, head: int, limit: int = MAX_TASKS) -> Iterator[int
 
 
 def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],
-                 errors: list[str], limit: int = MAX_TASKS) -> list[tuple[int, int]]:
+                 errors: list[str], limit: int = MAX_TASKS, *, partial: bool = False
+                 ) -> list[tuple[int, int]]:
     """(task address, native thread id) from the per-thread and per-interpreter lists;
-    at most ``limit`` of them."""
+    at most ``limit`` of them.
+
+    A list that changes while it is walked can lead to memory that no longer holds a
+    node: the read faults, and the walk is taken again by the caller.  With
+    ``partial`` (the last attempt), the nodes walked before the fault are kept and
+    ``errors`` says that the rest of that list was left out."""
     L = objs.layout.values
     node_off = L["task.node"]
     out: list[tuple[int, int]] = []
@@ -78,11 +84,19 @@ def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],
     for head, tid in heads:
         if len(out) >= limit:
             break
+        walked = len(out)
         try:
             out.extend((node - node_off, tid)
                        for node in walk_llist(objs, head, limit - len(out)))
         except TaskListCorrupt as exc:
             errors.append(str(exc))
+        except (DecodeError, ReadFault) as exc:
+            if not partial:
+                raise
+            if len(out) > walked:
+                out.pop()   # the node whose link could not be read is none
+            errors.append(f"the task list at {head:#x} changed while it was read ({exc}): "
+                          f"the tasks after the first {len(out) - walked:,} are left out")
     return out
 
 

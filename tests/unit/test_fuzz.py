@@ -23,7 +23,13 @@ from aiobpf.collector.layouts.constants import CONSTANTS
 from aiobpf.collector.layouts.tables import TABLES
 from aiobpf.collector.memory import ReadFault
 from aiobpf.collector.objects import DecodeError, Objects
-from aiobpf.collector.tasks import TaskListCorrupt, read_task, task_span, walk_llist
+from aiobpf.collector.tasks import (
+    TaskListCorrupt,
+    linked_tasks,
+    read_task,
+    task_span,
+    walk_llist,
+)
 
 BASE = 0x7F00_0000_0000
 SIZE = 1 << 16
@@ -127,6 +133,27 @@ def test_task_list_looping_away_from_its_head_is_caught() -> None:
     with pytest.raises(TaskListCorrupt):
         for _ in walk_llist(objs, BASE):
             pass
+
+
+def test_a_task_list_torn_mid_walk_is_retried_then_kept_in_part() -> None:
+    """A node freed while the list is walked leads to a small pointer: the walk faults
+    (the snapshot takes it again); the last attempt keeps the nodes before the tear."""
+    layout = next(la for la in layouts() if la.has("interp.asyncio_tasks_head"))
+    nxt, head_at = layout["llist.next"], layout["interp.asyncio_tasks_head"]
+    data = bytearray(SIZE)
+    # head at 0 -> node at 0x100 -> 0x200 -> 0x10 (freed, its memory reused)
+    for node, following in ((0, BASE + 0x100), (0x100, BASE + 0x200), (0x200, 0x10)):
+        struct.pack_into("<Q", data, node + nxt, following)
+    objs = Objects(FakeMemory(bytes(data)), layout)  # type: ignore[arg-type]
+    interp = BASE - head_at
+    with pytest.raises(ReadFault):
+        linked_tasks(objs, [], [interp], [])
+    errors: list[str] = []
+    found = linked_tasks(objs, [], [interp], errors, partial=True)
+    assert found == [(BASE + 0x100 - layout["task.node"], 0),
+                     (BASE + 0x200 - layout["task.node"], 0)]
+    assert len(errors) == 1 and "changed while it was read" in errors[0], errors
+    assert "after the first 2 are left out" in errors[0]
 
 
 def test_a_task_list_of_70000_is_walked_whole() -> None:
