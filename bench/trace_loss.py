@@ -50,10 +50,10 @@ def _reader_only(pid: int, duration: float) -> tuple[int, int, float]:
     """Events copied out of the ring, events lost, and the reader's CPU seconds."""
     sys.path.insert(0, str(REPO))
     from aiobpf.bpf.capture import Capture
-    from aiobpf.cli.trace import POLL_MS, _ring_limits
+    from aiobpf.cli.trace import POLL_MS, ring_limits
     from aiobpf.collector.target import open_target
 
-    capture = Capture(_ring_limits())
+    capture = Capture(ring_limits())
     try:
         capture.add(open_target(pid), trace=True)
         read = 0

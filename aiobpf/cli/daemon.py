@@ -45,7 +45,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
     from aiobpf.daemon.service import Daemon, serve
 
-    if os.geteuid() != 0 and not errors._has_capability(errors.CAP_SYS_PTRACE):
+    if os.geteuid() != 0 and not errors.has_capability(errors.CAP_SYS_PTRACE):
         raise errors.PrivilegeError(
             f"aiobpf {args.command} needs root (to read other processes' memory and load "
             "BPF programs)", "run it with sudo, or as the systemd unit / DaemonSet in deploy/")
@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace, pids: list[int] | None) -> int:
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level,
                         format="aiobpf: %(message)s", stream=sys.stderr)
-    if not errors._has_capability(errors.CAP_SYS_PTRACE):
+    if not errors.has_capability(errors.CAP_SYS_PTRACE):
         # root without it (a container that drops it): reading a process takes it,
         # unless the process has the same uid and no capability the daemon lacks
         logging.warning("no CAP_SYS_PTRACE: the processes of other users and containers "

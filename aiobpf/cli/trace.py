@@ -26,7 +26,8 @@ DECODE_SLICE_S = 0.02   # and between slices of decoding while something is
 BACKLOG_NOTE = 100_000  # events left to decode at the end that are worth a word on stderr
 
 
-def _ring_limits() -> MapLimits:
+def ring_limits() -> MapLimits:
+    """The trace's map limits: its ring's size from the environment, when set."""
     pages = os.environ.get(RING_PAGES_ENV)
     return MapLimits(ring_pages=int(pages)) if pages else TRACE_LIMITS
 
@@ -78,7 +79,7 @@ class TraceCommand:
             target = open_target(args.pid, use_dwarf=not args.no_dwarf,
                                  debug_dirs=args.debug_dir)
         try:
-            capture = Capture(_ring_limits())
+            capture = Capture(ring_limits())
         except CaptureUnavailable as exc:
             raise _cannot_trace(str(exc)) from None
         # a second Ctrl-C: the steps not yet written are given up

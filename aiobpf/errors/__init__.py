@@ -110,11 +110,12 @@ class PrivilegeError(AiobpfError):
 
 def may_load_bpf() -> bool:
     """Has aiobpf the capabilities that loading BPF programs and attaching uprobes need?"""
-    return _has_capability(CAP_SYS_ADMIN) or (_has_capability(CAP_BPF)
-                                              and _has_capability(CAP_PERFMON))
+    return has_capability(CAP_SYS_ADMIN) or (has_capability(CAP_BPF)
+                                              and has_capability(CAP_PERFMON))
 
 
-def _has_capability(bit: int) -> bool:
+def has_capability(bit: int) -> bool:
+    """Whether this process holds capability ``bit`` in its effective set."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):
@@ -137,7 +138,7 @@ def permission_hint(pid: int) -> str:
     if scope == 3:
         return ("kernel.yama.ptrace_scope is 3: no process may read another's memory, "
                 "not even root, until the next reboot")
-    if os.geteuid() != 0 and not _has_capability(CAP_SYS_PTRACE):
+    if os.geteuid() != 0 and not has_capability(CAP_SYS_PTRACE):
         reason = "aiobpf needs CAP_SYS_PTRACE to read another process's memory"
         if scope in (1, 2):
             reason += f" (kernel.yama.ptrace_scope is {scope})"

@@ -79,3 +79,34 @@ def test_relative_imports_are_not_used() -> None:
     relative = [name for name, tree in _modules().items()
                 for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
     assert relative == []
+
+
+def _module_aliases(tree: ast.Module, known: set[str]) -> dict[str, str]:
+    """Names bound to aiobpf modules in ``tree`` (``from aiobpf import errors``,
+    ``import aiobpf.x as y``) -> the module."""
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if full in known:
+                    aliases[alias.asname or alias.name] = full
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in known:
+                    aliases[alias.asname] = alias.name
+    return aliases
+
+
+def test_no_module_reaches_for_a_private_name_through_a_module() -> None:
+    """``errors._has_capability`` is as private as importing it by name."""
+    modules = _modules()
+    reached = []
+    for name, tree in modules.items():
+        aliases = _module_aliases(tree, set(modules))
+        reached += [f"{name} uses {aliases[node.value.id]}.{node.attr}"
+                    for node in ast.walk(tree)
+                    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and aliases[node.value.id] != name
+                    and node.attr.startswith("_") and not node.attr.startswith("__")]
+    assert reached == []
