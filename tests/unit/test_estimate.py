@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from aiobpf.bpf.abi import TargetStats
-from aiobpf.daemon.budget.estimate import RATIO_HALF_LIFE_S, Reading, StepEstimate
+from aiobpf.daemon.budget.estimate import (
+    RATIO_HALF_LIFE_S,
+    REGIME_TOLERANCE,
+    Reading,
+    Regime,
+    StepEstimate,
+)
 
 
 class Process:
@@ -20,9 +26,12 @@ class Process:
         self.counter = 0           # the BPF counter: moves only with probes attached
         self.finished = 0
 
-    def run(self, seconds: float, cpu_share: float, attached: bool) -> None:
+    def run(self, seconds: float, cpu_share: float, attached: bool,
+            steps: float | None = None) -> None:
+        """``seconds`` at ``cpu_share`` of a CPU; ``steps`` taken in them (default: as
+        many as that CPU time buys at ``steps_per_cpu_s``)."""
         own = seconds * cpu_share
-        steps = own * self.steps_per_cpu_s
+        steps = own * self.steps_per_cpu_s if steps is None else steps
         self.true_steps += steps
         self.cpu += own + (steps * self.probe_cost if attached else 0.0)
         if attached:
@@ -54,7 +63,7 @@ def _pause(est: StepEstimate, p: Process, shares: list[float], tick: float = 0.2
 def test_between_windows_counts_follow_the_cpu_time_and_stop_when_idle() -> None:
     p, est = Process(100_000, probe_cost=2e-6), StepEstimate()
     est.read(p.reading(), attached=True)
-    _window(est, p, share=0.8, cost=2e-6)
+    _window(est, p, share=0.4, cost=2e-6)
     assert est.estimating
     # the probes' cost (0.2 CPU s per 100k steps) is not taken for the load's
     assert est.steps_per_cpu_second() == pytest.approx(100_000, rel=0.01)
@@ -96,3 +105,67 @@ def test_a_changed_workload_is_learned_as_older_windows_fade() -> None:
         _window(est, p, share=0.5)
     assert p.t > 2 * RATIO_HALF_LIFE_S
     assert est.steps_per_cpu_second() == pytest.approx(10_000, rel=0.3)
+
+
+def test_a_steady_rate_is_counted_at_the_windows_rate_through_noisy_cpu_time() -> None:
+    """A step's CPU cost moves with what else the machine runs (caches, other
+    processes); a load whose rate does not change is counted at its windows' rate,
+    not at its CPU time's."""
+    p, est = Process(10_000), StepEstimate()
+    est.read(p.reading(), attached=True)
+    rate = 1_000.0                                          # steps/s, all along
+    for _ in range(3):
+        p.run(0.5, 0.1, attached=True, steps=rate * 0.5)    # windows at 100 us a step
+        est.read(p.reading(), attached=True)
+        est.close_window(p.t, 0.0)
+        est.read(p.reading(), attached=False)
+    before = est.counts.steps, p.true_steps
+    for i in range(300):                                    # then 115 us a step, +-10 %
+        share = 0.1 * 1.15 * (0.9 if i % 2 else 1.1)
+        p.run(0.2, share, attached=False, steps=rate * 0.2)
+        est.read(p.reading(), attached=False)
+    added, true = est.counts.steps - before[0], p.true_steps - before[1]
+    assert added == pytest.approx(true, rel=0.01)
+
+
+def test_a_load_that_changes_beyond_the_tolerance_is_counted_from_cpu_time() -> None:
+    p, est = Process(10_000), StepEstimate()
+    est.read(p.reading(), attached=True)
+    _window(est, p, share=0.5)
+    more = 0.5 * (1 + 2 * REGIME_TOLERANCE)                  # twice the tolerance up
+    _pause(est, p, [more] * 100)
+    assert est.counts.steps == pytest.approx(p.true_steps, rel=0.01)
+
+
+def test_a_regime_starts_again_when_a_window_sees_another_load() -> None:
+    regime = Regime()
+    assert not regime.fits(0.1, 1.0)                        # no window yet
+    regime.join(1000, 0.1, 1.0)
+    regime.join(1200, 0.11, 1.0)                            # the same load, joined
+    assert regime.steps_in(1.0) == pytest.approx((0.5 * 1000 + 1200) / 1.5)
+    assert regime.fits(0.1, 1.0) and regime.fits(0.01, 0.2)  # (0.2 s: a clock tick off)
+    assert not regime.fits(0.0, 1.0)                         # idle
+    regime.join(500, 0.5, 1.0)                              # five times the CPU: a new one
+    assert regime.steps_in(1.0) == 500 and not regime.fits(0.1, 1.0)
+
+
+def test_a_light_load_that_goes_idle_stops_being_counted() -> None:
+    """At 3 % of a CPU a reading's CPU time is below /proc's clock tick: whether the
+    load goes on is judged over the last seconds, not one reading."""
+    p, est = Process(10_000), StepEstimate()
+    est.read(p.reading(), attached=True)
+    _window(est, p, share=0.03)
+    _pause(est, p, [0.03] * 20)
+    idle_from = est.counts.steps
+    _pause(est, p, [0.0] * 100)                              # 20 s idle
+    assert est.counts.steps - idle_from < 0.03 * 10_000 * 1.0   # under a second's steps
+
+
+def test_a_cpu_bound_load_is_counted_from_its_cpu_time() -> None:
+    """A loop stepping as fast as it can loses steps when other processes take its CPU:
+    its steps follow its CPU time, not its windows' rate."""
+    p, est = Process(10_000), StepEstimate()
+    est.read(p.reading(), attached=True)
+    _window(est, p, share=0.9)
+    _pause(est, p, [0.9 * 0.8] * 100)                        # 20 % of its CPU taken
+    assert est.counts.steps == pytest.approx(p.true_steps, rel=0.01)

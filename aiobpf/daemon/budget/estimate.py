@@ -26,10 +26,21 @@ change much with load; ``aiobpf_probe_hits_total`` and
 ``aiobpf_probes_attached_seconds_total`` are exported unscaled for anyone who wants
 their own estimate.  Pure: the daemon feeds it readings of the BPF counters and of
 the CPU time.
+
+CPU time is a noisy measure of work, though: on a shared machine a step's CPU cost
+moves by 15-20 % from one second to the next (caches, other processes), while the
+step rate of a load that waits for its work (requests, timers) does not.  So where a
+process that is not CPU-bound (``CPU_BOUND``) spends, between windows, the CPU time
+its last windows predict (``Regime``: their own CPU rate, within
+``REGIME_TOLERANCE`` and one clock tick), the load is taken to be the same and the
+windows' step rate is added instead; where it spends more or less (a burst, an idle
+spell), the CPU time decides.  A load that changes by less than the tolerance is
+followed at the next window.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from aiobpf.bpf.abi import TargetStats
@@ -41,6 +52,22 @@ RATIO_HALF_LIFE_S = 900.0   # a window's weight in the ratio halves in this much
 # do (steps cheaper than the probes themselves, e.g. a queue ping-pong), and it is
 # believed only this far.
 MAX_PROBE_SHARE = 0.5
+# A stretch between windows whose CPU time is within this share of what the last
+# windows' CPU rate predicts (plus one clock tick of /proc's 10 ms: a process at a few
+# percent of a CPU spends only a few ticks per reading) is the same load: the windows'
+# step rate is added.  Chosen by replaying recorded loads through the estimate
+# (bench/estimate_replay.py): with windows as noisy as the daemon's, 0.2 let noise end
+# a steady load's regime too often, 0.35 followed bursty loads less well.
+REGIME_TOLERANCE = 0.3
+CPU_TICK_S = 0.01
+REGIME_DECAY = 0.5   # an older window of the same regime weighs half as much
+# A process busy this much of a CPU or more (in its windows) is bound by its CPU: its
+# steps follow its CPU time, which contention takes from it, and the rate is never
+# used (measured: a loop stepping as fast as it can, at 0.9 CPU s/s, was counted 15 %
+# high at the rate of its windows while other processes took CPU from it).
+CPU_BOUND = 0.5
+REGIME_SPAN_S = 2.0  # ... and so is the CPU time of the last this many seconds (a
+                     # process at 3 % of a CPU spends less than a tick per reading)
 
 
 @dataclass(frozen=True)
@@ -69,6 +96,38 @@ def counted(now: TargetStats, before: TargetStats) -> StepCounts:
 
 
 @dataclass
+class Regime:
+    """The load the last windows saw, while it stays the same: their steps, own CPU
+    seconds and wall seconds, older windows weighing less (``REGIME_DECAY``)."""
+
+    steps: float = 0.0
+    cpu_s: float = 0.0
+    span_s: float = 0.0
+    tolerance: float | None = REGIME_TOLERANCE   # None: never the same load (CPU time only)
+
+    def join(self, steps: float, cpu_s: float, span_s: float) -> None:
+        """A window's counts; a window whose CPU rate differs from the regime's by more
+        than the tolerance starts a new regime."""
+        if span_s <= 0.0:
+            return
+        if not self.fits(cpu_s, span_s):
+            self.steps = self.cpu_s = self.span_s = 0.0
+        self.steps = REGIME_DECAY * self.steps + steps
+        self.cpu_s = REGIME_DECAY * self.cpu_s + cpu_s
+        self.span_s = REGIME_DECAY * self.span_s + span_s
+
+    def fits(self, cpu_s: float, span_s: float) -> bool:
+        """Whether ``cpu_s`` CPU seconds over ``span_s`` seconds is this regime's load."""
+        if self.span_s <= 0.0 or self.tolerance is None or self.cpu_s >= CPU_BOUND * self.span_s:
+            return False
+        expected = self.cpu_s / self.span_s * span_s
+        return abs(cpu_s - expected) <= self.tolerance * expected + CPU_TICK_S
+
+    def steps_in(self, span_s: float) -> float:
+        return self.steps / self.span_s * span_s if self.span_s > 0.0 else 0.0
+
+
+@dataclass
 class StepEstimate:
     """The exported counts of one process: exact in windows, estimated between them."""
 
@@ -80,6 +139,10 @@ class StepEstimate:
     _ratio: StepCounts = field(default_factory=StepCounts)    # decayed sums over windows
     _ratio_cpu_s: float = 0.0
     _folded_at: float | None = None
+    _regime: Regime = field(default_factory=Regime)
+    _window_from: float | None = None                         # the open window's start
+    # (when, CPU s) of the readings since the last window, the last REGIME_SPAN_S of them
+    _recent: deque[tuple[float, float]] = field(default_factory=deque)
 
     def read(self, reading: Reading, attached: bool) -> StepCounts | None:
         """Account the stretch since the last reading, during which the probes were
@@ -95,10 +158,31 @@ class StepEstimate:
             self.hits += int(delta.steps)
             self._window.add(delta)
             self._window_cpu_s += cpu
+            if self._window_from is None:
+                self._window_from = last.at
+                self._recent.clear()
             return delta
         if self._ratio_cpu_s > 0.0:
-            self.counts.add(self._ratio, cpu / self._ratio_cpu_s)
+            span = max(reading.at - last.at, 0.0)
+            if self._ratio.steps > 0.0 and self._same_load(last, reading, cpu, span):
+                self.counts.add(self._ratio, self._regime.steps_in(span) / self._ratio.steps)
+            else:
+                self.counts.add(self._ratio, cpu / self._ratio_cpu_s)
         return None
+
+    def _same_load(self, last: Reading, reading: Reading, cpu: float, span: float) -> bool:
+        """Whether the stretch from ``last`` to ``reading`` (``cpu`` s over ``span`` s)
+        and the last REGIME_SPAN_S seconds both spent what the regime predicts."""
+        recent = self._recent
+        if not recent:
+            recent.append((last.at, last.cpu_s))
+        recent.append((reading.at, reading.cpu_s))
+        while len(recent) > 2 and reading.at - recent[1][0] >= REGIME_SPAN_S:
+            recent.popleft()
+        since, cpu_then = recent[0]
+        return (self._regime.fits(cpu, span)
+                and (reading.at - since < REGIME_SPAN_S / 2
+                     or self._regime.fits(reading.cpu_s - cpu_then, reading.at - since)))
 
     def close_window(self, now: float, step_cost: float, cpu_s: float | None = None
                      ) -> tuple[float, float, float]:
@@ -116,6 +200,9 @@ class StepEstimate:
         self._ratio.add(self._window)
         self._ratio_cpu_s += own
         self._folded_at = now
+        if self._window_from is not None:
+            self._regime.join(self._window.steps, own, now - self._window_from)
+        self._window_from = None
         seen = (self._window.steps, cpu, own)
         self._window, self._window_cpu_s = StepCounts(), 0.0
         return seen
