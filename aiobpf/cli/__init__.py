@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import os
 import sys
 import traceback
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from aiobpf import __version__, errors
-from aiobpf.cli.daemon import DaemonCommand, ExporterCommand
-from aiobpf.cli.doctor import DoctorCommand
-from aiobpf.cli.profile import ProfileCommand
-from aiobpf.cli.ps import PsCommand
-from aiobpf.cli.pstree import PstreeCommand
-from aiobpf.cli.top import TopCommand
-from aiobpf.cli.trace import TraceCommand
 from aiobpf.safe_text import escape, terminal_lines
 
 DESCRIPTION = """\
@@ -50,17 +44,38 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-COMMANDS: tuple[Command, ...] = (PstreeCommand(), PsCommand(), TraceCommand(), ProfileCommand(),
-                                 TopCommand(), ExporterCommand(), DaemonCommand(),
-                                 DoctorCommand())
+class CommandModule(NamedTuple):
+    """A subcommand, named without importing it: a command imports only what it runs
+    (``aiobpf pstree`` neither the BPF loader nor the daemon)."""
+
+    name: str
+    module: str   # in aiobpf.cli
+    cls: str
+
+    def load(self) -> Command:
+        return getattr(importlib.import_module(f"aiobpf.cli.{self.module}"), self.cls)()
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = (CommandModule("pstree", "pstree", "PstreeCommand"),
+            CommandModule("ps", "ps", "PsCommand"),
+            CommandModule("trace", "trace", "TraceCommand"),
+            CommandModule("profile", "profile", "ProfileCommand"),
+            CommandModule("top", "top", "TopCommand"),
+            CommandModule("exporter", "daemon", "ExporterCommand"),
+            CommandModule("daemon", "daemon", "DaemonCommand"),
+            CommandModule("doctor", "doctor", "DoctorCommand"))
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; when ``argv`` starts with a command's name, of that
+    command alone (the others are neither imported nor shown: only the top-level
+    --help and usage errors list them)."""
     parser = argparse.ArgumentParser(prog="aiobpf", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"aiobpf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
+    named = [c for c in COMMANDS if argv and c.name == argv[0]]
+    for command in map(CommandModule.load, named or COMMANDS):
         p = sub.add_parser(command.name, help=command.help,
                            description="\n\n".join(filter(None, (
                                inspect.cleandoc(type(command).__doc__ or ""),
@@ -72,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.handler.run(args)
     except errors.AiobpfError as exc:
