@@ -234,13 +234,14 @@ class _Read:
         """The pending tasks of ``pairs`` (address, native thread id), their objects
         read with one system call, the heads of their names with another."""
         pending = self.target.layout["enum.STATE_PENDING"]
-        blobs = self.mem.read_many([addr for addr, _ in pairs], self._span)
+        span, objs = self._span, self.objs
+        blobs, offsets, missing = self.mem.read_packed([addr for addr, _ in pairs], span)
         raws, unnamed = [], []
-        for (addr, tid), blob in zip(pairs, blobs, strict=True):
+        for i, (addr, tid) in enumerate(pairs):
             try:
-                if blob is None:
-                    raise ReadFault(addr, self._span)
-                raw = decode_task(self.objs, addr, blob, name="")
+                if i in missing:
+                    raise ReadFault(addr, span)
+                raw = decode_task(objs, addr, blobs, "", offsets[i])
                 named = not self._names
             except _TRANSIENT:
                 try:
@@ -374,12 +375,13 @@ class _Read:
         for start in range(0, len(raws), BATCH):
             batch = raws[start:start + BATCH]
             self.mem.clear()
-            blobs = self.mem.read_many([raw.addr for raw in batch], self._span)
+            span = self._span
+            blobs, offsets, missing = self.mem.read_packed([raw.addr for raw in batch], span)
             fresh_batch = []
-            for raw, blob in zip(batch, blobs, strict=True):
+            for i, raw in enumerate(batch):
                 try:
-                    fresh = (raw if blob is None
-                             else decode_task(self.objs, raw.addr, blob, name=raw.name))
+                    fresh = (raw if i in missing
+                             else decode_task(self.objs, raw.addr, blobs, raw.name, offsets[i]))
                 except _TRANSIENT:
                     fresh = raw
                 if fresh.state != pending or fresh.type != raw.type:
@@ -504,9 +506,13 @@ class _Read:
                 self._running_stack(task, raw, running)
         awaiters = index.recorded if self.linked else index.inferred
         try:
-            task.awaited_by = retry(lambda: awaiters(raw), TASK_ATTEMPTS, self.mem.clear)
-        except _TRANSIENT as exc:
-            task.errors.append(f"awaiters unreadable: {exc}")
+            task.awaited_by = awaiters(raw)
+        except _TRANSIENT:   # read again from fresh pages
+            self.mem.clear()
+            try:
+                task.awaited_by = retry(lambda: awaiters(raw), TASK_ATTEMPTS - 1, self.mem.clear)
+            except _TRANSIENT as exc:
+                task.errors.append(f"awaiters unreadable: {exc}")
         return task
 
     def _from_record(self, task: Task, raw: RawTask, record: TaskRecord,

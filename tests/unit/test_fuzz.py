@@ -58,6 +58,12 @@ class FakeMemory:
                 out.append(None)
         return out
 
+    def read_packed(self, addrs: list[int], size: int) -> tuple[bytearray, list[int], set[int]]:
+        blobs = self.read_many(addrs, size)
+        missing = {i for i, blob in enumerate(blobs) if blob is None}
+        return (bytearray(b"".join(blob or bytes(size) for blob in blobs)),
+                [i * size for i in range(len(addrs))], missing)
+
     def u64(self, addr: int) -> int:
         return struct.unpack("<Q", self.read(addr, 8))[0]
 
