@@ -226,7 +226,7 @@ class Frames:
         system call into one buffer and decoded in place.  Returns the chains that go
         on and the objects they await next."""
         span, base = self.gen_span, self.o_iframe
-        buf, offsets, missing = self.mem.read_packed(objs, span)
+        buf, offsets = self.mem.read_packed(objs, span)
         next_outs: list[Chain] = []
         next_objs: list[int] = []
         go_on, go_to = next_outs.append, next_objs.append
@@ -235,14 +235,14 @@ class Frames:
         sp_at = base + (f_sp if f_sp is not None else 0)
         locals_at = base + self.f_locals
         back = 8 * self.yf_depth
-        tag, clear = self.ref_int_tag, self.ref_clear
-        for i, (out, obj, off) in enumerate(zip(outs, objs, offsets, strict=True)):
+        tag, clear = self.ref_int_tag, self.ref_clear   # (an int is never == None)
+        for out, obj, off in zip(outs, objs, offsets, strict=True):
             seen = out.seen
             if obj in seen:
                 out.errors.append("await chain loops")
                 continue
             seen.add(obj)
-            frame = None if missing and i in missing else awaiting_at(signature(buf, off))
+            frame = awaiting_at(signature(buf, off)) if off >= 0 else None
             if frame is not None and f_sp is not None:
                 # A generator awaiting where one was seen awaiting before: its frame is
                 # known, and what it awaits is on top of its value stack (3.14+).
@@ -253,11 +253,11 @@ class Frames:
                     continue
                 at = slot - obj
                 bits = _Q(buf, off + at)[0] if at + 8 <= span else self.mem.ptr(slot)
-                if tag is not None and bits & 3 == tag:
+                if bits & 3 == tag:
                     continue
                 obj = bits & clear
             else:
-                blob = None if missing and i in missing else buf[off:off + span]
+                blob = buf[off:off + span] if off >= 0 else None
                 try:
                     if frame is not None and blob is not None:   # 3.11-3.13
                         out.frames.append(frame)

@@ -223,63 +223,60 @@ class RemoteMemory:
         """``size`` bytes at each of ``addrs`` as they are now (None where they are not
         mapped), read as ``read_packed`` reads them: the page cache is neither used nor
         filled."""
-        buf, offsets, missing = self.read_packed(addrs, size)
-        return [None if i in missing else bytes(buf[at:at + size])
-                for i, at in enumerate(offsets)]
+        buf, offsets = self.read_packed(addrs, size)
+        return [None if at < 0 else bytes(buf[at:at + size]) for at in offsets]
 
-    def read_packed(self, addrs: Sequence[int], size: int
-                    ) -> tuple[bytearray, list[int], set[int]]:
+    def read_packed(self, addrs: Sequence[int], size: int) -> tuple[bytearray, list[int]]:
         """``read_many`` into one buffer, without a bytes object per range: the bytes
         at ``addrs[i]`` are ``buffer[offsets[i]:offsets[i] + size]`` (the offsets are the
-        second value), except for the indices in the third value: ranges that are not
-        mapped.  Decoders unpack each object at its offset in place.
+        second value), and ``offsets[i]`` is -1 where they are not mapped.  Decoders
+        unpack each object at its offset in place.
 
         Objects close together in the target (within ``RUN`` bytes of the first of a
         run, in the order given) are read as one range: the kernel's cost is per range
         far more than per byte, and a batch's objects of one kind mostly sit in a few
         pages."""
-        offsets: list[int] = []
-        missing: set[int] = set()
-        runs: list[tuple[int, int, int]] = []   # (start, end, index of its first object)
         if size < 0 or size > MAX_READ:
             raise ReadFault(0, size)
+        offsets: list[int] = []
+        runs: list[tuple[int, int, int]] = []   # (start, end, index of its first object)
         valid = bool(addrs) and min(addrs) > 0 and max(addrs) <= _MAX_ADDR - size
         put = offsets.append
         start, end, pos, limit = 0, 0, 0, -1
-        for i, addr in enumerate(addrs):
-            if start <= addr and addr + size <= limit:
-                if addr + size > end:
-                    end = addr + size
+        for addr in addrs:
+            stop = addr + size
+            if start <= addr and stop <= limit:
+                if stop > end:
+                    end = stop
             elif valid or 0 < addr <= _MAX_ADDR - size:
                 if runs:   # the run before ends
                     runs[-1] = (start, end, runs[-1][2])
                 pos += end - start
-                runs.append((addr, addr + size, i))
-                start, end, limit = addr, addr + size, addr + RUN
+                runs.append((addr, stop, len(offsets)))
+                start, end, limit = addr, stop, addr + RUN
             else:
-                missing.add(i)
-                put(0)
+                put(-1)
                 continue
             put(pos + addr - start)
         if not runs:
-            return bytearray(), offsets, missing
+            return bytearray(), offsets
         runs[-1] = (start, end, runs[-1][2])
         buf = bytearray(pos + end - start)
-        self._read_runs(buf, runs, addrs, offsets, size, missing)
-        return buf, offsets, missing
+        self._read_runs(buf, runs, addrs, offsets, size)
+        return buf, offsets
 
     def _read_runs(self, buf: bytearray, runs: list[tuple[int, int, int]], addrs: Sequence[int],
-                   offsets: list[int], size: int, missing: set[int]) -> None:
+                   offsets: list[int], size: int) -> None:
         """The runs into ``buf``, back to back, up to 1024 per system call.
         process_vm_readv stops at the first range that faults: the objects of that run
-        are read alone (at most one call each), then the runs after it again together."""
+        are read alone (at most one call each; -1 in ``offsets`` for those that fault),
+        then the runs after it again together."""
         bounds = [(start, end) for start, end, _ in runs]
         first = [r[2] for r in runs] + [len(addrs)]
         at = 0   # buffer position of run lo
         lo = 0
         while lo < len(runs):
-            hi = min(lo + _IOV_MAX, len(runs))
-            chunk = bounds[lo:hi]
+            chunk = bounds[lo:lo + _IOV_MAX]
             got = self._readv_into(buf, at, chunk)
             for start, end in chunk:
                 if got < end - start:
@@ -291,11 +288,11 @@ class RemoteMemory:
                 continue
             # Run lo faulted: each of its objects alone.
             for i in range(first[lo], first[lo + 1]):
-                if i in missing:
+                if offsets[i] < 0:
                     continue
                 data = self._read_one_or_none(addrs[i], size)
                 if data is None:
-                    missing.add(i)
+                    offsets[i] = -1
                 else:
                     buf[offsets[i]:offsets[i] + size] = data
             start, end = bounds[lo]

@@ -185,13 +185,11 @@ def name_tasks(objs: Objects, raws: list[RawTask]) -> list[RawTask]:
     """Decode the names of tasks read without them (``name=""``), the heads of all
     their name objects read at once.  Returns the tasks whose name could not be read."""
     peek = objs.str_peek
-    heads, offsets, missing = objs.mem.read_packed([raw.name_obj for raw in raws], peek)
+    heads, offsets = objs.mem.read_packed([raw.name_obj for raw in raws], peek)
     failed = []
-    for i, raw in enumerate(raws):
+    for raw, at in zip(raws, offsets, strict=True):
         try:
-            at = offsets[i]
-            raw.name = task_name(objs, raw.name_obj,
-                                 None if i in missing else heads[at:at + peek])
+            raw.name = task_name(objs, raw.name_obj, heads[at:at + peek] if at >= 0 else None)
         except (DecodeError, ReadFault):
             failed.append(raw)
     return failed

@@ -23,8 +23,8 @@ def test_close_objects_are_read_with_one_call() -> None:
     area, base = _pages(4)
     mem = RemoteMemory(os.getpid())
     addrs = [base + 40 * i for i in range(100)]   # 4 KB apart at most: runs of RUN bytes
-    buf, offsets, missing = mem.read_packed(addrs, 32)
-    assert not missing
+    buf, offsets = mem.read_packed(addrs, 32)
+    assert min(offsets) >= 0
     for i, addr in enumerate(addrs):
         assert buf[offsets[i]:offsets[i] + 32] == area[addr - base:addr - base + 32]
     assert mem.syscalls == 1
@@ -40,8 +40,8 @@ def test_an_unmapped_object_costs_only_itself() -> None:
         mem = RemoteMemory(os.getpid())
         addrs = [base + PAGE - 100, base + PAGE + 50, base + 2 * PAGE + 8, 0, 1 << 62,
                  base + 16]
-        buf, offsets, missing = mem.read_packed(addrs, 24)
-        assert missing == {1, 3, 4}
+        buf, offsets = mem.read_packed(addrs, 24)
+        assert [i for i, at in enumerate(offsets) if at < 0] == [1, 3, 4]
         for i in (0, 2, 5):
             at = addrs[i] - base
             assert buf[offsets[i]:offsets[i] + 24] == area[at:at + 24]
@@ -52,5 +52,5 @@ def test_an_unmapped_object_costs_only_itself() -> None:
 
 def test_nothing_to_read() -> None:
     mem = RemoteMemory(os.getpid())
-    assert mem.read_packed([], 8) == (bytearray(), [], set())
-    assert mem.read_packed([0, -5], 8)[2] == {0, 1}
+    assert mem.read_packed([], 8) == (bytearray(), [])
+    assert mem.read_packed([0, -5], 8)[1] == [-1, -1]
