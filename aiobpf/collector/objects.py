@@ -123,6 +123,9 @@ class Objects:
         self._u_ascii_size = L["unicode.ascii_size"]
         self._u_compact_size = L["unicode.compact_size"]
         self.str_peek = self._u_compact_size + 48   # bytes of a str that hold a short one
+        # The state bits of a compact ASCII str (kind 1): what short_ascii decodes.
+        self._ascii_mask = (7 << self._u_kind) | (1 << self._u_compact) | (1 << self._u_ascii)
+        self._ascii_bits = (1 << self._u_kind) | (1 << self._u_compact) | (1 << self._u_ascii)
 
     def clear(self) -> None:
         """Forget what was read: objects may be freed and their addresses reused."""
@@ -226,6 +229,19 @@ class Objects:
         if n == length or limit >= MAX_STR:
             _keep(self._strs, addr, text)
         return text
+
+    def short_ascii(self, buf: bytes | bytearray, at: int, peek: int) -> str | None:
+        """The str whose first ``peek`` bytes are ``buf[at:]`` when it is an exact str
+        whose ASCII text those bytes hold whole (a short name); else None (``str_``
+        decodes it).  The same text as ``str_``, without a call per field."""
+        if self._kinds.get(_Q.unpack_from(buf, at + self.o_type)[0]) != "str":
+            return None
+        length = _q.unpack_from(buf, at + self._u_len)[0]
+        state = _I.unpack_from(buf, at + self._u_state)[0]
+        start = at + self._u_ascii_size
+        if state & self._ascii_mask != self._ascii_bits or not 0 <= length <= peek - start + at:
+            return None
+        return buf[start:start + length].decode("latin-1")
 
     def int_(self, addr: int) -> int:
         L = self.layout.values
