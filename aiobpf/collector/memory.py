@@ -4,6 +4,9 @@ Reads use ``process_vm_readv`` (one system call for many ranges) and fall back
 to ``/proc/PID/mem``.  Nothing here writes to the target.  Whole pages are
 cached for the life of one snapshot, so the many small reads of object headers
 that decoding does cost one system call per page; ``clear()`` starts afresh.
+A batch of objects (tasks, the heads of their names, one level of their await
+chains) is read uncached into one buffer, objects close together as one range
+(``read_packed``).
 
 This layer knows bytes and addresses only, not Python objects.
 """
