@@ -88,6 +88,9 @@ class Frames:
                                                (self.o_iframe + self.f_code, "Q"),
                                                (self.o_iframe + self.f_instr, "Q")]))
         self._awaiting_at: dict[tuple[int, ...], Frame] = {}
+        # Types whose instances end a chain (no frame, nothing wrapped: a Future, a
+        # custom awaitable): one seen once is known for the rest of the snapshot.
+        self._ends: set[int] = set()
         self._resume_at: dict[int, int] = {}
         # Bytes read at once from a generator: its header, its interpreter frame and
         # the first slots of the frame's locals and value stack.
@@ -130,6 +133,7 @@ class Frames:
     def clear(self) -> None:
         self._frames.clear()
         self._awaiting_at.clear()
+        self._ends.clear()
         self._resume_at.clear()
 
     def _stack_top(self, iframe: int, blob: bytes | bytearray, base: int = 0) -> int:
@@ -230,7 +234,8 @@ class Frames:
         next_outs: list[Chain] = []
         next_objs: list[int] = []
         go_on, go_to = next_outs.append, next_objs.append
-        awaiting_at, signature = self._awaiting_at.get, self._signature
+        awaiting_at, signature, ends = self._awaiting_at.get, self._signature, self._ends
+        o_type = self.objs.o_type
         f_sp = self.f_sp
         sp_at = base + (f_sp if f_sp is not None else 0)
         locals_at = base + self.f_locals
@@ -256,6 +261,9 @@ class Frames:
                 if bits & 3 == tag:
                     continue
                 obj = bits & clear
+            elif off >= 0 and frame is None and _Q(buf, off + o_type)[0] in ends:
+                out.awaited = obj   # what the chain awaits: a future, say
+                continue
             else:
                 blob = buf[off:off + span] if off >= 0 else None
                 try:
@@ -288,9 +296,12 @@ class Frames:
         """Decode ``obj`` from ``blob`` into ``out``; what it awaits next (0: the chain
         ends here)."""
         base = self.o_iframe
-        kind = self.objs.type_kind(_Q(blob, self.objs.o_type)[0])
+        tp = _Q(blob, self.objs.o_type)[0]
+        kind = self.objs.type_kind(tp)
         frame_kind = _FRAME_KINDS.get(kind)
         if frame_kind is None:
+            if kind not in _WRAPPED and len(self._ends) < MAX_SIGNATURES:
+                self._ends.add(tp)
             return self._through(obj, kind, out)
         if len(blob) < self.gen_span:
             blob = self.mem.read(obj, self.gen_span)
