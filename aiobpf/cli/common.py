@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from aiobpf import errors
-from aiobpf.bpf.capture import Capture
-from aiobpf.bpf.program import CaptureUnavailable
 from aiobpf.collector.model import Snapshot
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import open_target
@@ -126,6 +124,9 @@ def _with_capture(collector: Collector, window: float, details: bool,
                   first: Snapshot | None) -> Snapshot:
     """A snapshot whose busy tasks come from BPF records taken at their last suspension;
     without BPF, ``first`` (or a memory read) with a note saying why."""
+    from aiobpf.bpf.capture import Capture  # the BPF loader: only when BPF is asked for
+    from aiobpf.bpf.program import CaptureUnavailable
+
     target = collector.target
     try:
         capture = Capture()

@@ -37,7 +37,7 @@ class Chain:
     """What a task's coroutine awaits, as far as frames go (one is made per task:
     a plain class, cheaper to make than a dataclass with default factories)."""
 
-    __slots__ = ("awaited", "errors", "frames", "innermost_state", "seen")
+    __slots__ = ("awaited", "errors", "frames", "innermost_state", "seen", "unread")
 
     def __init__(self) -> None:
         self.frames: list[Frame] = []   # outermost first
@@ -45,6 +45,7 @@ class Chain:
         self.innermost_state = ""       # suspended | running | created | finished | unknown
         self.errors: list[str] = []
         self.seen: set[int] = set()     # objects met so far (a chain that loops ends)
+        self.unread = False             # an object of it could not be read
 
 
 class Frames:
@@ -82,10 +83,14 @@ class Frames:
         # A generator's type, frame state, code and instruction pointer tell all that
         # decoding it needs but the object it awaits: the frame of a generator seen
         # awaiting in that state at that instruction is shown for the next at once.
-        self._signature = field_reader([(L["object.type"], "Q"), (self.o_state, "b"),
-                                        (self.o_iframe + self.f_code, "Q"),
-                                        (self.o_iframe + self.f_instr, "Q")])
+        # Its fields in the order of their offsets: one unpack_from(blob, offset).
+        self._signature = field_reader(sorted([(L["object.type"], "Q"), (self.o_state, "b"),
+                                               (self.o_iframe + self.f_code, "Q"),
+                                               (self.o_iframe + self.f_instr, "Q")]))
         self._awaiting_at: dict[tuple[int, ...], Frame] = {}
+        # Types whose instances end a chain (no frame, nothing wrapped: a Future, a
+        # custom awaitable): one seen once is known for the rest of the snapshot.
+        self._ends: set[int] = set()
         self._resume_at: dict[int, int] = {}
         # Bytes read at once from a generator: its header, its interpreter frame and
         # the first slots of the frame's locals and value stack.
@@ -100,7 +105,8 @@ class Frames:
             return 0
         return bits & self.ref_clear
 
-    def frame_at(self, iframe: int, kind: str, blob: bytes | None = None, base: int = 0) -> Frame:
+    def frame_at(self, iframe: int, kind: str, blob: bytes | bytearray | None = None,
+                 base: int = 0) -> Frame:
         """The Frame of the interpreter frame whose bytes start at ``blob[base:]``."""
         if blob is None:
             blob = self.mem.read(iframe, self.frame_span)
@@ -127,9 +133,10 @@ class Frames:
     def clear(self) -> None:
         self._frames.clear()
         self._awaiting_at.clear()
+        self._ends.clear()
         self._resume_at.clear()
 
-    def _stack_top(self, iframe: int, blob: bytes, base: int = 0) -> int:
+    def _stack_top(self, iframe: int, blob: bytes | bytearray, base: int = 0) -> int:
         """The object ``yield_from_depth`` slots down the value stack of a frame whose
         bytes start at ``blob[base:]`` (the blob starts at ``iframe - base``)."""
         if self.f_sp is not None:
@@ -149,7 +156,7 @@ class Frames:
         at = slot - iframe + base
         return _Q(blob, at)[0] if at + 8 <= len(blob) else self.mem.ptr(slot)
 
-    def _resume_oparg(self, blob: bytes, base: int) -> int:
+    def _resume_oparg(self, blob: bytes | bytearray, base: int) -> int:
         """The oparg of the RESUME a suspended frame will continue at, or -1 when the
         frame is not between a YIELD_VALUE and a RESUME (a torn read)."""
         instr = _Q(blob, base + self.f_instr)[0] + self.resume_offset - 2
@@ -165,7 +172,7 @@ class Frames:
             oparg = self._resume_at[instr] = code[3] & 3 if ok else -1
         return oparg
 
-    def _state(self, blob: bytes, base: int) -> tuple[int, int]:
+    def _state(self, blob: bytes | bytearray, base: int) -> tuple[int, int]:
         """(frame state, RESUME oparg) of a generator; the oparg is _TORN when the
         instruction pointer contradicts the state (a read that mixed two moments):
         a suspended frame must sit between YIELD_VALUE and RESUME, a created one at
@@ -207,41 +214,74 @@ class Frames:
         """The chains from ``objs``, one level of all of them read with one system
         call.  A read that fails raises when ``strict``, else its chain is None."""
         outs = [Chain() for _ in objs]
-        failed: set[int] = set()
-        todo = [(out, i, obj) for i, (out, obj) in enumerate(zip(outs, objs, strict=True))
-                if obj]
-        read_many, span, step = self.mem.read_many, self.gen_span, self._step
-        awaiting_at, signature, base = self._awaiting_at, self._signature, self.o_iframe
+        level = [out for out, obj in zip(outs, objs, strict=True) if obj]
+        addrs = [obj for obj in objs if obj]
         for _ in range(MAX_AWAIT_DEPTH):
-            if not todo:
+            if not addrs:
                 break
-            blobs = read_many([obj for _, _, obj in todo], span)
-            nxt = []
-            for (out, i, obj), blob in zip(todo, blobs, strict=True):
-                if obj in out.seen:
-                    out.errors.append("await chain loops")
+            level, addrs = self._level(level, addrs, strict)
+        for out in level:
+            out.errors.append(f"await chain deeper than {MAX_AWAIT_DEPTH}")
+        return [None if out.unread else out for out in outs]
+
+    def _level(self, outs: list[Chain], objs: list[int], strict: bool
+               ) -> tuple[list[Chain], list[int]]:
+        """One step of each chain of ``outs`` (at ``objs``): the objects read with one
+        system call into one buffer and decoded in place.  Returns the chains that go
+        on and the objects they await next."""
+        span, base = self.gen_span, self.o_iframe
+        buf, offsets = self.mem.read_packed(objs, span)
+        next_outs: list[Chain] = []
+        next_objs: list[int] = []
+        go_on, go_to = next_outs.append, next_objs.append
+        awaiting_at, signature, ends = self._awaiting_at.get, self._signature, self._ends
+        o_type = self.objs.o_type
+        f_sp = self.f_sp
+        sp_at = base + (f_sp if f_sp is not None else 0)
+        locals_at = base + self.f_locals
+        back = 8 * self.yf_depth
+        tag, clear = self.ref_int_tag, self.ref_clear   # (an int is never == None)
+        for out, obj, off in zip(outs, objs, offsets, strict=True):
+            seen = out.seen
+            if obj in seen:
+                out.errors.append("await chain loops")
+                continue
+            seen.add(obj)
+            frame = awaiting_at(signature(buf, off)) if off >= 0 else None
+            if frame is not None and f_sp is not None:
+                # A generator awaiting where one was seen awaiting before: its frame is
+                # known, and what it awaits is on top of its value stack (3.14+).
+                out.frames.append(frame)
+                out.innermost_state = "suspended"
+                slot = _Q(buf, off + sp_at)[0] - back
+                if slot < obj + locals_at:
                     continue
-                out.seen.add(obj)
+                at = slot - obj
+                bits = _Q(buf, off + at)[0] if at + 8 <= span else self.mem.ptr(slot)
+                if bits & 3 == tag:
+                    continue
+                obj = bits & clear
+            elif off >= 0 and frame is None and _Q(buf, off + o_type)[0] in ends:
+                out.awaited = obj   # what the chain awaits: a future, say
+                continue
+            else:
+                blob = buf[off:off + span] if off >= 0 else None
                 try:
-                    frame = awaiting_at.get(signature(blob)) if blob is not None else None
-                    if frame is not None and blob is not None:
-                        # A generator awaiting where one was seen awaiting before.
+                    if frame is not None and blob is not None:   # 3.11-3.13
                         out.frames.append(frame)
                         out.innermost_state = "suspended"
                         obj = self._stack_top(obj + base, blob, base)
                     else:
-                        obj = step(obj, blob if blob is not None else self._blob(obj), out)
+                        obj = self._step(obj, blob if blob is not None else self._blob(obj), out)
                 except (DecodeError, ReadFault):
                     if strict:
                         raise
-                    failed.add(i)
+                    out.unread = True
                     continue
-                if obj:
-                    nxt.append((out, i, obj))
-            todo = nxt
-        for out, _, _ in todo:
-            out.errors.append(f"await chain deeper than {MAX_AWAIT_DEPTH}")
-        return [None if i in failed else out for i, out in enumerate(outs)]
+            if obj:
+                go_on(out)
+                go_to(obj)
+        return next_outs, next_objs
 
     def _blob(self, obj: int) -> bytes:
         """The bytes of ``obj`` that ``_step`` decodes: its type, its frame state, its
@@ -252,13 +292,16 @@ class Frames:
         except ReadFault:
             return self.mem.read(obj, self.objs.o_type + 8)
 
-    def _step(self, obj: int, blob: bytes, out: Chain) -> int:
+    def _step(self, obj: int, blob: bytes | bytearray, out: Chain) -> int:
         """Decode ``obj`` from ``blob`` into ``out``; what it awaits next (0: the chain
         ends here)."""
         base = self.o_iframe
-        kind = self.objs.type_kind(_Q(blob, self.objs.o_type)[0])
+        tp = _Q(blob, self.objs.o_type)[0]
+        kind = self.objs.type_kind(tp)
         frame_kind = _FRAME_KINDS.get(kind)
         if frame_kind is None:
+            if kind not in _WRAPPED and len(self._ends) < MAX_SIGNATURES:
+                self._ends.add(tp)
             return self._through(obj, kind, out)
         if len(blob) < self.gen_span:
             blob = self.mem.read(obj, self.gen_span)

@@ -4,6 +4,9 @@ Reads use ``process_vm_readv`` (one system call for many ranges) and fall back
 to ``/proc/PID/mem``.  Nothing here writes to the target.  Whole pages are
 cached for the life of one snapshot, so the many small reads of object headers
 that decoding does cost one system call per page; ``clear()`` starts afresh.
+A batch of objects (tasks, the heads of their names, one level of their await
+chains) is read uncached into one buffer, objects close together as one range
+(``read_packed``).
 
 This layer knows bytes and addresses only, not Python objects.
 """
@@ -16,15 +19,15 @@ import os
 import struct
 import time
 from array import array
-from bisect import bisect_right
-from collections.abc import Iterable, Sequence
-from itertools import accumulate, chain, repeat
+from collections.abc import Sequence
+from itertools import chain
 
 PAGE = 4096
 _PAGE_MASK = ~(PAGE - 1)
 _IOV_MAX = 1024
 _MAX_ADDR = 0x7FFF_FFFF_FFFF  # user space on x86-64
 MAX_READ = 64 << 20  # bytes in one read: no real object is larger, a forged size may be
+RUN = 2048  # read_packed: objects this close to the first of a run are read with it
 
 
 class RemoteReadError(Exception):
@@ -105,62 +108,6 @@ class RemoteMemory:
         if err in (errno.EPERM, errno.EACCES):
             raise ReadDenied(f"reading the memory of process {self.pid} was refused")
         raise ReadFault(addr, size)
-
-    def _readv(self, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
-        """Read many ranges in as few calls as possible; None for a range that faults."""
-        out: list[bytes | None] = []
-        for start in range(0, len(ranges), _IOV_MAX):
-            chunk = ranges[start:start + _IOV_MAX]
-            out.extend(self._readv_chunk(chunk))
-        return out
-
-    def _readv_chunk(self, ranges: Sequence[tuple[int, int]]) -> list[bytes | None]:
-        """process_vm_readv stops at the first range that faults: that one is read
-        alone, and the ranges after it again together (at most one call per range)."""
-        out: list[bytes | None] = []
-        while len(out) < len(ranges):
-            rest = ranges[len(out):]
-            got = self._readv_call(rest)
-            out.extend(got)
-            if len(got) < len(rest):
-                addr, size = rest[len(got)]
-                out.append(self._read_one_or_none(addr, size))
-        return out
-
-    def _readv_call(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The ranges read with one system call, up to the first that faults."""
-        sizes = [n for _, n in ranges]
-        total = sum(sizes)
-        self._check(total)
-        if _process_vm_readv is None:
-            return self._read_mem_until_fault(ranges)
-        buf = ctypes.create_string_buffer(total)
-        local = array("Q", (ctypes.addressof(buf), total))
-        remote = array("Q", chain.from_iterable(ranges))
-        self.syscalls += 1
-        got = _process_vm_readv(self.pid, local.buffer_info()[0], 1, remote.buffer_info()[0],
-                                len(ranges), 0)
-        if got < 0:
-            err = ctypes.get_errno()
-            if err == errno.ENOSYS:
-                return self._read_mem_until_fault(ranges)
-            if err != errno.EFAULT:
-                self._raise(err, ranges[0][0], ranges[0][1])
-            got = 0
-        self.bytes_read += got
-        raw = buf.raw
-        ends = list(accumulate(sizes))
-        whole = bisect_right(ends, got)   # ranges read in full
-        return [raw[end - size:end] for end, size in zip(ends[:whole], sizes, strict=False)]
-
-    def _read_mem_until_fault(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        out = []
-        for addr, size in ranges:
-            data = self._read_mem(addr, size)
-            if data is None:
-                break
-            out.append(data)
-        return out
 
     def _read_one_or_none(self, addr: int, size: int) -> bytes | None:
         self._check(size)
@@ -276,30 +223,119 @@ class RemoteMemory:
         return _I64.unpack(self.read(addr, 8))[0]
 
     def read_many(self, addrs: Sequence[int], size: int) -> list[bytes | None]:
-        """``size`` bytes at each of ``addrs`` as they are now, in one system call per
-        1024 of them (None where they are not mapped).  The page cache is neither used
-        nor filled: reading the exact bytes of many objects (a batch of tasks, their
-        coroutines) costs less than reading the pages that hold them."""
-        if not addrs:
-            return []
+        """``size`` bytes at each of ``addrs`` as they are now (None where they are not
+        mapped), read as ``read_packed`` reads them: the page cache is neither used nor
+        filled."""
+        buf, offsets = self.read_packed(addrs, size)
+        return [None if at < 0 else bytes(buf[at:at + size]) for at in offsets]
+
+    def read_packed(self, addrs: Sequence[int], size: int) -> tuple[bytearray, list[int]]:
+        """``read_many`` into one buffer, without a bytes object per range: the bytes
+        at ``addrs[i]`` are ``buffer[offsets[i]:offsets[i] + size]`` (the offsets are the
+        second value), and ``offsets[i]`` is -1 where they are not mapped.  Decoders
+        unpack each object at its offset in place.
+
+        Objects close together in the target (within ``RUN`` bytes of the first of a
+        run, in the order given) are read as one range: the kernel's cost is per range
+        far more than per byte, and a batch's objects of one kind mostly sit in a few
+        pages."""
         if size < 0 or size > MAX_READ:
             raise ReadFault(0, size)
-        if min(addrs) > 0 and max(addrs) <= _MAX_ADDR - size:
-            return self._readv(list(zip(addrs, repeat(size, len(addrs)), strict=True)))
-        out: list[bytes | None] = [None] * len(addrs)
-        valid = [i for i, addr in enumerate(addrs) if 0 < addr <= _MAX_ADDR - size]
-        for i, data in zip(valid, self._readv([(addrs[i], size) for i in valid]), strict=True):
-            out[i] = data
-        return out
+        offsets: list[int] = []
+        runs: list[tuple[int, int, int]] = []   # (start, end, index of its first object)
+        valid = bool(addrs) and min(addrs) > 0 and max(addrs) <= _MAX_ADDR - size
+        put = offsets.append
+        start, end, pos, limit = 0, 0, 0, -1
+        for addr in addrs:
+            stop = addr + size
+            if start <= addr and stop <= limit:
+                if stop > end:
+                    end = stop
+            elif valid or 0 < addr <= _MAX_ADDR - size:
+                if runs:   # the run before ends
+                    runs[-1] = (start, end, runs[-1][2])
+                pos += end - start
+                runs.append((addr, stop, len(offsets)))
+                start, end, limit = addr, stop, addr + RUN
+            else:
+                put(-1)
+                continue
+            put(pos + addr - start)
+        if not runs:
+            return bytearray(), offsets
+        runs[-1] = (start, end, runs[-1][2])
+        buf = bytearray(pos + end - start)
+        self._read_runs(buf, runs, addrs, offsets, size)
+        return buf, offsets
 
-    def prefetch(self, addrs: Iterable[int]) -> None:
-        """Load the pages holding ``addrs`` with one batched system call."""
-        bases = sorted({a & _PAGE_MASK for a in addrs if a > 0} - self._pages.keys())
-        if not bases:
-            return
-        for base, page in zip(bases, self._readv([(b, PAGE) for b in bases]), strict=True):
-            if page is not None:
-                self._remember(base, page)
+    def _read_runs(self, buf: bytearray, runs: list[tuple[int, int, int]], addrs: Sequence[int],
+                   offsets: list[int], size: int) -> None:
+        """The runs into ``buf``, back to back, up to 1024 per system call.
+        process_vm_readv stops at the first range that faults: the objects of that run
+        are read alone (at most one call each; -1 in ``offsets`` for those that fault),
+        then the runs after it again together."""
+        bounds = [(start, end) for start, end, _ in runs]
+        first = [r[2] for r in runs] + [len(addrs)]
+        at = 0   # buffer position of run lo
+        lo = 0
+        while lo < len(runs):
+            chunk = bounds[lo:lo + _IOV_MAX]
+            got = self._readv_into(buf, at, chunk)
+            for start, end in chunk:
+                if got < end - start:
+                    break
+                got -= end - start
+                at += end - start
+                lo += 1
+            else:
+                continue
+            # Run lo faulted: each of its objects alone.
+            for i in range(first[lo], first[lo + 1]):
+                if offsets[i] < 0:
+                    continue
+                data = self._read_one_or_none(addrs[i], size)
+                if data is None:
+                    offsets[i] = -1
+                else:
+                    buf[offsets[i]:offsets[i] + size] = data
+            start, end = bounds[lo]
+            at += end - start
+            lo += 1
+
+    def _readv_into(self, buf: bytearray, at: int, ranges: Sequence[tuple[int, int]]) -> int:
+        """Bytes read of ``ranges`` ((start, end) pairs) into ``buf`` from ``at`` on, with
+        one system call; they stop at the first range that faults."""
+        total = sum(end - start for start, end in ranges)
+        self._check(total)
+        if not total:
+            return 0
+        if _process_vm_readv is None:
+            return self._mem_into(buf, at, ranges)
+        local = array("Q", (ctypes.addressof(ctypes.c_char.from_buffer(buf, at)), total))
+        remote = array("Q", chain.from_iterable((start, end - start) for start, end in ranges))
+        self.syscalls += 1
+        got = _process_vm_readv(self.pid, local.buffer_info()[0], 1, remote.buffer_info()[0],
+                                len(ranges), 0)
+        if got < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOSYS:
+                return self._mem_into(buf, at, ranges)
+            if err != errno.EFAULT:
+                self._raise(err, ranges[0][0], ranges[0][1] - ranges[0][0])
+            got = 0
+        self.bytes_read += got
+        return int(got)
+
+    def _mem_into(self, buf: bytearray, at: int, ranges: Sequence[tuple[int, int]]) -> int:
+        """``_readv_into`` through /proc/PID/mem."""
+        done = 0
+        for start, end in ranges:
+            data = self._read_mem(start, end - start)
+            if data is None:
+                break
+            buf[at + done:at + done + len(data)] = data
+            done += len(data)
+        return done
 
     def clear(self) -> None:
         """Forget cached pages: the next reads see the target as it is now."""

@@ -25,6 +25,8 @@ MAX_TYPE_NAME = 256
 
 _Q = struct.Struct("<Q")
 _q = struct.Struct("<q")
+_I = struct.Struct("<I")
+_CODECS = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}   # str kinds: bytes per character
 
 
 class DecodeError(Exception):
@@ -67,9 +69,11 @@ def _keep(cache: dict, key: int, value: object) -> None:
     cache[key] = value
 
 
-def field_reader(fields: Sequence[tuple[int, str]]) -> Callable[[bytes], tuple[Any, ...]]:
+def field_reader(fields: Sequence[tuple[int, str]]) -> Callable[..., tuple[Any, ...]]:
     """One call that unpacks ``fields`` ((offset, struct code) pairs, not overlapping)
-    from the start of a blob, in the order given: an object decoded in one step."""
+    from the start of a blob, in the order given: an object decoded in one step.
+    ``(buffer, offset)`` decodes the object at that offset of a packed buffer
+    (``RemoteMemory.read_packed``)."""
     order = sorted(range(len(fields)), key=lambda i: fields[i][0])
     fmt, pos = "<", 0
     for i in order:
@@ -82,10 +86,10 @@ def field_reader(fields: Sequence[tuple[int, str]]) -> Callable[[bytes], tuple[A
     if order == list(range(len(fields))):
         return unpack
     back = itemgetter(*[order.index(i) for i in range(len(fields))])
-    return lambda blob: back(unpack(blob))
+    return lambda blob, at=0: back(unpack(blob, at))
 
 
-def u64(blob: bytes, off: int) -> int:
+def u64(blob: bytes | bytearray, off: int) -> int:
     return _Q.unpack_from(blob, off)[0]
 
 
@@ -110,7 +114,7 @@ class Objects:
                                   L["type.dictoffset"], L["type.base"])
         self._strs: dict[int, str] = {}
         self._codes: dict[int, CodeInfo] = {}
-        self.readers: dict[str, Callable[[bytes], tuple[Any, ...]]] = {}   # field_reader()s
+        self.readers: dict[str, Callable[..., tuple[Any, ...]]] = {}   # field_reader()s
         self._u_len = L["unicode.length"]
         self._u_state = L["unicode.state"]
         self._u_kind = L["unicode.kind"] - 8 * L["unicode.state"]
@@ -119,6 +123,9 @@ class Objects:
         self._u_ascii_size = L["unicode.ascii_size"]
         self._u_compact_size = L["unicode.compact_size"]
         self.str_peek = self._u_compact_size + 48   # bytes of a str that hold a short one
+        # The state bits of a compact ASCII str (kind 1): what short_ascii decodes.
+        self._ascii_mask = (7 << self._u_kind) | (1 << self._u_compact) | (1 << self._u_ascii)
+        self._ascii_bits = (1 << self._u_kind) | (1 << self._u_compact) | (1 << self._u_ascii)
 
     def clear(self) -> None:
         """Forget what was read: objects may be freed and their addresses reused."""
@@ -188,7 +195,7 @@ class Objects:
             chunk = min(chunk * 2, 1024)
         return data.decode("utf-8", "replace")
 
-    def str_(self, addr: int, limit: int = MAX_STR, head: bytes | None = None) -> str:
+    def str_(self, addr: int, limit: int = MAX_STR, head: bytes | bytearray | None = None) -> str:
         """Decode a str object of any kind (ASCII, Latin-1, UCS-2, UCS-4), its first
         ``limit`` characters (then "…").  ``head``: the object's first bytes, read
         already (``str_peek`` of them hold a short name whole)."""
@@ -197,10 +204,10 @@ class Objects:
             return cached
         if head is None or len(head) < self._u_compact_size:
             head = self.mem.read(addr, self._u_compact_size)
-        length = i64(head, self._u_len)
+        length = _q.unpack_from(head, self._u_len)[0]
         if length < 0:
             raise DecodeError(f"str at {addr:#x} has negative length")
-        state = struct.unpack_from("<I", head, self._u_state)[0]
+        state = _I.unpack_from(head, self._u_state)[0]
         kind = (state >> self._u_kind) & 7
         compact = (state >> self._u_compact) & 1
         ascii_ = (state >> self._u_ascii) & 1
@@ -218,11 +225,23 @@ class Objects:
             raw = head[at:at + n * kind]
         else:
             raw = self.mem.read(data_addr, n * kind) if n else b""
-        codec = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
-        text = raw.decode(codec, "replace") + ("…" if n < length else "")
+        text = raw.decode(_CODECS[kind], "replace") + ("…" if n < length else "")
         if n == length or limit >= MAX_STR:
             _keep(self._strs, addr, text)
         return text
+
+    def short_ascii(self, buf: bytes | bytearray, at: int, peek: int) -> str | None:
+        """The str whose first ``peek`` bytes are ``buf[at:]`` when it is an exact str
+        whose ASCII text those bytes hold whole (a short name); else None (``str_``
+        decodes it).  The same text as ``str_``, without a call per field."""
+        if self._kinds.get(_Q.unpack_from(buf, at + self.o_type)[0]) != "str":
+            return None
+        length = _q.unpack_from(buf, at + self._u_len)[0]
+        state = _I.unpack_from(buf, at + self._u_state)[0]
+        start = at + self._u_ascii_size
+        if state & self._ascii_mask != self._ascii_bits or not 0 <= length <= peek - start + at:
+            return None
+        return buf[start:start + length].decode("latin-1")
 
     def int_(self, addr: int) -> int:
         L = self.layout.values

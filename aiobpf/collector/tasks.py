@@ -141,7 +141,7 @@ def registered_tasks(objs: Objects, interp: int) -> tuple[list[int], dict[int, i
     return list(dict.fromkeys(found)), running
 
 
-def task_name(objs: Objects, name_obj: int, head: bytes | None = None) -> str:
+def task_name(objs: Objects, name_obj: int, head: bytes | bytearray | None = None) -> str:
     """Task.get_name(): a str, or the lazy "Task-N" counter kept as an int (3.12+).
     ``head``: the name object's first bytes, read already (``Objects.str_peek``)."""
     if not name_obj:
@@ -165,14 +165,15 @@ _TASK_FIELDS = (("object.type", "Q"), ("task.name", "Q"), ("task.state", "i"), (
                 ("task.awaited_by_is_set", "B"))
 
 
-def decode_task(objs: Objects, addr: int, blob: bytes, name: str | None = None) -> RawTask:
-    """The fields of the task object whose first ``task_span`` bytes are ``blob``."""
+def decode_task(objs: Objects, addr: int, blob: bytes | bytearray, name: str | None = None,
+                at: int = 0) -> RawTask:
+    """The fields of the task object whose first ``task_span`` bytes are ``blob[at:]``."""
     fields = objs.readers.get("task")
     if fields is None:
         L = objs.layout.values
         fields = objs.readers["task"] = field_reader([(L[n], c) for n, c in _TASK_FIELDS
                                                       if n in L])
-    tp, name_obj, state, coro, fut_waiter, loop, *awaited = fields(blob)
+    tp, name_obj, state, coro, fut_waiter, loop, *awaited = fields(blob, at)
     raw = RawTask(addr, tp, task_name(objs, name_obj) if name is None else name, state, coro,
                   fut_waiter, loop, name_obj=name_obj)
     if awaited and awaited[0]:
@@ -183,11 +184,15 @@ def decode_task(objs: Objects, addr: int, blob: bytes, name: str | None = None) 
 def name_tasks(objs: Objects, raws: list[RawTask]) -> list[RawTask]:
     """Decode the names of tasks read without them (``name=""``), the heads of all
     their name objects read at once.  Returns the tasks whose name could not be read."""
-    heads = objs.mem.read_many([raw.name_obj for raw in raws], objs.str_peek)
+    peek = objs.str_peek
+    heads, offsets = objs.mem.read_packed([raw.name_obj for raw in raws], peek)
     failed = []
-    for raw, head in zip(raws, heads, strict=True):
+    short = objs.short_ascii
+    for raw, at in zip(raws, offsets, strict=True):
         try:
-            raw.name = task_name(objs, raw.name_obj, head)
+            name = short(heads, at, peek) if at >= 0 else None
+            raw.name = (name if name is not None else
+                        task_name(objs, raw.name_obj, heads[at:at + peek] if at >= 0 else None))
         except (DecodeError, ReadFault):
             failed.append(raw)
     return failed

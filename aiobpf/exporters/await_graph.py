@@ -32,7 +32,9 @@ def find_cycles(edges: Iterable[tuple[int, int]]) -> list[list[int]]:
                 color[done] = black
                 continue
             state = color.get(nxt, white)
-            if state == white:
+            if state == white and nxt not in graph:
+                color[nxt] = black   # it awaits nothing: no cycle passes through it
+            elif state == white:
                 color[nxt] = grey
                 on_path[nxt] = len(path)
                 path.append(nxt)

@@ -8,6 +8,7 @@ a terminal could act on (and lone surrogates) written as ``\\uNNNN`` escapes."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 
 from aiobpf import errors
 from aiobpf.collector.model import Snapshot
@@ -31,13 +32,8 @@ def render(snapshot: Snapshot, fmt: str) -> Iterator[str]:
             lines = text.iter_tree(snapshot)
         except text.CycleFound as exc:
             raise errors.AwaitCycleError(exc.lines) from None
-        chunk: list[str] = []
-        for line in lines:   # written a thousand lines at a time: a million tasks make 5M
-            chunk.append(line)
-            if len(chunk) == 1000:
-                yield "\n".join(chunk) + "\n"
-                chunk.clear()
-        if chunk:
+        # Written a thousand lines at a time: a million tasks make five million.
+        while chunk := list(islice(lines, 1000)):
             yield "\n".join(chunk) + "\n"
         return
     rows = text.table_rows(snapshot, marks=fmt == "table")   # CSV: names only

@@ -147,7 +147,9 @@ def iter_tree(snapshot: Snapshot) -> Iterator[str]:
 def _render(roots: list[int], labels: list[str], children: list[list[int] | None],
             tasks: list[Task], hook: dict[int, int]) -> Iterator[str]:
     n_tasks = len(tasks)
-    shown: dict[Frame, str] = {}   # frames are shared by many tasks: each escaped once
+    # Frames are shared by many tasks: each is escaped once (by identity: a Frame's own
+    # hash is Python code, and the snapshot keeps every frame alive while it renders).
+    shown: dict[int, str] = {}
     for root in roots:
         todo: list[tuple[int, str, bool]] = [(root, "", True)]
         pop, push = todo.pop, todo.append
@@ -162,9 +164,9 @@ def _render(roots: list[int], labels: list[str], children: list[list[int] | None
             if node < n_tasks and tasks[node].id not in hook:
                 # A task that awaits no other task: its frames, one under the other.
                 for frame in tasks[node].frames:
-                    text = shown.get(frame)
+                    text = shown.get(id(frame))
                     if text is None:
-                        text = shown[frame] = format_frame(frame)
+                        text = shown[id(frame)] = format_frame(frame)
                     yield inner + "└── " + text
                     inner += "    "
                 continue

@@ -58,6 +58,11 @@ class FakeMemory:
                 out.append(None)
         return out
 
+    def read_packed(self, addrs: list[int], size: int) -> tuple[bytearray, list[int]]:
+        blobs = self.read_many(addrs, size)
+        return (bytearray(b"".join(blob or bytes(size) for blob in blobs)),
+                [-1 if blob is None else i * size for i, blob in enumerate(blobs)])
+
     def u64(self, addr: int) -> int:
         return struct.unpack("<Q", self.read(addr, 8))[0]
 

@@ -1,0 +1,56 @@
+"""RemoteMemory.read_packed on this process's own memory: objects close together are
+read as one range, and a range that faults costs only the objects in it."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+from aiobpf.collector.memory import RUN, RemoteMemory
+
+PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _pages(n: int) -> tuple[mmap.mmap, int]:
+    area = mmap.mmap(-1, n * PAGE)
+    area[:] = bytes(i % 251 for i in range(n * PAGE))
+    return area, ctypes.addressof(ctypes.c_char.from_buffer(area))
+
+
+def test_close_objects_are_read_with_one_call() -> None:
+    area, base = _pages(4)
+    mem = RemoteMemory(os.getpid())
+    addrs = [base + 40 * i for i in range(100)]   # 4 KB apart at most: runs of RUN bytes
+    buf, offsets = mem.read_packed(addrs, 32)
+    assert min(offsets) >= 0
+    for i, addr in enumerate(addrs):
+        assert buf[offsets[i]:offsets[i] + 32] == area[addr - base:addr - base + 32]
+    assert mem.syscalls == 1
+    assert len(buf) <= 4000 + 32 + RUN   # the runs hold the objects and the gaps between
+    del buf
+
+
+def test_an_unmapped_object_costs_only_itself() -> None:
+    area, base = _pages(3)
+    # The middle page unreadable: a run across it faults.
+    assert _libc.mprotect(ctypes.c_void_p(base + PAGE), PAGE, 0) == 0
+    try:
+        mem = RemoteMemory(os.getpid())
+        addrs = [base + PAGE - 100, base + PAGE + 50, base + 2 * PAGE + 8, 0, 1 << 62,
+                 base + 16]
+        buf, offsets = mem.read_packed(addrs, 24)
+        assert [i for i, at in enumerate(offsets) if at < 0] == [1, 3, 4]
+        for i in (0, 2, 5):
+            at = addrs[i] - base
+            assert buf[offsets[i]:offsets[i] + 24] == area[at:at + 24]
+        assert mem.read_many(addrs, 24)[1] is None
+    finally:
+        _libc.mprotect(ctypes.c_void_p(base + PAGE), PAGE, 3)
+
+
+def test_nothing_to_read() -> None:
+    mem = RemoteMemory(os.getpid())
+    assert mem.read_packed([], 8) == (bytearray(), [])
+    assert mem.read_packed([0, -5], 8)[1] == [-1, -1]
