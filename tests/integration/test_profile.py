@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SID_ROOT, aiobpf, matrix_params, run_target
+from tests.conftest import NO_DAEMON_SOCKET, SID_ROOT, aiobpf, matrix_params, run_target
 from tests.pythons import Python, by_label
 
 # The example's leaf tasks: six foo2 under the three foo1.N (two each), one foo2 under
@@ -266,7 +266,8 @@ def test_a_target_that_exits_leaves_the_samples_taken(mode: str) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "profile", str(target.pid),
                                  "--mode", mode, "--duration", "30"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=Path(__file__).resolve().parents[2])
+                                cwd=Path(__file__).resolve().parents[2],
+                                env={**os.environ, "AIOBPF_SOCKET": NO_DAEMON_SOCKET})
         assert proc.stderr is not None
         if mode == "cpu":   # compiled (1-3 s) and sampling
             assert proc.stderr.readline().startswith("aiobpf: sampling 1 thread of process")
