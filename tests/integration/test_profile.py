@@ -281,16 +281,37 @@ def test_a_target_that_exits_leaves_the_samples_taken(mode: str) -> None:
 
 
 # -- top ------------------------------------------------------------------------------------
+ROW = re.compile(r"^\s*(\d+\.\d)\s+(-|\d+\.\d)\s+(-|[\d.]+(?:us|ms|s))\s+(.+?)(?:\s{2,}|$)")
+
+
+def _rows(screen: list[str]) -> dict[str, tuple[float, float | None, float | None]]:
+    """top's task rows: chain -> (CPU %, steps/s, longest step in ms)."""
+    out = {}
+    for line in screen:
+        found = ROW.match(line)
+        if found:
+            cpu, rate, longest, chain = found.groups()
+            scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+            unit = re.sub(r"[\d.]", "", longest)
+            out[chain.strip()] = (float(cpu), None if rate == "-" else float(rate),
+                                  None if longest == "-" else
+                                  float(longest[:-len(unit)]) * scale[unit])
+    return out
+
+
 def test_top_shows_tasks_by_cpu_share_and_where_tasks_wait() -> None:
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target:
         result = aiobpf("top", str(target.pid), "--iterations", "4", "--rate", "199")
+        off = aiobpf("top", str(target.pid), "--iterations", "1", "--no-steps")
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().split("\n\n\n")[-1].splitlines()
-    shares = {line[8:].split("  ")[0].strip(): float(line[:6]) for line in last
-              if re.match(r"^\s+\d+\.\d  ", line)}
-    assert shares["Task-1 > parent > A"] == pytest.approx(75, abs=7)
-    assert shares["Task-1 > B"] == pytest.approx(25, abs=7)
+    rows = _rows(last)
+    assert rows["Task-1 > parent > A"][0] == pytest.approx(75, abs=7)
+    assert rows["Task-1 > B"][0] == pytest.approx(25, abs=7)
     assert any("parent /home/user/cpu_split.py:46" in line for line in last)
+    assert off.returncode == 0, off.stderr
+    assert "STEPS/S, LONGEST step: off (--no-steps)" in off.stdout
+    assert all(rate is None for _, rate, _ in _rows(off.stdout.splitlines()).values())
 
 
 def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
@@ -306,11 +327,24 @@ def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
     return seen
 
 
+def _screen_lines(drawn: bytes) -> list[str]:
+    """What curses drew, as lines: each cursor move to a row starts a line, a move
+    right is spaces, other control sequences are dropped."""
+    text = drawn.decode("utf-8", "replace")
+    text = re.sub(r"\x1b\[(\d+)C", lambda m: " " * int(m.group(1)), text)
+    text = re.sub(r"\x1b\[\d+;\d+H|\x1b\[\d*H|\r|\n", "\n", text)
+    text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[=>78])", "", text)
+    return text.split("\n")
+
+
 def test_top_in_a_terminal_quits_on_q_and_restores_the_terminal() -> None:
-    """A pseudo-terminal, as over SSH: the full-screen view draws the tasks, and q ends
-    it with status 0, the terminal's normal screen restored (curses' exit sequence)."""
+    """A pseudo-terminal, as over SSH: the full-screen view draws the tasks with their
+    steps per second and longest step (the target's A and B each step once a turn: the
+    same rate, at most one turn per 8 ms of A's 6 and B's 2 ms of CPU; A's longest step
+    at least its 6 ms, B's 2 ms), and q ends it with status 0, the terminal's normal
+    screen restored (curses' exit sequence)."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 160, 0, 0))
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target:
         proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "top", str(target.pid)],
                                 stdin=slave, stdout=slave, stderr=slave,
@@ -320,6 +354,7 @@ def test_top_in_a_terminal_quits_on_q_and_restores_the_terminal() -> None:
         try:
             drawn = _read_until(master, b"Task-1 > parent > A", timeout=30)
             assert b"Task-1 > parent > A" in drawn, drawn[-2000:]
+            drawn += _read_until(master, b"never drawn", timeout=3)   # a few refreshes
             os.write(master, b"q")
             proc.wait(timeout=10)
             rest = _read_until(master, b"\x1b[?1049l", timeout=5)
@@ -330,3 +365,13 @@ def test_top_in_a_terminal_quits_on_q_and_restores_the_terminal() -> None:
             os.close(master)
     assert proc.returncode == 0
     assert b"\x1b[?1049l" in drawn + rest   # xterm's "leave the alternate screen"
+    screen = _screen_lines(drawn)
+    assert any("STEPS/S over the last 10 s, LONGEST step since top started" in line
+               for line in screen), screen[-40:]
+    rows = _rows(screen)
+    _, a_rate, a_longest = rows["Task-1 > parent > A"]
+    _, b_rate, b_longest = rows["Task-1 > B"]
+    assert a_rate is not None and b_rate is not None and a_longest and b_longest, rows
+    assert 10 <= a_rate <= 1 / 0.008 * 1.05, rows
+    assert b_rate == pytest.approx(a_rate, rel=0.1), rows
+    assert a_longest >= 6.0 and b_longest >= 2.0, rows

@@ -63,18 +63,27 @@ class AwaitGraph:
         """The tasks that await no other task."""
         return (task for task in self.by_id.values() if task.id not in self.awaiting)
 
-    def stack(self, task: Task, frames: tuple[Frame, ...] | None = None) -> Stack:
-        """``task``'s async stack, root first; ``frames``: its own frames instead of
-        the ones it was read suspended in (a CPU sample's)."""
-        parts: list[tuple[Node, ...]] = []
+    def chain(self, task: Task) -> list[Task]:
+        """``task`` and its awaiters up to its root task, innermost first (each task's
+        first awaiter; a loop ends the chain, and so do ``MAX_CHAIN`` tasks)."""
+        out: list[Task] = []
         seen: set[int] = set()
         current: Task | None = task
         while current is not None and current.id not in seen and len(seen) < MAX_CHAIN:
             seen.add(current.id)
+            out.append(current)
             up = self.parents.get(current.id, [])
-            own = frames if current is task and frames is not None else current.frames
-            parts.append((_task_node(current, len(up)), *map(Node.of_frame, own)))
             current = self.by_id[up[0]] if up else None
+        return out
+
+    def stack(self, task: Task, frames: tuple[Frame, ...] | None = None) -> Stack:
+        """``task``'s async stack, root first; ``frames``: its own frames instead of
+        the ones it was read suspended in (a CPU sample's)."""
+        parts: list[tuple[Node, ...]] = []
+        for current in self.chain(task):
+            own = frames if current is task and frames is not None else current.frames
+            parts.append((_task_node(current, len(self.parents.get(current.id, []))),
+                          *map(Node.of_frame, own)))
         return tuple(node for part in reversed(parts) for node in part)
 
 
