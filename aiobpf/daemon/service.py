@@ -42,7 +42,7 @@ from aiobpf.collector.procfs import ProcessNotFound, ThreadTimes, thread_times
 from aiobpf.collector.snapshot import Collector, trim_heap
 from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPython, open_target
 from aiobpf.daemon.budget.account import Faults, ProcessAccount
-from aiobpf.daemon.budget.cost import CostModel
+from aiobpf.daemon.budget.cost import CostModel, capture_budget, profile_overhead
 from aiobpf.daemon.budget.estimate import Reading
 from aiobpf.daemon.budget.windows import FileWindow, next_switch
 from aiobpf.daemon.config import Config
@@ -231,6 +231,9 @@ class Daemon:
         self._reader = threading.Thread(target=self._read_loop, name="aiobpf-reader",
                                         daemon=True)
         self.profiles = self._start_profiles()
+        # What the probes may cost: the budget less what continuous profiles take.
+        self.profile_rate = config.profile_rate if self.profiles is not None else 0.0
+        self.probe_budget = capture_budget(config.budget, self.profile_rate)
 
     def _start_profiles(self) -> ContinuousProfiles | None:
         """The continuous profiles, when asked for and possible (else one log line)."""
@@ -250,6 +253,12 @@ class Daemon:
             return None
         log.info("continuous profiles: %g Hz of each traced thread's CPU time, a file every "
                  "%g s in %s", config.profile_rate, config.profile_rotate, config.profile_dir)
+        cost = profile_overhead(config.profile_rate)
+        if config.budget < 1.0:
+            (log.warning if cost >= config.budget else log.info)(
+                "continuous profiles cost %.3g%% of each traced thread's CPU time: %s of "
+                "the budget (%g%%)", 100 * cost, "all" if cost >= config.budget
+                else f"{100 * cost / config.budget:.0f}%", 100 * config.budget)
         return profiles
 
     def _calibrate(self, capture: Capture) -> ProbeCosts | None:
@@ -667,7 +676,7 @@ class Daemon:
     def _schedule_file(self, file: tuple[int, int], window: FileWindow, now: float) -> None:
         assert self.capture is not None
         before = window.duty
-        window.plan(self.config.budget)
+        window.plan(self.probe_budget)
         if _differs(window.duty, before, by=0.5):
             pids = sorted(t.pid for t in self.traced.values() if t.file == file)
             log.info("pid %s: probes attached %s", ", ".join(map(str, pids)),
@@ -854,7 +863,8 @@ class Daemon:
                 counts=account.estimate.counts, probe_hits=account.estimate.hits,
                 capture_fraction=account.capture_fraction(traced.file is not None),
                 attached_seconds=account.attached_s,
-                overhead=account.overhead(window.duty if window else 0.0),
+                overhead=(account.overhead(window.duty if window else 0.0)
+                          + profile_overhead(self.profile_rate)),
                 step_cost=account.step_cost))
         self.state = DaemonState(views, Counter(self.errors), self.last_scan,
                                  generation=self.state.generation + 1)
