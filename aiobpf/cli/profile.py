@@ -19,7 +19,7 @@ from aiobpf.collector.target import open_target
 from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.profile import collapsed, html, pprof, speedscope
 from aiobpf.exporters.profile.profile import Profile
-from aiobpf.exporters.profile.stacks import AwaitGraph, async_stacks, cpu_stack
+from aiobpf.exporters.profile.stacks import async_stacks, batch_stacks
 from aiobpf.safe_text import bound, escape
 
 FORMATS = ("collapsed", "speedscope", "html", "pprof")
@@ -247,11 +247,10 @@ def _sample_cpu(collector: Collector, profile: Profile, duration_s: float,
                   f"process {collector.target.pid} at {profile.rate_hz:g} Hz of CPU time for "
                   f"{duration_s:g} s (Ctrl-C ends it sooner)", file=sys.stderr, flush=True)
 
-        for snapshot, before, samples in sampling.batches(duration_s, stopped, say_started):
-            graphs = [AwaitGraph(snapshot)] + ([AwaitGraph(before)] if before else [])
-            for sample in samples:
-                profile.add(cpu_stack(sample, *graphs))
-            profile.samples += len(samples)
+        for batch in sampling.batches(duration_s, stopped, say_started):
+            for stack in batch_stacks(batch):
+                profile.add(stack)
+            profile.samples += len(batch.samples)
     finally:
         sampling.close()
         profile.duration_s = time.monotonic() - started

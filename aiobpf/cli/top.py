@@ -123,8 +123,9 @@ class TopCommand:
         window = TopWindow(args.window)
         started = time.monotonic()
         batches = sampling.batches(float("inf"), stopped)
-        for refreshes, (snapshot, _before, samples) in enumerate(batches, start=1):
-            window.add(time.monotonic(), samples)
+        for refreshes, batch in enumerate(batches, start=1):
+            snapshot = batch.snapshot
+            window.add(time.monotonic(), batch.samples)
             steps.read()
             height, width = size()
             header = (f"aiobpf top: process {args.pid} (Python {snapshot.python_version}), "

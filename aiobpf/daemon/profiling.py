@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiobpf.bpf.profile import CpuProfiler, ProfilerUnavailable, RawSample
-from aiobpf.collector.cpu_samples import GONE, NamedSample, SampleNamer, profile_config
+from aiobpf.collector.cpu_samples import GONE, ProcessSamples
 from aiobpf.collector.memory import RemoteReadError
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import Target
 from aiobpf.exporters.profile import pprof
 from aiobpf.exporters.profile.profile import Profile
-from aiobpf.exporters.profile.stacks import AwaitGraph, cpu_stack
+from aiobpf.exporters.profile.stacks import batch_stacks
 
 log = logging.getLogger("aiobpf")
 
@@ -95,10 +95,9 @@ class Tap:
 class _Profiled:
     pid: int
     collector: Collector
-    namer: SampleNamer
+    samples: ProcessSamples
     profile: Profile
     started: float = field(default_factory=time.time)
-    pending: list[NamedSample] = field(default_factory=list)
     refreshed: float = 0.0
     taps: list[Tap] = field(default_factory=list)
 
@@ -135,7 +134,8 @@ class ContinuousProfiles:
     def follow(self, target: Target) -> None:
         """Profile ``target`` from now on (with a collector of its own)."""
         collector = Collector(target)
-        process = _Profiled(target.pid, collector, SampleNamer(collector),
+        process = _Profiled(target.pid, collector,
+                            ProcessSamples(collector, self.profiler, self.rate_hz, MAX_PENDING),
                             Profile(target.pid, "cpu", self.rate_hz))
         with self._lock:
             self._processes[target.pid] = process
@@ -190,8 +190,8 @@ class ContinuousProfiles:
     # -- the profiler's thread ----------------------------------------------------------
     def _received(self, raw: RawSample) -> None:
         process = self._processes.get(raw.pid)
-        if process is not None and len(process.pending) < MAX_PENDING:
-            process.pending.append(process.namer.named(raw))   # while its code is there
+        if process is not None:
+            process.samples.receive(raw)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -221,6 +221,8 @@ class ContinuousProfiles:
             process.refreshed = now
             try:
                 self._attribute(process)
+            except GONE:
+                raise
             except (RemoteReadError, DecodeError) as exc:   # torn: the samples wait
                 log.debug("pid %d: the profile's read of the tasks failed: %s",
                           process.pid, exc)
@@ -228,21 +230,21 @@ class ContinuousProfiles:
             self._write(process, now)
 
     def _attribute(self, process: _Profiled) -> None:
-        graph = AwaitGraph(process.namer.refresh())
-        self.profiler.follow(process.pid, profile_config(process.collector),
-                             process.namer.threads(), self.rate_hz)
-        pending, process.pending = process.pending, []
-        for named in pending:
-            stack = cpu_stack(process.namer.attribute(named), graph)
+        """The samples waiting, under their tasks, in the profile and the requests
+        that want them; a request whose span ended gets its answer."""
+        batch = process.samples.attribute()
+        for sample, stack in zip(batch.samples, batch_stacks(batch), strict=True):
             process.profile.add(stack)
             process.profile.samples += 1
             for tap in process.taps:
-                if tap.wants(named.time_ns):
+                if tap.wants(sample.time_ns):
                     tap.profile.add(stack)
                     tap.profile.samples += 1
         for tap in [tap for tap in process.taps if tap.end_ns <= self._polled_ns]:
             process.taps.remove(tap)
             tap.done.set()
+        if process.samples.gone is not None:
+            raise process.samples.gone   # (its samples taken: it is dropped)
 
     def _write(self, process: _Profiled, now: float) -> None:
         profile, process.profile = process.profile, Profile(process.pid, "cpu", self.rate_hz)

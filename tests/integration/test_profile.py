@@ -328,14 +328,67 @@ def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
     return seen
 
 
-def _screen_lines(drawn: bytes) -> list[str]:
-    """What curses drew, as lines: each cursor move to a row starts a line, a move
-    right is spaces, other control sequences are dropped."""
-    text = drawn.decode("utf-8", "replace")
-    text = re.sub(r"\x1b\[(\d+)C", lambda m: " " * int(m.group(1)), text)
-    text = re.sub(r"\x1b\[\d+;\d+H|\x1b\[\d*H|\r|\n", "\n", text)
-    text = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[=>78])", "", text)
-    return text.split("\n")
+TERM_CODE = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z@])|\x1b[()][0-9A-Za-z]|\x1b[=>78]|(.)",
+                       re.DOTALL)
+
+
+def _screen_lines(drawn: bytes, height: int = 30, width: int = 160) -> list[str]:
+    """The screen curses left, as lines: the cursor moves, erasures and repeats of the
+    xterm sequences it writes played on a grid (the rest, colours and modes, ignored)."""
+    grid = [[" "] * width for _ in range(height)]
+    row = col = 0
+    last = " "
+    for m in TERM_CODE.finditer(drawn.decode("utf-8", "replace")):
+        params, final, char = m.groups()
+        if char is not None:
+            if char == "\r":
+                col = 0
+            elif char == "\n":
+                row = min(row + 1, height - 1)
+            elif char == "\b":
+                col = max(col - 1, 0)
+            elif char.isprintable():
+                if col < width:
+                    grid[row][col] = last = char
+                col += 1
+            continue
+        if final is None or (params or "").startswith("?"):
+            continue
+        args = [int(a) if a else 0 for a in (params or "").split(";")]
+        n = max(args[0], 1)
+        if final in "Hf":
+            row = min(max(args[0], 1), height) - 1
+            col = min(max(args[1] if len(args) > 1 else 1, 1), width) - 1
+        elif final == "A":
+            row = max(row - n, 0)
+        elif final == "B":
+            row = min(row + n, height - 1)
+        elif final == "C":
+            col = min(col + n, width - 1)
+        elif final == "D":
+            col = max(col - n, 0)
+        elif final == "G":
+            col = min(n, width) - 1
+        elif final == "d":
+            row = min(n, height) - 1
+        elif final == "X":
+            grid[row][col:col + n] = [" "] * len(grid[row][col:col + n])
+        elif final == "b":
+            for _ in range(n):
+                if col < width:
+                    grid[row][col] = last
+                col += 1
+        elif final == "K":
+            lo, hi = {0: (col, width), 1: (0, col + 1), 2: (0, width)}.get(args[0], (0, 0))
+            grid[row][lo:hi] = [" "] * (hi - lo)
+        elif final == "J":
+            if args[0] == 0:
+                grid[row][col:] = [" "] * (width - col)
+                for r in range(row + 1, height):
+                    grid[r] = [" "] * width
+            elif args[0] in (2, 3):
+                grid = [[" "] * width for _ in range(height)]
+    return ["".join(line).rstrip() for line in grid]
 
 
 def test_top_in_a_terminal_quits_on_q_and_restores_the_terminal() -> None:
@@ -370,6 +423,8 @@ def test_top_in_a_terminal_quits_on_q_and_restores_the_terminal() -> None:
     assert any("STEPS/S over the last 10 s, LONGEST step since top started" in line
                for line in screen), screen[-40:]
     rows = _rows(screen)
+    print("\n".join(screen))   # the screen, as the test read it
+    assert "Task-1 > parent > A" in rows, drawn[-3000:]
     _, a_rate, a_longest = rows["Task-1 > parent > A"]
     _, b_rate, b_longest = rows["Task-1 > B"]
     assert a_rate is not None and b_rate is not None and a_longest and b_longest, rows

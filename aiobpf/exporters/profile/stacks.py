@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from aiobpf.collector.cpu_samples import CpuSample
+from aiobpf.collector.cpu_samples import Batch, CpuSample
 from aiobpf.collector.model import Frame, Snapshot, Task
 
 MAX_CHAIN = 1024   # tasks in one chain: a forged graph cannot make a stack without end
@@ -107,3 +107,12 @@ def cpu_stack(sample: CpuSample, *graphs: AwaitGraph) -> Stack:
         if task is not None:
             return graph.stack(task, sample.frames)
     return thread_stack(sample.tid, sample.frames)
+
+
+def batch_stacks(batch: Batch) -> Iterator[Stack]:
+    """The stacks of a batch of CPU samples: each under the task it ran for, as the
+    batch's snapshot knows it, else as the one before it did (finished since)."""
+    graphs = [AwaitGraph(batch.snapshot)]
+    if batch.previous is not None:
+        graphs.append(AwaitGraph(batch.previous))
+    return (cpu_stack(sample, *graphs) for sample in batch.samples)
