@@ -168,22 +168,28 @@ class ProcessSamples:
     def follow(self) -> None:
         self.profiler.follow(self.pid, self.config, self.namer.threads(), self.rate_hz)
 
-    def attribute(self) -> Batch:
+    def attribute(self, read: bool = True) -> Batch:
         """The samples received so far, attributed with a fresh read of the task list
-        (which also follows the threads).  When the process exited, with the last read
-        instead, and ``gone`` says so; when the read failed otherwise (it tore), the
-        samples wait for the next call and the error is raised."""
+        (which also follows the threads; ``read=False``: with the last read, as the
+        process is let go).  When the process exited, with the last read, and ``gone``
+        says so; when the read failed otherwise (it tore), the samples wait for the
+        next call and the error is raised."""
         previous = self.snapshot
-        try:
-            self.snapshot = self.namer.refresh()
-            self.follow()
-        except GONE as exc:
-            if previous is None:
-                raise
-            self.gone, self.snapshot = exc, previous
+        if read or previous is None:
+            try:
+                snapshot = self.namer.refresh()
+                self.follow()
+            except GONE as exc:
+                if previous is None:
+                    raise
+                self.gone = exc
+            else:
+                self.snapshot = snapshot
+        if self.snapshot is previous:   # not read again: the last read alone
+            previous = None
+        assert self.snapshot is not None
         pending, self.pending = self.pending, []
-        return Batch(self.snapshot, None if self.gone else previous,
-                     [self.namer.attribute(s) for s in pending])
+        return Batch(self.snapshot, previous, [self.namer.attribute(s) for s in pending])
 
 
 class CpuSampling:

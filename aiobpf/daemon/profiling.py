@@ -141,10 +141,16 @@ class ContinuousProfiles:
             self._processes[target.pid] = process
 
     def forget(self, pid: int) -> None:
+        """Stop profiling ``pid``; its samples waiting count, under the tasks of the
+        last read (requests get them)."""
         with self._lock:
             process = self._processes.pop(pid, None)
-            if process is not None:
-                self._stop_profiling(process)
+            if process is None:
+                return
+            with contextlib.suppress(Exception):
+                self.profiler.poll(0)
+                self._attribute(process, read=False)
+            self._stop_profiling(process)
 
     def _stop_profiling(self, process: _Profiled) -> None:
         process.release_taps()
@@ -229,10 +235,10 @@ class ContinuousProfiles:
         if now - process.started >= self.rotate_s:
             self._write(process, now)
 
-    def _attribute(self, process: _Profiled) -> None:
-        """The samples waiting, under their tasks, in the profile and the requests
-        that want them; a request whose span ended gets its answer."""
-        batch = process.samples.attribute()
+    def _attribute(self, process: _Profiled, read: bool = True) -> None:
+        """The samples waiting, under their tasks (``read``: read anew), in the profile
+        and the requests that want them; a request whose span ended gets its answer."""
+        batch = process.samples.attribute(read)
         for sample, stack in zip(batch.samples, batch_stacks(batch), strict=True):
             process.profile.add(stack)
             process.profile.samples += 1

@@ -176,3 +176,24 @@ def test_profile_through_the_daemon_is_root_only(tmp_path: Path) -> None:
     assert "root only" in asked.stderr and asked.stdout == "", asked.stderr
     for result in (denied, asked):
         assert "Traceback" not in result.stderr
+
+
+def test_profile_through_the_daemon_of_a_target_that_exits_keeps_the_samples_taken(
+        tmp_path: Path) -> None:
+    extra = f'profile_rate = 99\nprofile_dir = "{tmp_path / "profiles"}"\n'
+    with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
+            run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
+        daemon.wait_traced(target.pid)
+        proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "profile", str(target.pid),
+                                 "--duration", "60"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                env={**os.environ, "AIOBPF_SOCKET": str(daemon.socket)})
+        assert proc.stderr is not None
+        assert "asking the daemon" in proc.stderr.readline()
+        time.sleep(3)
+        target.proc.kill()
+        target.proc.wait()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"process {target.pid} exited: writing the samples taken until then" in err
+    assert sum(_ours(out).values()) >= 100, err
