@@ -77,7 +77,8 @@ class ProfileCommand:
                             help="how long to sample (default 10; Ctrl-C ends it sooner)")
         parser.add_argument("--rate", type=positive, metavar="HZ",
                             help="samples per second (default: 99 a thread on its CPU clock "
-                                 "in cpu mode, 10 in wall mode)")
+                                 "in cpu mode, or the daemon's rate when it answers; 10 in "
+                                 "wall mode); a rate other than the daemon's is sampled here")
         parser.add_argument("--no-daemon", action="store_true",
                             help="sample here even if an aiobpf daemon profiles PID (by "
                                  "default a cpu profile is asked of it first)")
