@@ -43,15 +43,15 @@ def test_cost_per_step_adds_the_trap_the_programs_and_the_syscall_hooks() -> Non
 def test_continuous_profiles_cost_their_rate_times_a_sample_whatever_the_process_does(
         ) -> None:
     """A thread is sampled rate times per second of its own CPU time: the ratio is the
-    rate times one sample's cost (30 us: 19 Hz take 0.057 %, 99 Hz 0.3 %)."""
-    assert profile_overhead(19) == pytest.approx(19 * PROFILE_SAMPLE_S) == pytest.approx(0.00057)
-    assert profile_overhead(99) == pytest.approx(0.00297)
+    rate times one sample's cost (35 us: 19 Hz take 0.0665 %, 99 Hz 0.35 %)."""
+    assert profile_overhead(19) == pytest.approx(19 * PROFILE_SAMPLE_S) == pytest.approx(0.000665)
+    assert profile_overhead(99) == pytest.approx(0.003465)
     assert profile_overhead(0) == 0.0
 
 
 def test_continuous_profiles_are_taken_from_the_budget_before_the_probes() -> None:
     assert capture_budget(0.01, 0) == 0.01
-    assert capture_budget(0.01, 99) == pytest.approx(0.01 - 0.00297)
+    assert capture_budget(0.01, 99) == pytest.approx(0.01 - 0.003465)
     assert capture_budget(0.001, 1000) == 0.0      # the profiles alone exceed it
     assert capture_budget(1.0, 1000) == 1.0        # a budget of 1: no limit
     # a file whose full capture costs 10 %: its probes' duty shrinks by the profiles' share
@@ -60,7 +60,7 @@ def test_continuous_profiles_are_taken_from_the_budget_before_the_probes() -> No
     alone.plan(capture_budget(0.01, 0))
     profiled.plan(capture_budget(0.01, 99))
     assert alone.duty == pytest.approx(PLAN_SHARE * 0.01 / 0.1)
-    assert profiled.duty == pytest.approx(PLAN_SHARE * (0.01 - 0.00297) / 0.1)
+    assert profiled.duty == pytest.approx(PLAN_SHARE * (0.01 - 0.003465) / 0.1)
 
 def test_cost_per_step_adds_the_task_init_probes_per_task_created() -> None:
     """3.12+: each task created passes Task.__init__'s entry and return probes."""

@@ -32,11 +32,11 @@ from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_WAKEUP
 SYSCALLS_PER_STEP = 4  # assumed: 1 for a queue ping-pong, 4 for an HTTP server (README)
 MIN_CPU_RATE = 1e-3    # a process that sleeps: its few steps decide nothing
 MIN_OWN_SHARE = 0.1    # when the model charges the probes nearly all CPU, it is off
-# One CPU sample's whole cost to the sampled thread: the perf interrupt (~9 us) and the
-# program (9-19 us by depth, up to the 96 frames it walks), measured side by side with
-# bench/profile_sample_cost.py (28-30 us at 30 and 120 frames deep; the program's time
-# counted by the kernel, kernel.bpf_stats_enabled).
-PROFILE_SAMPLE_S = 30e-6
+# One CPU sample's whole cost to the sampled thread: the perf interrupt (9-12 us) and
+# the program (9-19 us by depth, up to the 96 frames it walks), measured side by side
+# with bench/profile_sample_cost.py (28-33 us in two runs at 30 and 120 frames deep;
+# the program's time counted by the kernel, kernel.bpf_stats_enabled), rounded up.
+PROFILE_SAMPLE_S = 35e-6
 
 
 def step_cost(costs: ProbeCosts, program_s: float, stepped_share: float = 0.0,
