@@ -11,10 +11,10 @@ the daemon first (aiobpf.daemon.dumps): ``serve`` hands it the samples of the ne
 seconds it asks for, at the daemon's rate (a ``Tap`` on the process's samples).
 
 A sample costs the traced thread one perf interrupt and the program's walk of its
-frames (a few microseconds): at 19 Hz, about 0.01 % of a busy thread, a small part of
-the overhead budget's 1 %.  Naming the samples and finding their tasks reads each
-process's memory (its task list every ``REFRESH_S``), on this module's own thread,
-with collectors of its own.
+frames (aiobpf.daemon.budget.cost.PROFILE_SAMPLE_S: at 19 Hz, 0.067 % of a busy
+thread), taken from the overhead budget before the probes are planned.  Naming the
+samples and finding their tasks reads each process's memory (its task list every
+``REFRESH_S``), on this module's own thread, with collectors of its own.
 
 The directory is the daemon's: created 0700, and refused (profiles off, said in the
 log) when it is a symbolic link, is not owned by the daemon's user, or is open to
