@@ -83,17 +83,11 @@ class SampleNamer:
                 for ts in thread_states(objs, interp)}
 
     def refresh(self) -> Snapshot:
-        """Read the task list: names, awaiters, and where each task's coroutine runs."""
+        """Read the task list: names, awaiters, and where each task's coroutine runs
+        (its frame is embedded in the coroutine object the read found)."""
         snapshot = self.collector.snapshot(details=False)
-        mem, coro_at = self.collector.mem, self.collector.target.layout["task.coro"]
-        by_frame = {}
-        for task in snapshot.tasks:
-            try:
-                coro = mem.ptr(task.id + coro_at)
-                if coro:
-                    by_frame[self.collector.frames.iframe_of(coro)] = task.id
-            except (ReadFault, DecodeError):
-                continue   # finished meanwhile: its samples count under its thread
+        iframe_of = self.collector.frames.iframe_of
+        by_frame = {iframe_of(task.coro): task.id for task in snapshot.tasks if task.coro}
         # The previous read's tasks too: samples taken before this read may belong to a
         # task that finished meanwhile (this read's tasks win where a frame was reused).
         self._previous, self._task_of_frame = self._task_of_frame, by_frame
