@@ -96,7 +96,7 @@ class DumpServer:
 
     def _request(self, conn: socket.socket) -> dict[str, Any] | tuple[dict[str, Any]]:
         """The request, or (the reply that refuses it,): peers other than root and the
-        daemon's user are refused before anything is read of what they sent."""
+        daemon's user are refused, whatever they sent."""
         conn.settimeout(10)
         data = b""
         while b"\n" not in data and len(data) < MAX_REQUEST:
@@ -128,7 +128,11 @@ class DumpServer:
         def answer() -> None:
             try:
                 with conn:
-                    _reply(conn, handler(request, lambda: _ended(conn)))
+                    try:
+                        reply = handler(request, lambda: _ended(conn))
+                    except Exception as exc:   # said to the client, never a dead thread
+                        reply = {"fallback": f"the daemon failed: {type(exc).__name__}"}
+                    _reply(conn, reply)
             except OSError:
                 pass   # the client went away
             finally:
