@@ -198,14 +198,16 @@ def test_cpu_mode_agrees_with_cpython_3_15s_sampler_on_the_running_task(sid_proc
 
 
 def _py_spy_stacks(text: str) -> Counter[tuple[tuple[str, int], ...]]:
-    """py-spy's raw (collapsed) lines as ((name, line), ...) -> count."""
+    """py-spy's raw (collapsed) lines as ((name, line), ...) -> count (line 0 where
+    py-spy gives none: with --nonblocking it may read a frame half-written)."""
     out: Counter[tuple[tuple[str, int], ...]] = Counter()
     for line in text.splitlines():
         stack, count = line.rsplit(" ", 1)
         frames = []
         for part in stack.split(";"):
-            name, where = part.rsplit(" (", 1)
-            frames.append((name, int(where.rstrip(")").rsplit(":", 1)[1])))
+            name, _, where = part.rpartition(" (") if " (" in part else (part, "", "")
+            number = where.rstrip(")").rpartition(":")[2]
+            frames.append((name, int(number) if number.isdigit() else 0))
         out[tuple(frames)] += int(count)
     return out
 
