@@ -73,7 +73,7 @@ class TaskRecord(ct.Structure):
         ("fut_waiter", ct.c_uint64), ("awaited_by", ct.c_uint64), ("awaited", ct.c_uint64),
         ("taken_ns", ct.c_uint64), ("step_start_ns", ct.c_uint64),
         ("wake_delay_ns", ct.c_uint64), ("steps", ct.c_uint64), ("step_ns", ct.c_uint64),
-        ("nested_ns", ct.c_uint64),
+        ("nested_ns", ct.c_uint64), ("max_step_ns", ct.c_uint64),
         ("pid", ct.c_uint32), ("tid", ct.c_uint32), ("depth", ct.c_uint32),
         ("state", ct.c_uint8), ("awaited_by_is_set", ct.c_uint8), ("truncated", ct.c_uint8),
         ("eager", ct.c_uint8), ("signature", ct.c_uint64),

@@ -246,6 +246,8 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
         /* Suspended where it was last time: update the counts in place. */
         old->steps += 1;
         old->step_ns += duration;
+        if (duration > old->max_step_ns)
+            old->max_step_ns = duration;   /* (one thread steps a task at a time) */
         old->taken_ns = now;
         old->step_start_ns = start;
         old->wake_delay_ns = delay;
@@ -255,6 +257,7 @@ static __always_inline void capture(struct target *t, u32 pid, u32 tid, u64 task
     } else {
         r->steps = (old ? old->steps : 0) + 1;
         r->step_ns = (old ? old->step_ns : 0) + duration;
+        r->max_step_ns = old && old->max_step_ns > duration ? old->max_step_ns : duration;
         if (records.update(&key, r))
             __sync_fetch_and_add(&t->stats.records_dropped, 1);   /* full: counted */
     }

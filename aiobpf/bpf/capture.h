@@ -76,6 +76,7 @@ struct task_record {
     __u64 step_ns;                 /* their total duration */
     __u64 nested_ns;               /* eager first steps of other tasks that ran inside
                                       this step: not part of its duration */
+    __u64 max_step_ns;             /* the longest of the steps seen (its own time) */
     __u32 pid, tid;
     __u32 depth;                   /* frames[] in use, outermost first */
     __u8 state;                    /* enum capture_state */

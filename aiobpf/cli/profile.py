@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,11 +19,13 @@ from aiobpf.collector.target import open_target
 from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.profile import collapsed, html, pprof, speedscope
 from aiobpf.exporters.profile.profile import Profile
-from aiobpf.exporters.profile.stacks import AwaitGraph, async_stacks, cpu_stack
+from aiobpf.exporters.profile.stacks import async_stacks, batch_stacks
+from aiobpf.safe_text import bound, escape
 
 FORMATS = ("collapsed", "speedscope", "html", "pprof")
 CPU_RATE_HZ = 99.0    # per thread, on its CPU clock: off the beat of 100 Hz timers
 WALL_RATE_HZ = 10.0   # reads of the whole task list
+DAEMON_MARGIN_S = 60.0   # the daemon's answer may come this long after --duration
 SUFFIXES = {".html": "html", ".htm": "html", ".json": "speedscope", ".pb": "pprof",
             ".gz": "pprof", ".pprof": "pprof"}
 
@@ -42,6 +45,14 @@ class ProfileCommand:
     once, suspended or running: a stack's share is the share of the time tasks spent
     there (3.15's --async-mode all). The samples are memory reads of the whole task
     list (default 10 Hz); stderr says the effective rate when reads are slower.
+
+    When an aiobpf daemon traces PID with its continuous profiles on (profile_rate), a
+    cpu profile is asked of it first, over its socket ($AIOBPF_SOCKET or
+    /run/aiobpf/aiobpf.sock; root only, as dumps): it answers with its samples of the
+    next --duration seconds, taken at its own rate (stderr says which). When it cannot
+    serve what was asked (--mode wall, a --rate other than its own, a process it does
+    not trace), one line on stderr says why and PID is sampled here; --no-daemon
+    samples here always.
 
     Formats: collapsed stacks (flamegraph.pl, inferno, speedscope, Pyroscope; default
     on stdout), speedscope JSON, a self-contained HTML flame graph (works offline:
@@ -66,7 +77,11 @@ class ProfileCommand:
                             help="how long to sample (default 10; Ctrl-C ends it sooner)")
         parser.add_argument("--rate", type=positive, metavar="HZ",
                             help="samples per second (default: 99 a thread on its CPU clock "
-                                 "in cpu mode, 10 in wall mode)")
+                                 "in cpu mode, or the daemon's rate when it answers; 10 in "
+                                 "wall mode); a rate other than the daemon's is sampled here")
+        parser.add_argument("--no-daemon", action="store_true",
+                            help="sample here even if an aiobpf daemon profiles PID (by "
+                                 "default a cpu profile is asked of it first)")
         parser.add_argument("-o", "--output", type=Path, metavar="FILE",
                             help="write to FILE instead of stdout")
         parser.add_argument("--format", choices=FORMATS,
@@ -74,14 +89,16 @@ class ProfileCommand:
                                  "FILE's suffix, else collapsed)")
 
     def run(self, args: argparse.Namespace) -> int:
-        args.rate = args.rate or (CPU_RATE_HZ if args.mode == "cpu" else WALL_RATE_HZ)
         fmt = args.format or SUFFIXES.get(args.output.suffix if args.output else "",
                                           "collapsed")
         if fmt == "pprof" and args.output is None and sys.stdout.isatty():
             raise errors.AiobpfError("pprof is binary: not written to a terminal",
                                      "give -o FILE, or pipe it")
-        profile = self._sample(args)
-        self._report(profile, args.rate)
+        profile = from_daemon(args)
+        if profile is None:
+            args.rate = args.rate or (CPU_RATE_HZ if args.mode == "cpu" else WALL_RATE_HZ)
+            profile = self._sample(args)
+        self._report(profile, profile.rate_hz)
         self._write(profile, fmt, args.output)
         return 0
 
@@ -143,6 +160,56 @@ class ProfileCommand:
             sys.stdout.buffer.write(data)
 
 
+def from_daemon(args: argparse.Namespace) -> Profile | None:
+    """The daemon's samples of ``args.pid`` for ``args.duration`` seconds; None when no
+    daemon answers (or it cannot serve what was asked: said on stderr in one line)."""
+    if args.no_daemon:
+        return None
+    from aiobpf.daemon import dumps
+    from aiobpf.daemon.config import DEFAULT_SOCKET
+
+    path = Path(os.environ.get("AIOBPF_SOCKET", DEFAULT_SOCKET))
+    if args.no_dwarf or args.debug_dir:
+        if dumps.answers(path):   # the daemon reads with the layout it found: not these
+            print("aiobpf: --no-dwarf and --debug-dir sample the process here, not through "
+                  "the daemon", file=sys.stderr, flush=True)
+        return None
+    if not dumps.answers(path):
+        return None
+    asked = {"mode": args.mode, "rate": args.rate, "duration": args.duration}
+    with stop_on_signals() as stopped:
+        print(f"aiobpf: asking the daemon for {args.duration:g} s of samples of process "
+              f"{args.pid} (Ctrl-C ends it sooner)", file=sys.stderr, flush=True)
+        reply = dumps.request(path, {"pid": args.pid, "profile": asked},
+                              timeout_s=args.duration + DAEMON_MARGIN_S, stopped=stopped)
+    if reply is None:
+        return None
+    if "fallback" in reply:
+        why = bound(escape(str(reply["fallback"])), 300)
+        print(f"aiobpf: the daemon did not answer ({why}): sampling the process here",
+              file=sys.stderr, flush=True)
+        return None
+    if "error" in reply:
+        error = errors.AiobpfError(bound(escape(str(reply["error"])), 300),
+                                   bound(escape(str(reply.get("hint", ""))), 300))
+        error.exit_code = int(reply.get("exit_code", errors.EXIT_ERROR))
+        raise error
+    try:
+        profile = Profile.from_document(reply.get("profile"))
+    except ValueError as exc:
+        raise errors.AiobpfError(f"the daemon's reply is not a profile: {exc}",
+                                 "--no-daemon samples the process here") from None
+    gone = any("exited" in str(note) for note in reply.get("notes", []))
+    if gone and not profile.stacks:
+        raise errors.ProcessExitedError(args.pid)
+    if gone:
+        print(f"aiobpf: process {args.pid} exited: writing the samples taken until then",
+              file=sys.stderr)
+    print(f"aiobpf: the daemon's samples, at its rate of {profile.rate_hz:g} Hz a thread "
+          f"(its profile_rate; --no-daemon samples here at --rate)", file=sys.stderr)
+    return profile
+
+
 def positive(text: str) -> float:
     try:
         value = float(text)
@@ -181,11 +248,10 @@ def _sample_cpu(collector: Collector, profile: Profile, duration_s: float,
                   f"process {collector.target.pid} at {profile.rate_hz:g} Hz of CPU time for "
                   f"{duration_s:g} s (Ctrl-C ends it sooner)", file=sys.stderr, flush=True)
 
-        for snapshot, before, samples in sampling.batches(duration_s, stopped, say_started):
-            graphs = [AwaitGraph(snapshot)] + ([AwaitGraph(before)] if before else [])
-            for sample in samples:
-                profile.add(cpu_stack(sample, *graphs))
-            profile.samples += len(samples)
+        for batch in sampling.batches(duration_s, stopped, say_started):
+            for stack in batch_stacks(batch):
+                profile.add(stack)
+            profile.samples += len(batch.samples)
     finally:
         sampling.close()
         profile.duration_s = time.monotonic() - started

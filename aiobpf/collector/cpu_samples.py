@@ -83,17 +83,11 @@ class SampleNamer:
                 for ts in thread_states(objs, interp)}
 
     def refresh(self) -> Snapshot:
-        """Read the task list: names, awaiters, and where each task's coroutine runs."""
+        """Read the task list: names, awaiters, and where each task's coroutine runs
+        (its frame is embedded in the coroutine object the read found)."""
         snapshot = self.collector.snapshot(details=False)
-        mem, coro_at = self.collector.mem, self.collector.target.layout["task.coro"]
-        by_frame = {}
-        for task in snapshot.tasks:
-            try:
-                coro = mem.ptr(task.id + coro_at)
-                if coro:
-                    by_frame[self.collector.frames.iframe_of(coro)] = task.id
-            except (ReadFault, DecodeError):
-                continue   # finished meanwhile: its samples count under its thread
+        iframe_of = self.collector.frames.iframe_of
+        by_frame = {iframe_of(task.coro): task.id for task in snapshot.tasks if task.coro}
         # The previous read's tasks too: samples taken before this read may belong to a
         # task that finished meanwhile (this read's tasks win where a frame was reused).
         self._previous, self._task_of_frame = self._task_of_frame, by_frame
@@ -131,31 +125,85 @@ class SampleNamer:
         return CpuSample(sample.tid, sample.time_ns, task, frames, sample.truncated)
 
 
+@dataclass
+class Batch:
+    """Samples attributed together: with the snapshot they were attributed with, and
+    the one before it (a task may have finished since)."""
+
+    snapshot: Snapshot
+    previous: Snapshot | None
+    samples: list[CpuSample]
+
+
+class ProcessSamples:
+    """One process's samples from a profiler that may serve others too: named as they
+    arrive (``receive``, from the profiler's callback), and attributed to their tasks
+    by ``attribute``, which reads the task list again and follows the process's
+    threads (new ones sampled, gone ones not).  ``aiobpf profile``/``top``
+    (``CpuSampling``) and the daemon's continuous profiles run the same loop."""
+
+    def __init__(self, collector: Collector, profiler: CpuProfiler, rate_hz: float,
+                 max_pending: int | None = None) -> None:
+        self.namer = SampleNamer(collector)
+        self.profiler = profiler
+        self.pid = collector.target.pid
+        self.rate_hz = rate_hz
+        self.max_pending = max_pending
+        self.config = profile_config(collector)
+        self.pending: list[NamedSample] = []
+        self.snapshot: Snapshot | None = None
+        self.gone: Exception | None = None   # the process exited: why the last batch was
+
+    def receive(self, raw: RawSample) -> None:
+        """Name a sample now, while the process (its code objects) is there."""
+        if self.max_pending is None or len(self.pending) < self.max_pending:
+            self.pending.append(self.namer.named(raw))
+
+    def follow(self) -> None:
+        self.profiler.follow(self.pid, self.config, self.namer.threads(), self.rate_hz)
+
+    def attribute(self, read: bool = True) -> Batch:
+        """The samples received so far, attributed with a fresh read of the task list
+        (which also follows the threads; ``read=False``: with the last read, as the
+        process is let go).  When the process exited, with the last read, and ``gone``
+        says so; when the read failed otherwise (it tore), the samples wait for the
+        next call and the error is raised."""
+        previous = self.snapshot
+        if read or previous is None:
+            try:
+                snapshot = self.namer.refresh()
+                self.follow()
+            except GONE as exc:
+                if previous is None:
+                    raise
+                self.gone = exc
+            else:
+                self.snapshot = snapshot
+        if self.snapshot is previous:   # not read again: the last read alone
+            previous = None
+        assert self.snapshot is not None
+        pending, self.pending = self.pending, []
+        return Batch(self.snapshot, previous, [self.namer.attribute(s) for s in pending])
+
+
 class CpuSampling:
     """A CPU profile of one process in progress: the profiler's program samples its
     threads; each sample's frames are named as it arrives (``POLL_MS``); every
     ``refresh_s`` the task list is read again and the samples since are attributed to
-    their tasks.  ``batches`` yields (the snapshot they were attributed with, the one
-    before it, the samples); when the process exits, the samples it left are yielded
-    before the error is raised."""
+    their tasks.  ``batches`` yields them; when the process exits, the samples it left
+    are yielded before the error is raised."""
 
     def __init__(self, collector: Collector, rate_hz: float, refresh_s: float = 1.0) -> None:
-        self.namer = SampleNamer(collector)
         self.rate_hz = rate_hz
         self.refresh_s = refresh_s
-        self._pending: list[NamedSample] = []
-        self.profiler = CpuProfiler(lambda raw: self._pending.append(self.namer.named(raw)))
-        self.pid = collector.target.pid
-        self.config = profile_config(collector)
+        self.profiler = CpuProfiler(lambda raw: self.process.receive(raw))
+        self.process = ProcessSamples(collector, self.profiler, rate_hz)
 
     def batches(self, duration_s: float, stopped: Callable[[], bool],
-                started: Callable[[int], None] = lambda threads: None
-                ) -> Iterator[tuple[Snapshot, Snapshot | None, list[CpuSample]]]:
+                started: Callable[[int], None] = lambda threads: None) -> Iterator[Batch]:
         """The batches, until ``duration_s`` passed or ``stopped()``; ``started`` is
         told how many threads are sampled once sampling began."""
-        previous: Snapshot | None = None
-        current = self.namer.refresh()
-        self.profiler.follow(self.pid, self.config, self.namer.threads(), self.rate_hz)
+        self.process.attribute()   # the tasks and threads as sampling begins
         started(self.profiler.threads)
         end = time.monotonic() + duration_s
         while True:
@@ -164,16 +212,11 @@ class CpuSampling:
                 self.profiler.poll(POLL_MS)
             done = stopped() or time.monotonic() >= end
             self.profiler.poll(0)
-            pending, self._pending = self._pending, []
-            try:
-                previous, current = current, self.namer.refresh()   # knows newer tasks
-            except GONE:
-                yield current, previous, [self.namer.attribute(s) for s in pending]
-                raise
-            yield current, previous, [self.namer.attribute(s) for s in pending]
+            yield self.process.attribute()
+            if self.process.gone is not None:
+                raise self.process.gone
             if done:
                 return
-            self.profiler.follow(self.pid, self.config, self.namer.threads(), self.rate_hz)
 
     def close(self) -> None:
         self.profiler.close()

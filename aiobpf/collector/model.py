@@ -43,6 +43,7 @@ class Task:
     source: str = "memory"        # memory | bpf
     errors: list[str] = field(default_factory=list)  # why this record may be partial
     loop: int = 0                 # address of its event loop
+    coro: int = 0                 # address of its coroutine (0: not known)
 
 
 @dataclass(slots=True)

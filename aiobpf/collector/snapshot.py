@@ -503,7 +503,8 @@ class _Read:
               chain: Chain | None = None) -> Task | None:
         """The task's record; None when it turns out to have finished during the read.
         ``chain``: its await chain, read already (None: read it now)."""
-        task = Task(raw.addr, raw.name, raw.thread_native_id, "pending", [], loop=raw.loop)
+        task = Task(raw.addr, raw.name, raw.thread_native_id, "pending", [], loop=raw.loop,
+                    coro=raw.coro)
         record = self._record(raw, running) if self._records else None
         if record is not None:
             return self._from_record(task, raw, record, index)
@@ -515,6 +516,7 @@ class _Read:
             if fresh is None:
                 return None
             raw = fresh
+            task.coro = raw.coro
             task.errors.clear()
             chain = self._chain(raw, task)
         if chain is not None:

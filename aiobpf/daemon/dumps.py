@@ -7,8 +7,15 @@ and, when the command fails, ``"error"``, ``"hint"`` and ``"exit_code"``; or
 or ``capture: bpf`` was asked and it has no probes for it, BPF is off, or its budget
 refuses a window): the client says WHY in one line and reads the process itself.
 
-Dumps reveal code names, paths and task names: the socket's directory and file are
-root-only (0700/0600), and the daemon also checks the peer's uid (SO_PEERCRED).
+A profile request (``aiobpf profile``) carries ``"profile": {"mode": "cpu", "rate":
+HZ or null, "duration": S}``: the daemon answers with its continuous profile's
+samples of the next S seconds (``{"profile": DOCUMENT, "notes": [...]}``), on a
+thread of its own (at most ``MAX_PROFILES`` at once: dumps are not held up); the
+client ends it sooner by shutting down its side of the connection (Ctrl-C).
+
+Dumps and profiles reveal code names, paths and task names: the socket's directory
+and file are root-only (0700/0600), and the daemon also checks the peer's uid
+(SO_PEERCRED): root, or the daemon's own user.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,8 +36,11 @@ from aiobpf.errors import EXIT_PERMISSION, EXIT_USAGE
 
 MAX_REQUEST = 4096
 CLIENT_TIMEOUT_S = 300.0   # a dump of a million tasks takes about a minute
+MAX_PROFILES = 4           # profile requests answered at once (each waits its duration)
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# A profile request, and a callable that says whether the client ended it early.
+ProfileHandler = Callable[[dict[str, Any], Callable[[], bool]], dict[str, Any]]
 
 
 def _peer_uid(conn: socket.socket) -> int:
@@ -39,9 +51,12 @@ def _peer_uid(conn: socket.socket) -> int:
 class DumpServer:
     """Answers dump requests one at a time (dumps are rare and memory-heavy)."""
 
-    def __init__(self, path: Path, handler: Handler) -> None:
+    def __init__(self, path: Path, handler: Handler,
+                 profile_handler: ProfileHandler | None = None) -> None:
         self.path = path
         self.handler = handler
+        self.profile_handler = profile_handler
+        self._profiles = threading.BoundedSemaphore(MAX_PROFILES)
         if not path.parent.exists():
             path.parent.mkdir(mode=0o700, parents=True)   # never chmod a directory not ours
         if path.exists():
@@ -68,13 +83,20 @@ class DumpServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                try:
-                    self._answer(conn)
-                except OSError:
-                    continue  # the client went away
+            try:
+                request = self._request(conn)
+                if isinstance(request, dict) and "profile" in request:
+                    self._profile(conn, request)
+                    continue
+                with conn:
+                    _reply(conn, request[0] if isinstance(request, tuple)
+                           else self.handler(request))
+            except OSError:
+                conn.close()   # the client went away
 
-    def _answer(self, conn: socket.socket) -> None:
+    def _request(self, conn: socket.socket) -> dict[str, Any] | tuple[dict[str, Any]]:
+        """The request, or (the reply that refuses it,): peers other than root and the
+        daemon's user are refused, whatever they sent."""
         conn.settimeout(10)
         data = b""
         while b"\n" not in data and len(data) < MAX_REQUEST:
@@ -82,20 +104,41 @@ class DumpServer:
             if not chunk:
                 break
             data += chunk
-        reply: dict[str, Any]
         if _peer_uid(conn) not in (0, os.geteuid()):
-            reply = {"error": "dumps are for root only", "exit_code": EXIT_PERMISSION}
-        else:
+            return ({"error": "dumps and profiles are for root only",
+                     "exit_code": EXIT_PERMISSION},)
+        try:
+            request = json.loads(data)
+            if not isinstance(request, dict) or not isinstance(request.get("pid"), int):
+                raise ValueError("no pid")
+        except ValueError:
+            return ({"error": "bad request", "exit_code": EXIT_USAGE},)
+        return request
+
+    def _profile(self, conn: socket.socket, request: dict[str, Any]) -> None:
+        """Answer a profile request on a thread of its own (it lasts its duration)."""
+        if self.profile_handler is None or not self._profiles.acquire(blocking=False):
+            with conn:
+                _reply(conn, {"fallback": "the daemon serves no profiles" if
+                              self.profile_handler is None else
+                              f"the daemon is answering {MAX_PROFILES} profile requests"})
+            return
+        handler = self.profile_handler
+
+        def answer() -> None:
             try:
-                request = json.loads(data)
-                if not isinstance(request, dict) or not isinstance(request.get("pid"), int):
-                    raise ValueError("no pid")
-            except ValueError:
-                reply = {"error": "bad request", "exit_code": EXIT_USAGE}
-            else:
-                reply = self.handler(request)
-        conn.settimeout(CLIENT_TIMEOUT_S)
-        conn.sendall(json.dumps(reply).encode() + b"\n")
+                with conn:
+                    try:
+                        reply = handler(request, lambda: _ended(conn))
+                    except Exception as exc:   # said to the client, never a dead thread
+                        reply = {"fallback": f"the daemon failed: {type(exc).__name__}"}
+                    _reply(conn, reply)
+            except OSError:
+                pass   # the client went away
+            finally:
+                self._profiles.release()
+
+        threading.Thread(target=answer, name="aiobpf-profile", daemon=True).start()
 
     def close(self) -> None:
         self._stopping = True
@@ -104,6 +147,24 @@ class DumpServer:
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _reply(conn: socket.socket, reply: dict[str, Any]) -> None:
+    conn.settimeout(CLIENT_TIMEOUT_S)
+    conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def _ended(conn: socket.socket) -> bool:
+    """Has the client shut down its side (or gone)?  It sends nothing after its request."""
+    ready, _, _ = select.select([conn], [], [], 0)
+    if not ready:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def answers(path: Path) -> bool:
@@ -119,17 +180,30 @@ def answers(path: Path) -> bool:
     return True
 
 
-def request(path: Path, message: dict[str, Any]) -> dict[str, Any] | None:
+def request(path: Path, message: dict[str, Any], timeout_s: float = CLIENT_TIMEOUT_S,
+            stopped: Callable[[], bool] = lambda: False) -> dict[str, Any] | None:
     """Ask the daemon at ``path``: its reply (``"fallback"`` in it when the daemon
     cannot answer), or None when no daemon answers there (or may not be asked by this
-    user); either way the caller then reads the process itself."""
+    user); either way the caller then reads the process itself.  Once ``stopped()``,
+    this side of the connection is shut down: a profile request ends sooner."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CLIENT_TIMEOUT_S)
     try:
         sock.connect(str(path))
         sock.sendall(json.dumps(message).encode() + b"\n")
         chunks = []
-        while chunk := sock.recv(1 << 20):
+        sock.settimeout(0.2)
+        deadline, shut = time.monotonic() + timeout_s, False
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(1 << 20)
+            except TimeoutError:
+                if stopped() and not shut:
+                    sock.shutdown(socket.SHUT_WR)
+                    shut = True
+                continue
+            if not chunk:
+                break
             chunks.append(chunk)
     except (FileNotFoundError, ConnectionRefusedError, PermissionError, NotADirectoryError):
         return None

@@ -6,13 +6,15 @@ Off by default (``profile_rate = 0``).  When on, the profiler's program
 seconds each process's samples since the last file are written to
 ``profile_dir/PID-START.pb.gz`` (pprof, the async stacks of ``aiobpf profile``), and
 files older than ``profile_keep`` seconds are removed, so an operator can fetch the
-last hour with ``go tool pprof`` or a Pyroscope uploader.
+last hour with ``go tool pprof`` or a Pyroscope uploader.  ``aiobpf profile PID`` asks
+the daemon first (aiobpf.daemon.dumps): ``serve`` hands it the samples of the next
+seconds it asks for, at the daemon's rate (a ``Tap`` on the process's samples).
 
 A sample costs the traced thread one perf interrupt and the program's walk of its
-frames (a few microseconds): at 19 Hz, about 0.01 % of a busy thread, a small part of
-the overhead budget's 1 %.  Naming the samples and finding their tasks reads each
-process's memory (its task list every ``REFRESH_S``), on this module's own thread,
-with collectors of its own.
+frames (aiobpf.daemon.budget.cost.PROFILE_SAMPLE_S: at 19 Hz, 0.067 % of a busy
+thread), taken from the overhead budget before the probes are planned.  Naming the
+samples and finding their tasks reads each process's memory (its task list every
+``REFRESH_S``), on this module's own thread, with collectors of its own.
 
 The directory is the daemon's: created 0700, and refused (profiles off, said in the
 log) when it is a symbolic link, is not owned by the daemon's user, or is open to
@@ -28,18 +30,19 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiobpf.bpf.profile import CpuProfiler, ProfilerUnavailable, RawSample
-from aiobpf.collector.cpu_samples import GONE, NamedSample, SampleNamer, profile_config
+from aiobpf.collector.cpu_samples import GONE, ProcessSamples
 from aiobpf.collector.memory import RemoteReadError
 from aiobpf.collector.objects import DecodeError
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import Target
 from aiobpf.exporters.profile import pprof
 from aiobpf.exporters.profile.profile import Profile
-from aiobpf.exporters.profile.stacks import AwaitGraph, cpu_stack
+from aiobpf.exporters.profile.stacks import batch_stacks
 
 log = logging.getLogger("aiobpf")
 
@@ -47,6 +50,8 @@ REFRESH_S = 5.0           # the task list of a profiled process is read this oft
 POLL_MS = 100
 MAX_PENDING = 100_000     # samples of one process waiting for their tasks (then dropped)
 FILE_NAME = re.compile(r"(\d+)-(\d+)\.pb\.gz")
+TAP_MARGIN_NS = 20_000_000   # a sample is in the ring this soon after it was taken
+TAP_GRACE_S = 2 * REFRESH_S + 5.0   # a tap not complete this long after its end gives up
 
 
 class ProfilesUnavailable(Exception):
@@ -71,14 +76,37 @@ def own_directory(path: Path) -> int:
 
 
 @dataclass
+class Tap:
+    """A request's share of one process's samples: those taken from ``start_ns`` to
+    ``end_ns`` (CLOCK_MONOTONIC, as the program stamps them), complete (``done``) once
+    every sample of that span has been attributed, or the process is gone (``gone``)."""
+
+    start_ns: int
+    end_ns: int
+    profile: Profile
+    done: threading.Event = field(default_factory=threading.Event)
+    gone: bool = False
+
+    def wants(self, time_ns: int) -> bool:
+        return self.start_ns <= time_ns <= self.end_ns
+
+
+@dataclass
 class _Profiled:
     pid: int
     collector: Collector
-    namer: SampleNamer
+    samples: ProcessSamples
     profile: Profile
     started: float = field(default_factory=time.time)
-    pending: list[NamedSample] = field(default_factory=list)
     refreshed: float = 0.0
+    taps: list[Tap] = field(default_factory=list)
+
+    def release_taps(self) -> None:
+        """The process is no longer profiled: its requests get what they have."""
+        for tap in self.taps:
+            tap.gone = True
+            tap.done.set()
+        self.taps.clear()
 
 
 class ContinuousProfiles:
@@ -92,6 +120,7 @@ class ContinuousProfiles:
         self._processes: dict[int, _Profiled] = {}
         self._stop = threading.Event()
         self.written = 0
+        self._polled_ns = 0   # samples taken before this were read from the ring
         try:
             self.profiler = CpuProfiler(self._received)
         except ProfilerUnavailable as exc:
@@ -105,18 +134,52 @@ class ContinuousProfiles:
     def follow(self, target: Target) -> None:
         """Profile ``target`` from now on (with a collector of its own)."""
         collector = Collector(target)
-        process = _Profiled(target.pid, collector, SampleNamer(collector),
+        process = _Profiled(target.pid, collector,
+                            ProcessSamples(collector, self.profiler, self.rate_hz, MAX_PENDING),
                             Profile(target.pid, "cpu", self.rate_hz))
         with self._lock:
             self._processes[target.pid] = process
 
     def forget(self, pid: int) -> None:
+        """Stop profiling ``pid``; its samples waiting count, under the tasks of the
+        last read (requests get them)."""
         with self._lock:
             process = self._processes.pop(pid, None)
-            if process is not None:
-                with contextlib.suppress(Exception):
-                    self.profiler.forget(pid)
-                process.collector.close()
+            if process is None:
+                return
+            with contextlib.suppress(Exception):
+                self.profiler.poll(0)
+                self._attribute(process, read=False)
+            self._stop_profiling(process)
+
+    def _stop_profiling(self, process: _Profiled) -> None:
+        process.release_taps()
+        with contextlib.suppress(Exception):
+            self.profiler.forget(process.pid)
+        process.collector.close()
+
+    def serve(self, pid: int, duration_s: float, stopped: Callable[[], bool]
+              ) -> Tap | None:
+        """The samples of ``pid`` over the next ``duration_s`` seconds (fewer once
+        ``stopped()``), as async stacks; None when ``pid`` is not profiled."""
+        now = time.monotonic_ns()
+        tap = Tap(now, now + int(duration_s * 1e9), Profile(pid, "cpu", self.rate_hz))
+        with self._lock:
+            process = self._processes.get(pid)
+            if process is None:
+                return None
+            process.taps.append(tap)
+        give_up = time.monotonic() + duration_s + TAP_GRACE_S
+        while not tap.done.wait(0.1):
+            if stopped() or self._stop.is_set():
+                with self._lock:
+                    tap.end_ns = min(tap.end_ns, time.monotonic_ns())
+            if time.monotonic() > give_up:
+                with self._lock, contextlib.suppress(ValueError):
+                    process.taps.remove(tap)
+                break
+        tap.profile.duration_s = (min(tap.end_ns, time.monotonic_ns()) - tap.start_ns) / 1e9
+        return tap
 
     def close(self) -> None:
         self._stop.set()
@@ -133,12 +196,13 @@ class ContinuousProfiles:
     # -- the profiler's thread ----------------------------------------------------------
     def _received(self, raw: RawSample) -> None:
         process = self._processes.get(raw.pid)
-        if process is not None and len(process.pending) < MAX_PENDING:
-            process.pending.append(process.namer.named(raw))   # while its code is there
+        if process is not None:
+            process.samples.receive(raw)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             with self._lock:
+                self._polled_ns = time.monotonic_ns() - TAP_MARGIN_NS   # samples before: here
                 self.profiler.poll(0)
                 now = time.time()
                 for process in list(self._processes.values()):
@@ -150,33 +214,43 @@ class ContinuousProfiles:
                             log.warning("pid %d: continuous profile stopped: %s",
                                         process.pid, exc)
                         self._processes.pop(process.pid, None)
-                        with contextlib.suppress(Exception):
-                            self.profiler.forget(process.pid)
-                        process.collector.close()
+                        self._stop_profiling(process)
                 self._prune(now)
             self._stop.wait(POLL_MS / 1000)
 
     def _tend(self, process: _Profiled, now: float) -> None:
         """Read its task list when due (following its threads), attribute the samples
-        waiting, and write its file when the rotation is due."""
-        if now - process.refreshed >= min(REFRESH_S, self.rotate_s):
+        waiting, and write its file when the rotation is due (a request's samples are
+        attributed as soon as its span ends)."""
+        tap_due = any(tap.end_ns <= self._polled_ns for tap in process.taps)
+        if tap_due or now - process.refreshed >= min(REFRESH_S, self.rotate_s):
             process.refreshed = now
             try:
                 self._attribute(process)
+            except GONE:
+                raise
             except (RemoteReadError, DecodeError) as exc:   # torn: the samples wait
                 log.debug("pid %d: the profile's read of the tasks failed: %s",
                           process.pid, exc)
         if now - process.started >= self.rotate_s:
             self._write(process, now)
 
-    def _attribute(self, process: _Profiled) -> None:
-        graph = AwaitGraph(process.namer.refresh())
-        self.profiler.follow(process.pid, profile_config(process.collector),
-                             process.namer.threads(), self.rate_hz)
-        pending, process.pending = process.pending, []
-        for named in pending:
-            process.profile.add(cpu_stack(process.namer.attribute(named), graph))
+    def _attribute(self, process: _Profiled, read: bool = True) -> None:
+        """The samples waiting, under their tasks (``read``: read anew), in the profile
+        and the requests that want them; a request whose span ended gets its answer."""
+        batch = process.samples.attribute(read)
+        for sample, stack in zip(batch.samples, batch_stacks(batch), strict=True):
+            process.profile.add(stack)
             process.profile.samples += 1
+            for tap in process.taps:
+                if tap.wants(sample.time_ns):
+                    tap.profile.add(stack)
+                    tap.profile.samples += 1
+        for tap in [tap for tap in process.taps if tap.end_ns <= self._polled_ns]:
+            process.taps.remove(tap)
+            tap.done.set()
+        if process.samples.gone is not None:
+            raise process.samples.gone   # (its samples taken: it is dropped)
 
     def _write(self, process: _Profiled, now: float) -> None:
         profile, process.profile = process.profile, Profile(process.pid, "cpu", self.rate_hz)

@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from aiobpf.collector.procfs import ProcessNotFound, ThreadTimes, thread_times
 from aiobpf.collector.snapshot import Collector, trim_heap
 from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPython, open_target
 from aiobpf.daemon.budget.account import Faults, ProcessAccount
-from aiobpf.daemon.budget.cost import CostModel
+from aiobpf.daemon.budget.cost import CostModel, capture_budget, profile_overhead
 from aiobpf.daemon.budget.estimate import Reading
 from aiobpf.daemon.budget.windows import FileWindow, next_switch
 from aiobpf.daemon.config import Config
@@ -72,6 +73,7 @@ DUMP_DEADLINE_S = 120.0
 DUMP_WINDOW_MAX_S = 5.0    # the longest a dump holds the probes on (its --window)
 DUMP_HOLD_MARGIN_S = 0.2   # ... and this much more, for the records to be read
 DUMP_ATTACH_WAIT_S = 5.0   # the loop attaches a dump's probes within this (a tick, usually)
+PROFILE_MAX_S = 3600.0     # the longest profile request the daemon serves
 MAX_TASKS = 1 << 20        # tasks the daemon reads of one process (a forged list costs that)
 BIG_READ_TASKS = 10_000     # after a read of this many tasks, freed heap goes back
 PRUNE_INTERVAL_S = 5.0      # the BPF maps are cleared of stale records and exited threads
@@ -229,6 +231,9 @@ class Daemon:
         self._reader = threading.Thread(target=self._read_loop, name="aiobpf-reader",
                                         daemon=True)
         self.profiles = self._start_profiles()
+        # What the probes may cost: the budget less what continuous profiles take.
+        self.profile_rate = config.profile_rate if self.profiles is not None else 0.0
+        self.probe_budget = capture_budget(config.budget, self.profile_rate)
 
     def _start_profiles(self) -> ContinuousProfiles | None:
         """The continuous profiles, when asked for and possible (else one log line)."""
@@ -248,6 +253,12 @@ class Daemon:
             return None
         log.info("continuous profiles: %g Hz of each traced thread's CPU time, a file every "
                  "%g s in %s", config.profile_rate, config.profile_rotate, config.profile_dir)
+        cost = profile_overhead(config.profile_rate)
+        if config.budget < 1.0:
+            (log.warning if cost >= config.budget else log.info)(
+                "continuous profiles cost %.3g%% of each traced thread's CPU time: %s of "
+                "the budget (%g%%)", 100 * cost, "all" if cost >= config.budget
+                else f"{100 * cost / config.budget:.0f}%", 100 * config.budget)
         return profiles
 
     def _calibrate(self, capture: Capture) -> ProbeCosts | None:
@@ -665,7 +676,7 @@ class Daemon:
     def _schedule_file(self, file: tuple[int, int], window: FileWindow, now: float) -> None:
         assert self.capture is not None
         before = window.duty
-        window.plan(self.config.budget)
+        window.plan(self.probe_budget)
         if _differs(window.duty, before, by=0.5):
             pids = sorted(t.pid for t in self.traced.values() if t.file == file)
             log.info("pid %s: probes attached %s", ", ".join(map(str, pids)),
@@ -852,7 +863,8 @@ class Daemon:
                 counts=account.estimate.counts, probe_hits=account.estimate.hits,
                 capture_fraction=account.capture_fraction(traced.file is not None),
                 attached_seconds=account.attached_s,
-                overhead=account.overhead(window.duty if window else 0.0),
+                overhead=(account.overhead(window.duty if window else 0.0)
+                          + profile_overhead(self.profile_rate)),
                 step_cost=account.step_cost))
         self.state = DaemonState(views, Counter(self.errors), self.last_scan,
                                  generation=self.state.generation + 1)
@@ -905,6 +917,27 @@ class Daemon:
                     "exit_code": exc.exit_code, "notes": notes}
         return {"output": "".join(out), "notes": notes}
 
+    def profile(self, request: dict[str, Any], stopped: Callable[[], bool]) -> dict[str, Any]:
+        """Answer a profile request (see aiobpf.daemon.dumps): the continuous profile's
+        samples of the next ``duration`` seconds, when it can serve what was asked."""
+        pid, asked = request["pid"], request.get("profile")
+        if not isinstance(asked, dict):
+            return {"error": "bad request", "exit_code": errors.EXIT_USAGE}
+        traced = self.traced.get(pid)
+        why = profile_refusal(asked, self.config.profile_rate, self.profiles is not None)
+        if why is None and (traced is None or traced.gone):
+            why = f"process {pid} is not traced by this daemon"
+        elif why is None and traced is not None and not self._unchanged(traced):
+            why = CHANGED.format(pid=pid)
+        profiles = self.profiles
+        if why is not None or profiles is None:
+            return {"fallback": why or "the daemon's continuous profiles are off"}
+        tap = profiles.serve(pid, float(asked["duration"]), stopped)
+        if tap is None:
+            return {"fallback": f"the daemon does not profile process {pid} (yet)"}
+        notes = [f"process {pid} exited"] if tap.gone else []
+        return {"profile": tap.profile.document(), "notes": notes}
+
     def _dump_records(self, traced: Traced, wait_s: float) -> dict | str:
         """BPF records of ``traced`` taken over at least ``wait_s`` seconds of attached
         probes, as ``--capture bpf`` takes them: when its file's probes are off (between
@@ -944,6 +977,25 @@ class Daemon:
         return records
 
 
+def profile_refusal(asked: dict[str, Any], daemon_rate: float, on: bool) -> str | None:
+    """Why the daemon cannot serve the profile ``asked`` (mode, rate, duration), in one
+    line; None when it can."""
+    if not on:
+        return ("the daemon's continuous profiles are off (profile_rate)" if daemon_rate > 0
+                else "the daemon's continuous profiles are off (profile_rate = 0)")
+    if asked.get("mode") != "cpu":
+        return (f"the daemon keeps CPU profiles only, not --mode "
+                f"{bound(str(asked.get('mode')), 20)}")
+    rate, duration = asked.get("rate"), asked.get("duration")
+    if rate is not None and (not isinstance(rate, (int, float)) or rate != daemon_rate):
+        return (f"the daemon samples at {daemon_rate:g} Hz (its profile_rate), not "
+                f"{bound(str(rate), 20)} Hz (without --rate its samples serve)")
+    if (isinstance(duration, bool) or not isinstance(duration, (int, float))
+            or not 0 < duration <= PROFILE_MAX_S):
+        return f"the daemon serves profiles of up to {PROFILE_MAX_S:g} s"
+    return None
+
+
 def _dump_window(asked: object) -> float:
     """How long a dump watches steps: its ``--window``, within [0, DUMP_WINDOW_MAX_S]."""
     if isinstance(asked, bool) or not isinstance(asked, (int, float)) or asked != asked:
@@ -976,7 +1028,7 @@ def serve(daemon: Daemon, socket_path: Path | None) -> None:
     host, port = daemon.config.listen_address
     server = start_metrics_server(host, port, daemon.current_state,
                                   load_web_config(daemon.config.web_config))
-    dumps = DumpServer(socket_path, daemon.dump) if socket_path else None
+    dumps = DumpServer(socket_path, daemon.dump, daemon.profile) if socket_path else None
     if dumps:
         dumps.start()
     log.info("metrics on http://%s:%d/metrics%s", host, port,

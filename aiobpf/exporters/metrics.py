@@ -122,7 +122,8 @@ FAMILIES = (
            "Seconds the process's probes were attached; its rate() is the attached "
            "fraction over any range.", "budget"),
     Family("overhead", "aiobpf_estimated_overhead_ratio", "gauge",
-           "Estimated CPU aiobpf's probes cost the process, as a fraction of its own.",
+           "Estimated CPU aiobpf's probes (and continuous profiles) cost the process, "
+           "as a fraction of its own.",
            "budget"),
     Family("step_cost", "aiobpf_step_cost_seconds", "gauge",
            "Estimated CPU time one captured step costs the process (uprobe trap, programs, "

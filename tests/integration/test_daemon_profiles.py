@@ -1,21 +1,26 @@
 """The daemon's continuous CPU profiles: pprof files on a rotation, read by go tool
 pprof, attributing a known split to the right tasks; a directory open to others is
-refused."""
+refused; ``aiobpf profile`` answered from them, for root only."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_target
-from tests.integration.daemon_proc import run_daemon
+from aiobpf.daemon.profiling import REFRESH_S
+from tests.conftest import aiobpf, run_target
+from tests.integration.daemon_proc import REPO, run_daemon
+from tests.integration.test_profile import A_CHAIN, B_CHAIN, _ours
 from tests.pythons import by_label
 
 SELECT = "cpu_split\\.py"
@@ -41,7 +46,10 @@ def _cum(top: str, name: str) -> float:
 
 def test_profiles_are_written_on_a_rotation_and_name_the_tasks(tmp_path: Path) -> None:
     profiles = tmp_path / "profiles"
-    extra = (f'profile_rate = 49\nprofile_dir = "{profiles}"\nprofile_rotate = 2\n'
+    # 97 Hz, not 49: at 49 Hz a 2 s file read 50/50, 100/0 or 92/8 now and then under
+    # load (the old code too): the CPU clock's 20.4 ms are about 2.5 of the target's
+    # turns of 8 ms, so the samples likely fell on two phases of the turn only
+    extra = (f'profile_rate = 97\nprofile_dir = "{profiles}"\nprofile_rotate = 2\n'
              "profile_keep = 6\n")
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
             run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
@@ -84,3 +92,111 @@ def test_a_profile_directory_open_to_others_is_refused(tmp_path: Path) -> None:
         log = daemon.log.read_text()
     assert "continuous profiles are off" in log and "closed to others" in log, log[-2000:]
     assert list(profiles.iterdir()) == []
+
+
+# -- aiobpf profile answered by the daemon -----------------------------------------------
+def test_profile_asks_the_daemon_first_and_falls_back_saying_why(tmp_path: Path) -> None:
+    """``aiobpf profile PID`` is answered from the daemon's continuous profile: the
+    samples of the duration asked, at the daemon's rate (said on stderr), the known
+    split under the right tasks; what the daemon cannot serve (another rate, wall
+    mode) is sampled here after one line saying why; --no-daemon samples here."""
+    rate, seconds = 99, 4
+    extra = f'profile_rate = {rate}\nprofile_dir = "{tmp_path / "profiles"}"\n'
+    with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
+            run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
+        daemon.wait_traced(target.pid)
+        sock, pid = str(daemon.socket), str(target.pid)
+        served = aiobpf("profile", pid, "--duration", str(seconds), socket=sock)
+        other_rate = aiobpf("profile", pid, "--duration", "1", "--rate", "199", socket=sock)
+        wall = aiobpf("profile", pid, "--duration", "0.5", "--mode", "wall", socket=sock)
+        local = aiobpf("profile", pid, "--duration", "1", "--no-daemon", socket=sock)
+    assert served.returncode == 0, served.stderr
+    assert f"the daemon's samples, at its rate of {rate} Hz a thread" in served.stderr
+    assert "sampling 1 thread" not in served.stderr   # (the local sampler's line)
+    stacks = _ours(served.stdout)
+    total = sum(stacks.values())
+    # the samples of the duration asked (A and B spin all the time), not the daemon's all
+    assert 0.6 * rate * seconds <= total <= 1.1 * rate * seconds, served.stderr
+    a = sum(n for stack, n in stacks.items() if stack[-len(A_CHAIN):] == A_CHAIN)
+    b = sum(n for stack, n in stacks.items() if stack[-len(B_CHAIN):] == B_CHAIN)
+    assert a / total == pytest.approx(0.75, abs=0.05), stacks
+    assert b / total == pytest.approx(0.25, abs=0.05), stacks
+    for result, why in ((other_rate, f"the daemon samples at {rate} Hz"),
+                        (wall, "the daemon keeps CPU profiles only, not --mode wall")):
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "did not answer" in line]
+        assert len(lines) == 1 and why in lines[0], result.stderr
+        assert lines[0].endswith(": sampling the process here")
+        assert sum(_ours(result.stdout).values()) > 0
+    assert local.returncode == 0 and "daemon" not in local.stderr, local.stderr
+    assert "sampling 1 thread" in local.stderr
+
+
+def test_profile_through_the_daemon_ends_on_ctrl_c_with_the_samples_taken(tmp_path: Path
+                                                                          ) -> None:
+    extra = f'profile_rate = 99\nprofile_dir = "{tmp_path / "profiles"}"\n'
+    with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
+            run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
+        daemon.wait_traced(target.pid)
+        proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "profile", str(target.pid),
+                                 "--duration", "60"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                env={**os.environ, "AIOBPF_SOCKET": str(daemon.socket)})
+        assert proc.stderr is not None
+        assert "asking the daemon" in proc.stderr.readline()
+        time.sleep(3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    assert proc.returncode == 0, err
+    assert "the daemon's samples" in err
+    assert took < 2 * REFRESH_S, err   # (the samples are attributed at once)
+    assert 150 <= sum(_ours(out).values()) <= 99 * (3 + took) * 1.1, err
+
+
+def test_profile_through_the_daemon_is_root_only(tmp_path: Path) -> None:
+    """A user who does not own the target is refused: by the socket's mode, and by
+    the daemon's check of the peer's credentials when the socket is opened up."""
+    public = Path(tempfile.mkdtemp(prefix="aiobpf-test-", dir="/tmp"))
+    public.chmod(0o755)
+    extra = f'profile_rate = 49\nprofile_dir = "{tmp_path / "profiles"}"\n'
+    try:
+        with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
+                run_daemon(tmp_path, select=SELECT, extra=extra,
+                           socket_dir=public / "run") as daemon:
+            daemon.wait_traced(target.pid)
+            sock, pid = str(daemon.socket), str(target.pid)
+            denied = aiobpf("profile", pid, "--duration", "1", user="nobody", socket=sock)
+            daemon.socket.parent.chmod(0o755)
+            daemon.socket.chmod(0o666)
+            asked = aiobpf("profile", pid, "--duration", "1", user="nobody", socket=sock)
+    finally:
+        shutil.rmtree(public)
+    assert denied.returncode == 77, denied.stderr   # its own sampling: refused
+    assert "asking the daemon" not in denied.stderr
+    assert asked.returncode == 77, asked.stderr
+    assert "root only" in asked.stderr and asked.stdout == "", asked.stderr
+    for result in (denied, asked):
+        assert "Traceback" not in result.stderr
+
+
+def test_profile_through_the_daemon_of_a_target_that_exits_keeps_the_samples_taken(
+        tmp_path: Path) -> None:
+    extra = f'profile_rate = 99\nprofile_dir = "{tmp_path / "profiles"}"\n'
+    with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
+            run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
+        daemon.wait_traced(target.pid)
+        proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "profile", str(target.pid),
+                                 "--duration", "60"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                env={**os.environ, "AIOBPF_SOCKET": str(daemon.socket)})
+        assert proc.stderr is not None
+        assert "asking the daemon" in proc.stderr.readline()
+        time.sleep(3)
+        target.proc.kill()
+        target.proc.wait()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"process {target.pid} exited: writing the samples taken until then" in err
+    assert sum(_ours(out).values()) >= 100, err

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SID_ROOT, aiobpf, matrix_params, run_target
+from tests.conftest import NO_DAEMON_SOCKET, SID_ROOT, aiobpf, matrix_params, run_target
 from tests.pythons import Python, by_label
 
 # The example's leaf tasks: six foo2 under the three foo1.N (two each), one foo2 under
@@ -198,14 +198,16 @@ def test_cpu_mode_agrees_with_cpython_3_15s_sampler_on_the_running_task(sid_proc
 
 
 def _py_spy_stacks(text: str) -> Counter[tuple[tuple[str, int], ...]]:
-    """py-spy's raw (collapsed) lines as ((name, line), ...) -> count."""
+    """py-spy's raw (collapsed) lines as ((name, line), ...) -> count (line 0 where
+    py-spy gives none: with --nonblocking it may read a frame half-written)."""
     out: Counter[tuple[tuple[str, int], ...]] = Counter()
     for line in text.splitlines():
         stack, count = line.rsplit(" ", 1)
         frames = []
         for part in stack.split(";"):
-            name, where = part.rsplit(" (", 1)
-            frames.append((name, int(where.rstrip(")").rsplit(":", 1)[1])))
+            name, _, where = part.rpartition(" (") if " (" in part else (part, "", "")
+            number = where.rstrip(")").rpartition(":")[2]
+            frames.append((name, int(number) if number.isdigit() else 0))
         out[tuple(frames)] += int(count)
     return out
 
@@ -221,15 +223,16 @@ def _frames_of(collapsed: str) -> Counter[tuple[str, ...]]:
     return out
 
 
-@pytest.mark.parametrize("label", ["debian-3.11", "sid-3.14"])
-def test_the_same_synchronous_frames_as_py_spy_with_the_awaiter_chain_above(label: str
+@pytest.mark.parametrize("python", matrix_params())
+def test_the_same_synchronous_frames_as_py_spy_with_the_awaiter_chain_above(python: Python
                                                                              ) -> None:
-    """py-spy, same process, same run, same rate: its stack for the spinning task ends
-    in the same frames (names and lines) as aiobpf's; aiobpf has the tasks above them
-    where py-spy has the event loop."""
+    """py-spy, same process, same run, same rate, on every interpreter of the matrix
+    (py-spy 0.4.3 reads them all, 3.15 and the debug builds included): its stack for
+    the spinning task ends in the same frames (names and lines) as aiobpf's; aiobpf
+    has the tasks above them where py-spy has the event loop."""
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
     assert py_spy, "py-spy (pip, the test extra) is the reference sampler"
-    with run_target(by_label(label), "cpu_split.py") as target, \
+    with run_target(python, "cpu_split.py") as target, \
             tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "py-spy.txt"
         theirs = subprocess.Popen([py_spy, "record", "--pid", str(target.pid), "--rate", "99",
@@ -266,7 +269,8 @@ def test_a_target_that_exits_leaves_the_samples_taken(mode: str) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "profile", str(target.pid),
                                  "--mode", mode, "--duration", "30"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=Path(__file__).resolve().parents[2])
+                                cwd=Path(__file__).resolve().parents[2],
+                                env={**os.environ, "AIOBPF_SOCKET": NO_DAEMON_SOCKET})
         assert proc.stderr is not None
         if mode == "cpu":   # compiled (1-3 s) and sampling
             assert proc.stderr.readline().startswith("aiobpf: sampling 1 thread of process")
@@ -280,16 +284,37 @@ def test_a_target_that_exits_leaves_the_samples_taken(mode: str) -> None:
 
 
 # -- top ------------------------------------------------------------------------------------
+ROW = re.compile(r"^\s*(\d+\.\d)\s+(-|\d+\.\d)\s+(-|[\d.]+(?:us|ms|s))\s+(.+?)(?:\s{2,}|$)")
+
+
+def _rows(screen: list[str]) -> dict[str, tuple[float, float | None, float | None]]:
+    """top's task rows: chain -> (CPU %, steps/s, longest step in ms)."""
+    out = {}
+    for line in screen:
+        found = ROW.match(line)
+        if found:
+            cpu, rate, longest, chain = found.groups()
+            scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+            unit = re.sub(r"[\d.]", "", longest)
+            out[chain.strip()] = (float(cpu), None if rate == "-" else float(rate),
+                                  None if longest == "-" else
+                                  float(longest[:-len(unit)]) * scale[unit])
+    return out
+
+
 def test_top_shows_tasks_by_cpu_share_and_where_tasks_wait() -> None:
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target:
         result = aiobpf("top", str(target.pid), "--iterations", "4", "--rate", "199")
+        off = aiobpf("top", str(target.pid), "--iterations", "1", "--no-steps")
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().split("\n\n\n")[-1].splitlines()
-    shares = {line[8:].split("  ")[0].strip(): float(line[:6]) for line in last
-              if re.match(r"^\s+\d+\.\d  ", line)}
-    assert shares["Task-1 > parent > A"] == pytest.approx(75, abs=7)
-    assert shares["Task-1 > B"] == pytest.approx(25, abs=7)
+    rows = _rows(last)
+    assert rows["Task-1 > parent > A"][0] == pytest.approx(75, abs=7)
+    assert rows["Task-1 > B"][0] == pytest.approx(25, abs=7)
     assert any("parent /home/user/cpu_split.py:46" in line for line in last)
+    assert off.returncode == 0, off.stderr
+    assert "STEPS/S, LONGEST step: off (--no-steps)" in off.stdout
+    assert all(rate is None for _, rate, _ in _rows(off.stdout.splitlines()).values())
 
 
 def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
@@ -305,11 +330,77 @@ def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
     return seen
 
 
+TERM_CODE = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z@])|\x1b[()][0-9A-Za-z]|\x1b[=>78]|(.)",
+                       re.DOTALL)
+
+
+def _screen_lines(drawn: bytes, height: int = 30, width: int = 160) -> list[str]:
+    """The screen curses left, as lines: the cursor moves, erasures and repeats of the
+    xterm sequences it writes played on a grid (the rest, colours and modes, ignored)."""
+    grid = [[" "] * width for _ in range(height)]
+    row = col = 0
+    last = " "
+    for m in TERM_CODE.finditer(drawn.decode("utf-8", "replace")):
+        params, final, char = m.groups()
+        if char is not None:
+            if char == "\r":
+                col = 0
+            elif char == "\n":
+                row = min(row + 1, height - 1)
+            elif char == "\b":
+                col = max(col - 1, 0)
+            elif char.isprintable():
+                if col < width:
+                    grid[row][col] = last = char
+                col += 1
+            continue
+        if final is None or (params or "").startswith("?"):
+            continue
+        args = [int(a) if a else 0 for a in (params or "").split(";")]
+        n = max(args[0], 1)
+        if final in "Hf":
+            row = min(max(args[0], 1), height) - 1
+            col = min(max(args[1] if len(args) > 1 else 1, 1), width) - 1
+        elif final == "A":
+            row = max(row - n, 0)
+        elif final == "B":
+            row = min(row + n, height - 1)
+        elif final == "C":
+            col = min(col + n, width - 1)
+        elif final == "D":
+            col = max(col - n, 0)
+        elif final == "G":
+            col = min(n, width) - 1
+        elif final == "d":
+            row = min(n, height) - 1
+        elif final == "X":
+            grid[row][col:col + n] = [" "] * len(grid[row][col:col + n])
+        elif final == "b":
+            for _ in range(n):
+                if col < width:
+                    grid[row][col] = last
+                col += 1
+        elif final == "K":
+            lo, hi = {0: (col, width), 1: (0, col + 1), 2: (0, width)}.get(args[0], (0, 0))
+            grid[row][lo:hi] = [" "] * (hi - lo)
+        elif final == "J":
+            if args[0] == 0:
+                grid[row][col:] = [" "] * (width - col)
+                for r in range(row + 1, height):
+                    grid[r] = [" "] * width
+            elif args[0] in (2, 3):
+                grid = [[" "] * width for _ in range(height)]
+    return ["".join(line).rstrip() for line in grid]
+
+
 def test_top_in_a_terminal_quits_on_q_and_restores_the_terminal() -> None:
-    """A pseudo-terminal, as over SSH: the full-screen view draws the tasks, and q ends
-    it with status 0, the terminal's normal screen restored (curses' exit sequence)."""
+    """A pseudo-terminal, as over SSH: the full-screen view draws the tasks with their
+    steps per second and longest step (the target's A and B each step once a turn: the
+    same rate, at most one turn per 8 ms of A's 6 and B's 2 ms of CPU; A's longest step
+    at least its 6 ms, B's 2 ms), and q ends it with status 0, the terminal's normal
+    screen restored (curses' exit sequence)."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 160, 0, 0))
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target:
         proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "top", str(target.pid)],
                                 stdin=slave, stdout=slave, stderr=slave,
@@ -319,6 +410,7 @@ def test_top_in_a_terminal_quits_on_q_and_restores_the_terminal() -> None:
         try:
             drawn = _read_until(master, b"Task-1 > parent > A", timeout=30)
             assert b"Task-1 > parent > A" in drawn, drawn[-2000:]
+            drawn += _read_until(master, b"never drawn", timeout=3)   # a few refreshes
             os.write(master, b"q")
             proc.wait(timeout=10)
             rest = _read_until(master, b"\x1b[?1049l", timeout=5)
@@ -329,3 +421,15 @@ def test_top_in_a_terminal_quits_on_q_and_restores_the_terminal() -> None:
             os.close(master)
     assert proc.returncode == 0
     assert b"\x1b[?1049l" in drawn + rest   # xterm's "leave the alternate screen"
+    screen = _screen_lines(drawn)
+    assert any("STEPS/S over the last 10 s, LONGEST step since top started" in line
+               for line in screen), screen[-40:]
+    rows = _rows(screen)
+    print("\n".join(screen))   # the screen, as the test read it
+    assert "Task-1 > parent > A" in rows, drawn[-3000:]
+    _, a_rate, a_longest = rows["Task-1 > parent > A"]
+    _, b_rate, b_longest = rows["Task-1 > B"]
+    assert a_rate is not None and b_rate is not None and a_longest and b_longest, rows
+    assert 10 <= a_rate <= 1 / 0.008 * 1.05, rows
+    assert b_rate == pytest.approx(a_rate, rel=0.1), rows
+    assert a_longest >= 6.0 and b_longest >= 2.0, rows

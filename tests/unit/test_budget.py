@@ -10,7 +10,15 @@ from aiobpf.collector.probe_cost import ProbeCosts
 from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_WAKEUP
 from aiobpf.collector.procfs import ThreadTimes
 from aiobpf.daemon.budget.account import ProcessAccount
-from aiobpf.daemon.budget.cost import SYSCALLS_PER_STEP, CostModel, full_overhead, step_cost
+from aiobpf.daemon.budget.cost import (
+    PROFILE_SAMPLE_S,
+    SYSCALLS_PER_STEP,
+    CostModel,
+    capture_budget,
+    full_overhead,
+    profile_overhead,
+    step_cost,
+)
 from aiobpf.daemon.budget.estimate import Reading
 from aiobpf.daemon.budget.windows import (
     MEASURE_LIMIT,
@@ -30,6 +38,29 @@ def test_cost_per_step_adds_the_trap_the_programs_and_the_syscall_hooks() -> Non
     costs = ProbeCosts(trap_s=0.5e-6, syscall_s=0.1e-6)
     assert step_cost(costs, 0.3e-6) == pytest.approx((0.5 + 0.3 + SYSCALLS_PER_STEP * 0.1) * 1e-6)
 
+
+
+def test_continuous_profiles_cost_their_rate_times_a_sample_whatever_the_process_does(
+        ) -> None:
+    """A thread is sampled rate times per second of its own CPU time: the ratio is the
+    rate times one sample's cost (35 us: 19 Hz take 0.0665 %, 99 Hz 0.35 %)."""
+    assert profile_overhead(19) == pytest.approx(19 * PROFILE_SAMPLE_S) == pytest.approx(0.000665)
+    assert profile_overhead(99) == pytest.approx(0.003465)
+    assert profile_overhead(0) == 0.0
+
+
+def test_continuous_profiles_are_taken_from_the_budget_before_the_probes() -> None:
+    assert capture_budget(0.01, 0) == 0.01
+    assert capture_budget(0.01, 99) == pytest.approx(0.01 - 0.003465)
+    assert capture_budget(0.001, 1000) == 0.0      # the profiles alone exceed it
+    assert capture_budget(1.0, 1000) == 1.0        # a budget of 1: no limit
+    # a file whose full capture costs 10 %: its probes' duty shrinks by the profiles' share
+    alone, profiled = FileWindow(window=3.0), FileWindow(window=3.0)
+    alone.overheads[1] = profiled.overheads[1] = 0.1
+    alone.plan(capture_budget(0.01, 0))
+    profiled.plan(capture_budget(0.01, 99))
+    assert alone.duty == pytest.approx(PLAN_SHARE * 0.01 / 0.1)
+    assert profiled.duty == pytest.approx(PLAN_SHARE * (0.01 - 0.003465) / 0.1)
 
 def test_cost_per_step_adds_the_task_init_probes_per_task_created() -> None:
     """3.12+: each task created passes Task.__init__'s entry and return probes."""

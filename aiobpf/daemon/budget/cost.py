@@ -13,6 +13,12 @@ capture would impose::
 
 (the probes' cost is charged to the process's own CPU time, so it is taken out of
 the denominator).
+
+Continuous profiles (``profile_rate``) cost each sampled thread a perf interrupt and
+the sampling program's walk of its frames per sample, and a thread is sampled
+``profile_rate`` times per second of its own CPU time: their overhead is
+``profile_rate * PROFILE_SAMPLE_S`` whatever the process does.  It is taken from the
+budget first; the probes are planned within what is left (``capture_budget``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_WAKEUP
 SYSCALLS_PER_STEP = 4  # assumed: 1 for a queue ping-pong, 4 for an HTTP server (README)
 MIN_CPU_RATE = 1e-3    # a process that sleeps: its few steps decide nothing
 MIN_OWN_SHARE = 0.1    # when the model charges the probes nearly all CPU, it is off
+# One CPU sample's whole cost to the sampled thread: the perf interrupt (9-12 us) and
+# the program (9-19 us by depth, up to the 96 frames it walks), measured side by side
+# with bench/profile_sample_cost.py (28-33 us in two runs at 30 and 120 frames deep;
+# the program's time counted by the kernel, kernel.bpf_stats_enabled), rounded up.
+PROFILE_SAMPLE_S = 35e-6
 
 
 def step_cost(costs: ProbeCosts, program_s: float, stepped_share: float = 0.0,
@@ -85,3 +96,17 @@ class CostModel:
         def stepped(function: str) -> bool:
             return instructions.get(function, "push") != "push"
         return cls(costs, fixed, stepped(STEP_WRAPPER_CALL), stepped(TASK_WAKEUP))
+
+
+def profile_overhead(rate_hz: float, sample_s: float = PROFILE_SAMPLE_S) -> float:
+    """What continuous profiles at ``rate_hz`` cost a process, as a ratio of its own
+    CPU time (each thread is sampled ``rate_hz`` times a second of its CPU time)."""
+    return max(rate_hz, 0.0) * sample_s
+
+
+def capture_budget(budget: float, profile_rate_hz: float) -> float:
+    """The share of ``budget`` left for the probes once continuous profiles at
+    ``profile_rate_hz`` (0: off) took theirs; a budget of 1 (no limit) stays 1."""
+    if budget >= 1.0:
+        return budget
+    return max(budget - profile_overhead(profile_rate_hz), 0.0)

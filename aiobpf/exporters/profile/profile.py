@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
-from aiobpf.exporters.profile.stacks import Stack
+from aiobpf.exporters.profile.stacks import Node, Stack
+
+KINDS = ("task", "frame", "thread")
+MAX_STACKS = 1_000_000   # stacks one document may carry (the daemon's reply to the CLI)
 
 
 @dataclass
@@ -39,3 +43,32 @@ class Profile:
     def add(self, stack: Stack, count: int = 1) -> None:
         if stack:
             self.stacks[stack] += count
+
+    def document(self) -> dict[str, Any]:
+        """The profile as JSON values (how the daemon sends it to ``aiobpf profile``)."""
+        return {"pid": self.pid, "mode": self.mode, "rate_hz": self.rate_hz,
+                "samples": self.samples, "duration_s": self.duration_s,
+                "stacks": [[[[n.kind, n.name, n.filename, n.line] for n in stack], count]
+                           for stack, count in self.stacks.items()]}
+
+    @classmethod
+    def from_document(cls, doc: Any) -> Profile:
+        """The profile ``document`` wrote; ValueError when ``doc`` is not one."""
+        try:
+            profile = cls(int(doc["pid"]), str(doc["mode"]), float(doc["rate_hz"]),
+                          int(doc["samples"]), float(doc["duration_s"]))
+            stacks = doc["stacks"]
+            if not isinstance(stacks, list) or len(stacks) > MAX_STACKS:
+                raise ValueError("stacks: not a list, or too long")
+            for nodes, count in stacks:
+                profile.add(tuple(_node(n) for n in nodes), int(count))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a profile document: {exc}") from None
+        return profile
+
+
+def _node(value: Any) -> Node:
+    kind, name, filename, line = value
+    if kind not in KINDS or not isinstance(name, str) or not isinstance(filename, str):
+        raise ValueError(f"not a stack node: {value!r:.80}")
+    return Node(kind, name, filename, int(line))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from aiobpf.collector.cpu_samples import CpuSample
+from aiobpf.collector.cpu_samples import Batch, CpuSample
 from aiobpf.collector.model import Frame, Snapshot, Task
 
 MAX_CHAIN = 1024   # tasks in one chain: a forged graph cannot make a stack without end
@@ -63,18 +63,27 @@ class AwaitGraph:
         """The tasks that await no other task."""
         return (task for task in self.by_id.values() if task.id not in self.awaiting)
 
-    def stack(self, task: Task, frames: tuple[Frame, ...] | None = None) -> Stack:
-        """``task``'s async stack, root first; ``frames``: its own frames instead of
-        the ones it was read suspended in (a CPU sample's)."""
-        parts: list[tuple[Node, ...]] = []
+    def chain(self, task: Task) -> list[Task]:
+        """``task`` and its awaiters up to its root task, innermost first (each task's
+        first awaiter; a loop ends the chain, and so do ``MAX_CHAIN`` tasks)."""
+        out: list[Task] = []
         seen: set[int] = set()
         current: Task | None = task
         while current is not None and current.id not in seen and len(seen) < MAX_CHAIN:
             seen.add(current.id)
+            out.append(current)
             up = self.parents.get(current.id, [])
-            own = frames if current is task and frames is not None else current.frames
-            parts.append((_task_node(current, len(up)), *map(Node.of_frame, own)))
             current = self.by_id[up[0]] if up else None
+        return out
+
+    def stack(self, task: Task, frames: tuple[Frame, ...] | None = None) -> Stack:
+        """``task``'s async stack, root first; ``frames``: its own frames instead of
+        the ones it was read suspended in (a CPU sample's)."""
+        parts: list[tuple[Node, ...]] = []
+        for current in self.chain(task):
+            own = frames if current is task and frames is not None else current.frames
+            parts.append((_task_node(current, len(self.parents.get(current.id, []))),
+                          *map(Node.of_frame, own)))
         return tuple(node for part in reversed(parts) for node in part)
 
 
@@ -98,3 +107,12 @@ def cpu_stack(sample: CpuSample, *graphs: AwaitGraph) -> Stack:
         if task is not None:
             return graph.stack(task, sample.frames)
     return thread_stack(sample.tid, sample.frames)
+
+
+def batch_stacks(batch: Batch) -> Iterator[Stack]:
+    """The stacks of a batch of CPU samples: each under the task it ran for, as the
+    batch's snapshot knows it, else as the one before it did (finished since)."""
+    graphs = [AwaitGraph(batch.snapshot)]
+    if batch.previous is not None:
+        graphs.append(AwaitGraph(batch.previous))
+    return (cpu_stack(sample, *graphs) for sample in batch.samples)

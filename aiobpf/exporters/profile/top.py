@@ -2,8 +2,10 @@
 and where the tasks wait, as lines of text (pure: the command line draws them).
 
 Tasks are keyed by id (two tasks of one name are two rows); each row names the task's
-chain (root task > ... > task), its share of the window's samples, and the frame it
-spent most samples in.  The second table counts the pending tasks by await site (the
+chain (root task > ... > task), its share of the window's samples, its steps per
+second over the window and its longest step (``StepWindow``: the capture program's
+per-task counters, when its probes are attached), and the frame it spent most
+samples in.  The second table counts the pending tasks by await site (the
 frame a suspended task waits in, as ``aiobpf_suspended_tasks{site}`` names it): the
 wall-time view, where time is spent waiting.  Names are the target's: escaped
 (``safe_text.escape``) and cut to the column."""
@@ -15,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiobpf.collector.cpu_samples import CpuSample
-from aiobpf.collector.model import Frame, Snapshot, Task
-from aiobpf.exporters.profile.stacks import MAX_CHAIN, AwaitGraph
+from aiobpf.collector.model import Frame, Snapshot
+from aiobpf.exporters.profile.stacks import AwaitGraph
 from aiobpf.exporters.sites import await_site
 from aiobpf.safe_text import escape
 
@@ -39,6 +41,58 @@ class TopWindow:
         return (s for _, batch in self.batches for s in batch)
 
 
+@dataclass(frozen=True)
+class TaskSteps:
+    """What the capture program counted of one task since its probes were attached."""
+
+    steps: int
+    max_step_ns: int
+
+
+@dataclass
+class StepWindow:
+    """Each task's step count, read at every refresh: its steps per second over the
+    last ``seconds``, and its longest step since the probes were attached (``since``:
+    every count was 0 then)."""
+
+    since: float
+    seconds: float = 10.0
+    readings: deque[tuple[float, dict[int, TaskSteps]]] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.readings.append((self.since, {}))
+
+    def add(self, at: float, counts: dict[int, TaskSteps]) -> None:
+        """A reading; the oldest kept is the last one at or before the window's start."""
+        self.readings.append((at, counts))
+        while len(self.readings) > 2 and self.readings[1][0] <= at - self.seconds:
+            self.readings.popleft()
+
+    def rate(self, task: int) -> float | None:
+        """Steps per second of ``task`` over the window (None: one reading only)."""
+        (first_at, first), (last_at, last) = self.readings[0], self.readings[-1]
+        if last_at <= first_at:
+            return None
+        now, then = last.get(task), first.get(task)
+        steps = (now.steps if now else 0) - (then.steps if then else 0)
+        return max(steps, 0) / (last_at - first_at)
+
+    def longest_ns(self, task: int) -> int | None:
+        counts = self.readings[-1][1].get(task)
+        return counts.max_step_ns if counts else None
+
+    def tasks(self) -> set[int]:
+        return set(self.readings[-1][1])
+
+
+def _duration(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    if ns >= 1_000_000_000:
+        return f"{ns / 1e9:.2f}s"
+    return f"{ns / 1e6:.1f}ms" if ns >= 1_000_000 else f"{ns / 1e3:.0f}us"
+
+
 def _fit(text: str, width: int) -> str:
     text = escape(text)
     return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
@@ -55,20 +109,15 @@ def _chain(graph: AwaitGraph, task_id: int) -> str:
     task = graph.by_id.get(task_id)
     if task is None:
         return f"task {task_id:#x} (finished)"
-    names: list[str] = []
-    seen: set[int] = set()
-    current: Task | None = task
-    while current is not None and current.id not in seen and len(seen) < MAX_CHAIN:
-        seen.add(current.id)
-        names.append(current.name or f"{current.id:#x}")
-        up = graph.parents.get(current.id, [])
-        current = graph.by_id.get(up[0]) if up else None
-    return " > ".join(reversed(names))
+    return " > ".join(t.name or f"{t.id:#x}" for t in reversed(graph.chain(task)))
 
 
 def lines(window: TopWindow, snapshot: Snapshot, header: str, width: int = 120,
-          rows: int = 20) -> list[str]:
-    """The screen: a header, tasks by CPU share, then await sites by tasks waiting."""
+          rows: int = 20, steps: StepWindow | None = None, steps_note: str = ""
+          ) -> list[str]:
+    """The screen: a header, tasks by CPU share (with their steps per second and
+    longest step when ``steps``; else ``steps_note`` says why not), then await sites
+    by tasks waiting."""
     samples = list(window.samples())
     graph = AwaitGraph(snapshot)
     by_task: Counter[int] = Counter()
@@ -84,15 +133,25 @@ def lines(window: TopWindow, snapshot: Snapshot, header: str, width: int = 120,
            _fit(f"CPU samples in the last {window.seconds:g} s: {len(samples)}; in tasks "
                 f"{100 * in_tasks / total:.1f}%, outside any task (loop, callbacks) "
                 f"{100 * by_task[OUTSIDE] / total:.1f}%; {len(snapshot.tasks)} tasks pending",
-                width), ""]
-    chain_w = max((width - 8 - 2) // 2, 20)
-    out.append(f"{'CPU%':>6}  {'TASK CHAIN (root > task)':<{chain_w}} EXECUTING MOST")
-    for task, n in by_task.most_common(rows):
-        if task == OUTSIDE:
-            continue
+                width),
+           _fit(f"STEPS/S over the last {steps.seconds:g} s, LONGEST step since top "
+                f"started: counted per task by the capture program's probes" if steps
+                else f"STEPS/S, LONGEST step: {steps_note}", width)]
+    chain_w = max((width - 8 - 20 - 2) // 2, 20)
+    out.append(f"{'CPU%':>6}  {'STEPS/S':>8} {'LONGEST':>9}  "
+               f"{'TASK CHAIN (root > task)':<{chain_w}} EXECUTING MOST")
+    ranked = [task for task, _ in by_task.most_common() if task != OUTSIDE]
+    if steps is not None:   # then the tasks that step without a CPU sample, busiest first
+        idle = (steps.tasks() & set(graph.by_id)) - set(ranked)
+        ranked += sorted(idle, key=lambda t: -(steps.rate(t) or 0.0))
+    for task in ranked[:rows]:
         top = where.get(task, Counter()).most_common(1)
-        out.append(f"{100 * n / total:>6.1f}  {_fit(_chain(graph, task), chain_w):<{chain_w}} "
-                   f"{_fit(_where(top[0][0] if top else None), width - chain_w - 9)}")
+        rate = steps.rate(task) if steps else None
+        longest = steps.longest_ns(task) if steps else None
+        out.append(f"{100 * by_task[task] / total:>6.1f}  "
+                   f"{'-' if rate is None else f'{rate:.1f}':>8} {_duration(longest):>9}  "
+                   f"{_fit(_chain(graph, task), chain_w):<{chain_w}} "
+                   f"{_fit(_where(top[0][0] if top else None), width - chain_w - 30)}")
     sites: Counter[str] = Counter()
     for pending in snapshot.tasks:
         if pending.state == "pending":
