@@ -51,8 +51,9 @@ PACKAGES=(python3 python3-venv python3-bpfcc ca-certificates)
 # plugins of its default network.
 [ "$WITH_SID" = 1 ] && PACKAGES+=(debootstrap python3.11-dbg wrk prometheus
                                   podman runc containernetworking-plugins iptables)
-# golang-go: `go tool pprof`, which reads the pprof files of `aiobpf profile` in the tests.
-[ "$WITH_SID" = 1 ] && PACKAGES+=(golang-go)
+# golang-go: `go tool pprof`, which reads the pprof files of `aiobpf profile` in the tests;
+# tmux: the terminal in which the tests run `aiobpf top` and read its screen.
+[ "$WITH_SID" = 1 ] && PACKAGES+=(golang-go tmux)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import curses
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -82,6 +83,10 @@ class TopCommand:
                     if args.plain or not sys.stdout.isatty():
                         self._loop(args, sampling, steps, _print, stopped)
                     else:
+                        # The terminal's own size, not an exported COLUMNS/LINES that
+                        # no longer matches it (curses would take those first).
+                        os.environ.pop("COLUMNS", None)
+                        os.environ.pop("LINES", None)
                         curses.wrapper(self._screen, args, sampling, steps, stopped)
             finally:
                 if steps is not None:

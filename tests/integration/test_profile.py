@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import shlex
 import shutil
 import struct
 import subprocess
@@ -300,6 +301,56 @@ def _rows(screen: list[str]) -> dict[str, tuple[float, float | None, float | Non
                                   None if longest == "-" else
                                   float(longest[:-len(unit)]) * scale[unit])
     return out
+
+
+def _tmux(socket: str, *args: str) -> subprocess.CompletedProcess[str]:
+    tmux = shutil.which("tmux")
+    assert tmux, "tmux is needed (scripts/provision.sh installs it)"
+    return subprocess.run([tmux, "-L", socket, "-f", "/dev/null", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def _pane_until(socket: str, wanted: str, timeout: float) -> list[str]:
+    """The pane's screen once it shows ``wanted`` (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        screen = _tmux(socket, "capture-pane", "-p", "-t", "top").stdout.splitlines()
+        if any(wanted in line for line in screen) or time.monotonic() > deadline:
+            return screen
+        time.sleep(0.3)
+
+
+def test_top_in_tmux_draws_tasks_and_quits_on_q() -> None:
+    """tmux, a real terminal: top draws the tasks of the known split (A about three
+    times B's CPU, the same steps per second) over the terminal's whole width (160
+    columns, though the environment says COLUMNS=80), q quits it with status 0 and the
+    pane shows the shell's screen again, not top's."""
+    socket = f"aiobpf-test-{os.getpid()}"
+    repo = Path(__file__).resolve().parents[2]
+    with run_target(by_label("sid-3.14"), "cpu_split.py") as target:
+        command = ("COLUMNS=80 LINES=24 "
+                   + shlex.join([sys.executable, "-m", "aiobpf", "top", str(target.pid)])
+                   + "; echo top-exited-with=$?; sleep 60")
+        started = _tmux(socket, "new-session", "-d", "-s", "top", "-x", "160", "-y", "30",
+                        "-c", str(repo), command)
+        assert started.returncode == 0, started.stderr
+        try:
+            screen = _pane_until(socket, "Task-1 > parent > A", timeout=30)
+            screen = _pane_until(socket, "never drawn", timeout=4)   # a few refreshes
+            rows = _rows(screen)
+            print("\n".join(screen))
+            assert "Task-1 > parent > A" in rows and "Task-1 > B" in rows, screen
+            assert any("outside any task (loop, callbacks)" in line for line in screen), screen
+            a_cpu, a_rate, _ = rows["Task-1 > parent > A"]
+            b_cpu, b_rate, _ = rows["Task-1 > B"]
+            assert a_cpu == pytest.approx(75, abs=10) and b_cpu == pytest.approx(25, abs=10)
+            assert a_rate and b_rate and b_rate == pytest.approx(a_rate, rel=0.1), rows
+            _tmux(socket, "send-keys", "-t", "top", "q")
+            after = _pane_until(socket, "top-exited-with=", timeout=15)
+        finally:
+            _tmux(socket, "kill-server")
+    assert "top-exited-with=0" in "\n".join(after), after
+    assert not _rows(after), after    # top's screen is gone: the terminal was restored
 
 
 def test_top_shows_tasks_by_cpu_share_and_where_tasks_wait() -> None:
