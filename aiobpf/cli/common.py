@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from aiobpf import errors
 from aiobpf.collector.model import Snapshot
@@ -78,9 +79,8 @@ def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
     if args.no_daemon:
         return None
     from aiobpf.daemon import dumps
-    from aiobpf.daemon.config import DEFAULT_SOCKET
 
-    path = Path(os.environ.get("AIOBPF_SOCKET", DEFAULT_SOCKET))
+    path = daemon_socket()
     if args.no_dwarf or args.debug_dir:
         if dumps.answers(path):   # the daemon reads with the layout it found: not these
             print(f"aiobpf: {_layout_options(args)} reads the process here, not through the "
@@ -88,12 +88,7 @@ def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
         return None
     reply = dumps.request(path, {"pid": args.pid, "format": fmt, "capture": args.capture,
                                  "window": args.window})
-    if reply is None:
-        return None
-    if "fallback" in reply:
-        why = bound(escape(str(reply["fallback"])), 300)
-        print(f"aiobpf: the daemon did not answer ({why}): reading the process here",
-              file=sys.stderr, flush=True)
+    if reply is None or fell_back(reply, "reading the process here"):
         return None
     sys.stdout.write(reply.get("output", ""))
     for note in reply.get("notes", []):
@@ -103,6 +98,23 @@ def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
         error.exit_code = int(reply.get("exit_code", errors.EXIT_ERROR))
         raise error
     return 0
+
+
+def daemon_socket() -> Path:
+    """Where the daemon answers: $AIOBPF_SOCKET, else its default socket."""
+    from aiobpf.daemon.config import DEFAULT_SOCKET
+
+    return Path(os.environ.get("AIOBPF_SOCKET", DEFAULT_SOCKET))
+
+
+def fell_back(reply: dict[str, Any], instead: str) -> bool:
+    """Whether the daemon's ``reply`` says it could not answer; then its reason, and
+    what is done ``instead``, are said on stderr in one line."""
+    if "fallback" not in reply:
+        return False
+    why = bound(escape(str(reply["fallback"])), 300)
+    print(f"aiobpf: the daemon did not answer ({why}): {instead}", file=sys.stderr, flush=True)
+    return True
 
 
 def _layout_options(args: argparse.Namespace) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aiobpf.cli.common import daemon_socket
 from aiobpf.errors import (
     CAP_BPF,
     CAP_PERFMON,
@@ -152,10 +153,9 @@ def check_kernel_headers() -> Check:
 
 
 def check_daemon() -> Check:
-    from aiobpf.daemon.config import DEFAULT_SOCKET
     from aiobpf.daemon.dumps import answers
 
-    path = Path(os.environ.get("AIOBPF_SOCKET", DEFAULT_SOCKET))
+    path = daemon_socket()
     if path.exists() and answers(path):
         return Check("daemon", OK, f"an aiobpf daemon answers on {path}: ps and pstree ask "
                                    "it first", needed_for="daemon")

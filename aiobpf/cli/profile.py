@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from aiobpf import errors
 from aiobpf.bpf.profile import ProfilerUnavailable
-from aiobpf.cli.common import pid_argument, stop_on_signals
+from aiobpf.cli.common import daemon_socket, fell_back, pid_argument, stop_on_signals
 from aiobpf.collector.cpu_samples import CpuSampling
 from aiobpf.collector.sampling import at_rate
 from aiobpf.collector.snapshot import Collector
@@ -166,9 +165,8 @@ def from_daemon(args: argparse.Namespace) -> Profile | None:
     if args.no_daemon:
         return None
     from aiobpf.daemon import dumps
-    from aiobpf.daemon.config import DEFAULT_SOCKET
 
-    path = Path(os.environ.get("AIOBPF_SOCKET", DEFAULT_SOCKET))
+    path = daemon_socket()
     if args.no_dwarf or args.debug_dir:
         if dumps.answers(path):   # the daemon reads with the layout it found: not these
             print("aiobpf: --no-dwarf and --debug-dir sample the process here, not through "
@@ -182,12 +180,7 @@ def from_daemon(args: argparse.Namespace) -> Profile | None:
               f"{args.pid} (Ctrl-C ends it sooner)", file=sys.stderr, flush=True)
         reply = dumps.request(path, {"pid": args.pid, "profile": asked},
                               timeout_s=args.duration + DAEMON_MARGIN_S, stopped=stopped)
-    if reply is None:
-        return None
-    if "fallback" in reply:
-        why = bound(escape(str(reply["fallback"])), 300)
-        print(f"aiobpf: the daemon did not answer ({why}): sampling the process here",
-              file=sys.stderr, flush=True)
+    if reply is None or fell_back(reply, "sampling the process here"):
         return None
     if "error" in reply:
         error = errors.AiobpfError(bound(escape(str(reply["error"])), 300),

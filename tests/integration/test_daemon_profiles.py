@@ -132,18 +132,24 @@ def test_profile_asks_the_daemon_first_and_falls_back_saying_why(tmp_path: Path)
     assert "sampling 1 thread" in local.stderr
 
 
+def _profile_through(socket: Path, pid: int) -> subprocess.Popen[str]:
+    """``aiobpf profile PID --duration 60`` started, once it has asked the daemon."""
+    proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "profile", str(pid),
+                             "--duration", "60"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "AIOBPF_SOCKET": str(socket)})
+    assert proc.stderr is not None
+    assert "asking the daemon" in proc.stderr.readline()
+    return proc
+
+
 def test_profile_through_the_daemon_ends_on_ctrl_c_with_the_samples_taken(tmp_path: Path
                                                                           ) -> None:
     extra = f'profile_rate = 99\nprofile_dir = "{tmp_path / "profiles"}"\n'
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
             run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
         daemon.wait_traced(target.pid)
-        proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "profile", str(target.pid),
-                                 "--duration", "60"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=REPO,
-                                env={**os.environ, "AIOBPF_SOCKET": str(daemon.socket)})
-        assert proc.stderr is not None
-        assert "asking the daemon" in proc.stderr.readline()
+        proc = _profile_through(daemon.socket, target.pid)
         time.sleep(3)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -187,12 +193,7 @@ def test_profile_through_the_daemon_of_a_target_that_exits_keeps_the_samples_tak
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
             run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
         daemon.wait_traced(target.pid)
-        proc = subprocess.Popen([sys.executable, "-m", "aiobpf", "profile", str(target.pid),
-                                 "--duration", "60"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=REPO,
-                                env={**os.environ, "AIOBPF_SOCKET": str(daemon.socket)})
-        assert proc.stderr is not None
-        assert "asking the daemon" in proc.stderr.readline()
+        proc = _profile_through(daemon.socket, target.pid)
         time.sleep(3)
         target.proc.kill()
         target.proc.wait()
