@@ -100,16 +100,21 @@ def _verdict(daemon: DaemonProcess, pid: int, timeout: float = VERDICT_TIMEOUT_S
     pytest.fail(f"no verdict on pid {pid} in {timeout} s:\n{daemon.log.read_text()[-3000:]}")
 
 
-def _is_o_path(fd: Path) -> bool:
-    """Whether a descriptor of the daemon is O_PATH: it names a file without opening it
-    (no FIFO sees a reader, nothing is read), which is how aiobpf first reaches a file."""
+def _opens(fd: Path, target: str, inodes: dict[str, int]) -> bool:
+    """Whether descriptor ``fd`` of the daemon, whose link named ``target``, opens it:
+    it is still that file (the daemon closes and reuses descriptor numbers all the time,
+    so the link, the fdinfo and the inode are compared, not trusted one by one) and it
+    is not ``O_PATH`` (which names a file without opening it: no FIFO sees a reader,
+    nothing is read; that is how aiobpf first reaches a file)."""
     try:
         info = Path(str(fd).replace("/fd/", "/fdinfo/", 1)).read_text()
+        again = os.readlink(fd)
     except OSError:
-        return True   # closed meanwhile
-    flags = next(int(line.split()[1], 8) for line in info.splitlines()
-                 if line.startswith("flags:"))
-    return bool(flags & O_PATH)
+        return False   # closed meanwhile
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    if again != target or int(fields["ino"]) != inodes[target]:
+        return False   # the number names another file now
+    return not int(fields["flags"], 8) & O_PATH
 
 
 def _watch(attack: Attack, stop: threading.Event) -> None:
@@ -118,6 +123,7 @@ def _watch(attack: Attack, stop: threading.Event) -> None:
     some reader has it open, or is blocked opening it)."""
     fd_dir = Path(f"/proc/{attack.daemon.proc.pid}/fd")
     watched = {str(f) for f in attack.fifos} | {str(f.resolve()) for f in attack.fifos}
+    inodes = {path: os.stat(path).st_ino for path in watched | {"/etc/shadow"}}
     while not stop.is_set():
         try:
             for fd in fd_dir.iterdir():
@@ -125,7 +131,7 @@ def _watch(attack: Attack, stop: threading.Event) -> None:
                     target = os.readlink(fd)
                 except OSError:
                     continue
-                if (target == "/etc/shadow" or target in watched) and not _is_o_path(fd):
+                if target in inodes and _opens(fd, target, inodes):
                     attack.seen_open.append(target)
         except OSError:
             pass
