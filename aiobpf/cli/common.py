@@ -94,9 +94,7 @@ def ask_daemon(args: argparse.Namespace, fmt: str) -> int | None:
     for note in reply.get("notes", []):
         print(f"aiobpf: note: {escape(str(note))}", file=sys.stderr)
     if "error" in reply:
-        error = errors.AiobpfError(reply["error"], reply.get("hint", ""))
-        error.exit_code = int(reply.get("exit_code", errors.EXIT_ERROR))
-        raise error
+        raise daemon_error(reply)
     return 0
 
 
@@ -115,6 +113,18 @@ def fell_back(reply: dict[str, Any], instead: str) -> bool:
     why = bound(escape(str(reply["fallback"])), 300)
     print(f"aiobpf: the daemon did not answer ({why}): {instead}", file=sys.stderr, flush=True)
     return True
+
+
+def daemon_error(reply: dict[str, Any]) -> errors.AiobpfError:
+    """The error a daemon's ``reply`` reports, its text escaped and bounded (it may
+    quote what a traced process named) and its exit status one of aiobpf's."""
+    error = errors.AiobpfError(bound(escape(str(reply["error"])), 300),
+                               bound(escape(str(reply.get("hint", ""))), 300))
+    try:
+        error.exit_code = int(reply.get("exit_code", errors.EXIT_ERROR))
+    except (TypeError, ValueError):
+        error.exit_code = errors.EXIT_ERROR
+    return error
 
 
 def _layout_options(args: argparse.Namespace) -> str:

@@ -10,7 +10,13 @@ from pathlib import Path
 
 from aiobpf import errors
 from aiobpf.bpf.profile import ProfilerUnavailable
-from aiobpf.cli.common import daemon_socket, fell_back, pid_argument, stop_on_signals
+from aiobpf.cli.common import (
+    daemon_error,
+    daemon_socket,
+    fell_back,
+    pid_argument,
+    stop_on_signals,
+)
 from aiobpf.collector.cpu_samples import CpuSampling
 from aiobpf.collector.sampling import at_rate
 from aiobpf.collector.snapshot import Collector
@@ -19,7 +25,6 @@ from aiobpf.errors.translate import translate_errors
 from aiobpf.exporters.profile import collapsed, html, pprof, speedscope
 from aiobpf.exporters.profile.profile import Profile
 from aiobpf.exporters.profile.stacks import async_stacks, batch_stacks
-from aiobpf.safe_text import bound, escape
 
 FORMATS = ("collapsed", "speedscope", "html", "pprof")
 CPU_RATE_HZ = 99.0    # per thread, on its CPU clock: off the beat of 100 Hz timers
@@ -183,10 +188,7 @@ def from_daemon(args: argparse.Namespace) -> Profile | None:
     if reply is None or fell_back(reply, "sampling the process here"):
         return None
     if "error" in reply:
-        error = errors.AiobpfError(bound(escape(str(reply["error"])), 300),
-                                   bound(escape(str(reply.get("hint", ""))), 300))
-        error.exit_code = int(reply.get("exit_code", errors.EXIT_ERROR))
-        raise error
+        raise daemon_error(reply)
     try:
         profile = Profile.from_document(reply.get("profile"))
     except ValueError as exc:
