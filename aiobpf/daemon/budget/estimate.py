@@ -162,24 +162,32 @@ class StepEstimate:
                 self._window_from = last.at
                 self._recent.clear()
             return delta
+        trail = self._trail(last, reading)
         if self._ratio_cpu_s > 0.0:
             span = max(reading.at - last.at, 0.0)
-            if self._ratio.steps > 0.0 and self._same_load(last, reading, cpu, span):
+            if self._ratio.steps > 0.0 and self._same_load(reading, cpu, span, trail):
                 self.counts.add(self._ratio, self._regime.steps_in(span) / self._ratio.steps)
             else:
                 self.counts.add(self._ratio, cpu / self._ratio_cpu_s)
         return None
 
-    def _same_load(self, last: Reading, reading: Reading, cpu: float, span: float) -> bool:
-        """Whether the stretch from ``last`` to ``reading`` (``cpu`` s over ``span`` s)
-        and the last REGIME_SPAN_S seconds both spent what the regime predicts."""
+    def _trail(self, last: Reading, reading: Reading) -> tuple[float, float]:
+        """Keep ``reading`` in the trail of readings between windows, and return the
+        oldest within the last REGIME_SPAN_S seconds: (time, CPU seconds)."""
         recent = self._recent
         if not recent:
             recent.append((last.at, last.cpu_s))
         recent.append((reading.at, reading.cpu_s))
         while len(recent) > 2 and reading.at - recent[1][0] >= REGIME_SPAN_S:
             recent.popleft()
-        since, cpu_then = recent[0]
+        return recent[0]
+
+    def _same_load(self, reading: Reading, cpu: float, span: float,
+                   trail: tuple[float, float]) -> bool:
+        """Whether the last stretch (``cpu`` s over ``span`` s, up to ``reading``) and
+        the last REGIME_SPAN_S seconds (from ``trail``) both spent what the regime
+        predicts."""
+        since, cpu_then = trail
         return (self._regime.fits(cpu, span)
                 and (reading.at - since < REGIME_SPAN_S / 2
                      or self._regime.fits(reading.cpu_s - cpu_then, reading.at - since)))
