@@ -49,6 +49,7 @@ from aiobpf.daemon.budget.estimate import (  # noqa: E402
     StepEstimate,
 )
 from aiobpf.daemon.budget.windows import PAUSE_SPREAD, PAUSE_STEP  # noqa: E402
+from aiobpf.daemon.config import Config  # noqa: E402
 
 Row = tuple[float, float, float, float]   # (monotonic s, schedstat CPU s, /proc ticks, steps)
 READ_EVERY = 0.2     # the daemon's tick
@@ -172,8 +173,11 @@ def main() -> int:
     rep.add_argument("recording", type=Path)
     rep.add_argument("--duty", type=float, default=0.019,
                      help="attached share (bench/bursty.py's daemon planned 1.9%%)")
-    rep.add_argument("--window", type=float, default=0.5)
-    rep.add_argument("--detach", type=float, default=0.25)
+    rep.add_argument("--window", type=float, default=Config().window,
+                     help="the daemon's window (default: its default, %(default)g s)")
+    rep.add_argument("--detach", type=float, default=0.08,
+                     help="s a detach keeps the probes (bench/probe_detach.py: 0.08 s for a "
+                          "3.12+ file's links, 0.48 s as perf events)")
     rep.add_argument("--cost", type=float, default=3e-6, help="probe CPU s per captured step")
     rep.add_argument("--window-noise", type=float, default=0.0,
                      help="spread of a window's CPU time, as a share (the daemon's windows of "

@@ -1,74 +1,83 @@
 #!/usr/bin/env python3
-"""What removing uprobes costs: the basis of the daemon's limit on probed files.
+"""What removing uprobes costs, for each kind aiobpf can place (aiobpf/bpf/uprobes.py):
+the time a capture window's end keeps the probes in place, and the basis of the
+daemon's limit on probed files.
 
 Copies a shared library into FILES distinct files (a user with many copies of
-_asyncio), places PROBES perf-event uprobes in each (aiobpf places two per _asyncio
-file) with an empty BPF program, and times closing them: one after another (as the
-daemon does at a window's end and at stop), then the same number again closed from
-as many threads at once (to show whether the kernel overlaps them).  Prints seconds
-per probe and per file.
+_asyncio), places PROBES uprobes in each (aiobpf places four per 3.12+ _asyncio file,
+two on 3.11) with an empty BPF program, and times their removal through aiobpf's own
+``Uprobes.remove``: perf events one after another, BPF links all at once from threads.
+The two kinds alternate over --repeat rounds in one run; prints the medians and their
+ratio (perf events / links).
 
-Run as root: ``.venv/bin/python bench/probe_detach.py [--files 8] [--probes 2]``.
+Run as root: ``.venv/bin/python bench/probe_detach.py [--files 1] [--probes 4]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
+import statistics
+import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiobpf.bpf.uprobes import ENTRY, LINKS, PERF, RETURN, Uprobes
 
 LIBRARY = Path("/usr/lib/x86_64-linux-gnu/libc.so.6")
 PAGE = 4096
 
 
-def _attach(lib: object, fn_fd: int, paths: list[Path], probes: int) -> list[int]:
+def _place(uprobes: Uprobes, fn_fd: int, paths: list[Path], probes: int) -> list[int]:
     fds = []
     for i, path in enumerate(paths):
         for k in range(probes):
-            offset = PAGE * (k + 1)
-            fd = lib.bpf_attach_uprobe(fn_fd, 0, f"aiobpf_bench_{os.getpid()}_{i}_{k}".encode(),
-                                       str(path).encode(), offset, -1)
-            if fd < 0:
-                raise SystemExit(f"could not attach a uprobe to {path} (+{offset:#x})")
-            fds.append(fd)
+            kind = RETURN if k == probes - 1 and probes > 2 else ENTRY   # as Task.__init__'s
+            fds.append(uprobes.place(fn_fd, str(path), PAGE * (k + 1), kind,
+                                     f"aiobpf_bench_{i}_{k}_{kind}"))
     return fds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=8)
-    parser.add_argument("--probes", type=int, default=2, help="probes per file")
+    parser.add_argument("--files", type=int, default=1)
+    parser.add_argument("--probes", type=int, default=4, help="probes per file")
+    parser.add_argument("--repeat", type=int, default=8, help="rounds of both kinds")
     args = parser.parse_args()
     from bcc import BPF  # Debian's python3-bpfcc
-    bpf = BPF(text="int hit(void *ctx) { return 0; }")
-    fn = bpf.load_func(b"hit", BPF.KPROBE)
+    bpf = BPF(text="int hit_perf(void *ctx) { return 0; }\n"
+                   "int hit_link(void *ctx) { return 0; }")
     lib = __import__("bcc").lib
+    kinds = {PERF: Uprobes(PERF, lib), LINKS: Uprobes(LINKS, lib)}
+    programs = {kind: bpf.load_func(f"hit_{'perf' if kind == PERF else 'link'}".encode(),
+                                    BPF.KPROBE, attach_type=uprobes.load_type).fd
+                for kind, uprobes in kinds.items()}
+    took: dict[str, list[float]] = {PERF: [], LINKS: []}
     with tempfile.TemporaryDirectory(prefix="aiobpf-detach-") as tmp:
         paths = []
         for i in range(args.files):
             paths.append(Path(tmp) / f"copy{i}.so")
             shutil.copyfile(LIBRARY, paths[-1])
-        fds = _attach(lib, fn.fd, paths, args.probes)
-        started = time.monotonic()
-        for fd in fds:
-            lib.bpf_close_perf_event_fd(fd)
-        serial = time.monotonic() - started
-        fds = _attach(lib, fn.fd, paths, args.probes)
-        started = time.monotonic()
-        with ThreadPoolExecutor(len(fds)) as pool:
-            list(pool.map(lib.bpf_close_perf_event_fd, fds))
-        threaded = time.monotonic() - started
+        for _ in range(args.repeat):
+            for kind, uprobes in kinds.items():
+                fds = _place(uprobes, programs[kind], paths, args.probes)
+                time.sleep(0.05)
+                started = time.monotonic()
+                uprobes.remove(fds)
+                took[kind].append(time.monotonic() - started)
     bpf.cleanup()
-    n = len(fds)
-    print(f"{args.files} files x {args.probes} probes = {n} uprobes")
-    print(f"  one after another: {serial:.2f} s ({serial / n * 1e3:.0f} ms per probe, "
-          f"{serial / args.files:.2f} s per file)")
-    print(f"  {n} threads at once: {threaded:.2f} s (ratio to one after another: "
-          f"{threaded / serial:.2f})")
+    n = args.files * args.probes
+    print(f"{args.files} file(s) x {args.probes} probes = {n} uprobes, "
+          f"median of {args.repeat} removals of each kind, alternating")
+    for kind, runs in took.items():
+        median = statistics.median(runs)
+        print(f"  {kind:5}: {median:.3f} s ({median / n * 1e3:.0f} ms per probe, "
+              f"{median / args.files:.3f} s per file; {min(runs):.3f}-{max(runs):.3f} s)")
+    ratio = statistics.median(took[PERF]) / statistics.median(took[LINKS])
+    print(f"  perf events / links: {ratio:.1f}x")
 
 
 if __name__ == "__main__":

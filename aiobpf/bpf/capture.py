@@ -5,8 +5,9 @@ maps (abi.py's types, maps.py's batches) and its ring buffer.
 One ``Capture`` serves any number of processes and Python versions: probes are
 attached once per file (a uprobe belongs to an inode, not a process), and a
 process is traced when its per-process configuration (config.py) is in the
-``targets`` map.  Probes are perf-event based: the kernel removes them when
-aiobpf's file descriptors close, so nothing outlives aiobpf, even after SIGKILL.
+``targets`` map.  Probes are BPF links (or perf events on kernels before 6.6:
+uprobes.py): the kernel removes them when aiobpf's file descriptors close, so
+nothing outlives aiobpf, even after SIGKILL.
 
 A probed file is opened once, verified and held (probed.py): every attach goes
 through that descriptor.  bcc raises bare ``Exception``s: every call into it is
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import errno
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -31,15 +33,14 @@ from aiobpf.bpf.maps import entries
 from aiobpf.bpf.probed import FileLimits, ProbedFile, mapped_file, open_verified, same_file
 from aiobpf.bpf.program import (
     CALIBRATION,
-    ENTRY,
     HANDLERS,
-    RETURN,
     WAIT_HOOKS,
     CaptureUnavailable,
     MapLimits,
     bcc_errors,
     load,
 )
+from aiobpf.bpf.uprobes import ENTRY, RETURN
 from aiobpf.collector.elf import ElfImage
 from aiobpf.collector.probes import TASK_INIT, ProbeSite, find_step_sites
 from aiobpf.collector.target import Target
@@ -72,12 +73,13 @@ class Capture:
     """The compiled capture programs, their probes and maps."""
 
     def __init__(self, limits: MapLimits = _DEFAULT_MAPS,
-                 files: FileLimits = _ANY_FILES) -> None:
+                 files: FileLimits = _ANY_FILES, uprobes: str | None = None) -> None:
         self.limits = limits
         self.file_limits = files
-        program = load(limits)
+        program = load(limits, uprobes)
         self.bpf: Any = program.bpf
         self._lib = program.lib
+        self.uprobes = program.uprobes
         self.tables = program.tables
         self._files: dict[tuple[int, int], ProbedFile] = {}
         self._targets: dict[int, Attachment] = {}
@@ -118,28 +120,27 @@ class Capture:
 
     def _sync_wait_hooks(self) -> None:
         """The syscall hooks on while any file's probes are (not while all are paused)."""
-        self.set_wait_hooks(any(f.perf_fds for f in self._files.values()))
+        self.set_wait_hooks(any(f.probe_fds for f in self._files.values()))
 
     @contextmanager
     def empty_uprobe(self, path: str, offset: int, returns: bool = False) -> Iterator[None]:
         """A uprobe whose program does nothing, at ``offset`` of the file at ``path``,
         for as long as the ``with`` block runs (``returns``: and a uretprobe with it)."""
         kinds = (ENTRY, RETURN) if returns else (ENTRY,)
-        fds = []
+        fds: list[int] = []
         try:
             for kind in kinds:
-                with bcc_errors("attach", "the calibration probe was not placed"):
-                    fn = self.bpf.load_func(CALIBRATION.encode(), self.bpf.KPROBE)
-                    fd = self._lib.bpf_attach_uprobe(
-                        fn.fd, kind, f"aiobpf_{os.getpid()}_cal_{offset:x}_{kind}".encode(),
-                        path.encode(), offset, -1)
-                if fd < 0:
-                    raise CaptureUnavailable(f"could not attach a uprobe to {path}", "attach")
-                fds.append(fd)
+                fn = self.bpf.funcs[CALIBRATION.encode()]   # loaded with the others
+                try:
+                    fds.append(self.uprobes.place(
+                        fn.fd, path, offset, kind,
+                        f"aiobpf_{os.getpid()}_cal_{offset:x}_{kind}"))
+                except OSError as exc:
+                    raise CaptureUnavailable(f"could not attach a uprobe to {path}: "
+                                             f"{exc.strerror}", "attach") from None
             yield
         finally:
-            for fd in fds:
-                self._lib.bpf_close_perf_event_fd(fd)
+            self.uprobes.remove(fds)
 
     def _place(self, probed: ProbedFile, name: str) -> list[int]:
         """Perf-event uprobes (and uretprobes) at the sites of the held file (all of
@@ -150,27 +151,25 @@ class Capture:
                 for handler, kind in HANDLERS[site.function]:
                     fds.append(self._attach(probed, name, site, handler, kind))
         except BaseException:
-            for placed in fds:
-                self._lib.bpf_close_perf_event_fd(placed)
+            self.uprobes.remove(fds)
             raise
         return fds
 
     def _attach(self, probed: ProbedFile, name: str, site: ProbeSite, handler: str,
                 kind: int) -> int:
         what = "uretprobe" if kind == RETURN else "uprobe"
-        with bcc_errors("attach", f"no {what} at {site.function} in {name}"):
-            fn = self.bpf.load_func(handler.encode(), self.bpf.KPROBE)
-            ev_name = (f"aiobpf_{os.getpid()}_{site.file_offset:x}"
-                       + ("_r" if kind == RETURN else "")).encode()
-            fd = self._lib.bpf_attach_uprobe(fn.fd, kind, ev_name, probed.path.encode(),
-                                             site.file_offset, -1)
-        if fd < 0:
-            err = ct.get_errno()
+        fn = self.bpf.funcs[handler.encode()]   # loaded with the others (program.load)
+        ev_name = f"aiobpf_{os.getpid()}_{site.file_offset:x}" + ("_r" if kind == RETURN else "")
+        try:
+            return self.uprobes.place(fn.fd, probed.path, site.file_offset, kind, ev_name)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if exc.errno == errno.EINVAL:   # the kernel logs "ref_ctr_offset mismatch"
+                why += (" (another tracer's probe at that place may have a reference "
+                        "counter, as bcc's Python attach_uprobe sets by mistake)")
             raise CaptureUnavailable(
                 f"could not attach a {what} to {site.function} in {name} "
-                f"(+{site.file_offset:#x}): {os.strerror(err) if err else 'failed'}",
-                "attach")
-        return fd
+                f"(+{site.file_offset:#x}): {why}", "attach") from None
 
     def add(self, target: Target, debug: ElfImage | None = None, trace: bool = False,
             found: tuple[dict[str, ProbeSite], list[str]] | None = None) -> Attachment:
@@ -201,8 +200,8 @@ class Capture:
             os.close(fd)   # already held (verified when it was first probed)
         self._targets[target.pid] = attachment
         try:
-            if not probed.perf_fds and probed.since == 0:   # new (not merely paused)
-                probed.perf_fds = self._place(probed, Path(holder.path).name)
+            if not probed.probe_fds and probed.since == 0:   # new (not merely paused)
+                probed.probe_fds = self._place(probed, Path(holder.path).name)
                 probed.since = time.monotonic_ns()
             if not self._free_slots:
                 raise CaptureUnavailable(f"{self.limits.targets} processes are traced "
@@ -240,9 +239,8 @@ class Capture:
             self._sync_wait_hooks()
 
     def _release(self, probed: ProbedFile) -> None:
-        for fd in probed.perf_fds:
-            self._lib.bpf_close_perf_event_fd(fd)
-        probed.perf_fds = []
+        self.uprobes.remove(probed.probe_fds)
+        probed.probe_fds = []
         with contextlib.suppress(OSError):
             os.close(probed.fd)
 
@@ -301,25 +299,25 @@ class Capture:
     # -- windows: probes off and on again, per file -----------------------------------
     def probe_count(self) -> int:
         """Probes in place now (one per probe site and file; two at Task.__init__)."""
-        return sum(len(f.perf_fds) for f in self._files.values())
+        return sum(len(f.probe_fds) for f in self._files.values())
 
     def is_attached(self, file: tuple[int, int]) -> bool:
         probed = self._files.get(file)
-        return probed is not None and bool(probed.perf_fds)
+        return probed is not None and bool(probed.probe_fds)
 
     def attached_since(self, file: tuple[int, int]) -> int | None:
         """CLOCK_MONOTONIC ns since which the file's probes have been in place."""
         return self._files[file].since if self.is_attached(file) else None
 
     def pause(self, file: tuple[int, int]) -> None:
-        """Remove the file's probes; its processes stay configured (and counted).  Each
-        removal takes ~0.1 s (counted as attached time): Task.__init__'s probes go
-        first, so that the step probes see steps for as long as that time lasts."""
+        """Remove the file's probes; its processes stay configured (and counted).  The
+        removal takes time (counted as attached time; uprobes.py): as perf events,
+        Task.__init__'s probes go first, so that the step probes see steps for as long
+        as that time lasts."""
         probed = self._files.get(file)
         if probed is not None:
-            for fd in reversed(probed.perf_fds):   # placed step probes first (_place)
-                self._lib.bpf_close_perf_event_fd(fd)
-            probed.perf_fds = []
+            self.uprobes.remove(probed.probe_fds[::-1])   # placed step probes first (_place)
+            probed.probe_fds = []
         with contextlib.suppress(CaptureUnavailable):
             self._sync_wait_hooks()
 
@@ -327,12 +325,12 @@ class Capture:
         """Place the file's probes again, through the held descriptor.  Steps that began
         before are not measured.  On failure the file stays paused (nothing attached)."""
         probed = self._files.get(file)
-        if probed is None or probed.perf_fds:
+        if probed is None or probed.probe_fds:
             return
         now = time.monotonic_ns()
         for pid in self.users(file):
             self._update_settings(pid, epoch_ns=now)
-        probed.perf_fds = self._place(probed, f"file {file[1]}")
+        probed.probe_fds = self._place(probed, f"file {file[1]}")
         probed.since = now
         try:
             self._sync_wait_hooks()
@@ -420,7 +418,9 @@ class Capture:
     def close(self) -> None:
         """Detach every probe, close the held files and release the programs; safe
         after any failure, and more than once."""
-        for probed in self._files.values():
+        self.uprobes.remove([fd for f in self._files.values() for fd in f.probe_fds])
+        for probed in self._files.values():   # all at once (links overlap), then the files
+            probed.probe_fds = []
             self._release(probed)
         self._files.clear()
         self._targets.clear()

@@ -23,11 +23,11 @@ from aiobpf.collector.target import LoadedImage
 @dataclass(frozen=True)
 class FileLimits:
     """Distinct files with probes at once (None: no limit).  Removing a file's probes
-    takes the kernel ~0.1 s per probe, one after another (two probes per file, four on
-    3.12+: Task.__init__'s entry and return), at every window's end and when aiobpf
-    stops: a user who maps many copies of _asyncio must not make that unbounded.  Files
-    owned by a user other than root count against that owner's own share too, so one
-    user cannot take the probes from everyone else."""
+    takes the kernel time at every window's end and when aiobpf stops (uprobes.py: ~0.1 s
+    per probe, one after another, as perf events; ~0.08 s for a file's links, and files'
+    links overlap): a user who maps many copies of _asyncio must not make that
+    unbounded, nor take the probes (and the kernel memory they hold) from everyone else.
+    Files owned by a user other than root count against that owner's own share too."""
 
     files: int | None = None
     per_owner: int | None = None
@@ -43,8 +43,8 @@ class FileLimits:
         return ""
 
 
-# The daemon's: 32 files take ~7 s to detach at stop (~15 s on 3.12+); 2 per user take
-# 0.4 s (0.9 s).
+# The daemon's: 32 files of four probes take 0.6 s to detach at stop as links, 17 s as
+# perf events (bench/probe_detach.py --files 32); 2 per user, 0.1 s (1 s).
 DAEMON_FILES = FileLimits(files=32, per_owner=2)
 
 
@@ -55,7 +55,7 @@ class ProbedFile:
     fd: int                                   # O_RDONLY, verified: what every attach uses
     sites: dict[str, ProbeSite]
     owner: int = 0                            # the file's uid (FileLimits)
-    perf_fds: list[int] = field(default_factory=list)   # [] while paused
+    probe_fds: list[int] = field(default_factory=list)  # [] while paused
     since: int = 0                            # CLOCK_MONOTONIC ns of the last attach
 
     @property

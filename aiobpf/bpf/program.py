@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from aiobpf.bpf import abi
+from aiobpf.bpf.uprobes import ENTRY, RETURN, Uprobes, choose
 from aiobpf.collector.probes import STEP_WRAPPER_CALL, TASK_INIT, TASK_WAKEUP
 
 BPF_DIR = Path(__file__).resolve().parent
 SOURCE = BPF_DIR / "capture.bpf.c"
-ENTRY, RETURN = 0, 1   # enum bpf_probe_attach_type
 # The programs of each probed function, with how each is attached.
 HANDLERS: dict[str, tuple[tuple[str, int], ...]] = {
     TASK_WAKEUP: (("on_task_wakeup", ENTRY),),
@@ -144,14 +144,17 @@ class Program:
     bpf: Any                 # bcc.BPF
     lib: Any                 # bcc.lib (libbcc through ctypes)
     tables: dict[str, Any]   # abi.MAPS's maps, with abi's types
+    uprobes: Uprobes         # how its uprobe programs are placed (links or perf events)
 
 
-def load(limits: MapLimits) -> Program:
+def load(limits: MapLimits, uprobes: str | None = None) -> Program:
     """Compile capture.bpf.c with ``limits`` and load every program: a load failure
     (privileges, verifier) is one clear failure here rather than one per process
     later, and verifying one (up to a second) never happens while a file's first
     probes are in place.  Then compile-time drift between capture.h and abi.py is
-    refused.  Raises CaptureUnavailable; nothing stays loaded after a failure."""
+    refused.  ``uprobes``: the kind of uprobe (uprobes.PERF forces perf events; by
+    default links where the kernel has them).  Raises CaptureUnavailable; nothing stays
+    loaded after a failure."""
     try:
         from bcc import BPF  # Debian's python3-bpfcc; slow to import, so only here
     except ImportError as exc:
@@ -162,12 +165,13 @@ def load(limits: MapLimits) -> Program:
         try:
             bpf = BPF(src_file=str(SOURCE).encode(),
                       cflags=[f"-I{BPF_DIR}", "-Wno-unused-function", *limits.cflags()])
+            lib = __import__("bcc").lib
+            placed = choose(bpf, lib, CALIBRATION, uprobes)
             programs = [name for handlers in HANDLERS.values() for name, _ in handlers]
             for name in (*programs, CALIBRATION):
-                bpf.load_func(name.encode(), BPF.KPROBE)
+                bpf.load_func(name.encode(), BPF.KPROBE, attach_type=placed.load_type)
             for name in WAIT_HOOKS.values():
                 bpf.load_func(name.encode(), BPF.RAW_TRACEPOINT)
-            lib = __import__("bcc").lib
             drift = _drift(bpf, lib)
             tables = {} if drift else {
                 name: bpf.get_table(name.encode(), keytype=key, leaftype=value)
@@ -178,7 +182,7 @@ def load(limits: MapLimits) -> Program:
             failure = None
     if failure is None and not drift:
         _release_compiler_memory()
-        return Program(bpf, lib, tables)
+        return Program(bpf, lib, tables, placed)
     if bpf is not None:
         with contextlib.suppress(Exception):   # bcc: bare Exceptions
             bpf.cleanup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -119,7 +120,10 @@ def check_bpf_syscall() -> Check:
 
 def check_uprobes() -> Check:
     if Path("/sys/bus/event_source/devices/uprobe/type").exists():
-        return Check("uprobes", OK, "perf-event uprobes (released with their file descriptor)")
+        major, minor = (int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
+        kind = ("BPF links (Linux 6.6+), perf events where refused" if (major, minor) >= (6, 6)
+                else "perf events (uprobe-multi links need Linux 6.6)")
+        return Check("uprobes", OK, f"placed as {kind}; released with their descriptors")
     return Check("uprobes", WARN, "no uprobe PMU in /sys/bus/event_source/devices",
                  "BPF capture needs a kernel with CONFIG_UPROBE_EVENTS")
 

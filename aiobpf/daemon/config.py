@@ -54,7 +54,7 @@ class Config:
     refresh_interval: float = 5.0
     budget: float = 0.01
     probe_cost_us: float | str = "auto"   # "auto": measured (collector/probe_cost.py)
-    window: float = 0.5
+    window: float = 0.2
     top_sites: int = 10
     site_frames: str | list[str] = "application"   # which frames are not await sites
     max_processes: int = 256

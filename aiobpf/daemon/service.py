@@ -28,6 +28,7 @@ from aiobpf.bpf.capture import Attachment, Capture
 from aiobpf.bpf.config import counts_creations
 from aiobpf.bpf.probed import DAEMON_FILES
 from aiobpf.bpf.program import DAEMON_LIMITS, CaptureUnavailable
+from aiobpf.bpf.uprobes import LINKS
 from aiobpf.collector import deadline, probe_cost
 from aiobpf.collector.elf import NotElfError
 from aiobpf.collector.files import UnsafeFile
@@ -283,8 +284,9 @@ class Daemon:
             log.warning("could not time the probes (%s); assuming %.1f us per hit",
                         _one_line(exc), costs.trap_s * 1e6)
         log.info("a uprobe hit costs %.2f us (%.2f us on an instruction stepped out of line), "
-                 "the syscall hooks %.2f us per system call", costs.trap_s * 1e6,
-                 costs.stepped_trap_s * 1e6, costs.syscall_s * 1e6)
+                 "the syscall hooks %.2f us per system call; uprobes are placed as %s",
+                 costs.trap_s * 1e6, costs.stepped_trap_s * 1e6, costs.syscall_s * 1e6,
+                 "BPF links" if capture.uprobes.kind == LINKS else "perf events")
         return costs
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -686,7 +688,6 @@ class Daemon:
         change = window.step(now)
         if change is None:
             return
-        log.debug("file %d:%d: probes %s", *file, "attached" if change else "detached")
         if change:   # before probes go in again: is it still the file they map?
             self._check_probed_files([t for t in self.traced.values() if t.file == file])
             if file not in self.windows:
@@ -706,6 +707,8 @@ class Daemon:
             else:
                 self.capture.pause(file)
             took = time.monotonic() - started
+        log.debug("file %d:%d: probes %s in %.3f s", *file, "attached" if change else "detached",
+                  took)
         if change:
             for traced in users:
                 self._read_counts(traced, attached=False)

@@ -6,11 +6,9 @@ leaves nothing attached."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,25 +20,17 @@ from aiobpf.bpf.program import CaptureUnavailable
 from aiobpf.collector.target import open_target
 from tests.adversarial.conftest import User, assert_healthy, stop_in_time
 from tests.conftest import IN_ROOT_DIR, run_target
-from tests.integration.daemon_proc import DaemonProcess, daemon_programs, run_daemon
+from tests.integration.daemon_proc import DaemonProcess, daemon_programs, probes_of, run_daemon
 from tests.pythons import by_label
 
 DENY = [sys.executable, str(Path(__file__).parent / "deny_syscalls.py")]
-BPF_RAW_TRACEPOINT_OPEN = 17
+BPF_RAW_TRACEPOINT_OPEN, BPF_LINK_CREATE = 17, 28
 # The targets run under names of their own, so that these daemons trace no other test's
 # processes.
 DEPTH, ALTERNATING = "bpf_failures_depth.py", "bpf_failures_alternating.py"
 SELECT = " " + re.escape(IN_ROOT_DIR) + "/bpf_failures_(depth|alternating)\\.py"
 
 
-
-
-def perf_events(pid: int) -> list[dict]:
-    """The perf events (uprobes, raw tracepoints, ...) with a BPF program that ``pid``
-    holds, from the kernel (bpftool)."""
-    out = subprocess.run(["bpftool", "perf", "list", "--json"], capture_output=True,
-                         text=True, check=True).stdout
-    return [e for e in json.loads(out) if e.get("pid") == pid]
 
 
 def _capture_of(daemon: DaemonProcess, pid: int) -> str:
@@ -65,7 +55,7 @@ def _assert_memory_only(daemon: DaemonProcess, pid: int, kind: str, said: str,
     lines = [line for line in log.splitlines() if said in line]
     assert (len(lines) == 1) if once else lines, log
     assert "Traceback" not in log, log
-    assert perf_events(daemon.proc.pid) == []
+    assert probes_of(daemon.proc.pid) == []
 
 
 @pytest.mark.parametrize("dropped", ["bpf,-perfmon,-sys_admin", "perfmon,-sys_admin"],
@@ -85,9 +75,10 @@ def test_a_daemon_without_bpf_privileges_reads_memory_only(
         stop_in_time(daemon)
 
 
-@pytest.mark.parametrize("denied", [["--perf-event-open"],
+@pytest.mark.parametrize("denied", [["--perf-event-open", "--bpf-cmd", str(BPF_LINK_CREATE)],
                                     ["--bpf-cmd", str(BPF_RAW_TRACEPOINT_OPEN)]],
-                         ids=["no perf events (uprobes)", "no raw tracepoints (syscall hooks)"])
+                         ids=["no uprobes (perf events, links)",
+                              "no raw tracepoints (syscall hooks)"])
 def test_a_calibration_that_bpf_refuses_leaves_the_daemon_reading_memory(
         tmp_path: Path, hostile_user: User, denied: list[str]) -> None:
     """The programs load but cannot be attached: the calibration at start fails (it used
@@ -118,7 +109,7 @@ def test_probes_placed_before_a_failed_attach_are_removed(
             _assert_memory_only(daemon, other.pid, "attach", "probes not placed")
         assert (daemon.value("aiobpf_errors_total", 'kind="attach"') or 0) >= 2
         for _ in range(10):   # and none come back later
-            assert perf_events(daemon.proc.pid) == []
+            assert probes_of(daemon.proc.pid) == []
             time.sleep(0.2)
         assert_healthy(daemon, DEPTH)
         stop_in_time(daemon)
@@ -146,11 +137,11 @@ def test_a_window_that_cannot_reattach_leaves_nothing_attached(spare: int, faili
             attachment = capture.add(open_target(target.pid))
             assert attachment.active and attachment.file is not None
             file = attachment.file
-            kinds = sorted(e["fd_type"] for e in perf_events(os.getpid()))
+            kinds = sorted(e["fd_type"] for e in probes_of(os.getpid()))
             assert kinds == ["raw_tracepoint", "raw_tracepoint", "uprobe", "uprobe", "uprobe",
                              "uretprobe"], kinds
             capture.pause(file)
-            assert perf_events(os.getpid()) == []
+            assert probes_of(os.getpid()) == []
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             resource.setrlimit(resource.RLIMIT_NOFILE, (_limit_for(spare), hard))
             try:
@@ -161,11 +152,11 @@ def test_a_window_that_cannot_reattach_leaves_nothing_attached(spare: int, faili
             assert failed.value.kind == "attach"
             assert failing in str(failed.value)
             assert not capture.is_attached(file) and capture.probe_count() == 0
-            assert perf_events(os.getpid()) == []
+            assert probes_of(os.getpid()) == []
             capture.resume(file)
             assert capture.probe_count() == 4
-            assert len(perf_events(os.getpid())) == 6
+            assert len(probes_of(os.getpid())) == 6
         finally:
             capture.close()
             capture.close()   # twice: safe
-        assert perf_events(os.getpid()) == []
+        assert probes_of(os.getpid()) == []

@@ -161,12 +161,39 @@ def run_daemon(tmp: Path, *, budget: float = 1.0, refresh: float = 1.0,
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
-def daemon_uprobes(pid: int) -> set[tuple[str, int]]:
-    """(file, offset) of the uprobes a process holds, from the kernel (bpftool)."""
+def probes_of(pid: int) -> list[dict]:
+    """The probes with a BPF program that process ``pid`` holds, from the kernel: its
+    perf events (uprobes, raw tracepoints; bpftool) and its uprobe-multi links (their
+    fdinfo), each as a dict with ``fd_type``, and ``filename`` and ``offset`` for
+    uprobes."""
     out = subprocess.run(["bpftool", "perf", "list", "--json"], capture_output=True,
                          text=True, check=True).stdout
-    return {(e["filename"], e["offset"]) for e in json.loads(out)
-            if e.get("pid") == pid and e.get("fd_type") == "uprobe"}
+    found = [e for e in json.loads(out) if e.get("pid") == pid]
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return found   # gone: its links went with its descriptors
+    for fd in fds:
+        try:
+            if os.readlink(fd) != "anon_inode:bpf_link":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        kind = fields.get("link_type", "").strip()
+        if kind not in ("uprobe_multi", "uretprobe_multi"):
+            continue
+        table = info.split("ref_ctr_offset", 1)[1].splitlines()[1:]
+        for row in table:   # cookie, offset, ref_ctr_offset
+            found.append({"pid": pid, "fd_type": kind.replace("_multi", ""),
+                          "filename": fields["path"].strip(), "offset": int(row.split()[1], 16)})
+    return found
+
+
+def daemon_uprobes(pid: int) -> set[tuple[str, int]]:
+    """(file, offset) of the uprobes (not uretprobes) a process holds, from the kernel."""
+    return {(e["filename"], e["offset"]) for e in probes_of(pid) if e.get("fd_type") == "uprobe"}
 
 
 def program_ids(pid: int) -> set[int]:

@@ -34,6 +34,7 @@ from aiobpf.collector.target import open_target
 from aiobpf.daemon.budget.cost import step_cost
 from aiobpf.exporters import json_doc
 from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
+from tests.integration.daemon_proc import probes_of
 from tests.integration.test_churn import check_ids
 from tests.pythons import Python, by_label
 
@@ -309,10 +310,7 @@ def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
 
 
 def _own_uprobes() -> int:
-    out = subprocess.run(["bpftool", "perf", "list", "--json"], capture_output=True,
-                         text=True, check=True).stdout
-    return sum(1 for e in json.loads(out)
-               if e.get("pid") == os.getpid() and e.get("fd_type") == "uprobe")
+    return sum(1 for e in probes_of(os.getpid()) if e["fd_type"] in ("uprobe", "uretprobe"))
 
 
 def test_what_a_step_costs_is_measured(capture: Capture) -> None:
