@@ -4,9 +4,9 @@ kernel has them (Linux 6.6+), else as a perf event.
 The difference is the time a removal takes, which a capture window pays for (the
 probes stay in place until it is over, and the budget counts it as attached time).
 Closing a perf-event uprobe waits for RCU grace periods under a kernel-wide mutex,
-one probe after another: 0.1-0.2 s each here, 0.4-0.8 s for the four probes of a
-3.12+ file.  A uprobe-multi link waits once, and links closed from threads of their
-own wait together: the same four in ~0.08 s (``bench/detach.py`` measures both).
+one probe after another: ~0.12 s each here, 0.48 s for the four probes of a 3.12+
+file.  A uprobe-multi link waits once, and links closed from threads of their own
+wait together: the same four in 0.08 s (``bench/probe_detach.py`` compares both).
 
 A program loaded for links cannot be attached as a perf event, nor the reverse: the
 kind is chosen once, when the programs are loaded (``choose``).
