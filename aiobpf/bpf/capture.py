@@ -143,7 +143,7 @@ class Capture:
             self.uprobes.remove(fds)
 
     def _place(self, probed: ProbedFile, name: str) -> list[int]:
-        """Perf-event uprobes (and uretprobes) at the sites of the held file (all of
+        """Uprobes (and uretprobes) at the sites of the held file (all of
         them, or none)."""
         fds: list[int] = []
         try:
