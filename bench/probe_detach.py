@@ -8,7 +8,9 @@ _asyncio), places PROBES uprobes in each (aiobpf places four per 3.12+ _asyncio 
 two on 3.11) with an empty BPF program, and times their removal through aiobpf's own
 ``Uprobes.remove``: perf events one after another, BPF links all at once from threads.
 The two kinds alternate over --repeat rounds in one run; prints the medians and their
-ratio (perf events / links).
+ratio (perf events / links).  With --hits, also what a hit of each kind costs, as the
+daemon measures it (aiobpf/collector/probe_cost.py: a uprobe, one on an instruction
+stepped out of line, a uprobe with a uretprobe), the two kinds alternating.
 
 Run as root: ``.venv/bin/python bench/probe_detach.py [--files 1] [--probes 4]``.
 """
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1)
     parser.add_argument("--probes", type=int, default=4, help="probes per file")
     parser.add_argument("--repeat", type=int, default=8, help="rounds of both kinds")
+    parser.add_argument("--hits", action="store_true", help="also what a hit costs")
     args = parser.parse_args()
     from bcc import BPF  # Debian's python3-bpfcc
     bpf = BPF(text="int hit_perf(void *ctx) { return 0; }\n"
@@ -78,6 +81,29 @@ def main() -> None:
               f"{median / args.files:.3f} s per file; {min(runs):.3f}-{max(runs):.3f} s)")
     ratio = statistics.median(took[PERF]) / statistics.median(took[LINKS])
     print(f"  perf events / links: {ratio:.1f}x")
+    if args.hits:
+        _hits(args.repeat)
+
+
+def _hits(repeat: int) -> None:
+    """Hit costs of both kinds through aiobpf's own Capture and calibration."""
+    from aiobpf.bpf.capture import Capture
+    from aiobpf.collector import probe_cost
+
+    captures = {kind: Capture(uprobes=kind) for kind in (PERF, LINKS)}
+    costs: dict[str, list[probe_cost.ProbeCosts]] = {PERF: [], LINKS: []}
+    try:
+        for _ in range(repeat):
+            for kind, capture in captures.items():
+                costs[kind].append(probe_cost.measure(capture))
+    finally:
+        for capture in captures.values():
+            capture.close()
+    print(f"a hit, median of {repeat} calibrations of each kind, alternating (us):")
+    for field in ("trap_s", "stepped_trap_s", "created_s"):
+        perf, links = (statistics.median(getattr(c, field) for c in costs[k]) * 1e6
+                       for k in (PERF, LINKS))
+        print(f"  {field:15} perf {perf:6.2f}  links {links:6.2f}  links / perf {links / perf:.2f}")
 
 
 if __name__ == "__main__":
