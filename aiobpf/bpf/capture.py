@@ -127,10 +127,10 @@ class Capture:
         """A uprobe whose program does nothing, at ``offset`` of the file at ``path``,
         for as long as the ``with`` block runs (``returns``: and a uretprobe with it)."""
         kinds = (ENTRY, RETURN) if returns else (ENTRY,)
+        fn = self.bpf.funcs[CALIBRATION.encode()]   # loaded with the others
         fds: list[int] = []
         try:
             for kind in kinds:
-                fn = self.bpf.funcs[CALIBRATION.encode()]   # loaded with the others
                 try:
                     fds.append(self.uprobes.place(
                         fn.fd, path, offset, kind,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import errno
+import functools
 import os
 import platform
 import threading
@@ -56,6 +57,12 @@ class _UprobeMultiLink(ct.Structure):
 
 _PERF_UPROBE = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p,
                            ct.c_ulonglong, ct.c_int, ct.c_uint32, use_errno=True)
+
+
+@functools.cache
+def _perf_attach(lib: Any) -> Any:
+    """bcc's ``bpf_attach_uprobe`` with its real prototype (``ref_ctr_offset`` last)."""
+    return _PERF_UPROBE(("bpf_attach_uprobe", lib))
 
 
 def _link(prog_fd: int, path: str, offset: int, kind: int) -> int:
@@ -91,8 +98,8 @@ class Uprobes:
         ENTRY or RETURN; ``name``: the perf event's, unique).  Raises OSError."""
         if self.kind == LINKS:
             return _link(prog_fd, path, offset, kind)
-        attach = _PERF_UPROBE(("bpf_attach_uprobe", self.lib))
-        fd = attach(prog_fd, kind, name.encode(), os.fsencode(path), offset, -1, 0)
+        fd = _perf_attach(self.lib)(prog_fd, kind, name.encode(), os.fsencode(path), offset,
+                                    -1, 0)
         if fd < 0:
             err = ct.get_errno()
             raise OSError(err, os.strerror(err) if err else "bcc could not attach it")

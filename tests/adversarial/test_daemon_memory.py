@@ -26,7 +26,7 @@ import pytest
 from aiobpf.bpf.program import DAEMON_LIMITS
 from tests.adversarial.conftest import User, assert_healthy, stop_in_time
 from tests.conftest import TARGETS, run_target
-from tests.integration.daemon_proc import DaemonProcess, run_daemon
+from tests.integration.daemon_proc import DaemonProcess, bpf_fdinfo, run_daemon
 from tests.pythons import by_label
 
 TASKS = 200_000
@@ -73,17 +73,9 @@ class AnonPeak(threading.Thread):
 
 def bpf_maps(pid: int) -> dict[str, dict[str, int]]:
     """The BPF maps ``pid`` holds, by name: id, type, max_entries, memlock (fdinfo)."""
-    by_id: dict[int, dict[str, int]] = {}
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if os.readlink(fd) != "anon_inode:bpf-map":
-                continue
-            text = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
-        except OSError:
-            continue
-        info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        by_id[int(info["map_id"])] = {k: int(info[k].strip(), 0) for k in
-                                      ("map_id", "map_type", "max_entries", "memlock")}
+    by_id = {int(info["map_id"]): {k: int(info[k], 0) for k in
+                                   ("map_id", "map_type", "max_entries", "memlock")}
+             for info, _ in bpf_fdinfo(pid, "bpf-map")}
     shown = json.loads(subprocess.run(["bpftool", "map", "show", "--json"], check=True,
                                       capture_output=True, text=True).stdout)
     return {m["name"]: by_id[m["id"]] for m in shown if m["id"] in by_id}

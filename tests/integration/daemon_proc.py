@@ -169,25 +169,14 @@ def probes_of(pid: int) -> list[dict]:
     out = subprocess.run(["bpftool", "perf", "list", "--json"], capture_output=True,
                          text=True, check=True).stdout
     found = [e for e in json.loads(out) if e.get("pid") == pid]
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except FileNotFoundError:
-        return found   # gone: its links went with its descriptors
-    for fd in fds:
-        try:
-            if os.readlink(fd) != "anon_inode:bpf_link":
-                continue
-            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-        kind = fields.get("link_type", "").strip()
+    for fields, info in bpf_fdinfo(pid, "bpf_link"):
+        kind = fields.get("link_type", "")
         if kind not in ("uprobe_multi", "uretprobe_multi"):
             continue
         table = info.split("ref_ctr_offset", 1)[1].splitlines()[1:]
         for row in table:   # cookie, offset, ref_ctr_offset
             found.append({"pid": pid, "fd_type": kind.replace("_multi", ""),
-                          "filename": fields["path"].strip(), "offset": int(row.split()[1], 16)})
+                          "filename": fields["path"], "offset": int(row.split()[1], 16)})
     return found
 
 
@@ -198,17 +187,27 @@ def daemon_uprobes(pid: int) -> set[tuple[str, int]]:
 
 def program_ids(pid: int) -> set[int]:
     """IDs of the BPF programs a process holds open (``prog_id`` in its fdinfo)."""
-    ids = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+    return {int(fields["prog_id"]) for fields, _ in bpf_fdinfo(pid, "bpf-prog")}
+
+
+def bpf_fdinfo(pid: int, kind: str) -> Iterator[tuple[dict[str, str], str]]:
+    """The fdinfo of each BPF object of ``kind`` (``bpf-prog``, ``bpf-map``, ``bpf_link``:
+    its anon inode's name) that ``pid`` holds: its "key: value" lines as a dict of
+    stripped values, and the whole text.  None when ``pid`` is gone (its objects went
+    with its descriptors)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return
+    for fd in fds:
         try:
-            if os.readlink(fd) != "anon_inode:bpf-prog":
+            if os.readlink(fd) != f"anon_inode:{kind}":
                 continue
             info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
         except OSError:
-            continue
-        ids.update(int(line.split()[1]) for line in info.splitlines()
-                   if line.startswith("prog_id:"))
-    return ids
+            continue   # closed meanwhile
+        yield {key: value.strip() for key, value in
+               (line.split(":", 1) for line in info.splitlines() if ":" in line)}, info
 
 
 def daemon_programs(pid: int) -> int:

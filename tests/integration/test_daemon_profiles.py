@@ -13,12 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from aiobpf.daemon.profiling import REFRESH_S
-from tests.conftest import aiobpf, run_target
+from tests.conftest import RunningTarget, aiobpf, run_target
 from tests.integration.daemon_proc import REPO, run_daemon
 from tests.integration.test_profile import A_CHAIN, B_CHAIN, _ours
 from tests.pythons import by_label
@@ -143,14 +145,27 @@ def _profile_through(socket: Path, pid: int) -> subprocess.Popen[str]:
     return proc
 
 
-def test_profile_through_the_daemon_ends_on_ctrl_c_with_the_samples_taken(tmp_path: Path
-                                                                          ) -> None:
+@contextmanager
+def _profiling_through_daemon(tmp_path: Path) -> Iterator[tuple[RunningTarget, subprocess.Popen]]:
+    """A daemon profiling a cpu_split target at 99 Hz, and ``aiobpf profile`` of it
+    through the daemon, 3 s into its samples (killed if the test leaves it running)."""
     extra = f'profile_rate = 99\nprofile_dir = "{tmp_path / "profiles"}"\n'
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
             run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
         daemon.wait_traced(target.pid)
         proc = _profile_through(daemon.socket, target.pid)
-        time.sleep(3)
+        try:
+            time.sleep(3)
+            yield target, proc
+        finally:
+            if proc.poll() is None:   # the test failed before it ended
+                proc.kill()
+                proc.communicate()
+
+
+def test_profile_through_the_daemon_ends_on_ctrl_c_with_the_samples_taken(tmp_path: Path
+                                                                          ) -> None:
+    with _profiling_through_daemon(tmp_path) as (_, proc):
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
@@ -189,12 +204,7 @@ def test_profile_through_the_daemon_is_root_only(tmp_path: Path) -> None:
 
 def test_profile_through_the_daemon_of_a_target_that_exits_keeps_the_samples_taken(
         tmp_path: Path) -> None:
-    extra = f'profile_rate = 99\nprofile_dir = "{tmp_path / "profiles"}"\n'
-    with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
-            run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
-        daemon.wait_traced(target.pid)
-        proc = _profile_through(daemon.socket, target.pid)
-        time.sleep(3)
+    with _profiling_through_daemon(tmp_path) as (target, proc):
         target.proc.kill()
         target.proc.wait()
         out, err = proc.communicate(timeout=30)
