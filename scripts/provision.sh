@@ -12,7 +12,8 @@
 #
 # Environment: AIOBPF_VENV (default .venv in the repository), AIOBPF_SID_ROOT
 # (default /var/cache/aiobpf/sid-root), AIOBPF_OLD_ROOT (default
-# /var/cache/aiobpf/bullseye-root), AIOBPF_MIRROR (default http://deb.debian.org/debian).
+# /var/cache/aiobpf/bullseye-root), AIOBPF_MIRROR (default http://deb.debian.org/debian),
+# AIOBPF_SPEEDSCOPE_DIR (default /var/cache/aiobpf/speedscope: speedscope's schema).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ for arg in "$@"; do
     --no-sid) WITH_SID=0 ;;
     --container) CONTAINER=1 ;;
     --packages-only) PACKAGES_ONLY=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "provision: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -54,6 +55,13 @@ PACKAGES=(python3 python3-venv python3-bpfcc ca-certificates)
 # golang-go: `go tool pprof`, which reads the pprof files of `aiobpf profile` in the tests;
 # tmux: the terminal in which the tests run `aiobpf top` and read its screen.
 [ "$WITH_SID" = 1 ] && PACKAGES+=(golang-go tmux)
+# The other consumers of `aiobpf profile`'s files in the tests: protobuf-compiler
+# (protoc --decode) with golang-github-google-pprof-dev, which ships pprof's own
+# profile.proto; chromium, which opens the HTML flame graph headless and screenshots it;
+# npm, which fetches speedscope's published schema (step 7): Debian's, unless the machine
+# has one (NodeSource's nodejs ships its own, and conflicts with Debian's).
+[ "$WITH_SID" = 1 ] && PACKAGES+=(protobuf-compiler golang-github-google-pprof-dev chromium)
+[ "$WITH_SID" = 1 ] && ! command -v npm >/dev/null && PACKAGES+=(npm)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -218,7 +226,32 @@ fi
 # locally (no registry needed) and cached; the image itself is built by the test.
 bash scripts/image.sh base
 
-# -- 7. the matrix ------------------------------------------------------------------
+# -- 7. speedscope's file format schema ----------------------------------------------
+# The JSON schema speedscope publishes in its npm package (dist/release/), which the
+# tests validate `aiobpf profile`'s speedscope files against: fetched once with
+# `npm pack` (a pinned version), cached, never copied into the repository.
+SPEEDSCOPE=1.25.0
+SCHEMA_DIR=${AIOBPF_SPEEDSCOPE_DIR:-/var/cache/aiobpf/speedscope}
+SCHEMA=$SCHEMA_DIR/file-format-schema.json
+if [ "$(cat "$SCHEMA_DIR/.version" 2>/dev/null)" = "$SPEEDSCOPE" ] \
+   && python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$SCHEMA" 2>/dev/null; then
+  say "ok: speedscope $SPEEDSCOPE's schema $SCHEMA"
+else
+  command -v npm >/dev/null || die "npm is missing: it fetches speedscope's schema (the npm package)"
+  tmp=$(mktemp -d)
+  member=package/dist/release/file-format-schema.json
+  (cd "$tmp" && npm pack --loglevel=error --cache "$tmp/npm-cache" "speedscope@$SPEEDSCOPE") >"$tmp/log" 2>&1 \
+    && tar -xzf "$tmp/speedscope-$SPEEDSCOPE.tgz" -C "$tmp" "$member" 2>>"$tmp/log" \
+    && python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$tmp/$member" 2>>"$tmp/log" \
+    || { tail -n 5 "$tmp/log" >&2; rm -rf "$tmp"; die "could not fetch $member of speedscope@$SPEEDSCOPE with npm pack (log above; is the npm registry reachable?)"; }
+  mkdir -p "$SCHEMA_DIR"
+  mv "$tmp/$member" "$SCHEMA"
+  echo "$SPEEDSCOPE" >"$SCHEMA_DIR/.version"
+  rm -rf "$tmp"
+  say "installed: speedscope $SPEEDSCOPE's schema $SCHEMA (npm pack)"
+fi
+
+# -- 8. the matrix ------------------------------------------------------------------
 AIOBPF_SID_ROOT=$SID_ROOT AIOBPF_OLD_ROOT=$OLD_ROOT "$VENV/bin/python" - <<'PY'
 from tests.pythons import all_pythons
 print("provision: interpreter matrix")
