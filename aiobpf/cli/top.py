@@ -19,7 +19,14 @@ from aiobpf.collector.cpu_samples import CpuSampling
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import Target, open_target
 from aiobpf.errors.translate import translate_errors
-from aiobpf.exporters.profile.top import StepWindow, TaskSteps, TopWindow, lines
+from aiobpf.exporters.profile.top import (
+    StepWindow,
+    TaskSteps,
+    TopWindow,
+    WaitWindow,
+    lines,
+    waiting_sites,
+)
 
 Draw = Callable[[list[str]], None]
 
@@ -35,7 +42,9 @@ class TopCommand:
       trace, on the steps of PID's asyncio module; a few microseconds a step: --no-steps
       leaves them off, and the view says when they are not available and why);
     - the share of samples outside any task (the event loop itself, callbacks);
-    - where the pending tasks wait: tasks counted by await site.
+    - where tasks wait (the wall-time view): each await site's share of the pending
+      tasks' time over the window (every refresh counts each pending task once), and
+      its tasks now.
 
     q or Ctrl-C quits. In a terminal the view fills the screen (curses; fine over SSH);
     with --plain, or when stdout is not a terminal, each refresh is printed as a block
@@ -125,19 +134,20 @@ class TopCommand:
     def _loop(args: argparse.Namespace, sampling: CpuSampling, steps: StepSource,
               draw: Draw, stopped: Callable[[], bool],
               size: Callable[[], tuple[int, int]] = lambda: (40, 120)) -> None:
-        window = TopWindow(args.window)
+        window, waits = TopWindow(args.window), WaitWindow(args.window)
         started = time.monotonic()
         batches = sampling.batches(float("inf"), stopped)
         for refreshes, batch in enumerate(batches, start=1):
             snapshot = batch.snapshot
             window.add(time.monotonic(), batch.samples)
+            waits.add(time.monotonic(), waiting_sites(snapshot))
             steps.read()
             height, width = size()
             header = (f"aiobpf top: process {args.pid} (Python {snapshot.python_version}), "
                       f"{args.rate:g} Hz of CPU a thread, {time.monotonic() - started:.0f} s")
             draw(lines(window, snapshot, header, width=max(width, 40),
                        rows=max((height - 9) // 2, 3), steps=steps.window,
-                       steps_note=steps.note))
+                       steps_note=steps.note, waits=waits))
             if args.iterations is not None and refreshes >= args.iterations:
                 return
 

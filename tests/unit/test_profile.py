@@ -194,4 +194,25 @@ def test_top_ranks_tasks_by_cpu_share_and_counts_tasks_by_await_site() -> None:
     assert rows[0].split()[0] == "100.0" and "main > busy\\x1b[2J" in rows[0]
     assert "spin (app.py:7)" in rows[0]
     assert "\x1b" not in "".join(text)
-    assert any(line.split()[0] == "1" and "wait /app.py:1" in line for line in rows[1:])
+    assert any(line.split()[:2] == ["33.3", "1"] and "wait /app.py:1" in line
+               for line in rows[1:])
+
+
+def test_top_gives_await_sites_their_share_of_the_task_time_over_the_window() -> None:
+    from aiobpf.exporters.profile.top import TopWindow, WaitWindow, lines, waiting_sites
+
+    waiting = _snapshot(_task(1, "main", ["main"]), _task(2, "a", ["wait"], 1),
+                        _task(3, "b", ["wait"], 1))
+    moved = _snapshot(_task(1, "main", ["main"]), _task(2, "a", ["read"], 1))
+    waits = WaitWindow(seconds=10)
+    waits.add(0.0, waiting_sites(waiting))     # ages out at 20 s
+    for at in (11.0, 12.0, 13.0):
+        waits.add(at, waiting_sites(waiting))
+    waits.add(20.0, waiting_sites(moved))
+    text = lines(TopWindow(seconds=10), moved, "header", width=100, waits=waits)
+    table = text[text.index("") + 2:]
+    # task-refreshes from 11 s on (the one at 0 s is out): wait 2+2+2, main 1+1+1+1,
+    # read 1, of 11; "now" is the last refresh's tasks
+    shares = {line.split(None, 2)[2]: (line.split()[0], line.split()[1]) for line in table}
+    assert shares == {"wait /app.py:1": ("54.5", "0"), "main /app.py:1": ("36.4", "1"),
+                      "read /app.py:1": ("9.1", "1")}

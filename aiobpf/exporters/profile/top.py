@@ -5,10 +5,12 @@ Tasks are keyed by id (two tasks of one name are two rows); each row names the t
 chain (root task > ... > task), its share of the window's samples, its steps per
 second over the window and its longest step (``StepWindow``: the capture program's
 per-task counters, when its probes are attached), and the frame it spent most
-samples in.  The second table counts the pending tasks by await site (the
-frame a suspended task waits in, as ``aiobpf_suspended_tasks{site}`` names it): the
-wall-time view, where time is spent waiting.  Names are the target's: escaped
-(``safe_text.escape``) and cut to the column."""
+samples in.  The second table is the wall-time view, where tasks spend their time
+waiting: the pending tasks by await site (the frame a suspended task waits in, as
+``aiobpf_suspended_tasks{site}`` names it), each site's share of the task-time over
+the window (``WaitWindow``: every refresh counts each pending task once, as
+``profile --mode wall`` counts each task once a sample) and its tasks now.  Names are
+the target's: escaped (``safe_text.escape``) and cut to the column."""
 
 from __future__ import annotations
 
@@ -39,6 +41,38 @@ class TopWindow:
 
     def samples(self) -> Iterable[CpuSample]:
         return (s for _, batch in self.batches for s in batch)
+
+
+def waiting_sites(snapshot: Snapshot) -> Counter[str]:
+    """The pending tasks of ``snapshot`` counted by the await site they wait at."""
+    sites: Counter[str] = Counter()
+    for task in snapshot.tasks:
+        if task.state == "pending":
+            sites[await_site(task) or "(standard library only)"] += 1
+    return sites
+
+
+@dataclass
+class WaitWindow:
+    """The await sites of the pending tasks at each refresh of the last ``seconds``."""
+
+    seconds: float = 10.0
+    readings: deque[tuple[float, Counter[str]]] = field(default_factory=deque)
+
+    def add(self, at: float, sites: Counter[str]) -> None:
+        self.readings.append((at, sites))
+        while self.readings and self.readings[0][0] < at - self.seconds:
+            self.readings.popleft()
+
+    def shares(self) -> Counter[str]:
+        """Each site's task-refreshes over the window (its share of the task-time)."""
+        total: Counter[str] = Counter()
+        for _, sites in self.readings:
+            total.update(sites)
+        return total
+
+    def now(self) -> Counter[str]:
+        return self.readings[-1][1] if self.readings else Counter()
 
 
 @dataclass(frozen=True)
@@ -113,11 +147,11 @@ def _chain(graph: AwaitGraph, task_id: int) -> str:
 
 
 def lines(window: TopWindow, snapshot: Snapshot, header: str, width: int = 120,
-          rows: int = 20, steps: StepWindow | None = None, steps_note: str = ""
-          ) -> list[str]:
+          rows: int = 20, steps: StepWindow | None = None, steps_note: str = "",
+          waits: WaitWindow | None = None) -> list[str]:
     """The screen: a header, tasks by CPU share (with their steps per second and
     longest step when ``steps``; else ``steps_note`` says why not), then await sites
-    by tasks waiting."""
+    by their share of the task-time over ``waits`` (this snapshot's alone without)."""
     samples = list(window.samples())
     graph = AwaitGraph(snapshot)
     by_task: Counter[int] = Counter()
@@ -152,11 +186,13 @@ def lines(window: TopWindow, snapshot: Snapshot, header: str, width: int = 120,
                    f"{'-' if rate is None else f'{rate:.1f}':>8} {_duration(longest):>9}  "
                    f"{_fit(_chain(graph, task), chain_w):<{chain_w}} "
                    f"{_fit(_where(top[0][0] if top else None), width - chain_w - 30)}")
-    sites: Counter[str] = Counter()
-    for pending in snapshot.tasks:
-        if pending.state == "pending":
-            sites[await_site(pending) or "(standard library only)"] += 1
-    out += ["", f"{'TASKS':>6}  WAITING AT (await site)"]
-    for site, n in sites.most_common(rows):
-        out.append(f"{n:>6}  {_fit(site, width - 8)}")
+    if waits is None:
+        waits = WaitWindow()
+        waits.add(0.0, waiting_sites(snapshot))
+    shares, now = waits.shares(), waits.now()
+    task_time = max(sum(shares.values()), 1)
+    out += ["", f"{'WALL%':>6} {'TASKS':>6}  WAITING AT (await site; WALL%: its share of "
+                f"the pending tasks' time over the last {waits.seconds:g} s)"]
+    for site, n in shares.most_common(rows):
+        out.append(f"{100 * n / task_time:>6.1f} {now[site]:>6}  {_fit(site, width - 15)}")
     return out
