@@ -50,7 +50,7 @@ class ProfileCommand:
     there (3.15's --async-mode all). The samples are memory reads of the whole task
     list (default 10 Hz); stderr says the effective rate when reads are slower.
 
-    When an aiobpf daemon traces PID with its continuous profiles on (profile_rate), a
+    When an aiobpf daemon traces PID with its continuous profiles on (profiles = true), a
     cpu profile is asked of it first, over its socket ($AIOBPF_SOCKET or
     /run/aiobpf/aiobpf.sock; root only, as dumps): it answers with its samples of the
     next --duration seconds, taken at its own rate (stderr says which). When it cannot

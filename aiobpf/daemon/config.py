@@ -60,7 +60,8 @@ class Config:
     max_processes: int = 256
     bpf: bool = True
     web_config: str = ""    # TLS and basic auth of the endpoint (aiobpf.daemon.web_config)
-    profile_rate: float = 0.0   # continuous CPU profiles (aiobpf.daemon.profiling); 0: off
+    profiles: bool = False      # continuous CPU profiles (aiobpf.daemon.profiling)
+    profile_rate: float = 19.0  # their samples per second of each thread's CPU time
     profile_dir: str = "/var/lib/aiobpf/profiles"
     profile_rotate: float = 60.0
     profile_keep: float = 3600.0
@@ -94,9 +95,9 @@ class Config:
             raise ConfigError("probe_cost_us: \"auto\" or a positive number of microseconds")
         if not 0 < self.budget <= 1:
             raise ConfigError("budget: a fraction of the target's CPU time, in (0, 1]")
-        if not 0 <= self.profile_rate <= 1000:
+        if not 0 < self.profile_rate <= 1000:
             raise ConfigError("profile_rate: samples per second of a thread's CPU time, "
-                              "0 (off) to 1000")
+                              "above 0 and at most 1000 (profiles = false turns them off)")
         if self.profile_rotate <= 0 or self.profile_keep < self.profile_rotate:
             raise ConfigError("profile_rotate: positive, and profile_keep at least as long")
         if not self.profile_dir.startswith("/"):

@@ -1,6 +1,6 @@
 """Continuous CPU profiles of the traced processes, written as pprof files on a rotation.
 
-Off by default (``profile_rate = 0``).  When on, the profiler's program
+Off by default (``profiles = false``).  When on, the profiler's program
 (aiobpf.bpf.profile) samples every thread of every traced process on its CPU clock at
 ``profile_rate`` Hz, as ``aiobpf profile --mode cpu`` does; every ``profile_rotate``
 seconds each process's samples since the last file are written to

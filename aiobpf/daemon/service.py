@@ -239,7 +239,7 @@ class Daemon:
     def _start_profiles(self) -> ContinuousProfiles | None:
         """The continuous profiles, when asked for and possible (else one log line)."""
         config = self.config
-        if config.profile_rate <= 0:
+        if not config.profiles:
             return None
         if self.capture is None:
             self.errors["profiles"] += 1
@@ -927,7 +927,7 @@ class Daemon:
         if not isinstance(asked, dict):
             return {"error": "bad request", "exit_code": errors.EXIT_USAGE}
         traced = self.traced.get(pid)
-        why = profile_refusal(asked, self.config.profile_rate, self.profiles is not None)
+        why = profile_refusal(asked, self.config, self.profiles is not None)
         if why is None and (traced is None or traced.gone):
             why = f"process {pid} is not traced by this daemon"
         elif why is None and traced is not None and not self._unchanged(traced):
@@ -980,12 +980,14 @@ class Daemon:
         return records
 
 
-def profile_refusal(asked: dict[str, Any], daemon_rate: float, on: bool) -> str | None:
+def profile_refusal(asked: dict[str, Any], config: Config, on: bool) -> str | None:
     """Why the daemon cannot serve the profile ``asked`` (mode, rate, duration), in one
-    line; None when it can."""
+    line; None when it can (``on``: its continuous profiles run)."""
+    daemon_rate = config.profile_rate
     if not on:
-        return ("the daemon's continuous profiles are off (profile_rate)" if daemon_rate > 0
-                else "the daemon's continuous profiles are off (profile_rate = 0)")
+        return ("the daemon's continuous profiles could not start (its log says why)"
+                if config.profiles else
+                "the daemon's continuous profiles are off (profiles = false)")
     if asked.get("mode") != "cpu":
         return (f"the daemon keeps CPU profiles only, not --mode "
                 f"{bound(str(asked.get('mode')), 20)}")

@@ -156,7 +156,7 @@ ERROR_KINDS = {
     "attach": "probes not placed",
     "bpf_load": "the BPF programs did not load: memory reads only",
     "calibrate": "BPF refused the start-up timing of a probe: memory reads only",
-    "profiles": "continuous profiles asked for (`profile_rate`) could not start: off, the "
+    "profiles": "continuous profiles asked for (`profiles = true`) could not start: off, the "
                 "log says why",
     "probe_file_changed": "a traced process mapped another file where its probed `_asyncio` "
                           "was: dropped and looked at afresh",

@@ -51,7 +51,7 @@ def test_profiles_are_written_on_a_rotation_and_name_the_tasks(tmp_path: Path) -
     # 97 Hz, not 49: at 49 Hz a 2 s file read 50/50, 100/0 or 92/8 now and then under
     # load (the old code too): the CPU clock's 20.4 ms are about 2.5 of the target's
     # turns of 8 ms, so the samples likely fell on two phases of the turn only
-    extra = (f'profile_rate = 97\nprofile_dir = "{profiles}"\nprofile_rotate = 2\n'
+    extra = (f'profiles = true\nprofile_rate = 97\nprofile_dir = "{profiles}"\nprofile_rotate = 2\n'
              "profile_keep = 6\n")
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
             run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
@@ -88,8 +88,8 @@ def test_a_profile_directory_open_to_others_is_refused(tmp_path: Path) -> None:
     profiles.mkdir(mode=0o777)
     os.chmod(profiles, 0o777)
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
-            run_daemon(tmp_path, select=SELECT,
-                       extra=f'profile_rate = 49\nprofile_dir = "{profiles}"\n') as daemon:
+            run_daemon(tmp_path, select=SELECT, extra=f'profiles = true\nprofile_rate = 49\n'
+                                                      f'profile_dir = "{profiles}"\n') as daemon:
         daemon.wait_traced(target.pid)
         log = daemon.log.read_text()
     assert "continuous profiles are off" in log and "closed to others" in log, log[-2000:]
@@ -103,7 +103,7 @@ def test_profile_asks_the_daemon_first_and_falls_back_saying_why(tmp_path: Path)
     split under the right tasks; what the daemon cannot serve (another rate, wall
     mode) is sampled here after one line saying why; --no-daemon samples here."""
     rate, seconds = 99, 4
-    extra = f'profile_rate = {rate}\nprofile_dir = "{tmp_path / "profiles"}"\n'
+    extra = f'profiles = true\nprofile_rate = {rate}\nprofile_dir = "{tmp_path / "profiles"}"\n'
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
             run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
         daemon.wait_traced(target.pid)
@@ -149,7 +149,7 @@ def _profile_through(socket: Path, pid: int) -> subprocess.Popen[str]:
 def _profiling_through_daemon(tmp_path: Path) -> Iterator[tuple[RunningTarget, subprocess.Popen]]:
     """A daemon profiling a cpu_split target at 99 Hz, and ``aiobpf profile`` of it
     through the daemon, 3 s into its samples (killed if the test leaves it running)."""
-    extra = f'profile_rate = 99\nprofile_dir = "{tmp_path / "profiles"}"\n'
+    extra = f'profiles = true\nprofile_rate = 99\nprofile_dir = "{tmp_path / "profiles"}"\n'
     with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
             run_daemon(tmp_path, select=SELECT, extra=extra) as daemon:
         daemon.wait_traced(target.pid)
@@ -181,7 +181,7 @@ def test_profile_through_the_daemon_is_root_only(tmp_path: Path) -> None:
     the daemon's check of the peer's credentials when the socket is opened up."""
     public = Path(tempfile.mkdtemp(prefix="aiobpf-test-", dir="/tmp"))
     public.chmod(0o755)
-    extra = f'profile_rate = 49\nprofile_dir = "{tmp_path / "profiles"}"\n'
+    extra = f'profiles = true\nprofile_rate = 49\nprofile_dir = "{tmp_path / "profiles"}"\n'
     try:
         with run_target(by_label("sid-3.14"), "cpu_split.py") as target, \
                 run_daemon(tmp_path, select=SELECT, extra=extra,

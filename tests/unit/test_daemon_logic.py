@@ -190,6 +190,22 @@ def test_site_frames_as_expressions(tmp_path: Path) -> None:
     assert load(path).library_frames is None
 
 
+def test_continuous_profiles_are_off_until_asked_for_then_19_hz(tmp_path: Path) -> None:
+    from aiobpf.daemon.service import profile_refusal
+
+    documented = load(REPO / "deploy" / "aiobpf.toml")
+    assert documented.profiles is False and documented.profile_rate == 19
+    path = tmp_path / "aiobpf.toml"
+    path.write_text("[daemon]\nprofiles = true\n")
+    on = load(path)
+    assert on.profiles is True and on.profile_rate == 19
+    asked = {"mode": "cpu", "rate": None, "duration": 5}
+    assert profile_refusal(asked, on, on=True) is None
+    assert "could not start" in str(profile_refusal(asked, on, on=False))
+    assert "profiles = false" in str(profile_refusal(asked, documented, on=False))
+    assert "19 Hz" in str(profile_refusal({**asked, "rate": 99}, on, on=True))
+
+
 def test_a_fixed_probe_cost(tmp_path: Path) -> None:
     path = tmp_path / "aiobpf.toml"
     path.write_text("[daemon]\nprobe_cost_us = 3\n")
@@ -204,6 +220,8 @@ def test_a_fixed_probe_cost(tmp_path: Path) -> None:
     ("[other]\n", "unknown section"),
     ("[daemon\n", "aiobpf.toml"),
     ("[daemon]\nbpf = 1\n", "bpf must be a bool"),
+    ("[daemon]\nprofiles = 1\n", "profiles must be a bool"),
+    ("[daemon]\nprofile_rate = 0\n", "profiles = false turns them off"),
     ("[daemon]\nprobe_cost_us = \"fast\"\n", "probe_cost_us"),
     ("[daemon]\nprobe_cost_us = -1\n", "probe_cost_us"),
     ("[daemon]\nbudget = true\n", "budget must be a float"),

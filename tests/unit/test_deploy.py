@@ -193,7 +193,7 @@ def test_example_config_has_the_daemon_contract_keys() -> None:
         "daemon.window", "daemon.top_sites", "daemon.site_frames", "daemon.max_processes",
         "daemon.bpf",
         "daemon.web_config",
-        "daemon.profile_rate", "daemon.profile_dir", "daemon.profile_rotate",
+        "daemon.profiles", "daemon.profile_rate", "daemon.profile_dir", "daemon.profile_rotate",
         "daemon.profile_keep",
         "select", "select.cmdline", "select.exclude_cmdline", "select.users",
         "select.containers",

@@ -191,8 +191,8 @@ def lines(window: TopWindow, snapshot: Snapshot, header: str, width: int = 120,
         waits.add(0.0, waiting_sites(snapshot))
     shares, now = waits.shares(), waits.now()
     task_time = max(sum(shares.values()), 1)
-    out += ["", f"{'WALL%':>6} {'TASKS':>6}  WAITING AT (await site; WALL%: its share of "
-                f"the pending tasks' time over the last {waits.seconds:g} s)"]
+    out += ["", _fit(f"{'WALL%':>6} {'TASKS':>6}  WAITING AT (await site; WALL%: its share "
+                     f"of the pending tasks' time over the last {waits.seconds:g} s)", width)]
     for site, n in shares.most_common(rows):
         out.append(f"{100 * n / task_time:>6.1f} {now[site]:>6}  {_fit(site, width - 15)}")
     return out
