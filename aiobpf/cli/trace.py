@@ -78,20 +78,25 @@ class TraceCommand:
         with translate_errors(args.pid):
             target = open_target(args.pid, use_dwarf=not args.no_dwarf,
                                  debug_dirs=args.debug_dir)
-        try:
-            capture = Capture(ring_limits())
-        except CaptureUnavailable as exc:
-            raise _cannot_trace(str(exc)) from None
-        # a second Ctrl-C: the steps not yet written are given up
-        try:
-            with stop_on_signals(second_interrupts=True) as stopped:
+        # From here a signal only ends the trace (a second Ctrl-C gives up the steps not
+        # yet written): it never interrupts bcc while it loads or attaches.
+        with stop_on_signals(second_interrupts=True) as stopped:
+            try:
+                capture = Capture(ring_limits())
+            except CaptureUnavailable as exc:
+                target.close()
+                raise _cannot_trace(str(exc)) from None
+            try:
+                if stopped():
+                    print("aiobpf: stopped before tracing began", file=sys.stderr)
+                    return 0
                 attachment = capture.add(target, trace=True)
                 if not attachment.active:
                     raise _cannot_trace("; ".join(attachment.notes))
                 self._trace(args, capture, target, stopped)
-        finally:
-            capture.close()
-            target.close()
+            finally:
+                capture.close()
+                target.close()
         return 0
 
     def _trace(self, args: argparse.Namespace, capture: Capture, target: Target,

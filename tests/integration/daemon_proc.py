@@ -190,6 +190,18 @@ def program_ids(pid: int) -> set[int]:
     return {int(fields["prog_id"]) for fields, _ in bpf_fdinfo(pid, "bpf-prog")}
 
 
+def link_ids(pid: int) -> set[int]:
+    """IDs of the BPF links a process holds open (``link_id`` in its fdinfo)."""
+    return {int(fields["link_id"]) for fields, _ in bpf_fdinfo(pid, "bpf_link")}
+
+
+def bpf_object_exists(kind: str, ident: int) -> bool:
+    """Whether the kernel still has BPF object ``kind`` (prog, link, map) ``ident``,
+    whoever holds it."""
+    return subprocess.run(["bpftool", kind, "show", "id", str(ident)], capture_output=True,
+                          timeout=30).returncode == 0
+
+
 def bpf_fdinfo(pid: int, kind: str) -> Iterator[tuple[dict[str, str], str]]:
     """The fdinfo of each BPF object of ``kind`` (``bpf-prog``, ``bpf-map``, ``bpf_link``:
     its anon inode's name) that ``pid`` holds: its "key: value" lines as a dict of

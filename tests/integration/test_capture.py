@@ -34,12 +34,10 @@ from aiobpf.collector.target import open_target
 from aiobpf.daemon.budget.cost import step_cost
 from aiobpf.exporters import json_doc
 from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
-from tests.integration.daemon_proc import probes_of
+from tests.integration.daemon_proc import bpf_object_exists, link_ids, probes_of, program_ids
 from tests.integration.test_churn import check_ids
 from tests.pythons import Python, by_label
 
-PROGRAMS = ("on_task_wakeup", "on_step_wrapper", "on_task_init", "on_task_init_re",
-            "on_raw_enter", "on_raw_exit", "on_calibrate")   # (names: 15 characters)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -47,13 +45,6 @@ def _lines(script: str, *markers: str) -> dict[str, int]:
     text = (TARGETS / script).read_text().splitlines()
     return {m: next(n for n, line in enumerate(text, 1) if line.rstrip().endswith(f"# {m}"))
             for m in markers}
-
-
-def _loaded_programs() -> set[int]:
-    """Ids of the loaded BPF programs that have aiobpf's names."""
-    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True,
-                         check=True).stdout
-    return {p["id"] for p in json.loads(out) if p.get("name") in PROGRAMS}
 
 
 @pytest.fixture(scope="module")
@@ -365,32 +356,41 @@ def test_records_of_thousands_of_tasks(capture: Capture) -> None:
 # -- nothing left behind --------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["exit", "SIGINT", "SIGTERM", "SIGKILL"])
 def test_nothing_stays_in_the_kernel(how: str) -> None:
-    before = _loaded_programs()  # other tests of this module may hold a capture open
+    """aiobpf trace ended each way leaves none of the programs and links it held (read
+    from its own descriptors while it ran, then looked up by id: other processes'
+    programs, of the same names, do not count)."""
     with run_target(by_label("sid-3.14"), "alternating.py", "10", "0.001") as target:
-        duration = "1" if how == "exit" else "60"
+        duration = "4" if how == "exit" else "60"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         tracer = subprocess.Popen([sys.executable, "-m", "aiobpf", "trace", str(target.pid),
                                    "--duration", duration],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        programs: set[int] = set()
+        links: set[int] = set()
         try:
             deadline = time.monotonic() + 60
-            while not _loaded_programs() - before and time.monotonic() < deadline:
-                if tracer.poll() is not None:
-                    break
+            while not (programs and links) and time.monotonic() < deadline:
+                assert tracer.poll() is None, tracer.stderr.read().decode()
+                programs, links = program_ids(tracer.pid), link_ids(tracer.pid)
                 time.sleep(0.1)
-            assert _loaded_programs() - before or how == "exit"
+            assert programs and links, "the tracer never held its programs and probes"
+            assert all(bpf_object_exists("prog", i) for i in programs)
             if how != "exit":
                 tracer.send_signal(getattr(signal, how))
-            tracer.wait(timeout=60)
+            _, err = tracer.communicate(timeout=60)
         finally:
             if tracer.poll() is None:
                 tracer.kill()
                 tracer.wait()
-        assert "Traceback" not in tracer.stderr.read().decode()
-        deadline = time.monotonic() + 5
-        while _loaded_programs() - before and time.monotonic() < deadline:
+        assert "Traceback" not in err.decode()
+        deadline = time.monotonic() + 10   # freed after an RCU grace period
+
+        def left() -> list[str]:
+            return ([f"prog {i}" for i in programs if bpf_object_exists("prog", i)]
+                    + [f"link {i}" for i in links if bpf_object_exists("link", i)])
+        while left() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _loaded_programs() - before == set()
+        assert left() == []
         assert target.proc.poll() is None  # the target never noticed
         uprobes = Path("/sys/kernel/tracing/uprobe_events")
         if uprobes.exists():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NO_DAEMON_SOCKET, run_target
-from tests.integration.daemon_proc import bpf_fdinfo, probes_of, program_ids
+from tests.integration.daemon_proc import bpf_object_exists, link_ids, probes_of, program_ids
 from tests.pythons import by_label
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,20 +36,13 @@ class Held:
 
 
 def _held(pid: int) -> Held:
-    links = {int(fields["link_id"]) for fields, _ in bpf_fdinfo(pid, "bpf_link")}
     perf = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             perf += os.readlink(fd) == "anon_inode:[perf_event]"
         except OSError:
             continue
-    return Held(program_ids(pid), links, perf, len(probes_of(pid)))
-
-
-def _exists(kind: str, ident: int) -> bool:
-    """Whether the kernel still has BPF ``kind`` (prog, link) ``ident``."""
-    return subprocess.run(["bpftool", kind, "show", "id", str(ident)], capture_output=True,
-                          timeout=30).returncode == 0
+    return Held(program_ids(pid), link_ids(pid), perf, len(probes_of(pid)))
 
 
 def _uprobe_events() -> set[str]:
@@ -100,8 +93,8 @@ def test_nothing_is_left_in_the_kernel(command: str, ending: str) -> None:
                 return bool(h.programs) and h.perf_events >= 1 and h.uprobes >= 2
         try:
             held = _wait_for(proc, complete)
-            alive = [i for i in held.programs if _exists("prog", i)] + [
-                i for i in held.links if _exists("link", i)]
+            alive = [i for i in held.programs if bpf_object_exists("prog", i)] + [
+                i for i in held.links if bpf_object_exists("link", i)]
             assert len(alive) == len(held.programs) + len(held.links), "bpftool sees them"
             if ending != "end":
                 proc.send_signal(getattr(signal, ending))
@@ -119,8 +112,8 @@ def test_nothing_is_left_in_the_kernel(command: str, ending: str) -> None:
         assert out.strip(), "the samples or views taken before the end are written"
     deadline = time.monotonic() + FREED_WITHIN
     while True:
-        left = ([f"prog {i}" for i in held.programs if _exists("prog", i)]
-                + [f"link {i}" for i in held.links if _exists("link", i)])
+        left = ([f"prog {i}" for i in held.programs if bpf_object_exists("prog", i)]
+                + [f"link {i}" for i in held.links if bpf_object_exists("link", i)])
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.2)
