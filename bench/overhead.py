@@ -271,8 +271,8 @@ def bench_pingpong(phase: float, rounds: int, tracers: Sequence[type] = (Capture
                     "queue ping-pong", "round trips/s")
 
 
-def bench_http(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTracer,)
-               ) -> list[dict]:
+def start_http_server() -> tuple[subprocess.Popen, str, str]:
+    """The HTTP server target on a free loopback port: (process, wrk, its URL)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is missing: scripts/provision.sh installs it")
@@ -281,6 +281,12 @@ def bench_http(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTrac
         port = s.getsockname()[1]
     proc = _start_target([*_python(), "-u", str(HERE / "targets" / "http_server.py"),
                           str(port)])
+    return proc, wrk, f"http://127.0.0.1:{port}/items"
+
+
+def bench_http(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTracer,)
+               ) -> list[dict]:
+    proc, wrk, url = start_http_server()
     read = _counter(proc)
 
     def cpu() -> float:
@@ -288,8 +294,7 @@ def bench_http(phase: float, rounds: int, tracers: Sequence[type] = (CaptureTrac
 
     def sample(seconds: float) -> tuple[float, float]:
         cpu0 = cpu()
-        out = subprocess.run([wrk, "-t1", "-c16", f"-d{seconds:.0f}s",
-                              f"http://127.0.0.1:{port}/items"],
+        out = subprocess.run([wrk, "-t1", "-c16", f"-d{seconds:.0f}s", url],
                              capture_output=True, text=True, check=True).stdout
         cpu1 = cpu()
         requests = int(re.search(r"(\d+) requests in", out).group(1))

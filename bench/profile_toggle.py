@@ -33,18 +33,24 @@ import fcntl
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from overhead import _counter, _cpu_seconds, _python, _start_target  # noqa: E402
+from overhead import (  # noqa: E402
+    _counter,
+    _cpu_seconds,
+    _python,
+    _start_target,
+    start_http_server,
+)
 from profile_overhead import RATE, _program_runs  # noqa: E402
 
 _SYS_PIDFD_GETFD = 438          # x86_64 and every architecture of the unified table
@@ -160,8 +166,26 @@ def _paired(off: list[float], on: list[float]) -> tuple[float, float]:
     return statistics.fmean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
 
 
+@dataclass(frozen=True)
+class Toggled:
+    """One profiler's figures over a bench's phases."""
+
+    lost: tuple[float, float]      # throughput lost, % (mean, standard error)
+    cpu: tuple[float, float]       # the target's CPU per operation added, % (same)
+    off: float                     # median operations/s, off and on
+    on: float
+    program_share: float | None    # the sampling program's share of a core when on
+    own_cpu: float                 # the profiler's own CPU, share of a core
+
+    def row(self, label: str) -> str:
+        program = "-" if self.program_share is None else f"{100 * self.program_share:.3f}%"
+        return (f"{label:<38} {self.off:>9.0f} {self.on:>9.0f} {self.lost[0]:>6.2f}% "
+                f"{self.lost[1]:>5.2f}%   {self.cpu[0]:>+6.2f}% {self.cpu[1]:>5.2f}%   "
+                f"{program:>9} {100 * self.own_cpu:>7.1f}%")
+
+
 def _run(switch: PerfSwitch | StopSwitch, read: Callable[[], tuple[int, float]],
-         phase: float, rounds: int) -> dict[str, object]:
+         phase: float, rounds: int) -> Toggled:
     """Alternate off/on phases (off first and last); each phase's operations per second
     and the target's CPU microseconds per operation."""
     rate: dict[bool, list[float]] = {False: [], True: []}
@@ -184,11 +208,13 @@ def _run(switch: PerfSwitch | StopSwitch, read: Callable[[], tuple[int, float]],
         rate[on].append((count1 - count0) / elapsed)
         cpu[on].append(1e6 * (cpu1 - cpu0) / max(count1 - count0, 1))
     switch.set(True)
-    runs1 = _program_runs()
-    return {"loss": _paired(rate[False], rate[True]), "cpu": _paired(cpu[False], cpu[True]),
-            "off": statistics.median(rate[False]), "on": statistics.median(rate[True]),
-            "program": (runs1[0] - runs0[0], runs1[1] - runs0[1]), "on_seconds": on_seconds,
-            "own_cpu": (_cpu_seconds(switch.proc.pid) - own0) / (time.perf_counter() - t_own)}
+    runs, ns = (now - then for now, then in zip(_program_runs(), runs0, strict=True))
+    gained, gained_se = _paired(rate[False], rate[True])
+    return Toggled(lost=(-gained, gained_se), cpu=_paired(cpu[False], cpu[True]),
+                   off=statistics.median(rate[False]), on=statistics.median(rate[True]),
+                   program_share=ns / 1e9 / on_seconds if runs else None,
+                   own_cpu=(_cpu_seconds(switch.proc.pid) - own0)
+                   / (time.perf_counter() - t_own))
 
 
 def _pin(pid: int, cpus: set[int]) -> None:
@@ -201,15 +227,8 @@ def _workload(name: str) -> tuple[subprocess.Popen, subprocess.Popen | None]:
     """The target (and its load generator) of bench/overhead.py's workload ``name``."""
     if name == "pingpong":
         return _start_target([*_python(), "-u", str(HERE / "targets" / "pingpong.py")]), None
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        raise SystemExit("wrk is missing: scripts/provision.sh installs it")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    target = _start_target([*_python(), "-u", str(HERE / "targets" / "http_server.py"),
-                            str(port)])
-    load = subprocess.Popen([wrk, "-t1", "-c16", "-d36000s", f"http://127.0.0.1:{port}/items"],
+    target, wrk, url = start_http_server()
+    load = subprocess.Popen([wrk, "-t1", "-c16", "-d36000s", url],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return target, load
 
@@ -254,13 +273,7 @@ def main() -> int:
                         if proc is not None:
                             os.kill(proc.pid, signal.SIGKILL)
                             proc.wait()
-                (lost, lost_se), (cpu, cpu_se) = r["loss"], r["cpu"]   # type: ignore[misc]
-                runs, ns = r["program"]   # type: ignore[misc]
-                program = (f"{ns / 1e9 / r['on_seconds'] * 100:.3f}%"   # type: ignore[operator]
-                           if runs else "-")
-                print(f"{workload + ': ' + name:<38} {r['off']:>9.0f} {r['on']:>9.0f} "
-                      f"{-lost:>6.2f}% {lost_se:>5.2f}%   {cpu:>+6.2f}% {cpu_se:>5.2f}%   "
-                      f"{program:>9} {100 * r['own_cpu']:>7.1f}%")   # type: ignore[operator]
+                print(r.row(f"{workload}: {name}"))
     finally:
         stats.write_text(was)
     print("lost: throughput lost, on against the off phases either side, mean of the pairs "

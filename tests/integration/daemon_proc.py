@@ -202,6 +202,19 @@ def bpf_object_exists(kind: str, ident: int) -> bool:
                           timeout=30).returncode == 0
 
 
+def bpf_objects_left(programs: set[int], links: set[int], within: float = 10.0
+                     ) -> list[str]:
+    """The programs and links of these ids still in the kernel once ``within`` seconds
+    have passed or none is (a BPF object is freed after an RCU grace period)."""
+    deadline = time.monotonic() + within
+    while True:
+        left = ([f"prog {i}" for i in programs if bpf_object_exists("prog", i)]
+                + [f"link {i}" for i in links if bpf_object_exists("link", i)])
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
 def bpf_fdinfo(pid: int, kind: str) -> Iterator[tuple[dict[str, str], str]]:
     """The fdinfo of each BPF object of ``kind`` (``bpf-prog``, ``bpf-map``, ``bpf_link``:
     its anon inode's name) that ``pid`` holds: its "key: value" lines as a dict of

@@ -34,7 +34,13 @@ from aiobpf.collector.target import open_target
 from aiobpf.daemon.budget.cost import step_cost
 from aiobpf.exporters import json_doc
 from tests.conftest import TARGETS, aiobpf, matrix_params, run_target
-from tests.integration.daemon_proc import bpf_object_exists, link_ids, probes_of, program_ids
+from tests.integration.daemon_proc import (
+    bpf_object_exists,
+    bpf_objects_left,
+    link_ids,
+    probes_of,
+    program_ids,
+)
 from tests.integration.test_churn import check_ids
 from tests.pythons import Python, by_label
 
@@ -383,14 +389,7 @@ def test_nothing_stays_in_the_kernel(how: str) -> None:
                 tracer.kill()
                 tracer.wait()
         assert "Traceback" not in err.decode()
-        deadline = time.monotonic() + 10   # freed after an RCU grace period
-
-        def left() -> list[str]:
-            return ([f"prog {i}" for i in programs if bpf_object_exists("prog", i)]
-                    + [f"link {i}" for i in links if bpf_object_exists("link", i)])
-        while left() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert left() == []
+        assert bpf_objects_left(programs, links) == []
         assert target.proc.poll() is None  # the target never noticed
         uprobes = Path("/sys/kernel/tracing/uprobe_events")
         if uprobes.exists():

@@ -17,12 +17,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NO_DAEMON_SOCKET, run_target
-from tests.integration.daemon_proc import bpf_object_exists, link_ids, probes_of, program_ids
+from tests.integration.daemon_proc import (
+    bpf_object_exists,
+    bpf_objects_left,
+    link_ids,
+    probes_of,
+    program_ids,
+)
 from tests.pythons import by_label
 
 REPO = Path(__file__).resolve().parents[2]
 UPROBE_EVENTS = Path("/sys/kernel/tracing/uprobe_events")
-FREED_WITHIN = 10.0   # seconds: a BPF object is freed after an RCU grace period
 
 
 @dataclass
@@ -110,12 +115,6 @@ def test_nothing_is_left_in_the_kernel(command: str, ending: str) -> None:
         assert proc.returncode == 0, err
         assert "Traceback" not in err, err
         assert out.strip(), "the samples or views taken before the end are written"
-    deadline = time.monotonic() + FREED_WITHIN
-    while True:
-        left = ([f"prog {i}" for i in held.programs if bpf_object_exists("prog", i)]
-                + [f"link {i}" for i in held.links if bpf_object_exists("link", i)])
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    left = bpf_objects_left(held.programs, held.links)
     assert not left, f"{command} ended by {ending} left {left} (held {held})"
     assert _uprobe_events() <= before, "uprobe events were left in tracefs"

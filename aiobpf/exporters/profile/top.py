@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from aiobpf.collector.cpu_samples import CpuSample
 from aiobpf.collector.model import Frame, Snapshot
@@ -25,22 +26,27 @@ from aiobpf.exporters.sites import await_site
 from aiobpf.safe_text import escape
 
 OUTSIDE = 0   # the "task" of samples outside any task
+T = TypeVar("T")
 
 
 @dataclass
-class TopWindow:
-    """The last ``seconds`` of samples, with the tasks they ran for."""
+class _Recent(Generic[T]):
+    """What was added in the last ``seconds``, each value with its time."""
 
     seconds: float = 10.0
-    batches: deque[tuple[float, list[CpuSample]]] = field(default_factory=deque)
+    readings: deque[tuple[float, T]] = field(default_factory=deque)
 
-    def add(self, at: float, samples: list[CpuSample]) -> None:
-        self.batches.append((at, samples))
-        while self.batches and self.batches[0][0] < at - self.seconds:
-            self.batches.popleft()
+    def add(self, at: float, value: T) -> None:
+        self.readings.append((at, value))
+        while self.readings and self.readings[0][0] < at - self.seconds:
+            self.readings.popleft()
+
+
+class TopWindow(_Recent[list[CpuSample]]):
+    """The last ``seconds`` of samples, with the tasks they ran for."""
 
     def samples(self) -> Iterable[CpuSample]:
-        return (s for _, batch in self.batches for s in batch)
+        return (s for _, batch in self.readings for s in batch)
 
 
 def waiting_sites(snapshot: Snapshot) -> Counter[str]:
@@ -52,17 +58,8 @@ def waiting_sites(snapshot: Snapshot) -> Counter[str]:
     return sites
 
 
-@dataclass
-class WaitWindow:
+class WaitWindow(_Recent[Counter[str]]):
     """The await sites of the pending tasks at each refresh of the last ``seconds``."""
-
-    seconds: float = 10.0
-    readings: deque[tuple[float, Counter[str]]] = field(default_factory=deque)
-
-    def add(self, at: float, sites: Counter[str]) -> None:
-        self.readings.append((at, sites))
-        while self.readings and self.readings[0][0] < at - self.seconds:
-            self.readings.popleft()
 
     def shares(self) -> Counter[str]:
         """Each site's task-refreshes over the window (its share of the task-time)."""
