@@ -52,6 +52,7 @@ class Config:
     socket: str = DEFAULT_SOCKET
     scan_interval: float = 1.0
     refresh_interval: float = 5.0
+    read_budget: float = 0.015   # of one CPU, for the memory reads of every process
     budget: float = 0.01
     probe_cost_us: float | str = "auto"   # "auto": measured (collector/probe_cost.py)
     window: float = 0.2
@@ -93,6 +94,8 @@ class Config:
         cost = self.probe_cost_us
         if cost != "auto" and (isinstance(cost, str) or cost <= 0):
             raise ConfigError("probe_cost_us: \"auto\" or a positive number of microseconds")
+        if not 0 < self.read_budget <= 1:
+            raise ConfigError("read_budget: a fraction of one CPU for the memory reads, in (0, 1]")
         if not 0 < self.budget <= 1:
             raise ConfigError("budget: a fraction of the target's CPU time, in (0, 1]")
         if not 0 < self.profile_rate <= 1000:

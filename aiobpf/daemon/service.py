@@ -45,6 +45,7 @@ from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPyt
 from aiobpf.daemon.budget.account import Faults, ProcessAccount
 from aiobpf.daemon.budget.cost import CostModel, capture_budget, profile_overhead
 from aiobpf.daemon.budget.estimate import Reading
+from aiobpf.daemon.budget.reads import read_intervals
 from aiobpf.daemon.budget.windows import FileWindow, next_switch
 from aiobpf.daemon.config import Config
 from aiobpf.daemon.discovery import Candidate, Discovery, Identity
@@ -98,6 +99,7 @@ class Traced:
     logged_overhead: float | None = None                # overhead_full when last logged
     accounted_at: float | None = None                   # the loop's last look at it
     next_read: float = 0.0
+    read_cpu_s: float = 0.0                             # CPU time of its last memory read
     gone: bool = False
 
     @property
@@ -138,6 +140,7 @@ class Examination:
     collector: Collector | None = None
     summary: SnapshotSummary | None = None   # of the first read
     truncated: bool = False                  # the first read left tasks out
+    read_cpu_s: float = 0.0                  # ... and its CPU time
     found: tuple[dict[str, ProbeSite], list[str]] | None = None   # probe sites and notes
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -162,13 +165,15 @@ class Examination:
                 self.collector = Collector(self.target, MAX_TASKS)
                 summarizer = Summarizer(self.top_sites, self.library_frames)   # as read
                 self.collector.mem.limit(READ_DEADLINE_S)
+                cpu = time.thread_time()
                 try:
                     snapshot = self.collector.snapshot(details=False, sink=summarizer.add,
                                                        names=False)
                 finally:
                     self.collector.mem.limit(None)
                     self.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
-                self.summary = summarizer.finish(snapshot.duration_s)
+                    self.read_cpu_s = time.thread_time() - cpu
+                self.summary = summarizer.finish(snapshot)
                 self.truncated = snapshot.truncated
         except Exception as exc:
             self.error = exc
@@ -511,9 +516,9 @@ class Daemon:
                             _one_line(exc))
         traced = Traced(candidate, target, collector, attachment,
                         self._new_account(attachment, exam.summary.pending),
-                        summary=exam.summary)
+                        summary=exam.summary, read_cpu_s=exam.read_cpu_s)
         self._note_truncated(traced, exam.truncated)
-        traced.next_read = time.monotonic() + self.config.refresh_interval
+        traced.next_read = time.monotonic() + self._read_interval(traced)
         traced.account.open_window(self._thread_times(traced))   # its probes are on from now
         self.traced[pid] = traced
         if self.profiles is not None:
@@ -799,8 +804,16 @@ class Daemon:
                 log.warning("pid %d: dropped: unexpected %s: %s", due[0].pid,
                             type(exc).__name__, exc)
 
+    def _read_interval(self, traced: Traced) -> float:
+        """Seconds until ``traced`` is read again: ``refresh_interval``, or longer where
+        the reads of every traced process would cost more than ``read_budget``."""
+        costs = {t.pid: t.read_cpu_s for t in list(self.traced.values()) if not t.gone}
+        costs[traced.pid] = traced.read_cpu_s
+        return read_intervals(costs, self.config.refresh_interval,
+                              self.config.read_budget)[traced.pid]
+
     def _refresh(self, traced: Traced) -> None:
-        started = time.monotonic()
+        cpu = time.thread_time()
         try:
             # Tasks are summarized as they are read, never all held at once.
             summarizer = Summarizer(self.config.top_sites, self.config.library_frames)
@@ -814,20 +827,20 @@ class Daemon:
                     traced.collector.mem.limit(None)
                     traced.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
             if self._unchanged(traced):   # else it was read from another process or program
-                traced.summary = summarizer.finish(snapshot.duration_s)
+                traced.summary = summarizer.finish(snapshot)
                 self._note_truncated(traced, snapshot.truncated)
         except NoAsyncio:
-            traced.summary = SnapshotSummary()
+            traced.summary = SnapshotSummary(read_at=time.time())
         except _GONE:
             traced.gone = True
         except (RemoteReadError, DecodeError, OSError) as exc:
             if self._unchanged(traced):   # (else the old program's addresses are stale)
                 self.errors["read_limit" if isinstance(exc, ReadLimitExceeded) else "read"] += 1
                 log.warning("pid %d: memory read failed: %s", traced.pid, exc)
-        # A process whose read takes long is read less often: the reader's share of
-        # CPU stays bounded.
-        took = time.monotonic() - started
-        traced.next_read = time.monotonic() + max(self.config.refresh_interval, 10 * took)
+        # A process whose read costs much is read less often: the reads of every
+        # process stay within read_budget of one CPU.
+        traced.read_cpu_s = time.thread_time() - cpu
+        traced.next_read = time.monotonic() + self._read_interval(traced)
 
     def _note_truncated(self, traced: Traced, truncated: bool) -> None:
         """Count and say it when the last read left tasks out (more than MAX_TASKS)."""

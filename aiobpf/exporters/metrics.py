@@ -132,6 +132,10 @@ FAMILIES = (
            "Step starts seen by the probes (not scaled).", "bpf"),
     Family("read_time", "aiobpf_snapshot_read_seconds", "gauge",
            "Duration of the last memory read.", "memory"),
+    Family("read_at", "aiobpf_snapshot_timestamp_seconds", "gauge",
+           "Unix time the last memory read began: the gauges from memory are as of then.",
+           "memory", note="reads come every `refresh_interval`, less often for processes "
+           "whose reads would take the daemon over `read_budget` of a CPU"),
     Family("build", "aiobpf_build", "info", "aiobpf's version.", "aiobpf",
            labels=("version",)),
     Family("processes", "aiobpf_attached_processes", "gauge", "Processes traced now.",

@@ -126,7 +126,8 @@ class Summarizer:
                 out[0 if up is None else depth[up] + 1] += 1
         return out
 
-    def finish(self, read_seconds: float) -> SnapshotSummary:
+    def finish(self, snapshot: Snapshot) -> SnapshotSummary:
+        """The summary of the tasks added, read by ``snapshot`` (its time and duration)."""
         top = self.sites.most_common(self.top_sites)
         rest = sum(self.sites.values()) - sum(n for _, n in top)
         if rest:
@@ -134,7 +135,8 @@ class Summarizer:
         depths = self._await_depths()
         self._ids, self._firsts, self._several = array("Q"), array("Q"), {}
         return SnapshotSummary(pending=self.pending, stack_depths=self.stack_depths,
-                               await_depths=depths, sites=top, read_seconds=read_seconds)
+                               await_depths=depths, sites=top,
+                               read_seconds=snapshot.duration_s, read_at=snapshot.taken_at)
 
 
 def summarize(snapshot: Snapshot, top_sites: int,
@@ -142,7 +144,7 @@ def summarize(snapshot: Snapshot, top_sites: int,
     summarizer = Summarizer(top_sites, library)
     for task in snapshot.tasks:
         summarizer.add(task)
-    return summarizer.finish(snapshot.duration_s)
+    return summarizer.finish(snapshot)
 
 
 def _depth_buckets(counts: Counter[int], bounds: tuple[int, ...]) -> list[tuple[str, float]]:
@@ -198,6 +200,7 @@ class Families:
         for site, n in s.sites:
             f["sites"].add_metric([*lab, site], n)
         f["read_time"].add_metric(lab, s.read_seconds)
+        f["read_at"].add_metric(lab, s.read_at)
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self.by_key.values())

@@ -24,6 +24,7 @@ class SnapshotSummary:
     await_depths: Counter[int] = field(default_factory=Counter)   # awaiting tasks -> tasks
     sites: list[tuple[str, int]] = field(default_factory=list)    # top K, then (other)
     read_seconds: float = 0.0
+    read_at: float = 0.0           # Unix time the read began
 
 
 @dataclass

@@ -63,10 +63,12 @@ def test_summary_streamed_task_by_task() -> None:
     streamed = Summarizer(top_sites=2)
     for task in [several, gone, orphan, *leaves, middle, root]:   # any order
         streamed.add(task)
-    summary = streamed.finish(0.5)
+    summary = streamed.finish(Snapshot(1, "3.14.0", "release", "", [], [], taken_at=1e9,
+                                       duration_s=0.5))
     assert summary.pending == 10
     assert summary.await_depths == Counter({0: 2, 1: 2, 2: 6})
     assert summary.read_seconds == 0.5
+    assert summary.read_at == 1e9
 
 
 def test_await_site_skips_the_standard_library() -> None:

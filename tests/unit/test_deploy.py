@@ -189,7 +189,7 @@ def test_configmap_is_the_example_config_listening_in_the_pod() -> None:
 def test_example_config_has_the_daemon_contract_keys() -> None:
     assert keys(tomllib.loads(CONFIG.read_text())) == {
         "daemon", "daemon.listen", "daemon.socket", "daemon.scan_interval",
-        "daemon.refresh_interval", "daemon.budget", "daemon.probe_cost_us",
+        "daemon.refresh_interval", "daemon.read_budget", "daemon.budget", "daemon.probe_cost_us",
         "daemon.window", "daemon.top_sites", "daemon.site_frames", "daemon.max_processes",
         "daemon.bpf",
         "daemon.web_config",
