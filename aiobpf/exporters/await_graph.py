@@ -10,9 +10,13 @@ from aiobpf.collector.model import Snapshot
 
 def find_cycles(edges: Iterable[tuple[int, int]]) -> list[list[int]]:
     """Cycles among tasks (depth-first search for back edges), each closed: [a, b, a]."""
-    graph: dict[int, dict[int, None]] = {}  # an ordered set of children per parent
+    awaited: dict[int, dict[int, None]] = {}  # an ordered set of children per parent
     for parent, child in edges:
-        graph.setdefault(parent, {})[child] = None
+        awaited.setdefault(parent, {})[child] = None
+    # A task that awaits no task is on no cycle: the search skips them (most tasks, in a
+    # big process: 100,000 leaves under 1,000 groups leave a graph of 1,000 nodes).
+    graph = {parent: [child for child in children if child in awaited]
+             for parent, children in awaited.items()}
     white, grey, black = 0, 1, 2
     color: dict[int, int] = {}
     cycles: list[list[int]] = []
@@ -22,7 +26,7 @@ def find_cycles(edges: Iterable[tuple[int, int]]) -> list[list[int]]:
         path: list[int] = [root]
         on_path = {root: 0}
         color[root] = grey
-        stack = [iter(graph.get(root, ()))]
+        stack = [iter(graph[root])]
         while stack:
             nxt = next(stack[-1], None)
             if nxt is None:
@@ -32,13 +36,11 @@ def find_cycles(edges: Iterable[tuple[int, int]]) -> list[list[int]]:
                 color[done] = black
                 continue
             state = color.get(nxt, white)
-            if state == white and nxt not in graph:
-                color[nxt] = black   # it awaits nothing: no cycle passes through it
-            elif state == white:
+            if state == white:
                 color[nxt] = grey
                 on_path[nxt] = len(path)
                 path.append(nxt)
-                stack.append(iter(graph.get(nxt, ())))
+                stack.append(iter(graph[nxt]))
             elif state == grey:
                 cycles.append([*path[on_path[nxt]:], nxt])
     return cycles

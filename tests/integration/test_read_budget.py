@@ -11,6 +11,7 @@ allows, and ``aiobpf_snapshot_timestamp_seconds`` shows when each was read.
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from tests.conftest import run_target
@@ -56,12 +57,12 @@ def test_costly_reads_are_paced_and_cheap_ones_are_not(tmp_path: Path) -> None:
     now = time.time()
     for seen in reads.values():   # the times of real reads, this minute
         assert all(now - 120 < stamp <= now for stamp in seen), seen
-    small_gaps = [b - a for a, b in zip(reads[small.pid], reads[small.pid][1:], strict=False)]
+    small_gaps = [b - a for a, b in pairwise(reads[small.pid])]
     assert len(small_gaps) >= WATCH_S / (3 * REFRESH_S), (reads, log)
     assert max(small_gaps) < 4 * REFRESH_S, (small_gaps, log)
     # The big one: as often as the budget allows for its read (CPU time, which its
     # wall time read_s bounds from above on a busy machine), not every second.
-    big_gaps = [b - a for a, b in zip(reads[big.pid], reads[big.pid][1:], strict=False)]
+    big_gaps = [b - a for a, b in pairwise(reads[big.pid])]
     assert read_s > 0.05, read_s   # (so costly that pacing must show)
     assert len(reads[big.pid]) <= WATCH_S / (0.3 * read_s / READ_BUDGET) + 2, (reads, read_s)
     assert all(gap > 0.3 * read_s / READ_BUDGET for gap in big_gaps), (big_gaps, read_s)

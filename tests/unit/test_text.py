@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
 from aiobpf.exporters.await_graph import find_cycles
@@ -125,6 +128,37 @@ def test_longer_cycles_are_all_listed() -> None:
 
 def test_find_cycles_on_a_dag_finds_none() -> None:
     assert find_cycles([(1, 2), (1, 3), (2, 3), (3, 4)]) == []
+
+
+def _acyclic(edges: list[tuple[int, int]]) -> bool:
+    """Kahn's topological sort: whether every node can be ordered (no cycle)."""
+    nodes = {n for edge in edges for n in edge}
+    into = {n: 0 for n in nodes}
+    for _, child in set(edges):
+        into[child] += 1
+    ready = [n for n in nodes if not into[n]]
+    done = 0
+    while ready:
+        node = ready.pop()
+        done += 1
+        for parent, child in set(edges):
+            if parent == node:
+                into[child] -= 1
+                if not into[child]:
+                    ready.append(child)
+    return done == len(nodes)
+
+
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=40))
+def test_find_cycles_finds_one_exactly_when_the_graph_has_one(
+        edges: list[tuple[int, int]]) -> None:
+    """(It skips tasks that await no task: whatever the graph, a cycle is found iff one
+    exists, and every one found is a closed path of real edges.)"""
+    cycles = find_cycles(edges)
+    assert (cycles == []) == _acyclic(edges)
+    for cycle in cycles:
+        assert cycle[0] == cycle[-1]
+        assert all(edge in edges for edge in pairwise(cycle))
 
 
 def test_a_frame_shows_as_qualname_file_and_line() -> None:

@@ -14,4 +14,7 @@ and attaches or detaches the probes; nothing here touches a process or the kerne
   fits the budget, else in windows whose duty is what the budget allows;
 - ``estimate``: between windows the counters see nothing; counts are estimated
   from the process's CPU time at the steps per CPU second the windows measured.
+
+A second budget is the daemon's own: ``reads`` paces its memory reads of all the
+traced processes to ``read_budget`` of one CPU.
 """
