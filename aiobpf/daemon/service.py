@@ -45,7 +45,7 @@ from aiobpf.collector.target import NoAsyncio, NotPython, Target, UnsupportedPyt
 from aiobpf.daemon.budget.account import Faults, ProcessAccount
 from aiobpf.daemon.budget.cost import CostModel, capture_budget, profile_overhead
 from aiobpf.daemon.budget.estimate import Reading
-from aiobpf.daemon.budget.reads import read_intervals
+from aiobpf.daemon.budget.reads import FirstReads, read_intervals
 from aiobpf.daemon.budget.windows import FileWindow, next_switch
 from aiobpf.daemon.config import Config
 from aiobpf.daemon.discovery import Candidate, Discovery, Identity
@@ -141,6 +141,7 @@ class Examination:
     summary: SnapshotSummary | None = None   # of the first read
     truncated: bool = False                  # the first read left tasks out
     read_cpu_s: float = 0.0                  # ... and its CPU time
+    cpu_s: float = 0.0                       # the whole examination's CPU time
     found: tuple[dict[str, ProbeSite], list[str]] | None = None   # probe sites and notes
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -153,6 +154,7 @@ class Examination:
 
     def _run(self, with_probes: bool) -> None:
         pid = self.candidate.identity.pid
+        cpu = time.thread_time()
         try:
             with deadline.limit(EXAMINE_LIMIT_S):
                 self.target = open_target(pid)
@@ -165,20 +167,21 @@ class Examination:
                 self.collector = Collector(self.target, MAX_TASKS)
                 summarizer = Summarizer(self.top_sites, self.library_frames)   # as read
                 self.collector.mem.limit(READ_DEADLINE_S)
-                cpu = time.thread_time()
+                read_from = time.thread_time()
                 try:
                     snapshot = self.collector.snapshot(details=False, sink=summarizer.add,
                                                        names=False)
                 finally:
                     self.collector.mem.limit(None)
                     self.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
-                    self.read_cpu_s = time.thread_time() - cpu
+                    self.read_cpu_s = time.thread_time() - read_from
                 self.summary = summarizer.finish(snapshot)
                 self.truncated = snapshot.truncated
         except Exception as exc:
             self.error = exc
             self.release()
         finally:
+            self.cpu_s = time.thread_time() - cpu
             with self._lock:
                 self.done.set()
                 if self._abandoned:
@@ -208,6 +211,7 @@ class Daemon:
         self.discovery = Discovery(config.select, only=pids)
         self.traced: dict[int, Traced] = {}
         self._examining: dict[int, Examination] = {}
+        self._first_reads = FirstReads(config.read_budget)   # examinations, per user
         self._stuck: list[Examination] = []    # abandoned, their worker still running
         self.windows: dict[tuple[int, int], FileWindow] = {}
         self.errors: Counter[str] = Counter()
@@ -410,7 +414,18 @@ class Daemon:
             if running.candidate.identity == candidate.identity:
                 return "candidate"
             self._abandon(pid)        # it exec'd while examined: the old look is moot
+        now = time.monotonic()
+        for exam in self._stuck:
+            if exam.done.is_set():   # (given up on, yet it cost what it cost)
+                self._first_reads.spend(exam.candidate.uid, exam.cpu_s, now)
         self._stuck = [e for e in self._stuck if not e.done.is_set()]
+        if not self._first_reads.allows(candidate.uid, now):
+            # Its user's new processes have taken their share of read_budget: offered
+            # again at the next scan (a user who forks big processes over and over
+            # waits; other users do not).
+            self.errors["examine_paced"] += 1
+            self.discovery.forget(pid)
+            return "waiting"
         if len(self._examining) >= MAX_EXAMINING or len(self._stuck) >= MAX_STUCK:
             # All workers busy (many new processes at once), or stuck in what earlier
             # processes named (a file system that never answers): no more threads for
@@ -437,6 +452,7 @@ class Daemon:
                     self.discovery.settle(pid, "ignored", now)
                 continue
             del self._examining[pid]
+            self._first_reads.spend(exam.candidate.uid, exam.cpu_s, now)
             try:
                 verdict = self._try_attach(exam)
             except Exception as exc:  # one bad process must never stop the others

@@ -180,6 +180,8 @@ ERROR_KINDS = {
                       "unsafe to open",
     "examine_timeout": "its files took longer than {examine_limit} to examine",
     "examine_busy": "examinations put off while earlier ones are still stuck",
+    "examine_paced": "new processes of a user put off at a scan: that user's "
+                     "examinations have taken their share of `read_budget`",
     "internal": "an unexpected fault while examining, accounting or reading one process: "
                 "that process is not traced or is dropped, the daemon's log says which and "
                 "why; a bug, please report it",
