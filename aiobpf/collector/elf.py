@@ -39,6 +39,12 @@ MAX_NOTES = 64
 MAX_DEBUGLINK = 255
 _ZLIB_MAX_RATIO = 1100             # deflate cannot expand more than ~1032:1
 _CHUNK = 1 << 20
+# SHA-256 of files already hashed, by the identity of the file the descriptor holds:
+# every process of an interpreter maps the same files, and hashing a debug file of tens
+# of megabytes for each new process was a third of what examining one cost.  A file
+# written to since has another change time (which no user can set back).
+_DIGESTS: dict[tuple[int, ...], str] = {}
+MAX_DIGESTS = 256
 # DWARF sections the layout code reads; the others (lines, locations, ranges, frames)
 # are never loaded.
 DWARF_SECTIONS = (".debug_info", ".debug_abbrev", ".debug_str", ".debug_line_str",
@@ -350,13 +356,29 @@ class ElfImage:
     @cached_property
     @_guarded
     def digest(self) -> str:
-        """SHA-256 of the whole file: what its content is, whatever its build-id says."""
+        """SHA-256 of the whole file: what its content is, whatever its build-id says
+        (remembered for the file as it is: device, inode, size, change times)."""
+        key = self._identity()
+        known = _DIGESTS.get(key) if key is not None else None
+        if known is not None:
+            return known
         sha = hashlib.sha256()
         self._stream.seek(0)
         while chunk := self._stream.read(_CHUNK):
             deadline.check()
             sha.update(chunk)
+        if key is not None and key == self._identity():   # unchanged while it was read
+            if len(_DIGESTS) >= MAX_DIGESTS:
+                _DIGESTS.clear()
+            _DIGESTS[key] = sha.hexdigest()
         return sha.hexdigest()
+
+    def _identity(self) -> tuple[int, ...] | None:
+        try:
+            st = os.fstat(self._stream.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return None   # (not a file: never remembered)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     @_guarded
     def crc32(self) -> int:
