@@ -29,11 +29,12 @@ lint:  ## ruff, mypy, and the deployment files (hadolint, kubernetes-validate)
 layouts:  ## regenerate aiobpf/collector/layouts/tables.py from the reference builds' DWARF
 	$(PY) tools/gen_layouts.py $$(bash scripts/layout-builds.sh)
 
-bench: provision  ## dump time, tracing overhead, the daemon's overhead, RSS and scrape time, trace loss, dumps through the daemon, windowed counts
+bench: provision  ## dump time, tracing overhead, the daemon's overhead, RSS and scrape time, trace loss, dumps through the daemon, windowed counts, the daemon's CPU with a big process
 	$(PY) bench/dump_time.py --million
 	$(PY) bench/trace_loss.py
 	$(PY) bench/daemon_dump.py
 	$(PY) bench/bursty.py
+	$(PY) bench/daemon_reads.py
 	$(PY) bench/overhead.py --breakdown
 	$(PY) bench/daemon.py --tracers full --phase 10 --rounds 6 --processes 0
 	$(PY) bench/daemon.py --workloads pingpong --tracers budget --phase 200 --rounds 3 --processes 0

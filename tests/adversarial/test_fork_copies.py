@@ -10,7 +10,7 @@ user nothing; the daemon examines every new process, which reads its memory once
 its copies cost the daemon a few milliseconds each).  The daemon
 paces each user's examinations to ``read_budget`` of one CPU after a burst of
 ``read_budget * 600`` CPU seconds (here 0.002: 1.2 s, then 0.2 % of a CPU).
-Measured here over the 40 s: 2.1 CPU s; with the pacing switched off, 29 CPU s.
+Measured here over the 40 s: 1.7-2.1 CPU s; with the pacing switched off, 29 CPU s.
 """
 
 from __future__ import annotations
