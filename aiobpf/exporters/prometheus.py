@@ -29,7 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from aiobpf import __version__
-from aiobpf.collector.model import Snapshot, Task
+from aiobpf.collector.model import Frame, Snapshot, Task
 from aiobpf.exporters.metrics import (
     AWAIT_DEPTH_BUCKETS,
     BY_KEY,
@@ -86,12 +86,13 @@ class Summarizer:
         self._ids = array("Q")
         self._firsts = array("Q")                      # 0: awaited by no task
         self._several: dict[int, tuple[int, ...]] = {}  # tasks awaited by more than one
+        self._labels: dict[int, tuple[Frame, str]] = {}  # site label by frame (await_site)
 
     def add(self, task: Task) -> None:
         self.pending += 1
         if task.state == "pending" and task.frames:
             self.stack_depths[len(task.frames)] += 1
-            site = await_site(task, self.library)
+            site = await_site(task, self.library, self._labels)
             if site is not None:
                 self.sites[site] += 1
         awaiting = [a.id for a in task.awaited_by if a.is_task]
@@ -134,6 +135,7 @@ class Summarizer:
             top.append((OTHER_SITE, rest))
         depths = self._await_depths()
         self._ids, self._firsts, self._several = array("Q"), array("Q"), {}
+        self._labels = {}
         return SnapshotSummary(pending=self.pending, stack_depths=self.stack_depths,
                                await_depths=depths, sites=top,
                                read_seconds=snapshot.duration_s, read_at=snapshot.taken_at)

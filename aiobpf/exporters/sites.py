@@ -37,19 +37,25 @@ def library_pattern(site_frames: str | Sequence[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns))
 
 
-def await_site(task: Task, library: re.Pattern[str] | None = APPLICATION) -> str | None:
+MAX_LABELS = 1 << 16   # site labels one ``labels`` dict remembers
+
+
+def await_site(task: Task, library: re.Pattern[str] | None = APPLICATION,
+               labels: dict[int, tuple[Frame, str]] | None = None) -> str | None:
     """The frame the task waits in, as "qualname file:line" (a label value: escaped and
     bounded, see ``safe_text``): its innermost frame outside the standard library and
     ``library``, else its innermost frame outside the standard library; None when all
-    its frames are the standard library's."""
+    its frames are the standard library's.  ``labels`` remembers the label of each
+    frame object (tasks suspended at one place share their frames: a read of 100,000
+    tasks makes a few labels, not 100,000)."""
     fallback: Frame | None = None
     for frame in reversed(task.frames):
         kind = _kind(frame.filename, library)
         if kind == "application":
-            return _site(frame)
+            return _site(frame, labels)
         if kind == "library" and fallback is None:
             fallback = frame
-    return None if fallback is None else _site(fallback)
+    return None if fallback is None else _site(fallback, labels)
 
 
 @lru_cache(maxsize=4096)
@@ -61,5 +67,11 @@ def _kind(filename: str, library: re.Pattern[str] | None) -> str:
     return "library" if library is not None and library.search(filename) else "application"
 
 
-def _site(frame: Frame) -> str:
-    return label(f"{frame.name} {frame.filename}:{frame.line}", SITE_MAX)
+def _site(frame: Frame, labels: dict[int, tuple[Frame, str]] | None) -> str:
+    known = labels.get(id(frame)) if labels is not None else None
+    if known is not None:
+        return known[1]
+    text = label(f"{frame.name} {frame.filename}:{frame.line}", SITE_MAX)
+    if labels is not None and len(labels) < MAX_LABELS:
+        labels[id(frame)] = (frame, text)   # (the frame held: its id stays its own)
+    return text

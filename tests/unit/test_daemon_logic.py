@@ -71,6 +71,22 @@ def test_summary_streamed_task_by_task() -> None:
     assert summary.read_at == 1e9
 
 
+def test_a_site_label_is_made_once_per_frame() -> None:
+    """Tasks suspended at one place share their frame objects: the Summarizer labels
+    each frame once, and gives every task the label it would get alone."""
+    handler, fetch = Frame("handler", "/srv/app.py", 7), Frame("Queue.get", "/x.py", 3)
+    tasks = [Task(i, "t", 1, "pending", [handler, fetch if i % 2 else handler])
+             for i in range(1, 101)]
+    labels: dict[int, tuple[Frame, str]] = {}
+    assert [await_site(t, labels=labels) for t in tasks] == [await_site(t) for t in tasks]
+    assert sorted(text for _, text in labels.values()) == ["Queue.get /x.py:3",
+                                                           "handler /srv/app.py:7"]
+    summarizer = Summarizer(top_sites=10)
+    for task in tasks:
+        summarizer.add(task)
+    assert dict(summarizer.sites) == {"Queue.get /x.py:3": 50, "handler /srv/app.py:7": 50}
+
+
 def test_await_site_skips_the_standard_library() -> None:
     task = Task(1, "t", 1, "pending", [
         Frame("handler", "/srv/app.py", 7),
