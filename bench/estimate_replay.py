@@ -5,14 +5,16 @@
 the estimate's error depends on where the windows fall.  This records the same two
 targets (tests/targets/bursty.py under sid's python3.14: a bursty and a steady one)
 without any probe, every 0.1 s: their threads' CPU time (schedstat), ``/proc``'s
-ticks and their own exact step counts.  The replay then places windows along the
+ticks and their own exact step counts (and the machine's busy and stolen ticks, for
+a look at what else ran).  The replay then places windows along the
 daemon's schedule (``--duty``, ``--window``, and ``--detach``: the time a detach
 keeps the probes in place) from many random starts, feeds the readings to
 aiobpf.daemon.budget.estimate exactly as the daemon does (a reading every 0.2 s,
 ``/proc``'s 10 ms ticks between windows, schedstat in them), and compares the
 estimate with the truth over every range of at least ``--range`` seconds, as
-bench/bursty.py does.  Side by side: the estimate as it is ("rate+cpu") and with CPU
-time alone ("cpu only", the windows' rate never used).
+bench/bursty.py does.  Side by side: the estimate as it is ("rate+cpu"), without
+the CPU-bound windows' own ratio ("one ratio") and with CPU time alone ("cpu only",
+the windows' rate never used).
 
 The probes' own cost is not in a recording; the replay charges each captured step
 ``--cost`` seconds of CPU in windows and takes the same out (a model without error).
@@ -43,6 +45,7 @@ from memory import stop  # noqa: E402
 from aiobpf.bpf.abi import TargetStats  # noqa: E402
 from aiobpf.collector.procfs import thread_times  # noqa: E402
 from aiobpf.daemon.budget.estimate import (  # noqa: E402
+    BOUND_HALF_LIFE_S,
     REGIME_TOLERANCE,
     Reading,
     Regime,
@@ -51,7 +54,8 @@ from aiobpf.daemon.budget.estimate import (  # noqa: E402
 from aiobpf.daemon.budget.windows import PAUSE_SPREAD, PAUSE_STEP  # noqa: E402
 from aiobpf.daemon.config import Config  # noqa: E402
 
-Row = tuple[float, float, float, float]   # (monotonic s, schedstat CPU s, /proc ticks, steps)
+# (monotonic s, schedstat CPU s, /proc ticks, steps[, machine's busy ticks, stolen ticks])
+Row = tuple[float, ...]
 READ_EVERY = 0.2     # the daemon's tick
 SCRAPE_EVERY = 2.0   # bench/bursty.py's scrapes
 
@@ -61,23 +65,31 @@ def _ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def _machine() -> tuple[int, int]:
+    """The machine's busy and stolen 10 ms ticks, all CPUs (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq, steal
+
+
 def record(minutes: float, seed: int, out: Path) -> None:
     bursty, bursty_log = start_target(20, schedule(seed, minutes), 2000)
     steady, steady_log = start_target(2, "steady:60", 2000)
     targets = {"bursty": (bursty, bursty_log), "steady": (steady, steady_log)}
-    rows: dict[str, list[tuple[float, float, int]]] = {name: [] for name in targets}
+    rows: dict[str, list[tuple[float, float, int, int, int]]] = {name: [] for name in targets}
     try:
         time.sleep(2.0)
         end = time.monotonic() + minutes * 60
         while time.monotonic() < end:
             t = time.monotonic()
+            busy, steal = _machine()
             for name, (proc, _) in targets.items():
                 ns = sum(thread_times(proc.pid).ns.values())
-                rows[name].append((t, ns / 1e9, _ticks(proc.pid)))
+                rows[name].append((t, ns / 1e9, _ticks(proc.pid), busy, steal))
             time.sleep(max(0.1 - (time.monotonic() - t), 0.0))
         time.sleep(0.5)   # the targets' count of the last reading
-        data = {name: [(t, cpu, ticks, log.at(t)) for t, cpu, ticks in rows[name]
-                       if log.at(t) is not None]
+        data = {name: [(t, cpu, ticks, log.at(t), busy, steal)
+                       for t, cpu, ticks, busy, steal in rows[name] if log.at(t) is not None]
                 for name, (_, log) in targets.items()}
     finally:
         stop(bursty)
@@ -184,7 +196,11 @@ def main() -> int:
                           "the steady target varied by ~20%% more than the recording's)")
     rep.add_argument("--tolerance", type=float, default=REGIME_TOLERANCE,
                      help="the estimate's REGIME_TOLERANCE")
-    rep.add_argument("--runs", type=int, default=20, help="window schedules replayed")
+    rep.add_argument("--bound-half-life", type=float, default=BOUND_HALF_LIFE_S,
+                     help="the estimate's BOUND_HALF_LIFE_S")
+    rep.add_argument("--runs", type=int, default=20,
+                     help="window schedules replayed (all within: the share of them with "
+                          "every range within 10%%)")
     rep.add_argument("--range", type=float, default=120.0, help="shortest range compared")
     args = parser.parse_args()
     if args.command == "record":
@@ -192,20 +208,27 @@ def main() -> int:
         return 0
     data = json.loads(args.recording.read_text())
     estimates: dict[str, Callable[[], StepEstimate]] = {
-        "rate+cpu": lambda: StepEstimate(_regime=Regime(tolerance=args.tolerance)),
-        "cpu only": lambda: StepEstimate(_regime=Regime(tolerance=None)),
+        "rate+cpu": lambda: StepEstimate(_regime=Regime(tolerance=args.tolerance),
+                                         bound_half_life_s=args.bound_half_life),
+        "one ratio": lambda: StepEstimate(_regime=Regime(tolerance=args.tolerance),
+                                          bound_half_life_s=None),
+        "cpu only": lambda: StepEstimate(_regime=Regime(tolerance=None),
+                                         bound_half_life_s=args.bound_half_life),
     }
     print(f"{args.runs} window schedules, duty {args.duty:.2%}, windows of {args.window:g} s "
           f"(+{args.detach:g} s detaching); ranges >= {args.range:g} s")
     print(f"{'target':8} {'estimate':9} {'ranges within 10%: median':>26} {'min':>5} "
-          f"{'worst range (median)':>21} {'whole run (median)':>19}")
-    for name, rows in data.items():
+          f"{'all within':>10} {'worst range: median':>20} {'worst':>6} "
+          f"{'whole run (median)':>19}")
+    for name in ("bursty", "steady"):
         for label, make in estimates.items():
-            runs = [summary(replay(rows, make, args, random.Random(seed)), args.range)
+            runs = [summary(replay(data[name], make, args, random.Random(seed)), args.range)
                     for seed in range(args.runs)]
             within = [r[0] for r in runs]
             print(f"{name:8} {label:9} {statistics.median(within):>26.0%} {min(within):>5.0%} "
-                  f"{statistics.median(abs(r[1]) for r in runs):>21.1%} "
+                  f"{sum(w == 1.0 for w in within) / len(within):>10.0%} "
+                  f"{statistics.median(abs(r[1]) for r in runs):>20.1%} "
+                  f"{max(abs(r[1]) for r in runs):>6.1%} "
                   f"{statistics.median(r[2] for r in runs):>+19.1%}")
     return 0
 

@@ -6,6 +6,7 @@ import pytest
 
 from aiobpf.bpf.abi import TargetStats
 from aiobpf.daemon.budget.estimate import (
+    BOUND_HALF_LIFE_S,
     RATIO_HALF_LIFE_S,
     REGIME_TOLERANCE,
     Reading,
@@ -169,3 +170,43 @@ def test_a_cpu_bound_load_is_counted_from_its_cpu_time() -> None:
     _window(est, p, share=0.9)
     _pause(est, p, [0.9 * 0.8] * 100)                        # 20 % of its CPU taken
     assert est.counts.steps == pytest.approx(p.true_steps, rel=0.01)
+
+
+def test_a_cpu_bound_load_follows_its_step_cost_within_minutes() -> None:
+    """Other work on the machine moves a CPU-bound step's CPU cost for minutes on end:
+    the windows in which the process was CPU-bound make a ratio that follows it
+    (BOUND_HALF_LIFE_S), not the long average of all windows."""
+    p, est = Process(15_000), StepEstimate()
+    est.read(p.reading(), attached=True)
+    for _ in range(60):                                     # 15 minutes at 15,000
+        _window(est, p, share=1.0, seconds=0.2)
+        _pause(est, p, [1.0] * 75)                          # a window every 15 s
+    p.steps_per_cpu_s = 10_000                              # the machine gets busier
+    for _ in range(20):                                     # 5 minutes of windows
+        _window(est, p, share=1.0, seconds=0.2)
+        _pause(est, p, [1.0] * 75)
+    assert BOUND_HALF_LIFE_S <= 60.0
+    before = est.counts.steps, p.true_steps
+    _pause(est, p, [1.0] * 600)                             # 2 minutes between windows
+    added, true = est.counts.steps - before[0], p.true_steps - before[1]
+    assert added == pytest.approx(true, rel=0.05)
+    # a load that is not CPU-bound keeps the long average
+    assert est.steps_per_cpu_second() > 11_000
+
+
+def test_a_window_of_an_idle_process_does_not_price_a_burst() -> None:
+    """A window of an idle process sees a few cheap steps (its timers) in a fraction of
+    a millisecond of CPU time: a burst after it is not counted at their ratio."""
+    p, est = Process(10_000), StepEstimate()
+    est.read(p.reading(), attached=True)
+    p.run(0.2, 0.001, attached=True, steps=20)              # 20 steps in 0.2 ms of CPU
+    est.read(p.reading(), attached=True)
+    est.close_window(p.t, 0.0)
+    assert not est.estimating
+    _pause(est, p, [1.0] * 50)                              # a 10 s burst
+    assert est.counts.steps < p.true_steps
+    _window(est, p, share=1.0, seconds=0.2)                 # a window sees it
+    assert est.estimating
+    before = est.counts.steps, p.true_steps
+    _pause(est, p, [1.0] * 50)
+    assert est.counts.steps - before[0] == pytest.approx(p.true_steps - before[1], rel=0.01)

@@ -21,11 +21,13 @@ exactly over any range.
 
 The ratio is a sum over windows, each weighing by the CPU time it saw (a window of
 an idle process decides nothing), older ones less (half-life ``RATIO_HALF_LIFE_S``,
-so that a changed workload is learned).  It assumes the CPU cost of a step does not
-change much with load; ``aiobpf_probe_hits_total`` and
-``aiobpf_probes_attached_seconds_total`` are exported unscaled for anyone who wants
-their own estimate.  Pure: the daemon feeds it readings of the BPF counters and of
-the CPU time.
+so that a changed workload is learned); it is used once its windows saw
+``MIN_RATIO_CPU_S`` of CPU time (a window of an idle process sees a few cheap steps
+-- its timers -- in a fraction of a millisecond: a burst counted at their ratio was
+counted many times over).  It assumes the CPU cost of a step does not change much
+with load; ``aiobpf_probe_hits_total`` and ``aiobpf_probes_attached_seconds_total``
+are exported unscaled for anyone who wants their own estimate.  Pure: the daemon
+feeds it readings of the BPF counters and of the CPU time.
 
 CPU time is a noisy measure of work, though: on a shared machine a step's CPU cost
 moves by 15-20 % from one second to the next (caches, other processes), while the
@@ -36,6 +38,17 @@ its last windows predict (``Regime``: their own CPU rate, within
 windows' step rate is added instead; where it spends more or less (a burst, an idle
 spell), the CPU time decides.  A load that changes by less than the tolerance is
 followed at the next window.
+
+A CPU-bound process is counted from its CPU time alone, and its step's CPU cost
+moves too.  Measured on this project's VM: a CPU-bound loop's steps per CPU second
+flipped between two levels ~40 % apart every second or few (other work on the
+host, invisible in the guest), in proportions that drifted over minutes, which a
+ratio over the last 15 minutes did not follow.  So the windows in which a process
+was CPU-bound also make a ratio of their own that forgets fast
+(``BOUND_HALF_LIFE_S``; each such window sees a tenth of a second of CPU time or
+more, so a few make a ratio), and the stretches between windows in which it is
+CPU-bound are counted at that one.  It follows drifts over minutes, not the flips:
+a window samples one level, and a burst is counted at the mix of the last windows.
 """
 
 from __future__ import annotations
@@ -47,6 +60,11 @@ from aiobpf.bpf.abi import TargetStats
 from aiobpf.exporters.state import StepCounts
 
 RATIO_HALF_LIFE_S = 900.0   # a window's weight in the ratio halves in this much time
+# ... and in the ratio of CPU-bound windows.  Chosen by replaying recorded loads
+# (bench/estimate_replay.py): a bursty load's CPU-bound windows come every ~30 s;
+# 30-120 s followed its drift about equally well, 900 s (the ratio above) did not.
+BOUND_HALF_LIFE_S = 60.0
+MIN_RATIO_CPU_S = 0.005     # a ratio is used once its windows saw this much CPU time
 # The probes' estimated cost takes at most this share of a window's CPU time: where it
 # would take more, the estimate of the cost decides the result more than the counts
 # do (steps cheaper than the probes themselves, e.g. a queue ping-pong), and it is
@@ -128,6 +146,33 @@ class Regime:
 
 
 @dataclass
+class Ratio:
+    """Counts per CPU second over windows: decayed sums, a window's weight halving
+    every ``half_life_s`` seconds."""
+
+    half_life_s: float
+    counts: StepCounts = field(default_factory=StepCounts)
+    cpu_s: float = 0.0
+    at: float | None = None
+
+    def join(self, counts: StepCounts, cpu_s: float, now: float) -> None:
+        """A window's counts and own CPU seconds, closed at ``now``."""
+        if self.at is not None:
+            keep = 0.5 ** (max(now - self.at, 0.0) / self.half_life_s)
+            decayed = StepCounts()
+            decayed.add(self.counts, keep)
+            self.counts, self.cpu_s = decayed, self.cpu_s * keep
+        self.counts.add(counts)
+        self.cpu_s += cpu_s
+        self.at = now
+
+    @property
+    def ready(self) -> bool:
+        """Its windows saw enough CPU time to go by."""
+        return self.cpu_s >= MIN_RATIO_CPU_S
+
+
+@dataclass
 class StepEstimate:
     """The exported counts of one process: exact in windows, estimated between them."""
 
@@ -136,9 +181,11 @@ class StepEstimate:
     _last: Reading | None = None
     _window: StepCounts = field(default_factory=StepCounts)   # the open window's counts
     _window_cpu_s: float = 0.0                                # ... and CPU time
-    _ratio: StepCounts = field(default_factory=StepCounts)    # decayed sums over windows
-    _ratio_cpu_s: float = 0.0
-    _folded_at: float | None = None
+    # the ratio over all windows, and over the windows in which the process was CPU-bound
+    # (bound_half_life_s None: no ratio of its own, the estimate before it)
+    bound_half_life_s: float | None = BOUND_HALF_LIFE_S
+    _ratio: Ratio = field(default_factory=lambda: Ratio(RATIO_HALF_LIFE_S))
+    _bound: Ratio | None = None
     _regime: Regime = field(default_factory=Regime)
     _window_from: float | None = None                         # the open window's start
     # (when, CPU s) of the readings since the last window, the last REGIME_SPAN_S of them
@@ -163,12 +210,15 @@ class StepEstimate:
                 self._recent.clear()
             return delta
         trail = self._trail(last, reading)
-        if self._ratio_cpu_s > 0.0:
-            span = max(reading.at - last.at, 0.0)
-            if self._ratio.steps > 0.0 and self._same_load(reading, cpu, span, trail):
-                self.counts.add(self._ratio, self._regime.steps_in(span) / self._ratio.steps)
-            else:
-                self.counts.add(self._ratio, cpu / self._ratio_cpu_s)
+        ratio, span = self._ratio, max(reading.at - last.at, 0.0)
+        if not ratio.ready:
+            return None
+        if ratio.counts.steps > 0.0 and self._same_load(reading, cpu, span, trail):
+            self.counts.add(ratio.counts, self._regime.steps_in(span) / ratio.counts.steps)
+            return None
+        if self._bound is not None and self._bound.ready and cpu >= CPU_BOUND * span > 0.0:
+            ratio = self._bound
+        self.counts.add(ratio.counts, cpu / ratio.cpu_s)
         return None
 
     def _trail(self, last: Reading, reading: Reading) -> tuple[float, float]:
@@ -200,16 +250,14 @@ class StepEstimate:
         seconds and own CPU seconds."""
         cpu = self._window_cpu_s if cpu_s is None else cpu_s
         own = max(cpu - self._window.steps * step_cost, (1.0 - MAX_PROBE_SHARE) * cpu)
-        if self._folded_at is not None:
-            keep = 0.5 ** (max(now - self._folded_at, 0.0) / RATIO_HALF_LIFE_S)
-            decayed = StepCounts()
-            decayed.add(self._ratio, keep)
-            self._ratio, self._ratio_cpu_s = decayed, self._ratio_cpu_s * keep
-        self._ratio.add(self._window)
-        self._ratio_cpu_s += own
-        self._folded_at = now
+        self._ratio.join(self._window, own, now)
         if self._window_from is not None:
-            self._regime.join(self._window.steps, own, now - self._window_from)
+            span = now - self._window_from
+            if self.bound_half_life_s is not None and own >= CPU_BOUND * span > 0.0:
+                if self._bound is None:
+                    self._bound = Ratio(self.bound_half_life_s)
+                self._bound.join(self._window, own, now)
+            self._regime.join(self._window.steps, own, span)
         self._window_from = None
         seen = (self._window.steps, cpu, own)
         self._window, self._window_cpu_s = StepCounts(), 0.0
@@ -217,9 +265,10 @@ class StepEstimate:
 
     @property
     def estimating(self) -> bool:
-        """A window saw the process run: the gaps between windows are filled."""
-        return self._ratio_cpu_s > 0.0
+        """Windows saw the process run: the gaps between windows are filled."""
+        return self._ratio.ready
 
     def steps_per_cpu_second(self) -> float:
-        """The ratio estimates use (0 until a window saw the process run)."""
-        return self._ratio.steps / self._ratio_cpu_s if self._ratio_cpu_s > 0 else 0.0
+        """The ratio over all windows (0 until they saw the process run)."""
+        ratio = self._ratio
+        return ratio.counts.steps / ratio.cpu_s if ratio.ready else 0.0
