@@ -41,7 +41,7 @@ _ZLIB_MAX_RATIO = 1100             # deflate cannot expand more than ~1032:1
 _CHUNK = 1 << 20
 # SHA-256 of files already hashed, by the identity of the file the descriptor holds:
 # every process of an interpreter maps the same files, and hashing a debug file of tens
-# of megabytes for each new process was a third of what examining one cost.  A file
+# of megabytes for each new process was half of what examining one cost.  A file
 # written to since has another change time (which no user can set back).
 _DIGESTS: dict[tuple[int, ...], str] = {}
 MAX_DIGESTS = 256
