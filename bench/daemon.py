@@ -43,12 +43,13 @@ sys.path.insert(0, str(HERE))
 
 from overhead import (  # noqa: E402
     OpsCounter,
-    _cpu_seconds,
     _python,
     _start_target,
     bench_http,
     bench_pingpong,
 )
+
+from aiobpf.collector.procfs import process_cpu_s  # noqa: E402
 
 
 def _port() -> int:
@@ -253,9 +254,9 @@ def fifty(count: int) -> dict:
             t0 = time.monotonic()
             _wait(port, lambda t: _sample(t, "aiobpf_attached_processes") == count, 120)
             attach_s = time.monotonic() - t0
-            cpu0 = _cpu_seconds(daemon.pid)
+            cpu0 = process_cpu_s(daemon.pid)
             time.sleep(15)  # memory reads and capture windows of every process
-            cpu_share = (_cpu_seconds(daemon.pid) - cpu0) / 15
+            cpu_share = (process_cpu_s(daemon.pid) - cpu0) / 15
             times = []
             for _ in range(20):
                 time.sleep(0.3)   # a new state each time: rendered, not from the cache

@@ -30,9 +30,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from dump_time import TARGET, start_target  # noqa: E402
+
+from aiobpf.collector.procfs import process_cpu_s  # noqa: E402
 
 
 @dataclass
@@ -41,10 +44,6 @@ class Watch:
     reads: int           # reads of the big process seen
     read_s: float        # the last read's duration
 
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _value(text: str, name: str, pid: int) -> float | None:
@@ -67,7 +66,7 @@ def watch(tree: Path, pid: int, seconds: float, warmup: float, port: int) -> Wat
             time.sleep(warmup)
             stamps: set[float] = set()
             read_s = 0.0
-            t0, c0 = time.monotonic(), _cpu_s(proc.pid)
+            t0, c0 = time.monotonic(), process_cpu_s(proc.pid)
             while time.monotonic() - t0 < seconds:
                 with urllib.request.urlopen(url, timeout=10) as reply:
                     text = reply.read().decode()
@@ -76,7 +75,7 @@ def watch(tree: Path, pid: int, seconds: float, warmup: float, port: int) -> Wat
                     stamps.add(stamp)
                 read_s = _value(text, "aiobpf_snapshot_read_seconds", pid) or read_s
                 time.sleep(5.0)   # (Prometheus scrapes every 15-60 s; each costs a rendering)
-            share = (_cpu_s(proc.pid) - c0) / (time.monotonic() - t0)
+            share = (process_cpu_s(proc.pid) - c0) / (time.monotonic() - t0)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)

@@ -170,11 +170,11 @@ class Phases:
                 try:
                     before = tracer.steps()
                     own = getattr(tracer, "pid_of_tracer", lambda: None)()
-                    own_cpu = _cpu_seconds(own) if own else 0.0
+                    own_cpu = procfs.process_cpu_s(own) if own else 0.0
                     t0 = time.perf_counter()
                     rate, cpu = sample(self.phase)
                     if own:
-                        figures["tracer_cpu"].append((_cpu_seconds(own) - own_cpu)
+                        figures["tracer_cpu"].append((procfs.process_cpu_s(own) - own_cpu)
                                                      / (time.perf_counter() - t0))
                     figures["rate"].append(rate)
                     figures["cpu"].append(cpu)
@@ -185,11 +185,6 @@ class Phases:
                     tracer.stop()
         return off, on
 
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _paired(off: list[float], on: list[float], index: int, stride: int

@@ -46,12 +46,13 @@ sys.path.insert(0, str(HERE))
 
 from overhead import (  # noqa: E402
     _counter,
-    _cpu_seconds,
     _python,
     _start_target,
     start_http_server,
 )
 from profile_overhead import RATE, _program_runs  # noqa: E402
+
+from aiobpf.collector.procfs import process_cpu_s  # noqa: E402
 
 _SYS_PIDFD_GETFD = 438          # x86_64 and every architecture of the unified table
 _PERF_EVENT_IOC_ENABLE = 0x2400
@@ -193,7 +194,7 @@ def _run(switch: PerfSwitch | StopSwitch, read: Callable[[], tuple[int, float]],
     switch.set(True)
     time.sleep(WARM_UP_S)
     runs0 = _program_runs()
-    own0, t_own = _cpu_seconds(switch.proc.pid), time.perf_counter()
+    own0, t_own = process_cpu_s(switch.proc.pid), time.perf_counter()
     on_seconds = 0.0
     for index in range(2 * rounds + 1):
         on = index % 2 == 1
@@ -213,7 +214,7 @@ def _run(switch: PerfSwitch | StopSwitch, read: Callable[[], tuple[int, float]],
     return Toggled(lost=(-gained, gained_se), cpu=_paired(cpu[False], cpu[True]),
                    off=statistics.median(rate[False]), on=statistics.median(rate[True]),
                    program_share=ns / 1e9 / on_seconds if runs else None,
-                   own_cpu=(_cpu_seconds(switch.proc.pid) - own0)
+                   own_cpu=(process_cpu_s(switch.proc.pid) - own0)
                    / (time.perf_counter() - t_own))
 
 

@@ -262,7 +262,7 @@ def thread_times(pid: int) -> ThreadTimes:
     except (FileNotFoundError, ProcessLookupError):
         raise ProcessNotFound(pid) from None
     if len(tids) > MAX_CPU_THREADS:
-        return ThreadTimes({0: _process_ns(pid)})
+        return ThreadTimes({0: round(process_cpu_s(pid) * 1e9)})
     times = {}
     for tid in tids:
         try:
@@ -272,11 +272,12 @@ def thread_times(pid: int) -> ThreadTimes:
     return ThreadTimes(times)
 
 
-def _process_ns(pid: int) -> int:
-    """The process's user + system time (all its threads, the exited ones too), in ns."""
+def process_cpu_s(pid: int) -> float:
+    """The process's user + system time (all its threads, the exited ones too), in
+    seconds, counted in clock ticks (/proc/PID/stat)."""
     data = _read_small(f"/proc/{pid}/stat", _STAT_MAX)
     fields = data[data.rfind(b")") + 1:].split()
     try:
-        return (int(fields[_UTIME]) + int(fields[_UTIME + 1])) * _TICK_NS
+        return (int(fields[_UTIME]) + int(fields[_UTIME + 1])) * _TICK_NS / 1e9
     except (IndexError, ValueError):
         raise ProcessNotFound(pid) from None

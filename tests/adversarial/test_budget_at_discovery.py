@@ -7,6 +7,7 @@ import itertools
 import time
 from pathlib import Path
 
+from aiobpf.collector.procfs import process_cpu_s
 from tests.adversarial.conftest import User, assert_healthy, stop_in_time
 from tests.conftest import IN_ROOT_DIR, run_target
 from tests.integration.daemon_proc import daemon_uprobes, run_daemon
@@ -19,10 +20,6 @@ BUSY = "budget_busy.py"       # alternating.py, by a name no other test uses
 WORST_OVERHEAD = 1.0          # full capture costs a queue ping-pong 80-104% here
 ONE_MEASUREMENT_S = 0.85      # probes on to measure the cost once (see the test)
 
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100   # utime + stime, in clock ticks
 
 
 def test_a_new_busy_process_is_held_to_the_budget_from_its_first_second(
@@ -48,12 +45,12 @@ def test_a_new_busy_process_is_held_to_the_budget_from_its_first_second(
         with run_target(by_label("sid-3.14"), "alternating.py", "50", "0", name=BUSY,
                         user=hostile_user.name) as busy:
             started = time.monotonic()
-            cpu_start = _cpu_seconds(busy.pid)
+            cpu_start = process_cpu_s(busy.pid)
             polls: list[tuple[float, bool]] = []
             while time.monotonic() - started < SPAN_S:
                 polls.append((time.monotonic(), bool(daemon_uprobes(daemon.proc.pid))))
                 time.sleep(POLL_S)
-            cpu = _cpu_seconds(busy.pid) - cpu_start
+            cpu = process_cpu_s(busy.pid) - cpu_start
             counted = daemon.value("aiobpf_probes_attached_seconds_total",
                                    f'pid="{busy.pid}"')
         assert counted is not None, "the busy process was not traced"

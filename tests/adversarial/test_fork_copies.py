@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from aiobpf.collector.procfs import process_cpu_s
 from aiobpf.daemon.budget.reads import FIRST_READS_BURST_S
 from tests.adversarial.conftest import User, assert_healthy, stop_in_time
 from tests.conftest import IN_ROOT_DIR, run_target
@@ -30,10 +31,6 @@ WATCH_S = 40.0
 BASELINE = 0.04   # the daemon's loop, scans of the copies coming and going, with room
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100
-
 
 def test_copies_of_a_big_process_are_examined_within_the_read_budget(
         tmp_path: Path, hostile_user: User) -> None:
@@ -42,11 +39,11 @@ def test_copies_of_a_big_process_are_examined_within_the_read_budget(
                     extra=f"read_budget = {READ_BUDGET}\n") as daemon, \
             run_target(by_label("sid-3.13"), "fork_copies.py", str(TASKS), str(COPIES),
                        str(LIFE_S), user=hostile_user.name):
-        started, cpu_before = time.monotonic(), _cpu_s(daemon.proc.pid)
+        started, cpu_before = time.monotonic(), process_cpu_s(daemon.proc.pid)
         while time.monotonic() - started < WATCH_S:
             time.sleep(1.0)
             daemon.assert_fresh()
-        spent = _cpu_s(daemon.proc.pid) - cpu_before
+        spent = process_cpu_s(daemon.proc.pid) - cpu_before
         paced = daemon.value("aiobpf_errors_total", 'kind="examine_paced"') or 0.0
         # Another user's new process is traced at once, the attack going on.
         assert_healthy(daemon)

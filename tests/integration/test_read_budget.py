@@ -14,6 +14,7 @@ import time
 from itertools import pairwise
 from pathlib import Path
 
+from aiobpf.collector.procfs import process_cpu_s
 from tests.conftest import run_target
 from tests.integration.daemon_proc import SELECT, run_daemon
 from tests.pythons import by_label
@@ -24,10 +25,6 @@ WATCH_S = 30.0
 REFRESH_S = 1.0
 BASELINE = 0.03   # the daemon's own loop beside its reads (~0.5 % here), with room
 
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100   # utime + stime, in ticks of 10 ms
 
 
 def test_costly_reads_are_paced_and_cheap_ones_are_not(tmp_path: Path) -> None:
@@ -41,7 +38,7 @@ def test_costly_reads_are_paced_and_cheap_ones_are_not(tmp_path: Path) -> None:
             daemon.wait_traced(target.pid, timeout=60)
         reads: dict[int, list[float]] = {big.pid: [], small.pid: []}
         read_s = 0.0
-        started, cpu_before = time.monotonic(), _cpu_s(daemon.proc.pid)
+        started, cpu_before = time.monotonic(), process_cpu_s(daemon.proc.pid)
         while time.monotonic() - started < WATCH_S:
             for pid, seen in reads.items():
                 stamp = daemon.value("aiobpf_snapshot_timestamp_seconds", f'pid="{pid}"')
@@ -51,7 +48,7 @@ def test_costly_reads_are_paced_and_cheap_ones_are_not(tmp_path: Path) -> None:
             read_s = max(read_s, daemon.value("aiobpf_snapshot_read_seconds",
                                               f'pid="{big.pid}"') or 0.0)
             time.sleep(0.2)
-        share = (_cpu_s(daemon.proc.pid) - cpu_before) / (time.monotonic() - started)
+        share = (process_cpu_s(daemon.proc.pid) - cpu_before) / (time.monotonic() - started)
         log = daemon.log.read_text()[-3000:]
 
     now = time.time()
