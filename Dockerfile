@@ -29,7 +29,7 @@ WORKDIR /opt/aiobpf
 COPY scripts/provision.sh scripts/provision.sh
 RUN bash scripts/provision.sh --no-sid --container --packages-only \
     && rm -rf /var/lib/apt/lists/*
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY aiobpf aiobpf
 # pip fetches aiobpf's dependencies from PyPI, over HTTPS.  The secret pip-ca, when
 # the build is given one (scripts/image.sh gives the host's CA bundle), is the CA

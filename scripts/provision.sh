@@ -40,7 +40,9 @@ die() { echo "provision: FAILED: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and links kernel headers)"
 
 # -- 1. Debian packages ---------------------------------------------------------
-PACKAGES=(python3 python3-venv python3-bpfcc ca-certificates)
+# gcc, libc6-dev and python3-dev build aiobpf's compiled loops (setup.py; the container
+# removes them again once it is built).
+PACKAGES=(python3 python3-venv python3-bpfcc ca-certificates gcc libc6-dev python3-dev)
 # A shell on the host: the tools the README's commands use.
 [ "$CONTAINER" = 0 ] && PACKAGES+=(python3-pip bpftool make git)
 # The test interpreters: debootstrap for the sid and bullseye roots; python3.11-dbg
@@ -126,6 +128,18 @@ if "$VENV/bin/python" -c "import aiobpf, elftools, prometheus_client, psutil, ya
 else
   "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO$EXTRAS"
   say "installed: aiobpf (editable) and its dependencies into the venv"
+fi
+# The compiled loops, built in place (again after a change to their source; an editable
+# install does not rebuild them).  aiobpf refuses a module built from another source.
+"$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null 2>"$VENV/build_ext.log" \
+  || { cat "$VENV/build_ext.log" >&2; die "building aiobpf's compiled loops (setup.py build_ext) failed"; }
+"$VENV/bin/python" -c 'from aiobpf.collector import speedups as s; assert s.COMPILED, s.NOT_COMPILED' \
+  || die "aiobpf's compiled loops do not load (above)"
+say "ok: aiobpf's compiled loops (aiobpf/collector/_speedups.c) are built"
+if [ "$CONTAINER" = 1 ]; then
+  # The image keeps the built module, not the compiler.
+  DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq --auto-remove gcc libc6-dev python3-dev >/dev/null
+  say "removed: the compiler and headers the build needed (gcc, libc6-dev, python3-dev)"
 fi
 "$VENV/bin/python" -c "import bcc, elftools, prometheus_client, yaml, bcrypt$TEST_MODULES" \
   || die "the venv cannot import bcc, pyelftools, prometheus_client, yaml, bcrypt$TEST_MODULES"

@@ -197,17 +197,17 @@ NO_DAEMON_SOCKET = "/nonexistent/aiobpf.sock"
 
 
 def aiobpf(*args: str, user: str | None = None, timeout: float = 120,
-           socket: str = NO_DAEMON_SOCKET) -> Result:
+           socket: str = NO_DAEMON_SOCKET, env: dict[str, str] | None = None) -> Result:
     """Run the aiobpf command line as a separate process, as a user would.  ps and
     pstree ask the daemon at ``socket`` first (by default: none, so tests that do not
-    test the daemon never meet one the machine may run)."""
+    test the daemon never meet one the machine may run).  ``env``: more variables."""
     argv = [sys.executable, "-m", "aiobpf", *args]
     package = Path(__file__).resolve().parent.parent
     if user is not None:
         argv = _as_user(user, argv)
         package = readable_package(user)
-    env = {**os.environ, "PYTHONPATH": str(package), "AIOBPF_SOCKET": socket}
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    environ = {**os.environ, "PYTHONPATH": str(package), "AIOBPF_SOCKET": socket, **(env or {})}
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=environ)
     return Result(out.returncode, out.stdout, out.stderr)
 
 

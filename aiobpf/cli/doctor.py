@@ -156,6 +156,18 @@ def check_kernel_headers() -> Check:
                  "which links Debian's linux-headers-amd64 for kernels without a headers package")
 
 
+def check_compiled_loops() -> Check:
+    from aiobpf.collector import speedups
+
+    if speedups.COMPILED:
+        return Check("compiled loops", OK, "the collector's hot loops are compiled "
+                     "(aiobpf/collector/_speedups.c)", needed_for="memory")
+    return Check("compiled loops", WARN, f"the collector's hot loops run in Python: "
+                 f"{speedups.NOT_COMPILED}",
+                 "reads of big processes take about twice as long; make provision builds "
+                 "them (it needs gcc and python3-dev)", "memory")
+
+
 def check_daemon() -> Check:
     from aiobpf.daemon.dumps import answers
 
@@ -171,7 +183,7 @@ def check_daemon() -> Check:
 CHECKS: tuple[Callable[[], Check], ...] = (
     check_kernel, check_memory_access, check_ptrace_scope, check_lockdown,
     check_bpf_privileges, check_bpf_syscall, check_uprobes, check_btf, check_bcc,
-    check_kernel_headers, check_daemon,
+    check_kernel_headers, check_compiled_loops, check_daemon,
 )
 
 

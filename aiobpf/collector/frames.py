@@ -13,10 +13,12 @@ Future, a custom awaitable): that object is returned as what the task awaits.
 from __future__ import annotations
 
 import struct
+from typing import cast
 
 from aiobpf.collector.memory import ReadFault
 from aiobpf.collector.model import Frame
 from aiobpf.collector.objects import DecodeError, Objects, field_reader, u64
+from aiobpf.collector.speedups import LevelLayout, known_level
 
 _Q = struct.Struct("<Q").unpack_from
 MAX_AWAIT_DEPTH = 1024     # coroutines awaiting coroutines
@@ -24,6 +26,7 @@ FRESH_READS = 3            # re-reads of a coroutine caught between two states
 _TORN = -2
 MAX_THREAD_FRAMES = 4096   # frames of one thread stack
 MAX_SIGNATURES = 1 << 16   # generator signatures remembered (a forged target has many)
+MAX_RELEARN_PASSES = 16    # compiled passes over one level's undecided objects, after the first
 
 _FRAME_KINDS = {"coroutine": "coroutine", "generator": "generator",
                 "async_generator": "async_generator"}
@@ -84,9 +87,10 @@ class Frames:
         # decoding it needs but the object it awaits: the frame of a generator seen
         # awaiting in that state at that instruction is shown for the next at once.
         # Its fields in the order of their offsets: one unpack_from(blob, offset).
-        self._signature = field_reader(sorted([(L["object.type"], "Q"), (self.o_state, "b"),
-                                               (self.o_iframe + self.f_code, "Q"),
-                                               (self.o_iframe + self.f_instr, "Q")]))
+        signature = sorted([(L["object.type"], "Q"), (self.o_state, "b"),
+                            (self.o_iframe + self.f_code, "Q"),
+                            (self.o_iframe + self.f_instr, "Q")])
+        self._signature = field_reader(signature)
         self._awaiting_at: dict[tuple[int, ...], Frame] = {}
         # Types whose instances end a chain (no frame, nothing wrapped: a Future, a
         # custom awaitable): one seen once is known for the rest of the snapshot.
@@ -97,6 +101,15 @@ class Frames:
         self.gen_span = self.o_iframe + self.frame_span + 128
         self.skip_owners = {L[k] for k in ("enum.FRAME_OWNED_BY_CSTACK",
                                            "enum.FRAME_OWNED_BY_INTERPRETER") if k in L}
+        base = self.o_iframe
+        self.level_layout = LevelLayout(
+            o_type=objs.o_type,
+            signature=tuple(v for off, code in signature for v in (off, int(code == "b"))),
+            sp_at=base + self.f_sp if self.f_sp is not None else -1,
+            stacktop_at=base + self.f_stacktop if self.f_stacktop is not None else -1,
+            locals_at=base + self.f_locals, back=8 * self.yf_depth, yf_depth=self.yf_depth,
+            span=self.gen_span, tag=self.ref_int_tag if self.ref_int_tag is not None else -1,
+            clear=self.ref_clear & 0xFFFF_FFFF_FFFF_FFFF)
 
     # -- single frames --------------------------------------------------------
     def _object_ref(self, bits: int) -> int:
@@ -227,61 +240,61 @@ class Frames:
     def _level(self, outs: list[Chain], objs: list[int], strict: bool
                ) -> tuple[list[Chain], list[int]]:
         """One step of each chain of ``outs`` (at ``objs``): the objects read with one
-        system call into one buffer and decoded in place.  Returns the chains that go
-        on and the objects they await next."""
-        span, base = self.gen_span, self.o_iframe
-        buf, offsets = self.mem.read_packed(objs, span)
-        next_outs: list[Chain] = []
-        next_objs: list[int] = []
-        go_on, go_to = next_outs.append, next_objs.append
-        awaiting_at, signature, ends = self._awaiting_at.get, self._signature, self._ends
-        o_type = self.objs.o_type
-        f_sp = self.f_sp
-        sp_at = base + (f_sp if f_sp is not None else 0)
-        locals_at = base + self.f_locals
-        back = 8 * self.yf_depth
-        tag, clear = self.ref_int_tag, self.ref_clear   # (an int is never == None)
-        for out, obj, off in zip(outs, objs, offsets, strict=True):
-            seen = out.seen
-            if obj in seen:
-                out.errors.append("await chain loops")
-                continue
-            seen.add(obj)
-            frame = awaiting_at(signature(buf, off)) if off >= 0 else None
-            if frame is not None and f_sp is not None:
-                # A generator awaiting where one was seen awaiting before: its frame is
-                # known, and what it awaits is on top of its value stack (3.14+).
-                out.frames.append(frame)
-                out.innermost_state = "suspended"
-                slot = _Q(buf, off + sp_at)[0] - back
-                if slot < obj + locals_at:
-                    continue
-                at = slot - obj
-                bits = _Q(buf, off + at)[0] if at + 8 <= span else self.mem.ptr(slot)
-                if bits & 3 == tag:
-                    continue
-                obj = bits & clear
-            elif off >= 0 and frame is None and _Q(buf, off + o_type)[0] in ends:
-                out.awaited = obj   # what the chain awaits: a future, say
-                continue
-            else:
-                blob = buf[off:off + span] if off >= 0 else None
-                try:
-                    if frame is not None and blob is not None:   # 3.11-3.13
-                        out.frames.append(frame)
-                        out.innermost_state = "suspended"
-                        obj = self._stack_top(obj + base, blob, base)
-                    else:
-                        obj = self._step(obj, blob if blob is not None else self._blob(obj), out)
-                except (DecodeError, ReadFault):
-                    if strict:
-                        raise
-                    out.unread = True
-                    continue
+        system call into one buffer and decoded in place (most of them by
+        ``speedups.known_level``, from what earlier objects taught).  Returns the chains
+        that go on and the objects they await next."""
+        buf, offsets = self.mem.read_packed(objs, self.gen_span)
+        going, next_objs, deferred = known_level(buf, offsets, objs, outs, self._awaiting_at,
+                                                 self._ends, self.level_layout)
+        next_outs = cast(list[Chain], going)
+        passes = MAX_RELEARN_PASSES
+        at = 0
+        while at < len(deferred):
+            i = deferred[at]
+            at += 1
+            known = len(self._awaiting_at) + len(self._ends)
+            obj = self._decode(outs[i], objs[i], buf, offsets[i], strict)
             if obj:
-                go_on(out)
-                go_to(obj)
+                next_outs.append(outs[i])
+                next_objs.append(obj)
+            if passes and at < len(deferred) and len(self._awaiting_at) + len(self._ends) > known:
+                # It taught something new (the first copy of a kind of frame in this
+                # level): the compiled loop may now decode the rest of the level.
+                passes -= 1
+                rest = deferred[at:]
+                more, more_objs, still = known_level(
+                    buf, [offsets[j] for j in rest], [objs[j] for j in rest],
+                    [outs[j] for j in rest], self._awaiting_at, self._ends, self.level_layout)
+                next_outs += cast(list[Chain], more)
+                next_objs += more_objs
+                deferred, at = [rest[k] for k in still], 0
         return next_outs, next_objs
+
+    def _decode(self, out: Chain, obj: int, buf: bytearray, off: int, strict: bool) -> int:
+        """One step of ``out`` at ``obj`` (its bytes at ``buf[off:]``, or not read when
+        ``off`` < 0); what it awaits next (0: the chain ends here).  A read that fails
+        raises when ``strict``, else marks the chain unread."""
+        if obj in out.seen:
+            out.errors.append("await chain loops")
+            return 0
+        out.seen.add(obj)
+        base, span = self.o_iframe, self.gen_span
+        try:
+            if off < 0:
+                return self._step(obj, self._blob(obj), out)
+            blob = buf[off:off + span]
+            frame = self._awaiting_at.get(self._signature(blob))
+            if frame is None:
+                return self._step(obj, blob, out)
+            # Seen awaiting before, with what it awaits beyond the bytes read.
+            out.frames.append(frame)
+            out.innermost_state = "suspended"
+            return self._stack_top(obj + base, blob, base)
+        except (DecodeError, ReadFault):
+            if strict:
+                raise
+            out.unread = True
+            return 0
 
     def _blob(self, obj: int) -> bytes:
         """The bytes of ``obj`` that ``_step`` decodes: its type, its frame state, its

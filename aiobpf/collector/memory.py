@@ -22,6 +22,8 @@ from array import array
 from collections.abc import Sequence
 from itertools import chain
 
+from aiobpf.collector.speedups import plan_runs
+
 PAGE = 4096
 _PAGE_MASK = ~(PAGE - 1)
 _IOV_MAX = 1024
@@ -241,30 +243,10 @@ class RemoteMemory:
         pages."""
         if size < 0 or size > MAX_READ:
             raise ReadFault(0, size)
-        offsets: list[int] = []
-        runs: list[tuple[int, int, int]] = []   # (start, end, index of its first object)
-        valid = bool(addrs) and min(addrs) > 0 and max(addrs) <= _MAX_ADDR - size
-        put = offsets.append
-        start, end, pos, limit = 0, 0, 0, -1
-        for addr in addrs:
-            stop = addr + size
-            if start <= addr and stop <= limit:
-                if stop > end:
-                    end = stop
-            elif valid or 0 < addr <= _MAX_ADDR - size:
-                if runs:   # the run before ends
-                    runs[-1] = (start, end, runs[-1][2])
-                pos += end - start
-                runs.append((addr, stop, len(offsets)))
-                start, end, limit = addr, stop, addr + RUN
-            else:
-                put(-1)
-                continue
-            put(pos + addr - start)
+        offsets, runs, total = plan_runs(addrs, size, RUN, _MAX_ADDR)
         if not runs:
             return bytearray(), offsets
-        runs[-1] = (start, end, runs[-1][2])
-        buf = bytearray(pos + end - start)
+        buf = bytearray(total)
         self._read_runs(buf, runs, addrs, offsets, size)
         return buf, offsets
 

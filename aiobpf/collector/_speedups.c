@@ -1,0 +1,415 @@
+/* The collector's two hottest loops, compiled: aiobpf.collector.speedups holds their
+ * Python reference (the same semantics, used when this module is not built, and the
+ * oracle of the differential tests).
+ *
+ * Both are pure functions of their arguments.  They make no system call and follow
+ * no pointer of the target: every byte they decode comes from a buffer that
+ * RemoteMemory.read_packed filled, and every position in it is checked against the
+ * buffer's length before it is read.  What the target wrote there is hostile.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Bumped with every change of what a function takes or returns; speedups.py checks it. */
+#define SPEEDUPS_ABI 1
+#ifndef SPEEDUPS_SOURCE
+#define SPEEDUPS_SOURCE ""   /* setup.py defines it: the SHA-256 of this file */
+#endif
+
+static PyObject *str_seen, *str_frames, *str_errors, *str_awaited, *str_state;
+static PyObject *str_suspended, *str_loops;
+
+static uint64_t
+load_u64(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;   /* x86-64 and the targets aiobpf reads are little-endian */
+}
+
+static int32_t
+load_i32(const unsigned char *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* An address from a Python int; 0 with no error set when it is not a u64 (it can be
+ * no valid address then either). */
+static uint64_t
+as_u64(PyObject *o)
+{
+    uint64_t v = PyLong_AsUnsignedLongLong(o);
+    if (v == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return v;
+}
+
+/* -- plan_runs ------------------------------------------------------------------ */
+
+/* Append a new reference (NULL: the error of making it) to list, and drop it. */
+static int
+append_new(PyObject *list, PyObject *item)
+{
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+/* Append the range (start, end, index of its first object) to runs. */
+static int
+close_run(PyObject *runs, uint64_t start, uint64_t end, Py_ssize_t first)
+{
+    return append_new(runs, Py_BuildValue("(KKn)", (unsigned long long)start,
+                                          (unsigned long long)end, first));
+}
+
+PyDoc_STRVAR(plan_runs_doc,
+"plan_runs(addrs, size, run, max_addr) -> (offsets, runs, total)\n\n"
+"RemoteMemory.read_packed's plan: see speedups.plan_runs_py.");
+
+static PyObject *
+plan_runs(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *addrs_in, *addrs = NULL, *offsets = NULL, *runs = NULL;
+    unsigned long long size, run, max_addr;
+    if (!PyArg_ParseTuple(args, "OKKK", &addrs_in, &size, &run, &max_addr))
+        return NULL;
+    if (size > max_addr)
+        return PyErr_Format(PyExc_ValueError, "size %llu too large", size);
+    addrs = PySequence_Fast(addrs_in, "addrs must be a sequence");
+    if (addrs == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(addrs);
+    PyObject **items = PySequence_Fast_ITEMS(addrs);
+    offsets = PyList_New(n);
+    runs = PyList_New(0);
+    if (offsets == NULL || runs == NULL)
+        goto fail;
+    uint64_t start = 0, end = 0, limit = 0, pos = 0, highest = max_addr - size;
+    Py_ssize_t first = -1;   /* index of the first object of the open run (-1: none) */
+    int open = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t addr = as_u64(items[i]);
+        uint64_t at;
+        int valid = addr > 0 && addr <= highest;
+        if (open && start <= addr && limit >= size && addr <= limit - size) {
+            if (addr + size > end)
+                end = addr + size;
+            at = pos + (addr - start);
+        } else if (valid) {
+            if (open) {   /* the run before ends */
+                if (close_run(runs, start, end, first) < 0)
+                    goto fail;
+                pos += end - start;
+            }
+            start = addr;
+            end = addr + size;
+            limit = run > UINT64_MAX - addr ? UINT64_MAX : addr + run;
+            first = i;
+            open = 1;
+            at = pos;
+        } else {
+            PyObject *m = PyLong_FromLong(-1);
+            if (m == NULL)
+                goto fail;
+            PyList_SET_ITEM(offsets, i, m);
+            continue;
+        }
+        PyObject *o = PyLong_FromUnsignedLongLong(at);
+        if (o == NULL)
+            goto fail;
+        PyList_SET_ITEM(offsets, i, o);
+    }
+    if (open) {
+        if (close_run(runs, start, end, first) < 0)
+            goto fail;
+        pos += end - start;
+    }
+    Py_DECREF(addrs);
+    return Py_BuildValue("(NNK)", offsets, runs, (unsigned long long)pos);
+fail:
+    Py_XDECREF(addrs);
+    Py_XDECREF(offsets);
+    Py_XDECREF(runs);
+    return NULL;
+}
+
+/* -- known_level ---------------------------------------------------------------- */
+
+/* Where a generator's fields are, from the layout (speedups.LevelLayout, as a tuple). */
+typedef struct {
+    Py_ssize_t o_type;
+    Py_ssize_t sig_off[4];
+    int sig_byte[4];         /* 1: a signed char (the frame state), 0: a u64 */
+    Py_ssize_t sp_at;        /* the frame's stack pointer (3.14+), or -1 */
+    Py_ssize_t stacktop_at;  /* the frame's stack top, an int (3.11-3.13), or -1 */
+    Py_ssize_t locals_at;    /* the first slot of the frame's locals */
+    unsigned long long back; /* bytes below the stack pointer of what it awaits */
+    Py_ssize_t yf_depth;
+    Py_ssize_t span;         /* bytes read of each object */
+    long long tag;           /* a tagged int's low bits (3.14+), or -1 */
+    unsigned long long clear;/* the mask that makes a stack ref a pointer */
+} LevelLayout;
+
+static int
+parse_layout(PyObject *t, LevelLayout *L)
+{
+    return PyArg_ParseTuple(t, "n(nininini)nnnKnnLK;layout", &L->o_type,
+                            &L->sig_off[0], &L->sig_byte[0], &L->sig_off[1], &L->sig_byte[1],
+                            &L->sig_off[2], &L->sig_byte[2], &L->sig_off[3], &L->sig_byte[3],
+                            &L->sp_at, &L->stacktop_at, &L->locals_at, &L->back,
+                            &L->yf_depth, &L->span, &L->tag, &L->clear);
+}
+
+/* The signature tuple of the object at buf[off:], as field_reader makes it; NULL with
+ * no error set when it does not fit the buffer. */
+static PyObject *
+signature(const LevelLayout *L, const unsigned char *buf, Py_ssize_t len, Py_ssize_t off)
+{
+    PyObject *sig = PyTuple_New(4);
+    if (sig == NULL)
+        return NULL;
+    for (int k = 0; k < 4; k++) {
+        Py_ssize_t at = off + L->sig_off[k];
+        PyObject *v;
+        if (L->sig_off[k] < 0 || at + (L->sig_byte[k] ? 1 : 8) > len) {
+            Py_DECREF(sig);
+            return NULL;
+        }
+        if (L->sig_byte[k])
+            v = PyLong_FromLong((signed char)buf[at]);
+        else
+            v = PyLong_FromUnsignedLongLong(load_u64(buf + at));
+        if (v == NULL) {
+            Py_DECREF(sig);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(sig, k, v);
+    }
+    return sig;
+}
+
+enum { DEFER = 0, END = 1, NEXT = 2 };
+
+/* What a generator awaiting in a known state awaits, from its bytes at buf[off:]:
+ * NEXT (*next set, 0: nothing), or DEFER when that is on the stack beyond the bytes
+ * read (the caller reads it). */
+static int
+stack_object(const LevelLayout *L, const unsigned char *buf, Py_ssize_t len,
+             Py_ssize_t off, uint64_t obj, uint64_t *next)
+{
+    *next = 0;
+    if (L->sp_at >= 0) {
+        if (off + L->sp_at + 8 > len)
+            return DEFER;
+        uint64_t sp = load_u64(buf + off + L->sp_at);
+        if (sp < L->back)
+            return NEXT;
+        uint64_t slot = sp - L->back;
+        /* slot < obj + locals_at, without overflow */
+        if (slot < obj || slot - obj < (uint64_t)L->locals_at)
+            return NEXT;
+        uint64_t at = slot - obj;
+        if (at > (uint64_t)L->span - 8 || off + (Py_ssize_t)at + 8 > len)
+            return DEFER;
+        uint64_t bits = load_u64(buf + off + at);
+        if (L->tag >= 0 && (long long)(bits & 3) == L->tag)
+            return NEXT;
+        *next = bits & L->clear;
+        return NEXT;
+    }
+    if (L->stacktop_at < 0 || off + L->stacktop_at + 4 > len)
+        return DEFER;
+    int32_t top = load_i32(buf + off + L->stacktop_at);
+    if (top < L->yf_depth || top > (1 << 20))
+        return NEXT;
+    Py_ssize_t at = L->locals_at + 8 * (Py_ssize_t)(top - L->yf_depth);
+    if (at + 8 > L->span || off + at + 8 > len)
+        return DEFER;
+    *next = load_u64(buf + off + at);
+    return NEXT;
+}
+
+static int
+append_attr(PyObject *out, PyObject *name, PyObject *item)
+{
+    PyObject *list = PyObject_GetAttr(out, name);
+    if (list == NULL)
+        return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(list);
+    return rc;
+}
+
+PyDoc_STRVAR(known_level_doc,
+"known_level(buf, offsets, objs, outs, awaiting_at, ends, layout)\n"
+"    -> (next_outs, next_objs, deferred)\n\n"
+"One level of await chains, for the objects decoded from what is known already:\n"
+"see speedups.known_level_py.");
+
+static PyObject *
+known_level(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer view;
+    PyObject *offsets_in, *objs_in, *outs_in, *awaiting_at, *ends, *layout;
+    PyObject *offsets = NULL, *objs = NULL, *outs = NULL;
+    PyObject *next_outs = NULL, *next_objs = NULL, *deferred = NULL;
+    LevelLayout L;
+    if (!PyArg_ParseTuple(args, "y*OOOO!O!O!", &view, &offsets_in, &objs_in, &outs_in,
+                          &PyDict_Type, &awaiting_at, &PySet_Type, &ends,
+                          &PyTuple_Type, &layout))
+        return NULL;
+    if (!parse_layout(layout, &L))
+        goto fail;
+    if (L.span < 8 || L.o_type < 0 || L.locals_at < 0) {
+        PyErr_SetString(PyExc_ValueError, "layout out of range");
+        goto fail;
+    }
+    offsets = PySequence_Fast(offsets_in, "offsets must be a sequence");
+    objs = offsets ? PySequence_Fast(objs_in, "objs must be a sequence") : NULL;
+    outs = objs ? PySequence_Fast(outs_in, "outs must be a sequence") : NULL;
+    if (outs == NULL)
+        goto fail;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(outs);
+    if (PySequence_Fast_GET_SIZE(objs) != n || PySequence_Fast_GET_SIZE(offsets) != n) {
+        PyErr_SetString(PyExc_ValueError, "offsets, objs and outs differ in length");
+        goto fail;
+    }
+    next_outs = PyList_New(0);
+    next_objs = PyList_New(0);
+    deferred = PyList_New(0);
+    if (next_outs == NULL || next_objs == NULL || deferred == NULL)
+        goto fail;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t len = view.len;
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *out = PySequence_Fast_GET_ITEM(outs, i);
+        PyObject *obj_o = PySequence_Fast_GET_ITEM(objs, i);
+        Py_ssize_t off = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(offsets, i));
+        if (off == -1 && PyErr_Occurred())
+            goto fail;
+        uint64_t obj = PyLong_AsUnsignedLongLong(obj_o);
+        int is_u64 = !(obj == (uint64_t)-1 && PyErr_Occurred());
+        if (!is_u64)
+            PyErr_Clear();
+        int action = DEFER;
+        uint64_t next = 0;
+        PyObject *frame = NULL;   /* borrowed from awaiting_at */
+        if (is_u64 && off >= 0 && off <= len - L.span) {
+            PyObject *sig = signature(&L, buf, len, off);
+            if (sig == NULL && PyErr_Occurred())
+                goto fail;
+            if (sig != NULL) {
+                frame = PyDict_GetItemWithError(awaiting_at, sig);
+                Py_DECREF(sig);
+                if (frame == NULL && PyErr_Occurred())
+                    goto fail;
+            }
+            if (frame != NULL) {
+                action = stack_object(&L, buf, len, off, obj, &next);
+            } else if (off + L.o_type + 8 <= len) {
+                PyObject *tp = PyLong_FromUnsignedLongLong(load_u64(buf + off + L.o_type));
+                if (tp == NULL)
+                    goto fail;
+                int end = PySet_Contains(ends, tp);
+                Py_DECREF(tp);
+                if (end < 0)
+                    goto fail;
+                if (end)
+                    action = END;
+            }
+        }
+        if (action == DEFER) {
+            if (append_new(deferred, PyLong_FromSsize_t(i)) < 0)
+                goto fail;
+            continue;
+        }
+        /* Decided: from here on ``out`` changes as Frames._level would change it. */
+        PyObject *seen = PyObject_GetAttr(out, str_seen);
+        if (seen == NULL)
+            goto fail;
+        int met = PySet_Contains(seen, obj_o);
+        if (met == 0)
+            met = PySet_Add(seen, obj_o) < 0 ? -1 : 0;
+        Py_DECREF(seen);
+        if (met < 0)
+            goto fail;
+        if (met) {
+            if (append_attr(out, str_errors, str_loops) < 0)
+                goto fail;
+            continue;
+        }
+        if (action == END) {
+            if (PyObject_SetAttr(out, str_awaited, obj_o) < 0)
+                goto fail;
+            continue;
+        }
+        Py_INCREF(frame);
+        int failed = append_attr(out, str_frames, frame) < 0
+                     || PyObject_SetAttr(out, str_state, str_suspended) < 0;
+        Py_DECREF(frame);
+        if (failed)
+            goto fail;
+        if (next && (append_new(next_objs, PyLong_FromUnsignedLongLong(next)) < 0
+                     || PyList_Append(next_outs, out) < 0))
+            goto fail;
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(offsets);
+    Py_DECREF(objs);
+    Py_DECREF(outs);
+    return Py_BuildValue("(NNN)", next_outs, next_objs, deferred);
+fail:
+    PyBuffer_Release(&view);
+    Py_XDECREF(offsets);
+    Py_XDECREF(objs);
+    Py_XDECREF(outs);
+    Py_XDECREF(next_outs);
+    Py_XDECREF(next_objs);
+    Py_XDECREF(deferred);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"plan_runs", plan_runs, METH_VARARGS, plan_runs_doc},
+    {"known_level", known_level, METH_VARARGS, known_level_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "aiobpf.collector._speedups",
+    "Compiled hot loops of the collector (reference: aiobpf.collector.speedups).",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(str_seen, "seen");
+    INTERN(str_frames, "frames");
+    INTERN(str_errors, "errors");
+    INTERN(str_awaited, "awaited");
+    INTERN(str_state, "innermost_state");
+    INTERN(str_suspended, "suspended");
+    INTERN(str_loops, "await chain loops");
+#undef INTERN
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "ABI", SPEEDUPS_ABI) < 0
+            || PyModule_AddStringConstant(m, "SOURCE", SPEEDUPS_SOURCE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,183 @@
+"""The collector's two hottest loops, in Python and compiled (``_speedups.c``).
+
+A read of a big target spends most of its time on two loops over every object:
+planning the ranges of a packed read (``memory.RemoteMemory.read_packed``) and
+stepping every await chain one object further (``frames.Frames._level``).  The C
+module does both ~10x faster; the Python functions here say what they do, run
+where the module is not built, and are the oracle the C is tested against
+(``tests/unit/test_speedups.py``, on generated buffers).
+
+Both are pure: they decode bytes already read and follow no pointer of the target.
+``AIOBPF_PURE_PYTHON=1`` in the environment makes aiobpf use the Python ones.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+_Q = struct.Struct("<Q").unpack_from
+_i = struct.Struct("<i").unpack_from
+_U64 = (1 << 64) - 1
+ABI = 1   # the C module's SPEEDUPS_ABI that this module's calls expect
+
+
+class ChainState(Protocol):
+    """What ``known_level`` changes of a chain (``frames.Chain``)."""
+
+    frames: list[Any]
+    errors: list[str]
+    seen: set[int]
+    awaited: int
+    innermost_state: str
+
+
+class LevelLayout(NamedTuple):
+    """Where a generator's fields are, counted from the object's start."""
+
+    o_type: int
+    signature: tuple[int, ...]   # (offset, 1 for a signed byte else 0 for a u64) x 4
+    sp_at: int         # the frame's stack pointer (3.14+), or -1
+    stacktop_at: int   # the frame's stack top, an int (3.11-3.13), or -1
+    locals_at: int     # the frame's first local
+    back: int          # bytes below the stack pointer of what the frame awaits
+    yf_depth: int      # slots below the stack top of what the frame awaits
+    span: int          # bytes read of each object
+    tag: int           # the low bits of a tagged int on the stack (3.14+), or -1
+    clear: int         # the mask that makes a stack reference a pointer
+
+
+def signature_of(layout: LevelLayout, buf: bytes | bytearray, off: int) -> tuple[int, ...]:
+    """The signature of the generator at ``buf[off:]``: its type, frame state, code and
+    instruction pointer, in the order of their offsets (``Frames._signature``)."""
+    sig = layout.signature
+    return tuple(struct.unpack_from("<b", buf, off + sig[k])[0] if sig[k + 1]
+                 else _Q(buf, off + sig[k])[0] for k in range(0, 8, 2))
+
+
+def plan_runs_py(addrs: Sequence[int], size: int, run: int, max_addr: int
+                 ) -> tuple[list[int], list[tuple[int, int, int]], int]:
+    """How ``read_packed`` reads ``size`` bytes at each of ``addrs``: (the offset of each
+    in the packed buffer, -1 for an address that cannot be read; the ranges read, as
+    (start, end, index of its first object); the buffer's length).
+
+    An object that starts after a range's start and ends within ``run`` bytes of it
+    is read with that range, so a batch of objects close together costs one range."""
+    offsets: list[int] = []
+    runs: list[tuple[int, int, int]] = []
+    put = offsets.append
+    start, end, pos, limit = 0, 0, 0, -1
+    highest = max_addr - size
+    for i, addr in enumerate(addrs):
+        stop = addr + size
+        if start <= addr and stop <= limit:
+            if stop > end:
+                end = stop
+        elif 0 < addr <= highest:
+            if runs:   # the run before ends
+                runs[-1] = (start, end, runs[-1][2])
+                pos += end - start
+            runs.append((addr, stop, i))
+            start, end, limit = addr, stop, addr + run
+        else:
+            put(-1)
+            continue
+        put(pos + addr - start)
+    if runs:
+        runs[-1] = (start, end, runs[-1][2])
+        pos += end - start
+    return offsets, runs, pos
+
+
+def _stack_object(layout: LevelLayout, buf: bytes | bytearray, off: int,
+                  obj: int) -> int | None:
+    """What a generator in a known awaiting state awaits (0: nothing); None when that
+    lies on its stack beyond the bytes read."""
+    span = layout.span
+    if layout.sp_at >= 0:
+        slot = _Q(buf, off + layout.sp_at)[0] - layout.back
+        if slot < obj + layout.locals_at:
+            return 0
+        at = slot - obj
+        if at + 8 > span:
+            return None
+        bits = _Q(buf, off + at)[0]
+        return 0 if bits & 3 == layout.tag else bits & layout.clear
+    top = _i(buf, off + layout.stacktop_at)[0]
+    if top < layout.yf_depth or top > 1 << 20:
+        return 0
+    at = layout.locals_at + 8 * (top - layout.yf_depth)
+    return _Q(buf, off + at)[0] if at + 8 <= span else None
+
+
+def known_level_py(buf: bytes | bytearray, offsets: Sequence[int], objs: Sequence[int],
+                   outs: Sequence[ChainState], awaiting_at: dict[tuple[int, ...], Any],
+                   ends: set[int], layout: LevelLayout
+                   ) -> tuple[list[ChainState], list[int], list[int]]:
+    """One step of each chain of ``outs`` at ``objs`` (read into ``buf`` at ``offsets``),
+    for the objects that what is known already decodes:
+
+    - a generator whose signature is in ``awaiting_at`` (seen awaiting before): its
+      frame is that one, and it awaits the object on top of its value stack;
+    - an object of a type in ``ends`` (no frame, nothing wrapped): the chain awaits it.
+
+    Returns (the chains that go on, the objects they await next, the indices of the
+    objects left undecided: ``Frames._level`` decodes those, and nothing of their
+    chains has been changed)."""
+    next_outs: list[ChainState] = []
+    next_objs: list[int] = []
+    deferred: list[int] = []
+    span = layout.span
+    for i, (out, obj, off) in enumerate(zip(outs, objs, offsets, strict=True)):
+        if off < 0 or off + span > len(buf) or not 0 <= obj <= _U64:
+            deferred.append(i)
+            continue
+        frame = awaiting_at.get(signature_of(layout, buf, off))
+        if frame is not None:
+            nxt = _stack_object(layout, buf, off, obj)
+            if nxt is None:
+                deferred.append(i)
+                continue
+        elif _Q(buf, off + layout.o_type)[0] not in ends:
+            deferred.append(i)
+            continue
+        if obj in out.seen:
+            out.errors.append("await chain loops")
+            continue
+        out.seen.add(obj)
+        if frame is None:
+            out.awaited = obj
+            continue
+        out.frames.append(frame)
+        out.innermost_state = "suspended"
+        if nxt:
+            next_outs.append(out)
+            next_objs.append(nxt)
+    return next_outs, next_objs, deferred
+
+
+def _compiled() -> tuple[Any, str]:
+    """The C module, or None and why not (not built, switched off, or built from
+    another source than the one beside it: a stale in-place build)."""
+    if os.environ.get("AIOBPF_PURE_PYTHON") == "1":
+        return None, "switched off (AIOBPF_PURE_PYTHON=1)"
+    try:
+        from aiobpf.collector import _speedups  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return None, f"not built ({exc}): run make provision"
+    source = Path(__file__).with_name("_speedups.c")
+    built_from = getattr(_speedups, "SOURCE", "")
+    if getattr(_speedups, "ABI", None) != ABI or (
+            source.is_file() and sha256(source.read_bytes()).hexdigest() != built_from):
+        return None, f"built from another source than {source.name}: run make provision"
+    return _speedups, ""
+
+
+_C, NOT_COMPILED = _compiled()
+COMPILED = _C is not None
+plan_runs = _C.plan_runs if _C is not None else plan_runs_py
+known_level = _C.known_level if _C is not None else known_level_py

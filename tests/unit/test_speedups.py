@@ -1,0 +1,199 @@
+"""The compiled loops (``aiobpf/collector/_speedups.c``) against their Python reference
+(``aiobpf.collector.speedups``), on generated input: hostile buffers, offsets past the
+end, addresses that are no address, stack pointers anywhere.  Same results, same
+changes to every chain, never a crash.
+
+The C module must be built here (``make provision`` builds it): a test that cannot
+load it fails."""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aiobpf.collector import speedups
+from aiobpf.collector.frames import Chain
+from aiobpf.collector.speedups import LevelLayout, known_level_py, plan_runs_py
+
+MAX_ADDR = 0x7FFF_FFFF_FFFF
+U64 = (1 << 64) - 1
+
+
+def compiled() -> Any:
+    """The C module; a failure (not a skip) when it is not built."""
+    if os.environ.get("AIOBPF_PURE_PYTHON") == "1":
+        pytest.fail("AIOBPF_PURE_PYTHON=1 is set: the compiled loops are not tested")
+    from aiobpf.collector import _speedups  # type: ignore[attr-defined]
+    assert _speedups.ABI == speedups.ABI, "the built module is older than its source"
+    assert speedups.COMPILED
+    return _speedups
+
+
+def test_the_compiled_module_is_built_and_used() -> None:
+    c = compiled()
+    assert speedups.plan_runs is c.plan_runs
+    assert speedups.known_level is c.known_level
+
+
+# -- plan_runs ---------------------------------------------------------------------
+addresses = st.one_of(
+    st.integers(0, MAX_ADDR + 10),
+    st.integers(0x5555_0000_0000, 0x5555_0000_4000),   # close together: runs form
+    st.sampled_from([-1, -(1 << 70), 1 << 64, (1 << 64) - 1, MAX_ADDR, MAX_ADDR - 8]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(addresses, max_size=60), st.integers(0, 5000), st.sampled_from([0, 16, 2048]))
+def test_plan_runs_matches_its_reference(addrs: list[int], size: int, run: int) -> None:
+    assert compiled().plan_runs(addrs, size, run, MAX_ADDR) == plan_runs_py(addrs, size, run,
+                                                                            MAX_ADDR)
+
+
+def test_plan_runs_packs_close_objects_into_one_range() -> None:
+    offsets, runs, total = compiled().plan_runs([1000, 1040, 0, 1020, 9000], 32, 2048, MAX_ADDR)
+    assert offsets == [0, 40, -1, 20, 72]
+    assert runs == [(1000, 1072, 0), (9000, 9032, 4)]
+    assert total == 72 + 32
+
+
+# -- known_level -------------------------------------------------------------------
+SPAN = 256
+TYPES = (0x1000, 0x2000, 0x3000)          # a coroutine type, a future type, another
+CODES = (0xC0DE00, 0xC0DE80)
+
+
+def layout(sp: bool, tag: int) -> LevelLayout:
+    """A generator as 3.14 (stack pointer, tagged refs) or 3.11-3.13 (stack top) lays it
+    out: type at 8, frame state (a byte) at 20, code at 64, instruction at 80."""
+    return LevelLayout(o_type=8, signature=(8, 0, 20, 1, 64, 0, 80, 0),
+                       sp_at=120 if sp else -1, stacktop_at=-1 if sp else 124,
+                       locals_at=136, back=8, yf_depth=1, span=SPAN, tag=tag,
+                       clear=U64 & ~3 if sp else U64)
+
+
+def put_signature(buf: bytearray, at: int, tp: int, state: int, code: int,
+                  instr: int) -> None:
+    struct.pack_into("<Q", buf, at + 8, tp)
+    struct.pack_into("<b", buf, at + 20, state)
+    struct.pack_into("<Q", buf, at + 64, code)
+    struct.pack_into("<Q", buf, at + 80, instr)
+
+
+def signature(buf: bytearray, at: int) -> tuple[int, ...]:
+    """The key ``awaiting_at`` holds, its fields in the order of their offsets."""
+    return (struct.unpack_from("<Q", buf, at + 8)[0], struct.unpack_from("<b", buf, at + 20)[0],
+            struct.unpack_from("<Q", buf, at + 64)[0], struct.unpack_from("<Q", buf, at + 80)[0])
+
+
+@st.composite
+def levels(draw: st.DrawFn) -> tuple[bytearray, list[int], list[int], list[Chain],
+                                      dict[tuple[int, ...], str], set[int], LevelLayout]:
+    lay = draw(st.sampled_from([layout(True, 1), layout(True, -1), layout(False, -1)]))
+    count = draw(st.integers(0, 12))
+    buf = bytearray(draw(st.binary(min_size=count * SPAN, max_size=count * SPAN + 40)))
+    # Mostly what a real read gives (valid objects at their offsets), some of everything.
+    objs = [draw(st.sampled_from([0x7F00_0000_0000 + 0x200 * i] * 6
+                                 + [0, 5, U64, -3, 0x7F00_0000_0000]))
+            for i in range(count)]
+    offsets = [draw(st.sampled_from([i * SPAN] * 8 + [-1, len(buf) - SPAN + 1, len(buf) + 100,
+                                                      i * SPAN + 3]))
+               for i in range(count)]
+    states = [-1, 0, 1, 2, 3]
+    known = {}
+    for i in range(count):
+        at = i * SPAN
+        kind = draw(st.sampled_from(["known"] * 4 + ["end", "random"]))
+        if kind == "random":
+            continue
+        if kind == "end":
+            struct.pack_into("<Q", buf, at + 8, draw(st.sampled_from(TYPES)))
+            continue
+        state = draw(st.sampled_from(states))
+        code = draw(st.sampled_from(CODES))
+        instr = draw(st.integers(0, 64))
+        struct.pack_into("<bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxQxxxxxxxxQ",
+                         buf, at + 20, state, code, instr)
+        if lay.sp_at >= 0:
+            obj = objs[i] if 0 <= objs[i] <= U64 else 0
+            slot = draw(st.one_of(st.integers(0, U64),
+                                  st.integers(obj + 100, obj + SPAN + 16).map(lambda v: v & U64),
+                                  st.integers(obj + 144, obj + SPAN).map(lambda v: v & U64)))
+            struct.pack_into("<Q", buf, at + lay.sp_at, slot)
+        else:
+            tops = [-5, 0, 1, 2, 14, 15, 16, 40, 1 << 20, (1 << 20) + 1]
+            struct.pack_into("<i", buf, at + lay.stacktop_at, draw(st.sampled_from(tops)))
+        known[signature(buf, at)] = None
+    awaiting_at = {sig: f"frame{n}" for n, sig in enumerate(known)
+                   if draw(st.sampled_from([True, True, True, False]))}
+    ends = set(draw(st.sets(st.sampled_from(TYPES))))
+    outs = [Chain() for _ in range(count)]
+    for out, obj in zip(outs, objs, strict=True):
+        if draw(st.sampled_from([False] * 5 + [True])):
+            out.seen.add(obj)   # the chain has met it: a loop
+    return buf, offsets, objs, outs, awaiting_at, ends, lay
+
+
+def _copy(chains: list[Chain]) -> list[Chain]:
+    copies = []
+    for chain in chains:
+        twin = Chain()
+        twin.seen = set(chain.seen)
+        copies.append(twin)
+    return copies
+
+
+def _state(chain: Chain) -> tuple:
+    return (chain.frames, chain.errors, chain.seen, chain.awaited, chain.innermost_state,
+            chain.unread)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(levels())
+def test_known_level_matches_its_reference(case: tuple) -> None:
+    buf, offsets, objs, outs, awaiting_at, ends, lay = case
+    theirs = _copy(outs)
+    got = compiled().known_level(buf, offsets, objs, outs, awaiting_at, ends, tuple(lay))
+    want = known_level_py(buf, offsets, objs, theirs, awaiting_at, ends, lay)
+    assert [outs.index(o) for o in got[0]] == [theirs.index(o) for o in want[0]]
+    assert got[1:] == want[1:]
+    assert [_state(o) for o in outs] == [_state(o) for o in theirs]
+
+
+def test_known_level_follows_a_known_generator_to_what_it_awaits() -> None:
+    lay = layout(True, 1)
+    obj, awaited = 0x7F00_0000_1000, 0x7F00_0000_9000
+    buf = bytearray(SPAN)
+    put_signature(buf, 0, TYPES[0], 3, CODES[0], 40)
+    struct.pack_into("<Q", buf, lay.sp_at, obj + 200 + 8)   # top of stack: slot at 200
+    struct.pack_into("<Q", buf, 200, awaited | 1)            # a reference, tag bit 1 ...
+    chain = Chain()
+    sig = signature(buf, 0)
+    args = (buf, [0], [obj], [chain], {sig: "frame"}, set(), tuple(lay))
+    going, nexts, deferred = compiled().known_level(*args)
+    # ... is the int tag here (tag 1): nothing is awaited through it.
+    assert (going, nexts, deferred) == ([], [], []) and chain.frames == ["frame"]
+    struct.pack_into("<Q", buf, 200, awaited | 2)            # a deferred reference
+    chain = Chain()
+    args = (buf, [0], [obj], [chain], {sig: "frame"}, set(), tuple(lay))
+    assert compiled().known_level(*args) == ([chain], [awaited], [])
+    assert chain.innermost_state == "suspended" and chain.seen == {obj}
+
+
+def test_known_level_refuses_a_short_buffer_and_bad_arguments() -> None:
+    c = compiled()
+    lay = tuple(layout(True, 1))
+    chain = Chain()
+    # The object's bytes would end past the buffer: left to the caller, untouched.
+    assert c.known_level(bytearray(SPAN - 1), [0], [0x1000], [chain], {}, {TYPES[0]},
+                         lay) == ([], [], [0])
+    assert chain.seen == set()
+    with pytest.raises(ValueError):
+        c.known_level(bytearray(SPAN), [0, 0], [1], [chain], {}, set(), lay)
+    with pytest.raises(TypeError):
+        c.known_level(bytearray(SPAN), [0], [1], [chain], {}, set(), lay[:-1])
