@@ -63,23 +63,58 @@ append_new(PyObject *list, PyObject *item)
     return rc;
 }
 
-/* Append the range (start, end, index of its first object) to runs. */
-static int
-close_run(PyObject *runs, uint64_t start, uint64_t end, Py_ssize_t first)
-{
-    return append_new(runs, Py_BuildValue("(KKn)", (unsigned long long)start,
-                                          (unsigned long long)end, first));
-}
-
 PyDoc_STRVAR(plan_runs_doc,
-"plan_runs(addrs, size, run, max_addr) -> (offsets, runs, total)\n\n"
+"plan_runs(addrs, size, run, max_addr) -> (offsets, iov, starts, firsts)\n\n"
 "RemoteMemory.read_packed's plan: see speedups.plan_runs_py.");
+
+typedef struct {
+    uint64_t start, end;
+    Py_ssize_t first;
+} Run;
+
+/* The plan as Python objects: (offsets, iov, starts, firsts) from the runs found. */
+static PyObject *
+plan_objects(PyObject *offsets, const Run *runs, Py_ssize_t nruns, Py_ssize_t naddrs)
+{
+    PyObject *iov = PyByteArray_FromStringAndSize(NULL, 16 * nruns);
+    PyObject *starts = PyList_New(nruns + 1);
+    PyObject *firsts = PyList_New(nruns + 1);
+    if (iov == NULL || starts == NULL || firsts == NULL)
+        goto fail;
+    uint64_t *pairs = (uint64_t *)PyByteArray_AS_STRING(iov);
+    uint64_t pos = 0;
+    for (Py_ssize_t r = 0; r <= nruns; r++) {
+        PyObject *at = PyLong_FromUnsignedLongLong(pos);
+        PyObject *first = PyLong_FromSsize_t(r < nruns ? runs[r].first : naddrs);
+        if (at == NULL || first == NULL) {
+            Py_XDECREF(at);
+            Py_XDECREF(first);
+            goto fail;
+        }
+        PyList_SET_ITEM(starts, r, at);
+        PyList_SET_ITEM(firsts, r, first);
+        if (r < nruns) {
+            uint64_t length = runs[r].end - runs[r].start;
+            memcpy(pairs + 2 * r, &runs[r].start, 8);
+            memcpy(pairs + 2 * r + 1, &length, 8);
+            pos += length;
+        }
+    }
+    Py_INCREF(offsets);
+    return Py_BuildValue("(NNNN)", offsets, iov, starts, firsts);
+fail:
+    Py_XDECREF(iov);
+    Py_XDECREF(starts);
+    Py_XDECREF(firsts);
+    return NULL;
+}
 
 static PyObject *
 plan_runs(PyObject *Py_UNUSED(self), PyObject *args)
 {
-    PyObject *addrs_in, *addrs = NULL, *offsets = NULL, *runs = NULL;
+    PyObject *addrs_in, *addrs = NULL, *offsets = NULL, *result = NULL;
     unsigned long long size, run, max_addr;
+    Run *runs = NULL;
     if (!PyArg_ParseTuple(args, "OKKK", &addrs_in, &size, &run, &max_addr))
         return NULL;
     if (size > max_addr)
@@ -90,56 +125,40 @@ plan_runs(PyObject *Py_UNUSED(self), PyObject *args)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(addrs);
     PyObject **items = PySequence_Fast_ITEMS(addrs);
     offsets = PyList_New(n);
-    runs = PyList_New(0);
-    if (offsets == NULL || runs == NULL)
-        goto fail;
-    uint64_t start = 0, end = 0, limit = 0, pos = 0, highest = max_addr - size;
-    Py_ssize_t first = -1;   /* index of the first object of the open run (-1: none) */
-    int open = 0;
+    runs = PyMem_Malloc(sizeof(Run) * (n ? n : 1));   /* at most one run per address */
+    if (offsets == NULL || runs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t nruns = 0;
+    uint64_t pos = 0, highest = max_addr - size;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t addr = as_u64(items[i]);
-        uint64_t at;
-        int valid = addr > 0 && addr <= highest;
-        if (open && start <= addr && limit >= size && addr <= limit - size) {
-            if (addr + size > end)
-                end = addr + size;
-            at = pos + (addr - start);
-        } else if (valid) {
-            if (open) {   /* the run before ends */
-                if (close_run(runs, start, end, first) < 0)
-                    goto fail;
-                pos += end - start;
-            }
-            start = addr;
-            end = addr + size;
-            limit = run > UINT64_MAX - addr ? UINT64_MAX : addr + run;
-            first = i;
-            open = 1;
-            at = pos;
-        } else {
-            PyObject *m = PyLong_FromLong(-1);
-            if (m == NULL)
-                goto fail;
-            PyList_SET_ITEM(offsets, i, m);
-            continue;
+        Run *open = nruns ? &runs[nruns - 1] : NULL;
+        uint64_t limit = open ? (run > UINT64_MAX - open->start ? UINT64_MAX
+                                                                 : open->start + run) : 0;
+        int64_t at = -1;
+        if (open && open->start <= addr && limit >= size && addr <= limit - size) {
+            if (addr + size > open->end)
+                open->end = addr + size;
+            at = (int64_t)(pos + (addr - open->start));
+        } else if (addr > 0 && addr <= highest) {
+            if (open)   /* the run before ends */
+                pos += open->end - open->start;
+            runs[nruns++] = (Run){addr, addr + size, i};
+            at = (int64_t)pos;
         }
-        PyObject *o = PyLong_FromUnsignedLongLong(at);
+        PyObject *o = PyLong_FromLongLong(at);
         if (o == NULL)
-            goto fail;
+            goto done;
         PyList_SET_ITEM(offsets, i, o);
     }
-    if (open) {
-        if (close_run(runs, start, end, first) < 0)
-            goto fail;
-        pos += end - start;
-    }
-    Py_DECREF(addrs);
-    return Py_BuildValue("(NNK)", offsets, runs, (unsigned long long)pos);
-fail:
+    result = plan_objects(offsets, runs, nruns, n);
+done:
+    PyMem_Free(runs);
     Py_XDECREF(addrs);
     Py_XDECREF(offsets);
-    Py_XDECREF(runs);
-    return NULL;
+    return result;
 }
 
 /* -- known_level ---------------------------------------------------------------- */

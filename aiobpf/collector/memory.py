@@ -19,8 +19,8 @@ import os
 import struct
 import time
 from array import array
+from bisect import bisect_right
 from collections.abc import Sequence
-from itertools import chain
 
 from aiobpf.collector.speedups import plan_runs
 
@@ -243,36 +243,29 @@ class RemoteMemory:
         pages."""
         if size < 0 or size > MAX_READ:
             raise ReadFault(0, size)
-        offsets, runs, total = plan_runs(addrs, size, RUN, _MAX_ADDR)
-        if not runs:
-            return bytearray(), offsets
-        buf = bytearray(total)
-        self._read_runs(buf, runs, addrs, offsets, size)
+        offsets, iov, starts, firsts = plan_runs(addrs, size, RUN, _MAX_ADDR)
+        buf = bytearray(starts[-1])
+        if buf:
+            self._read_runs(buf, iov, starts, firsts, addrs, offsets, size)
         return buf, offsets
 
-    def _read_runs(self, buf: bytearray, runs: list[tuple[int, int, int]], addrs: Sequence[int],
-                   offsets: list[int], size: int) -> None:
-        """The runs into ``buf``, back to back, up to 1024 per system call.
-        process_vm_readv stops at the first range that faults: the objects of that run
-        are read alone (at most one call each; -1 in ``offsets`` for those that fault),
-        then the runs after it again together."""
-        bounds = [(start, end) for start, end, _ in runs]
-        first = [r[2] for r in runs] + [len(addrs)]
-        at = 0   # buffer position of run lo
+    def _read_runs(self, buf: bytearray, iov: bytearray, starts: list[int], firsts: list[int],
+                   addrs: Sequence[int], offsets: list[int], size: int) -> None:
+        """The ranges of a plan (``speedups.plan_runs``) into ``buf``, up to 1024 per
+        system call.  process_vm_readv stops at the first range that faults: the objects
+        of that range are read alone (at most one call each; -1 in ``offsets`` for those
+        that fault), then the ranges after it again together."""
+        runs = len(starts) - 1
         lo = 0
-        while lo < len(runs):
-            chunk = bounds[lo:lo + _IOV_MAX]
-            got = self._readv_into(buf, at, chunk)
-            for start, end in chunk:
-                if got < end - start:
-                    break
-                got -= end - start
-                at += end - start
-                lo += 1
-            else:
+        while lo < runs:
+            hi = min(lo + _IOV_MAX, runs)
+            got = self._readv_into(buf, starts[lo], iov, lo, hi)
+            if got == starts[hi] - starts[lo]:
+                lo = hi
                 continue
-            # Run lo faulted: each of its objects alone.
-            for i in range(first[lo], first[lo + 1]):
+            # The range holding the first byte not read faulted: each of its objects alone.
+            bad = bisect_right(starts, starts[lo] + got) - 1
+            for i in range(firsts[bad], firsts[bad + 1]):
                 if offsets[i] < 0:
                     continue
                 data = self._read_one_or_none(addrs[i], size)
@@ -280,39 +273,36 @@ class RemoteMemory:
                     offsets[i] = -1
                 else:
                     buf[offsets[i]:offsets[i] + size] = data
-            start, end = bounds[lo]
-            at += end - start
-            lo += 1
+            lo = bad + 1
 
-    def _readv_into(self, buf: bytearray, at: int, ranges: Sequence[tuple[int, int]]) -> int:
-        """Bytes read of ``ranges`` ((start, end) pairs) into ``buf`` from ``at`` on, with
+    def _readv_into(self, buf: bytearray, at: int, iov: bytearray, lo: int, hi: int) -> int:
+        """Bytes read of the ranges ``lo:hi`` of ``iov`` into ``buf`` from ``at`` on, with
         one system call; they stop at the first range that faults."""
-        total = sum(end - start for start, end in ranges)
+        pairs = memoryview(iov)[16 * lo:16 * hi].cast("Q")
+        total = sum(pairs[1::2])
         self._check(total)
-        if not total:
-            return 0
         if _process_vm_readv is None:
-            return self._mem_into(buf, at, ranges)
+            return self._mem_into(buf, at, pairs)
         local = array("Q", (ctypes.addressof(ctypes.c_char.from_buffer(buf, at)), total))
-        remote = array("Q", chain.from_iterable((start, end - start) for start, end in ranges))
         self.syscalls += 1
-        got = _process_vm_readv(self.pid, local.buffer_info()[0], 1, remote.buffer_info()[0],
-                                len(ranges), 0)
+        got = _process_vm_readv(self.pid, local.buffer_info()[0], 1,
+                                ctypes.addressof(ctypes.c_char.from_buffer(iov, 16 * lo)),
+                                hi - lo, 0)
         if got < 0:
             err = ctypes.get_errno()
             if err == errno.ENOSYS:
-                return self._mem_into(buf, at, ranges)
+                return self._mem_into(buf, at, pairs)
             if err != errno.EFAULT:
-                self._raise(err, ranges[0][0], ranges[0][1] - ranges[0][0])
+                self._raise(err, pairs[0], pairs[1])
             got = 0
         self.bytes_read += got
         return int(got)
 
-    def _mem_into(self, buf: bytearray, at: int, ranges: Sequence[tuple[int, int]]) -> int:
-        """``_readv_into`` through /proc/PID/mem."""
+    def _mem_into(self, buf: bytearray, at: int, pairs: memoryview) -> int:
+        """``_readv_into`` through /proc/PID/mem (``pairs``: start, length, ...)."""
         done = 0
-        for start, end in ranges:
-            data = self._read_mem(start, end - start)
+        for k in range(0, len(pairs), 2):
+            data = self._read_mem(pairs[k], pairs[k + 1])
             if data is None:
                 break
             buf[at + done:at + done + len(data)] = data

@@ -59,38 +59,43 @@ def signature_of(layout: LevelLayout, buf: bytes | bytearray, off: int) -> tuple
                  else _Q(buf, off + sig[k])[0] for k in range(0, 8, 2))
 
 
-def plan_runs_py(addrs: Sequence[int], size: int, run: int, max_addr: int
-                 ) -> tuple[list[int], list[tuple[int, int, int]], int]:
-    """How ``read_packed`` reads ``size`` bytes at each of ``addrs``: (the offset of each
-    in the packed buffer, -1 for an address that cannot be read; the ranges read, as
-    (start, end, index of its first object); the buffer's length).
+class Plan(NamedTuple):
+    """How ``read_packed`` reads ``size`` bytes at each of a list of addresses."""
 
-    An object that starts after a range's start and ends within ``run`` bytes of it
-    is read with that range, so a batch of objects close together costs one range."""
+    offsets: list[int]   # where each object's bytes are in the packed buffer (-1: unread)
+    iov: bytearray       # the ranges read, as (start, length) u64 pairs: struct iovec
+    starts: list[int]    # where each range's bytes are in the buffer; last: its length
+    firsts: list[int]    # the index of each range's first object; last: len(addrs)
+
+
+def plan_runs_py(addrs: Sequence[int], size: int, run: int, max_addr: int) -> Plan:
+    """The plan of a packed read of ``size`` bytes at each of ``addrs`` (an address
+    that cannot be read gets offset -1).  An object that starts after a range's start
+    and ends within ``run`` bytes of it is read with that range, so a batch of objects
+    close together costs one range."""
     offsets: list[int] = []
-    runs: list[tuple[int, int, int]] = []
-    put = offsets.append
-    start, end, pos, limit = 0, 0, 0, -1
+    runs: list[list[int]] = []   # [start, end, index of the first object]
+    pos = 0
     highest = max_addr - size
     for i, addr in enumerate(addrs):
-        stop = addr + size
-        if start <= addr and stop <= limit:
-            if stop > end:
-                end = stop
+        last = runs[-1] if runs else None
+        if last is not None and last[0] <= addr and addr + size <= last[0] + run:
+            last[1] = max(last[1], addr + size)
+            offsets.append(pos + addr - last[0])
         elif 0 < addr <= highest:
-            if runs:   # the run before ends
-                runs[-1] = (start, end, runs[-1][2])
-                pos += end - start
-            runs.append((addr, stop, i))
-            start, end, limit = addr, stop, addr + run
+            if last is not None:   # the run before ends
+                pos += last[1] - last[0]
+            runs.append([addr, addr + size, i])
+            offsets.append(pos)
         else:
-            put(-1)
-            continue
-        put(pos + addr - start)
-    if runs:
-        runs[-1] = (start, end, runs[-1][2])
-        pos += end - start
-    return offsets, runs, pos
+            offsets.append(-1)
+    iov = bytearray(16 * len(runs))
+    starts, at = [], 0
+    for r, (start, end, _) in enumerate(runs):
+        struct.pack_into("<QQ", iov, 16 * r, start, end - start)
+        starts.append(at)
+        at += end - start
+    return Plan(offsets, iov, [*starts, at], [r[2] for r in runs] + [len(addrs)])
 
 
 def _stack_object(layout: LevelLayout, buf: bytes | bytearray, off: int,

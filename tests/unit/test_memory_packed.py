@@ -7,6 +7,9 @@ import ctypes
 import mmap
 import os
 
+import pytest
+
+from aiobpf.collector import memory
 from aiobpf.collector.memory import RUN, RemoteMemory
 
 PAGE = mmap.PAGESIZE
@@ -54,3 +57,20 @@ def test_nothing_to_read() -> None:
     mem = RemoteMemory(os.getpid())
     assert mem.read_packed([], 8) == (bytearray(), [])
     assert mem.read_packed([0, -5], 8)[1] == [-1, -1]
+
+
+def test_without_process_vm_readv_the_same_bytes_come_from_proc_mem(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels without process_vm_readv (ENOSYS): /proc/PID/mem, range by range."""
+    area, base = _pages(3)
+    unmapped = mmap.mmap(-1, PAGE)
+    hole = ctypes.addressof(ctypes.c_char.from_buffer(unmapped))
+    unmapped.close()   # its address is no longer mapped
+    addrs = [base + 16, base + PAGE + 50, hole + 8, base + 2 * PAGE + 8, base + 200]
+    fast = RemoteMemory(os.getpid())
+    want = fast.read_many(addrs, 24)
+    assert want[2] is None and want[0] == area[16:40]
+    monkeypatch.setattr(memory, "_process_vm_readv", None)
+    slow = RemoteMemory(os.getpid())
+    assert slow.read_many(addrs, 24) == want
+    slow.close()

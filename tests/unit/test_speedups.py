@@ -56,10 +56,12 @@ def test_plan_runs_matches_its_reference(addrs: list[int], size: int, run: int) 
 
 
 def test_plan_runs_packs_close_objects_into_one_range() -> None:
-    offsets, runs, total = compiled().plan_runs([1000, 1040, 0, 1020, 9000], 32, 2048, MAX_ADDR)
+    offsets, iov, starts, firsts = compiled().plan_runs([1000, 1040, 0, 1020, 9000], 32, 2048,
+                                                        MAX_ADDR)
     assert offsets == [0, 40, -1, 20, 72]
-    assert runs == [(1000, 1072, 0), (9000, 9032, 4)]
-    assert total == 72 + 32
+    assert struct.unpack("<4Q", iov) == (1000, 72, 9000, 32)
+    assert starts == [0, 72, 104]
+    assert firsts == [0, 4, 5]
 
 
 # -- known_level -------------------------------------------------------------------
