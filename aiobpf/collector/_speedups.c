@@ -188,25 +188,32 @@ parse_layout(PyObject *t, LevelLayout *L)
                             &L->yf_depth, &L->span, &L->tag, &L->clear);
 }
 
-/* The signature tuple of the object at buf[off:], as field_reader makes it; NULL with
- * no error set when it does not fit the buffer. */
+/* The signature fields of the object at buf[off:] (a signed byte sign-extended); 0 when
+ * they do not fit the buffer. */
+static int
+signature_fields(const LevelLayout *L, const unsigned char *buf, Py_ssize_t len,
+                 Py_ssize_t off, uint64_t fields[4])
+{
+    for (int k = 0; k < 4; k++) {
+        Py_ssize_t at = off + L->sig_off[k];
+        if (L->sig_off[k] < 0 || at + (L->sig_byte[k] ? 1 : 8) > len)
+            return 0;
+        fields[k] = L->sig_byte[k] ? (uint64_t)(int64_t)(signed char)buf[at]
+                                   : load_u64(buf + at);
+    }
+    return 1;
+}
+
+/* The signature tuple, as field_reader makes it (the key of awaiting_at). */
 static PyObject *
-signature(const LevelLayout *L, const unsigned char *buf, Py_ssize_t len, Py_ssize_t off)
+signature_tuple(const LevelLayout *L, const uint64_t fields[4])
 {
     PyObject *sig = PyTuple_New(4);
     if (sig == NULL)
         return NULL;
     for (int k = 0; k < 4; k++) {
-        Py_ssize_t at = off + L->sig_off[k];
-        PyObject *v;
-        if (L->sig_off[k] < 0 || at + (L->sig_byte[k] ? 1 : 8) > len) {
-            Py_DECREF(sig);
-            return NULL;
-        }
-        if (L->sig_byte[k])
-            v = PyLong_FromLong((signed char)buf[at]);
-        else
-            v = PyLong_FromUnsignedLongLong(load_u64(buf + at));
+        PyObject *v = L->sig_byte[k] ? PyLong_FromLongLong((int64_t)fields[k])
+                                     : PyLong_FromUnsignedLongLong(fields[k]);
         if (v == NULL) {
             Py_DECREF(sig);
             return NULL;
@@ -214,6 +221,59 @@ signature(const LevelLayout *L, const unsigned char *buf, Py_ssize_t len, Py_ssi
         PyTuple_SET_ITEM(sig, k, v);
     }
     return sig;
+}
+
+/* What one call has looked up already: neighbours in a level are mostly alike (tasks
+ * parked at the same place), and awaiting_at and ends do not change during a call. */
+typedef struct {
+    int have_sig;
+    uint64_t sig[4];
+    PyObject *frame;     /* a new reference, or NULL: not in awaiting_at */
+    int have_type;
+    uint64_t type;
+    int type_ends;
+} Memo;
+
+/* The frame awaiting_at holds for these fields (borrowed from the memo), or NULL (-1 on
+ * an error). */
+static int
+known_frame(const LevelLayout *L, PyObject *awaiting_at, Memo *memo, const uint64_t f[4],
+            PyObject **frame)
+{
+    if (!memo->have_sig || memcmp(memo->sig, f, sizeof memo->sig) != 0) {
+        PyObject *sig = signature_tuple(L, f);
+        if (sig == NULL)
+            return -1;
+        PyObject *found = PyDict_GetItemWithError(awaiting_at, sig);
+        Py_DECREF(sig);
+        if (found == NULL && PyErr_Occurred())
+            return -1;
+        Py_XINCREF(found);
+        Py_XSETREF(memo->frame, found);
+        memcpy(memo->sig, f, sizeof memo->sig);
+        memo->have_sig = 1;
+    }
+    *frame = memo->frame;
+    return 0;
+}
+
+/* Whether ``type`` is in ends (-1 on an error). */
+static int
+ends_with(PyObject *ends, Memo *memo, uint64_t type)
+{
+    if (!memo->have_type || memo->type != type) {
+        PyObject *tp = PyLong_FromUnsignedLongLong(type);
+        if (tp == NULL)
+            return -1;
+        int found = PySet_Contains(ends, tp);
+        Py_DECREF(tp);
+        if (found < 0)
+            return -1;
+        memo->type_ends = found;
+        memo->type = type;
+        memo->have_type = 1;
+    }
+    return memo->type_ends;
 }
 
 enum { DEFER = 0, END = 1, NEXT = 2 };
@@ -282,6 +342,7 @@ known_level(PyObject *Py_UNUSED(self), PyObject *args)
     PyObject *offsets = NULL, *objs = NULL, *outs = NULL;
     PyObject *next_outs = NULL, *next_objs = NULL, *deferred = NULL;
     LevelLayout L;
+    Memo memo = {0};
     if (!PyArg_ParseTuple(args, "y*OOOO!O!O!", &view, &offsets_in, &objs_in, &outs_in,
                           &PyDict_Type, &awaiting_at, &PySet_Type, &ends,
                           &PyTuple_Type, &layout))
@@ -322,25 +383,16 @@ known_level(PyObject *Py_UNUSED(self), PyObject *args)
             PyErr_Clear();
         int action = DEFER;
         uint64_t next = 0;
-        PyObject *frame = NULL;   /* borrowed from awaiting_at */
+        PyObject *frame = NULL;   /* borrowed from the memo */
         if (is_u64 && off >= 0 && off <= len - L.span) {
-            PyObject *sig = signature(&L, buf, len, off);
-            if (sig == NULL && PyErr_Occurred())
+            uint64_t fields[4];
+            if (signature_fields(&L, buf, len, off, fields)
+                    && known_frame(&L, awaiting_at, &memo, fields, &frame) < 0)
                 goto fail;
-            if (sig != NULL) {
-                frame = PyDict_GetItemWithError(awaiting_at, sig);
-                Py_DECREF(sig);
-                if (frame == NULL && PyErr_Occurred())
-                    goto fail;
-            }
             if (frame != NULL) {
                 action = stack_object(&L, buf, len, off, obj, &next);
             } else if (off + L.o_type + 8 <= len) {
-                PyObject *tp = PyLong_FromUnsignedLongLong(load_u64(buf + off + L.o_type));
-                if (tp == NULL)
-                    goto fail;
-                int end = PySet_Contains(ends, tp);
-                Py_DECREF(tp);
+                int end = ends_with(ends, &memo, load_u64(buf + off + L.o_type));
                 if (end < 0)
                     goto fail;
                 if (end)
@@ -372,23 +424,22 @@ known_level(PyObject *Py_UNUSED(self), PyObject *args)
                 goto fail;
             continue;
         }
-        Py_INCREF(frame);
-        int failed = append_attr(out, str_frames, frame) < 0
-                     || PyObject_SetAttr(out, str_state, str_suspended) < 0;
-        Py_DECREF(frame);
-        if (failed)
+        if (append_attr(out, str_frames, frame) < 0
+                || PyObject_SetAttr(out, str_state, str_suspended) < 0)
             goto fail;
         if (next && (append_new(next_objs, PyLong_FromUnsignedLongLong(next)) < 0
                      || PyList_Append(next_outs, out) < 0))
             goto fail;
     }
     PyBuffer_Release(&view);
+    Py_XDECREF(memo.frame);
     Py_DECREF(offsets);
     Py_DECREF(objs);
     Py_DECREF(outs);
     return Py_BuildValue("(NNN)", next_outs, next_objs, deferred);
 fail:
     PyBuffer_Release(&view);
+    Py_XDECREF(memo.frame);
     Py_XDECREF(offsets);
     Py_XDECREF(objs);
     Py_XDECREF(outs);

@@ -110,17 +110,17 @@ def levels(draw: st.DrawFn) -> tuple[bytearray, list[int], list[int], list[Chain
     known = {}
     for i in range(count):
         at = i * SPAN
-        kind = draw(st.sampled_from(["known"] * 4 + ["end", "random"]))
+        kind = draw(st.sampled_from(["known"] * 4 + ["same"] * 2 + ["end", "random"]))
         if kind == "random":
             continue
         if kind == "end":
             struct.pack_into("<Q", buf, at + 8, draw(st.sampled_from(TYPES)))
             continue
-        state = draw(st.sampled_from(states))
-        code = draw(st.sampled_from(CODES))
-        instr = draw(st.integers(0, 64))
-        struct.pack_into("<bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxQxxxxxxxxQ",
-                         buf, at + 20, state, code, instr)
+        if kind == "same" and i:   # as the object before it (neighbours are mostly alike)
+            buf[at:at + 96] = buf[at - SPAN:at - SPAN + 96]
+        else:
+            put_signature(buf, at, draw(st.sampled_from(TYPES)), draw(st.sampled_from(states)),
+                          draw(st.sampled_from(CODES)), draw(st.integers(0, 64)))
         if lay.sp_at >= 0:
             obj = objs[i] if 0 <= objs[i] <= U64 else 0
             slot = draw(st.one_of(st.integers(0, U64),
