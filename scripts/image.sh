@@ -70,12 +70,13 @@ base() {
 }
 
 # The build's inputs: the Dockerfile, .dockerignore, this script and the sources of its COPY
-# instructions (files, or directories without __pycache__).
+# instructions (files, or directories without __pycache__ and built modules).
 inputs() {
   local sources
   sources=$(sed -n 's/^COPY \(.*\) [^ ]*$/\1/p' Dockerfile | tr ' ' '\n' | sort -u)
   # shellcheck disable=SC2086  # one path per word
-  find Dockerfile .dockerignore scripts/image.sh $sources -type f ! -path '*/__pycache__/*' -print0 | sort -z
+  find Dockerfile .dockerignore scripts/image.sh $sources -type f ! -path '*/__pycache__/*' ! -name '*.so' \
+    -print0 | sort -z
 }
 
 name() {

@@ -1,8 +1,8 @@
-/* The collector's two hottest loops, compiled: aiobpf.collector.speedups holds their
+/* The collector's hottest loops, compiled: aiobpf.collector.speedups holds their
  * Python reference (the same semantics, used when this module is not built, and the
  * oracle of the differential tests).
  *
- * Both are pure functions of their arguments.  They make no system call and follow
+ * All are pure functions of their arguments.  They make no system call and follow
  * no pointer of the target: every byte they decode comes from a buffer that
  * RemoteMemory.read_packed filled, and every position in it is checked against the
  * buffer's length before it is read.  What the target wrote there is hostile.
@@ -13,7 +13,7 @@
 #include <string.h>
 
 /* Bumped with every change of what a function takes or returns; speedups.py checks it. */
-#define SPEEDUPS_ABI 1
+#define SPEEDUPS_ABI 2
 #ifndef SPEEDUPS_SOURCE
 #define SPEEDUPS_SOURCE ""   /* setup.py defines it: the SHA-256 of this file */
 #endif
@@ -257,15 +257,16 @@ known_frame(const LevelLayout *L, PyObject *awaiting_at, Memo *memo, const uint6
     return 0;
 }
 
-/* Whether ``type`` is in ends (-1 on an error). */
+/* Whether ``type`` is in the set ``types`` (always the same one for one memo; -1 on an
+ * error). */
 static int
-ends_with(PyObject *ends, Memo *memo, uint64_t type)
+type_in(PyObject *types, Memo *memo, uint64_t type)
 {
     if (!memo->have_type || memo->type != type) {
         PyObject *tp = PyLong_FromUnsignedLongLong(type);
         if (tp == NULL)
             return -1;
-        int found = PySet_Contains(ends, tp);
+        int found = PySet_Contains(types, tp);
         Py_DECREF(tp);
         if (found < 0)
             return -1;
@@ -392,7 +393,7 @@ known_level(PyObject *Py_UNUSED(self), PyObject *args)
             if (frame != NULL) {
                 action = stack_object(&L, buf, len, off, obj, &next);
             } else if (off + L.o_type + 8 <= len) {
-                int end = ends_with(ends, &memo, load_u64(buf + off + L.o_type));
+                int end = type_in(ends, &memo, load_u64(buf + off + L.o_type));
                 if (end < 0)
                     goto fail;
                 if (end)
@@ -449,9 +450,75 @@ fail:
     return NULL;
 }
 
+/* -- short_ascii ---------------------------------------------------------------- */
+
+PyDoc_STRVAR(short_ascii_doc,
+"short_ascii(buf, offsets, layout, str_types) -> list of str or None\n\n"
+"The text of each short ASCII str whose head is in buf: see speedups.short_ascii_py.");
+
+static PyObject *
+short_ascii(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer view;
+    PyObject *offsets_in, *layout, *str_types, *offsets = NULL, *out = NULL;
+    Py_ssize_t o_type, u_len, u_state, ascii_size, peek;
+    unsigned long long mask, bits;
+    Memo memo = {0};
+    if (!PyArg_ParseTuple(args, "y*OO!O!", &view, &offsets_in, &PyTuple_Type, &layout,
+                          &PySet_Type, &str_types))
+        return NULL;
+    if (!PyArg_ParseTuple(layout, "nnnKKnn;layout", &o_type, &u_len, &u_state, &mask, &bits,
+                          &ascii_size, &peek))
+        goto done;
+    if (o_type < 0 || u_len < 0 || u_state < 0 || ascii_size < 0 || o_type + 8 > peek
+            || u_len + 8 > peek || u_state + 4 > peek || ascii_size > peek) {
+        PyErr_SetString(PyExc_ValueError, "layout out of range");
+        goto done;
+    }
+    offsets = PySequence_Fast(offsets_in, "offsets must be a sequence");
+    if (offsets == NULL)
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(offsets);
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    const unsigned char *buf = view.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t off = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(offsets, i));
+        if (off == -1 && PyErr_Occurred())
+            goto fail;
+        PyObject *text = NULL;
+        if (off >= 0 && off <= view.len - peek) {
+            const unsigned char *head = buf + off;
+            int is_str = type_in(str_types, &memo, load_u64(head + o_type));
+            if (is_str < 0)
+                goto fail;
+            int64_t length = (int64_t)load_u64(head + u_len);
+            uint32_t state;
+            memcpy(&state, head + u_state, 4);
+            if (is_str && (state & mask) == bits && length >= 0 && length <= peek - ascii_size) {
+                text = PyUnicode_DecodeLatin1((const char *)head + ascii_size, length, NULL);
+                if (text == NULL)
+                    goto fail;
+            }
+        }
+        if (text == NULL)
+            text = Py_NewRef(Py_None);
+        PyList_SET_ITEM(out, i, text);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&view);
+    Py_XDECREF(offsets);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"plan_runs", plan_runs, METH_VARARGS, plan_runs_doc},
     {"known_level", known_level, METH_VARARGS, known_level_doc},
+    {"short_ascii", short_ascii, METH_VARARGS, short_ascii_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -17,11 +17,13 @@ from typing import Any
 from aiobpf.collector.layouts import Layout
 from aiobpf.collector.linetable import LineTable, decode
 from aiobpf.collector.memory import ReadFault, RemoteMemory
+from aiobpf.collector.speedups import StrLayout, short_ascii
 
 MAX_STR = 1 << 16          # characters decoded from one str (names, paths)
 MAX_SEQ = 1 << 27          # items in one tuple/list
 MAX_LOG2_TABLE = 23        # dict/set hash table size (8M slots: sets of 4M tasks)
 MAX_TYPE_NAME = 256
+MAX_STR_TYPES = 64         # static types named "str" remembered (CPython has one)
 
 _Q = struct.Struct("<Q")
 _q = struct.Struct("<q")
@@ -123,9 +125,12 @@ class Objects:
         self._u_ascii_size = L["unicode.ascii_size"]
         self._u_compact_size = L["unicode.compact_size"]
         self.str_peek = self._u_compact_size + 48   # bytes of a str that hold a short one
-        # The state bits of a compact ASCII str (kind 1): what short_ascii decodes.
+        # The state bits of a compact ASCII str (kind 1): what short_names decodes.
         self._ascii_mask = (7 << self._u_kind) | (1 << self._u_compact) | (1 << self._u_ascii)
         self._ascii_bits = (1 << self._u_kind) | (1 << self._u_compact) | (1 << self._u_ascii)
+        self._str_layout = StrLayout(self.o_type, self._u_len, self._u_state, self._ascii_mask,
+                                     self._ascii_bits, self._u_ascii_size, self.str_peek)
+        self._str_types: set[int] = set()   # types known to be str (one; a forged few)
 
     def clear(self) -> None:
         """Forget what was read: objects may be freed and their addresses reused."""
@@ -133,6 +138,7 @@ class Objects:
         self._strs.clear()
         self._types.clear()
         self._kinds.clear()
+        self._str_types.clear()
 
     # -- types ------------------------------------------------------------
     def type_of(self, obj: int) -> int:
@@ -166,6 +172,8 @@ class Objects:
             info = self.type_info(tp)
             kind = "" if info.is_heap else info.name
             _keep(self._kinds, tp, kind)
+            if kind == "str" and len(self._str_types) < MAX_STR_TYPES:
+                self._str_types.add(tp)
         return kind
 
     def is_subtype(self, tp: int, name: str, depth: int = 64) -> bool:
@@ -230,18 +238,11 @@ class Objects:
             _keep(self._strs, addr, text)
         return text
 
-    def short_ascii(self, buf: bytes | bytearray, at: int, peek: int) -> str | None:
-        """The str whose first ``peek`` bytes are ``buf[at:]`` when it is an exact str
-        whose ASCII text those bytes hold whole (a short name); else None (``str_``
-        decodes it).  The same text as ``str_``, without a call per field."""
-        if self._kinds.get(_Q.unpack_from(buf, at + self.o_type)[0]) != "str":
-            return None
-        length = _q.unpack_from(buf, at + self._u_len)[0]
-        state = _I.unpack_from(buf, at + self._u_state)[0]
-        start = at + self._u_ascii_size
-        if state & self._ascii_mask != self._ascii_bits or not 0 <= length <= peek - start + at:
-            return None
-        return buf[start:start + length].decode("latin-1")
+    def short_names(self, buf: bytes | bytearray, offsets: Sequence[int]) -> list[str | None]:
+        """The text of each str whose first ``str_peek`` bytes are at ``buf[offsets[i]:]``
+        when it is an exact str whose ASCII text those bytes hold whole (a short name);
+        else None (``str_`` decodes it).  The same text as ``str_``."""
+        return short_ascii(buf, offsets, self._str_layout, self._str_types)
 
     def int_(self, addr: int) -> int:
         L = self.layout.values

@@ -1,13 +1,14 @@
-"""The collector's two hottest loops, in Python and compiled (``_speedups.c``).
+"""The collector's hottest loops, in Python and compiled (``_speedups.c``).
 
-A read of a big target spends most of its time on two loops over every object:
-planning the ranges of a packed read (``memory.RemoteMemory.read_packed``) and
-stepping every await chain one object further (``frames.Frames._level``).  The C
-module does both ~10x faster; the Python functions here say what they do, run
-where the module is not built, and are the oracle the C is tested against
-(``tests/unit/test_speedups.py``, on generated buffers).
+A read of a big target spends most of its time in loops over every object: planning
+the ranges of a packed read (``memory.RemoteMemory.read_packed``), stepping every await
+chain one object further (``frames.Frames._level``) and decoding task names
+(``objects.Objects.short_names``).  The C module does them several times faster; the
+Python functions here say what they do, run where the module is not built, and are the
+oracle the C is tested against (``tests/unit/test_speedups.py``, on generated buffers;
+``tests/integration/test_speedups.py``, on real processes).
 
-Both are pure: they decode bytes already read and follow no pointer of the target.
+All are pure: they decode bytes already read and follow no pointer of the target.
 ``AIOBPF_PURE_PYTHON=1`` in the environment makes aiobpf use the Python ones.
 """
 
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 _Q = struct.Struct("<Q").unpack_from
 _i = struct.Struct("<i").unpack_from
 _U64 = (1 << 64) - 1
-ABI = 1   # the C module's SPEEDUPS_ABI that this module's calls expect
+ABI = 2   # the C module's SPEEDUPS_ABI that this module's calls expect
 
 
 class ChainState(Protocol):
@@ -165,6 +166,37 @@ def known_level_py(buf: bytes | bytearray, offsets: Sequence[int], objs: Sequenc
     return next_outs, next_objs, deferred
 
 
+class StrLayout(NamedTuple):
+    """Where a str object's fields are, and what its state says of a compact ASCII one."""
+
+    o_type: int
+    length: int        # ob_size: characters
+    state: int         # the state bit field (a u32)
+    ascii_mask: int    # state bits that say kind, compact and ascii
+    ascii_bits: int    # their values for a compact ASCII str
+    ascii_size: int    # where a compact ASCII str's text starts
+    peek: int          # bytes read of each str
+
+
+def short_ascii_py(buf: bytes | bytearray, offsets: Sequence[int], layout: StrLayout,
+                   str_types: set[int]) -> list[str | None]:
+    """The text of each str whose first ``peek`` bytes are at ``buf[offsets[i]:]`` when
+    it is of a type in ``str_types`` and compact ASCII with its text within those bytes;
+    else None (the caller decodes it the long way).  Bytes that are not ASCII despite
+    the flags are taken as Latin-1, one character each."""
+    out: list[str | None] = []
+    peek, start = layout.peek, layout.ascii_size
+    for at in offsets:
+        text = None
+        if 0 <= at <= len(buf) - peek and _Q(buf, at + layout.o_type)[0] in str_types:
+            length = struct.unpack_from("<q", buf, at + layout.length)[0]
+            state = struct.unpack_from("<I", buf, at + layout.state)[0]
+            if state & layout.ascii_mask == layout.ascii_bits and 0 <= length <= peek - start:
+                text = buf[at + start:at + start + length].decode("latin-1")
+        out.append(text)
+    return out
+
+
 def _compiled() -> tuple[Any, str]:
     """The C module, or None and why not (not built, switched off, or built from
     another source than the one beside it: a stale in-place build)."""
@@ -186,3 +218,4 @@ _C, NOT_COMPILED = _compiled()
 COMPILED = _C is not None
 plan_runs = _C.plan_runs if _C is not None else plan_runs_py
 known_level = _C.known_level if _C is not None else known_level_py
+short_ascii = _C.short_ascii if _C is not None else short_ascii_py

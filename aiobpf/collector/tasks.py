@@ -187,12 +187,12 @@ def name_tasks(objs: Objects, raws: list[RawTask]) -> list[RawTask]:
     peek = objs.str_peek
     heads, offsets = objs.mem.read_packed([raw.name_obj for raw in raws], peek)
     failed = []
-    short = objs.short_ascii
-    for raw, at in zip(raws, offsets, strict=True):
+    for raw, name, at in zip(raws, objs.short_names(heads, offsets), offsets, strict=True):
+        if name is not None:
+            raw.name = name
+            continue
         try:
-            name = short(heads, at, peek) if at >= 0 else None
-            raw.name = (name if name is not None else
-                        task_name(objs, raw.name_obj, heads[at:at + peek] if at >= 0 else None))
+            raw.name = task_name(objs, raw.name_obj, heads[at:at + peek] if at >= 0 else None)
         except (DecodeError, ReadFault):
             failed.append(raw)
     return failed

@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 
 from aiobpf.collector import speedups
 from aiobpf.collector.frames import Chain
-from aiobpf.collector.speedups import LevelLayout, known_level_py, plan_runs_py
+from aiobpf.collector.speedups import (
+    LevelLayout,
+    StrLayout,
+    known_level_py,
+    plan_runs_py,
+    short_ascii_py,
+)
 
 MAX_ADDR = 0x7FFF_FFFF_FFFF
 U64 = (1 << 64) - 1
@@ -38,6 +44,7 @@ def test_the_compiled_module_is_built_and_used() -> None:
     c = compiled()
     assert speedups.plan_runs is c.plan_runs
     assert speedups.known_level is c.known_level
+    assert speedups.short_ascii is c.short_ascii
 
 
 # -- plan_runs ---------------------------------------------------------------------
@@ -199,3 +206,45 @@ def test_known_level_refuses_a_short_buffer_and_bad_arguments() -> None:
         c.known_level(bytearray(SPAN), [0, 0], [1], [chain], {}, set(), lay)
     with pytest.raises(TypeError):
         c.known_level(bytearray(SPAN), [0], [1], [chain], {}, set(), lay[:-1])
+
+
+# -- short_ascii -------------------------------------------------------------------
+STR = StrLayout(o_type=8, length=16, state=32, ascii_mask=(7 << 2) | (1 << 5) | (1 << 6),
+                ascii_bits=(1 << 2) | (1 << 5) | (1 << 6), ascii_size=40, peek=88)
+STR_TYPE, OTHER_TYPE = 0xAA00, 0xBB00
+
+
+@st.composite
+def str_heads(draw: st.DrawFn) -> tuple[bytearray, list[int]]:
+    count = draw(st.integers(0, 10))
+    buf = bytearray(draw(st.binary(min_size=count * STR.peek, max_size=count * STR.peek + 30)))
+    for i in range(count):
+        at = i * STR.peek
+        struct.pack_into("<Q", buf, at + STR.o_type,
+                         draw(st.sampled_from([STR_TYPE] * 4 + [OTHER_TYPE])))
+        struct.pack_into("<q", buf, at + STR.length,
+                         draw(st.sampled_from([0, 1, 5, 47, 48, 49, -1, 1 << 40])))
+        state = draw(st.sampled_from([STR.ascii_bits] * 4 + [0, STR.ascii_bits | 1,
+                                                              STR.ascii_bits ^ (1 << 6)]))
+        struct.pack_into("<I", buf, at + STR.state, state)
+    offsets = [draw(st.sampled_from([i * STR.peek] * 6 + [-1, len(buf) - STR.peek + 1]))
+               for i in range(count)]
+    return buf, offsets
+
+
+@settings(max_examples=400, deadline=None)
+@given(str_heads())
+def test_short_ascii_matches_its_reference(case: tuple[bytearray, list[int]]) -> None:
+    buf, offsets = case
+    got = compiled().short_ascii(buf, offsets, tuple(STR), {STR_TYPE})
+    assert got == short_ascii_py(buf, offsets, STR, {STR_TYPE})
+
+
+def test_short_ascii_reads_a_compact_ascii_name_and_leaves_the_rest() -> None:
+    buf = bytearray(2 * STR.peek)
+    for i, (tp, text) in enumerate([(STR_TYPE, b"leaf-7\xff"), (OTHER_TYPE, b"x")]):
+        struct.pack_into("<QqI", buf, i * STR.peek + 8, tp, len(text), 0)
+        struct.pack_into("<I", buf, i * STR.peek + STR.state, STR.ascii_bits)
+        buf[i * STR.peek + STR.ascii_size:i * STR.peek + STR.ascii_size + len(text)] = text
+    got = compiled().short_ascii(buf, [0, STR.peek, -1], tuple(STR), {STR_TYPE})
+    assert got == ["leaf-7\xff", None, None]   # a byte that is not ASCII: Latin-1
