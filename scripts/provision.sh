@@ -40,9 +40,11 @@ die() { echo "provision: FAILED: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and links kernel headers)"
 
 # -- 1. Debian packages ---------------------------------------------------------
-# gcc, libc6-dev and python3-dev build aiobpf's compiled loops (setup.py; the container
-# removes them again once it is built).
-PACKAGES=(python3 python3-venv python3-bpfcc ca-certificates gcc libc6-dev python3-dev)
+PACKAGES=(python3 python3-venv python3-bpfcc ca-certificates)
+# What builds aiobpf's compiled loops (setup.py).  A container gets them in the step that
+# builds aiobpf and loses them at its end: one image layer, without a compiler.
+BUILD_PACKAGES=(gcc libc6-dev python3-dev)
+[ "$CONTAINER" = 0 ] || [ "$PACKAGES_ONLY" = 0 ] && PACKAGES+=("${BUILD_PACKAGES[@]}")
 # A shell on the host: the tools the README's commands use.
 [ "$CONTAINER" = 0 ] && PACKAGES+=(python3-pip bpftool make git)
 # The test interpreters: debootstrap for the sid and bullseye roots; python3.11-dbg
@@ -79,6 +81,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
+  # An image keeps no downloaded .deb files.
+  [ "$CONTAINER" = 1 ] && apt-get clean
   say "installed: ${missing[*]}"
 else
   say "ok: packages ${PACKAGES[*]}"
@@ -138,8 +142,14 @@ fi
 say "ok: aiobpf's compiled loops (aiobpf/collector/_speedups.c) are built"
 if [ "$CONTAINER" = 1 ]; then
   # The image keeps the built module, not the compiler.
-  DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq --auto-remove gcc libc6-dev python3-dev >/dev/null
-  say "removed: the compiler and headers the build needed (gcc, libc6-dev, python3-dev)"
+  # Nothing was installed for its Recommends or Suggests (--no-install-recommends), so
+  # what those alone keep (binutils, which python3.11 suggests) came with the compiler.
+  DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq --auto-remove \
+    -o APT::AutoRemove::RecommendsImportant=false -o APT::AutoRemove::SuggestsImportant=false \
+    "${BUILD_PACKAGES[@]}" >/dev/null
+  apt-get clean
+  rm -rf /var/lib/apt/lists/*
+  say "removed: what the build needed (${BUILD_PACKAGES[*]})"
 fi
 "$VENV/bin/python" -c "import bcc, elftools, prometheus_client, yaml, bcrypt$TEST_MODULES" \
   || die "the venv cannot import bcc, pyelftools, prometheus_client, yaml, bcrypt$TEST_MODULES"

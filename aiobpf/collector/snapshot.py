@@ -81,6 +81,8 @@ def order_tasks(tasks: list[Task], thread_order: list[int], *, by_name: bool) ->
     """Threads in the interpreter's order (newest first, as 3.15's own tool lists them),
     tasks of no known thread last; within a thread, creation order where the interpreter
     keeps it (3.14+ lists), else by name ("Task-2" before "Task-10")."""
+    if not by_name and len({task.thread_id for task in tasks}) <= 1:
+        return list(tasks)   # one thread: the order read is the order
     rank = {tid: i for i, tid in enumerate(thread_order)}
     last = len(rank)
 
@@ -335,9 +337,10 @@ class _Read:
         del pairs
         # An awaiter that finished while the snapshot was taken awaits nothing any more.
         ids = {t.id for t in found}
-        for task in found:
-            if any(a.is_task and a.id not in ids for a in task.awaited_by):
-                task.awaited_by = [a for a in task.awaited_by if not a.is_task or a.id in ids]
+        gone = {a.id for t in found for a in t.awaited_by if a.is_task} - ids
+        for task in found if gone else ():
+            if any(a.is_task and a.id in gone for a in task.awaited_by):
+                task.awaited_by = [a for a in task.awaited_by if not a.is_task or a.id not in gone]
         shown = [Thread(ts.native_id, ts.thread_id, self._interp_id(ts.interp),
                         ts.running_loop, ts.running_task) for ts in threads]
         if sink is None:

@@ -251,11 +251,24 @@ def test_daemonset_in_a_container(tmp_path: Path, image: Image, public: Path) ->
         for pid in pids:
             check_pstree(pid, deployment.socket)
         check_refused(host.pid, deployment.socket)
+        check_compiled_without_compiler(deployment.daemon.name)
 
         # stopped as Kubernetes stops it: SIGTERM, a forced kill after the grace period
         stopped = stop_and_check(deployment)
         print(f"\nstarted in {started:.1f} s; stopped by SIGTERM in {stopped:.1f} s; "
               f"test {time.monotonic() - t0:.1f} s")
+
+
+def check_compiled_without_compiler(name: str) -> None:
+    """The image runs aiobpf's compiled loops, and holds no compiler (the build step
+    removed what it needed)."""
+    doctor = podman("exec", name, "/opt/aiobpf/.venv/bin/aiobpf", "doctor", "--json",
+                    check=False)
+    check = next(c for c in json.loads(doctor.stdout) if c["name"] == "compiled loops")
+    assert check["status"] == "ok", check
+    found = podman("exec", name, "sh", "-c", "command -v gcc cc || ls /usr/include/python3*",
+                   check=False)
+    assert found.returncode != 0, found.stdout
 
 
 @contextmanager
