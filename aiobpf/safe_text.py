@@ -69,10 +69,21 @@ def _escape_char(char: str) -> str:
 def escape(text: str) -> str:
     """``text`` valid and printable: nothing in it moves a cursor, ends a line or
     changes how the rest is shown (see the module's rule)."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text      # the common case, without valid()'s search for surrogates
     text = valid(text)
     if text.isprintable() and "\\" not in text:
         return text
     return "".join(c if c.isprintable() and c != "\\" else _escape_char(c) for c in text)
+
+
+def escape_all(texts: list[str]) -> list[str]:
+    """``escape`` of each of ``texts`` (a new list), in one scan of them all when none
+    needs it: printable ASCII without a backslash, as most names are."""
+    joined = "".join(texts)
+    if joined.isascii() and joined.isprintable() and "\\" not in joined:
+        return list(texts)
+    return [escape(text) for text in texts]
 
 
 def bound(text: str, limit: int) -> str:

@@ -8,7 +8,6 @@ a terminal could act on (and lone surrogates) written as ``\\uNNNN`` escapes."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from itertools import islice
 
 from aiobpf import errors
 from aiobpf.collector.model import Snapshot
@@ -29,12 +28,13 @@ def render(snapshot: Snapshot, fmt: str) -> Iterator[str]:
     require_tasks(snapshot)
     if fmt == "tree":
         try:
-            lines = text.iter_tree(snapshot)
+            batches = text.tree_batches(snapshot)
         except text.CycleFound as exc:
             raise errors.AwaitCycleError(exc.lines) from None
-        # Written a thousand lines at a time: a million tasks make five million.
-        while chunk := list(islice(lines, 1000)):
-            yield "\n".join(chunk) + "\n"
+        # Written about a thousand lines at a time: a million tasks make five million.
+        for batch in batches:
+            batch.append("")         # the last line's end, without copying the text again
+            yield "\n".join(batch)
         return
     rows = text.table_rows(snapshot, marks=fmt == "table")   # CSV: names only
     yield text.render_table(rows) if fmt == "table" else text.render_csv(rows)

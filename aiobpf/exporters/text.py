@@ -24,15 +24,17 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator
+from itertools import chain
 
-from aiobpf.collector.model import Frame, Snapshot, Task
-from aiobpf.exporters.await_graph import cycles_of
-from aiobpf.safe_text import escape
+from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
+from aiobpf.exporters.await_graph import cycles_among
+from aiobpf.safe_text import escape, escape_all
 
 TASK_MARK = "(T)"
 FUTURE_MARK = "(F)"
 RUNNING_MARK = "[running]"   # the task was stepping when it was read (its stack may move)
 PARTIAL_MARK = "[partial]"   # part of the task could not be read (JSON says why)
+_TASK_HEAD = TASK_MARK + " "
 
 
 def task_label(task: Task) -> str:
@@ -82,99 +84,174 @@ def tree_lines(snapshot: Snapshot) -> list[str]:
 def iter_tree(snapshot: Snapshot) -> Iterator[str]:
     """The pstree lines, produced as they are printed (a million tasks make five
     million lines); raises CycleFound at once, before the first line."""
+    return chain.from_iterable(tree_batches(snapshot))
+
+
+def tree_batches(snapshot: Snapshot, size: int = 1000) -> Iterator[list[str]]:
+    """The pstree lines in lists of about ``size`` (whole stacks: a list may be a few
+    lines longer), cheaper to write than one line at a time; raises CycleFound at
+    once, before the first list."""
     tasks = snapshot.tasks
-    by_id = {t.id: t for t in tasks}
-    cycles = cycles_of(snapshot)
-    if cycles:
-        lines = ["cycle: " + " → ".join(escape(by_id[tid].name) if tid in by_id else hex(tid)
-                                         for tid in c) for c in cycles]
-        raise CycleFound(cycles, lines)
-
-    # Nodes: the tasks (numbered as in `tasks`), then awaiters that are not pending
-    # tasks, then the frames of tasks that await others (the awaited tasks hang under
-    # their innermost frame, shared as 3.14 shares it).  The frames of a task that
-    # awaits nothing have no children: they are printed straight from the task.
-    labels: list[str] = [f"{TASK_MARK} {task_label(t)}" for t in tasks]
-    children: list[list[int] | None] = [None] * len(tasks)
     index = {t.id: i for i, t in enumerate(tasks)}
-    other_node: dict[int, int] = {}
-    hook: dict[int, int] = {}              # awaiting task -> node of its innermost frame
-    task_edges: set[tuple[int, int]] = set()
-    is_child = bytearray(len(tasks))
+    frame_text = _FrameText()
+    nodes = _Nodes(tasks, index, frame_text)
+    cycles = cycles_among(tasks, index, nodes.hook)
+    if cycles:
+        lines = ["cycle: " + " → ".join(escape(tasks[index[tid]].name) if tid in index
+                                         else hex(tid) for tid in c) for c in cycles]
+        raise CycleFound(cycles, lines)
+    return _render(nodes.roots(), nodes.labels, nodes.children, nodes.stacks(),
+                   frame_text, size)
 
-    def new_node(label: str) -> int:
-        labels.append(label)
-        children.append(None)
-        return len(labels) - 1
 
-    def add(parent: int, child: int) -> None:
-        kids = children[parent]
-        if kids is None:
-            kids = children[parent] = []
-        kids.append(child)
+class _Nodes:
+    """The nodes of the tree: the tasks (numbered as in ``tasks``), then awaiters that
+    are not pending tasks, then the frames of tasks that await others (the awaited
+    tasks hang under their innermost frame, shared as 3.14 shares it).  The frames of
+    a task that awaits nothing have no children: they are printed straight from it."""
 
-    def hang_frames(task: Task) -> int:
-        cur = index[task.id]
-        for frame in task.frames:
-            node = new_node(format_frame(frame))
-            add(cur, node)
+    def __init__(self, tasks: list[Task], index: dict[int, int],
+                 frame_text: _FrameText) -> None:
+        self._tasks, self._index, self._frame_text = tasks, index, frame_text
+        self.labels = _task_labels(tasks)
+        self.children: list[list[int] | None] = [None] * len(tasks)
+        self.hook: dict[int, int] = {}     # awaiting task -> node of its innermost frame
+        self._hooked: dict[int, list[int]] = {}   # the same -> that node's children
+        self._other: dict[int, int] = {}   # awaiter that is not a pending task -> node
+        hooked = self._hooked
+        for i, task in enumerate(tasks):
+            awaiters = task.awaited_by
+            if not awaiters:
+                continue
+            # Most tasks: awaited by one task only, whose frames hang there already.
+            if len(awaiters) == 1 and awaiters[0].is_task:
+                kids = hooked.get(awaiters[0].id)
+                if kids is not None:
+                    kids.append(i)
+                    continue
+            # Else each node it hangs under once (a task may list an awaiter twice).
+            for parent in dict.fromkeys([self._node_of(a) for a in awaiters]):
+                self._add(parent, i)
+
+    def roots(self) -> list[int]:
+        """The tasks that nothing awaits, in task order, then the other awaiters."""
+        return ([i for i, task in enumerate(self._tasks) if not task.awaited_by]
+                + list(self._other.values()))
+
+    def stacks(self) -> list[list[Frame] | None]:
+        """Per task, the frames printed straight under it: those of a task that awaits
+        no task (the others' frames are nodes, ``hook``); None for the others."""
+        hook = self.hook
+        return [None if task.id in hook else task.frames for task in self._tasks]
+
+    def _node_of(self, awaiter: Awaiter) -> int:
+        """The node its awaitees hang under, made on first sight."""
+        i = self._index.get(awaiter.id, -1) if awaiter.is_task else -1
+        if i >= 0:
+            node = self.hook.get(awaiter.id, -1)
+            if node < 0:
+                node = self.hook[awaiter.id] = self._hang_frames(i)
+                kids = self.children[node]
+                if kids is None:
+                    kids = self.children[node] = []
+                self._hooked[awaiter.id] = kids
+            return node
+        node = self._other.get(awaiter.id, -1)
+        if node < 0:
+            what = escape(awaiter.type_name) if not awaiter.is_task else "Task (not pending)"
+            node = self._other[awaiter.id] = self._new_node(
+                f"{FUTURE_MARK} {what} {awaiter.id:#x}")
+        return node
+
+    def _hang_frames(self, i: int) -> int:
+        """Task ``i``'s frames as a chain of nodes under it; the innermost one."""
+        cur = i
+        for frame in self._tasks[i].frames:
+            node = self._new_node(self._frame_text(frame))
+            self._add(cur, node)
             cur = node
         return cur
 
-    for i, task in enumerate(tasks):
-        for awaiter in task.awaited_by:
-            parent_task = by_id.get(awaiter.id) if awaiter.is_task else None
-            if parent_task is not None:
-                cur = hook.get(awaiter.id, -1)
-                if cur < 0:
-                    cur = hook[awaiter.id] = hang_frames(parent_task)
-            else:
-                cur = other_node.get(awaiter.id, -1)
-                if cur < 0:
-                    what = (escape(awaiter.type_name) if not awaiter.is_task
-                            else "Task (not pending)")
-                    cur = other_node[awaiter.id] = new_node(
-                        f"{FUTURE_MARK} {what} {awaiter.id:#x}")
-            if (cur, i) not in task_edges:
-                task_edges.add((cur, i))
-                add(cur, i)
-                is_child[i] = 1
+    def _new_node(self, label: str) -> int:
+        self.labels.append(label)
+        self.children.append(None)
+        return len(self.labels) - 1
 
-    roots = [i for i in range(len(tasks)) if not is_child[i]] + list(other_node.values())
-    return _render(roots, labels, children, tasks, hook)
+    def _add(self, parent: int, child: int) -> None:
+        kids = self.children[parent]
+        if kids is None:
+            self.children[parent] = [child]
+        else:
+            kids.append(child)
+
+
+def _task_labels(tasks: list[Task]) -> list[str]:
+    """The label of each task's node; the names are escaped all at once."""
+    names = escape_all([t.name for t in tasks])
+    return [_TASK_HEAD + name if t.state != "running" and not t.errors
+            else _TASK_HEAD + task_label(t) for t, name in zip(tasks, names, strict=True)]
+
+
+class _FrameText:
+    """``format_frame`` of each frame, computed once per Frame object: the collector
+    shares one Frame between the tasks parked at the same place.  Keyed by identity (a
+    Frame's own hash is Python code); the caller keeps the frames alive meanwhile."""
+
+    def __init__(self) -> None:
+        self._text: dict[int, str] = {}
+
+    def __call__(self, frame: Frame) -> str:
+        text = self._text.get(id(frame))
+        if text is None:
+            text = self._text[id(frame)] = format_frame(frame)
+        return text
+
+
+def _stack_lines(inner: str, frames: list[Frame], frame_text: _FrameText) -> list[str]:
+    """The lines of a task's frames, one under the other, below prefix ``inner``."""
+    lines = []
+    for frame in frames:
+        lines.append(inner + "└── " + frame_text(frame))
+        inner += "    "
+    return lines
 
 
 def _render(roots: list[int], labels: list[str], children: list[list[int] | None],
-            tasks: list[Task], hook: dict[int, int]) -> Iterator[str]:
-    n_tasks = len(tasks)
-    # Frames are shared by many tasks: each is escaped once (by identity: a Frame's own
-    # hash is Python code, and the snapshot keeps every frame alive while it renders).
-    shown: dict[int, str] = {}
+            stacks: list[list[Frame] | None], frame_text: _FrameText,
+            size: int) -> Iterator[list[str]]:
+    """Depth first, iteratively; each entry of the to-do list carries the text before
+    a node's label and the prefix of the lines under it, computed once for all siblings.
+
+    Siblings share that prefix and, in a big process, often their frames too (a
+    thousand workers parked at the same line): the lines of the last stack drawn are
+    given again while both match (frames that compare equal print the same text)."""
+    n_tasks = len(stacks)
+    out: list[str] = []
+    last_inner, last_frames, last_lines = "", list[Frame](), list[str]()
     for root in roots:
-        todo: list[tuple[int, str, bool]] = [(root, "", True)]
+        todo: list[tuple[int, str, str]] = [(root, "└── ", "    ")]
         pop, push = todo.pop, todo.append
         while todo:
-            node, prefix, last = pop()
-            if last:
-                yield prefix + "└── " + labels[node]
-                inner = prefix + "    "
-            else:
-                yield prefix + "├── " + labels[node]
-                inner = prefix + "│   "
-            if node < n_tasks and tasks[node].id not in hook:
-                # A task that awaits no other task: its frames, one under the other.
-                for frame in tasks[node].frames:
-                    text = shown.get(id(frame))
-                    if text is None:
-                        text = shown[id(frame)] = format_frame(frame)
-                    yield inner + "└── " + text
-                    inner += "    "
+            if len(out) >= size:
+                yield out
+                out = []
+            node, head, inner = pop()
+            out.append(head + labels[node])
+            frames = stacks[node] if node < n_tasks else None
+            if frames is not None:
+                if inner != last_inner or frames != last_frames:
+                    last_inner, last_frames = inner, frames
+                    last_lines = _stack_lines(inner, frames, frame_text)
+                out.extend(last_lines)
                 continue
             kids = children[node]
             if kids:
-                push((kids[-1], inner, True))
+                push((kids[-1], inner + "└── ", inner + "    "))
+                head, below = inner + "├── ", inner + "│   "
                 for i in range(len(kids) - 2, -1, -1):
-                    push((kids[i], inner, False))
+                    push((kids[i], head, below))
+    if out:
+        yield out
 
 
 # -- ps -----------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
@@ -23,6 +25,7 @@ from aiobpf.safe_text import (
     SITE_MAX,
     SafeLogRecords,
     escape,
+    escape_all,
     from_bytes,
     json_exact,
     label,
@@ -45,6 +48,19 @@ def test_controls_separators_and_backslashes_are_escaped_as_repr_writes_them() -
     assert escape("\x00\x7f\x85\x9b") == "\\x00\\x7f\\x85\\x9b"
     assert escape("\u2028\u202e\ufeff") == "\\u2028\\u202e\\ufeff"
     assert escape("\U000e0001") == "\\U000e0001"
+
+
+def test_every_ascii_character_is_kept_or_escaped_as_repr_writes_it() -> None:
+    """(Plain ASCII takes a shortcut in escape: it must still catch C0, DEL and ``\\``.)"""
+    for code in range(128):
+        char = chr(code)
+        assert escape(f"a{char}b") == f"a{repr(char)[1:-1]}b", code
+
+
+@given(st.lists(st.sampled_from(["Task-1", "leaf-7", "a b", "", "tâche", *HOSTILE]),
+                max_size=6))
+def test_escape_all_is_escape_of_each(texts: list[str]) -> None:
+    assert escape_all(texts) == [escape(text) for text in texts]
 
 
 def test_bytes_that_are_not_utf8_become_replacement_characters() -> None:

@@ -12,15 +12,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
-from aiobpf.exporters.await_graph import find_cycles
+from aiobpf.exporters.await_graph import cycles_of, find_cycles
 from aiobpf.exporters.text import (
     CycleFound,
     format_frame,
     render_csv,
     render_table,
     table_rows,
+    task_label,
+    tree_batches,
     tree_lines,
 )
+from aiobpf.safe_text import escape
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference"
 
@@ -161,9 +164,104 @@ def test_find_cycles_finds_one_exactly_when_the_graph_has_one(
         assert all(edge in edges for edge in pairwise(cycle))
 
 
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=40))
+def test_cycles_of_a_snapshot_are_those_of_its_edges_in_the_same_order(
+        edges: list[tuple[int, int]]) -> None:
+    """(cycles_of searches only the tasks that await a task and are awaited; a task
+    that is not in the snapshot awaits none.)"""
+    awaiters: dict[int, list[int]] = {n: [] for n in range(13)}
+    for parent, child in edges:
+        awaiters[child].append(parent)
+    s = snap(*(task(n, f"t{n}", [f("x")], *awaiters[n]) for n in range(12)))
+    in_task_order = [(a.id, t.id) for t in s.tasks for a in t.awaited_by if a.id < 12]
+    assert cycles_of(s) == find_cycles(in_task_order)
+
+
 def test_a_frame_shows_as_qualname_file_and_line() -> None:
     assert format_frame(Frame("run", "/a.py", 5)) == "run /a.py:5"
     assert format_frame(Frame("<builtin>", "", 0)) == "<builtin>"
+
+
+# -- tree against a plain recursive drawing ----------------------------------------------
+def _drawn(label: str, kids: list[tuple[str, list]], prefix: str, last: bool,
+           out: list[str]) -> None:
+    out.append(prefix + ("└── " if last else "├── ") + label)
+    for k, (kid_label, grandkids) in enumerate(kids):
+        _drawn(kid_label, grandkids, prefix + ("    " if last else "│   "),
+               k == len(kids) - 1, out)
+
+
+def _plain_tree(s: Snapshot) -> list[str]:
+    """The tree as the module docstring describes it, drawn recursively (small acyclic
+    snapshots with distinct task ids): each task, its frames one under the other, the
+    tasks it awaits under its innermost frame; other awaiters as roots of their own."""
+    ids = {t.id for t in s.tasks}
+    under: dict[tuple[bool, int], list[int]] = {}    # (is a task, id) -> awaited tasks
+    others: dict[int, str] = {}
+    for i, t in enumerate(s.tasks):
+        for a in t.awaited_by:
+            key = (a.is_task and a.id in ids, a.id)
+            if not key[0]:
+                what = escape(a.type_name) if not a.is_task else "Task (not pending)"
+                others.setdefault(a.id, f"(F) {what} {a.id:#x}")
+            if i not in under.setdefault(key, []):
+                under[key].append(i)
+
+    def node(i: int) -> tuple[str, list]:
+        t = s.tasks[i]
+        kids = [node(j) for j in under.get((True, t.id), [])]
+        for frame in reversed(t.frames):
+            kids = [(format_frame(frame), kids)]
+        return "(T) " + task_label(t), kids
+
+    roots = [node(i) for i, t in enumerate(s.tasks) if not t.awaited_by]
+    roots += [(label, [node(j) for j in under[(False, aid)]]) for aid, label in others.items()]
+    out: list[str] = []
+    for label, kids in roots:
+        _drawn(label, kids, "", True, out)
+    return out
+
+
+_SHARED = [Frame("run", "/a.py", 3), Frame("q\x1b\n", "/e\x07.py", 9), Frame("<b>", "", 0)]
+
+
+@st.composite
+def _dags(draw: st.DrawFn) -> Snapshot:
+    """Tasks that await earlier tasks (no cycle), futures or tasks not in the snapshot;
+    their frames from a few shared Frame objects and copies equal to them."""
+    tasks: list[Task] = []
+    for n in range(draw(st.integers(1, 9))):
+        frames = [Frame(fr.name, fr.filename, fr.line) if draw(st.booleans()) else fr
+                  for fr in draw(st.lists(st.sampled_from(_SHARED), max_size=3))]
+        awaiters = [Awaiter(100 + k) if k < n else
+                    Awaiter(k, is_task=k % 2 == 0, type_name="Fut\x1b")
+                    for k in draw(st.lists(st.integers(0, n + 2), max_size=3))]
+        t = Task(100 + n, draw(st.sampled_from(["a", "b\n", "c\\"])), 7, "pending",
+                 frames, awaiters)
+        t.state = draw(st.sampled_from(["pending", "running"]))
+        tasks.append(t)
+    return snap(*tasks)
+
+
+@given(_dags())
+def test_the_tree_is_the_plain_recursive_drawing(s: Snapshot) -> None:
+    assert tree_lines(s) == _plain_tree(s)
+
+
+def test_the_tree_comes_in_batches_of_whole_stacks_at_least_size_lines_long() -> None:
+    s = _flat(100)
+    batches = list(tree_batches(s, size=7))
+    assert [line for batch in batches for line in batch] == tree_lines(s)
+    assert all(len(batch) >= 7 for batch in batches[:-1])
+
+
+def test_a_frame_shared_by_many_tasks_is_escaped_under_each() -> None:
+    evil = Frame("q\x1b[31m", "/e\n.py", 3)
+    s = snap(task(1, "p", [f("wait")]), *(task(i, f"t{i}", [evil, f("x")], 1)
+                                          for i in range(2, 50)))
+    lines = tree_lines(s)
+    assert sum("q\\x1b[31m /e\\n.py:3" in line for line in lines) == 48
+    assert not _RAW.search("\n".join(lines))
 
 
 # -- ps ---------------------------------------------------------------------------------
