@@ -13,7 +13,7 @@
 #include <string.h>
 
 /* Bumped with every change of what a function takes or returns; speedups.py checks it. */
-#define SPEEDUPS_ABI 2
+#define SPEEDUPS_ABI 3
 #ifndef SPEEDUPS_SOURCE
 #define SPEEDUPS_SOURCE ""   /* setup.py defines it: the SHA-256 of this file */
 #endif
@@ -515,10 +515,150 @@ done:
     return out;
 }
 
+/* -- walk_links ----------------------------------------------------------------- */
+
+enum { WALK_END = 0, WALK_LOOPS = 1, WALK_LIMIT = 2, WALK_FAULT = 3 };
+#define PAGE_SIZE 4096
+
+/* The pages of a walk: page_of(base) gives them (RemoteMemory.page: cached, or read),
+ * the last one is kept. */
+typedef struct {
+    PyObject *page_of;
+    uint64_t base;
+    PyObject *page;   /* a new reference, or NULL */
+} Pages;
+
+/* The bytes of the page at ``base``; NULL with an exception set. */
+static const unsigned char *
+page_at(Pages *pages, uint64_t base)
+{
+    if (pages->page == NULL || pages->base != base) {
+        PyObject *page = PyObject_CallFunction(pages->page_of, "K", (unsigned long long)base);
+        if (page == NULL)
+            return NULL;
+        if (!PyBytes_Check(page) || PyBytes_GET_SIZE(page) != PAGE_SIZE) {
+            Py_DECREF(page);
+            PyErr_SetString(PyExc_TypeError, "page_of must return the page's 4096 bytes");
+            return NULL;
+        }
+        Py_XSETREF(pages->page, page);
+        pages->base = base;
+    }
+    return (const unsigned char *)PyBytes_AS_STRING(pages->page);
+}
+
+/* Ask page_of for the page of ``addr`` + ``offset``, a sum past 2**64: it must refuse
+ * (RemoteMemory.page raises ReadFault beyond user space).  Always -1. */
+static int
+past_end(Pages *pages, uint64_t addr, uint64_t offset)
+{
+    PyObject *a = PyLong_FromUnsignedLongLong(addr);
+    PyObject *o = PyLong_FromUnsignedLongLong(offset);
+    PyObject *mask = PyLong_FromLong(-PAGE_SIZE);
+    PyObject *sum = a && o ? PyNumber_Add(a, o) : NULL;
+    PyObject *base = sum && mask ? PyNumber_And(sum, mask) : NULL;
+    PyObject *page = base ? PyObject_CallOneArg(pages->page_of, base) : NULL;
+    if (page != NULL) {
+        Py_DECREF(page);
+        PyErr_SetString(PyExc_ValueError, "page_of gave a page past 2**64");
+    }
+    Py_XDECREF(a);
+    Py_XDECREF(o);
+    Py_XDECREF(mask);
+    Py_XDECREF(sum);
+    Py_XDECREF(base);
+    return -1;
+}
+
+/* The pointer at ``addr`` + ``offset``; -1 with an exception set. */
+static int
+pointer_at(Pages *pages, uint64_t addr, uint64_t offset, uint64_t *out)
+{
+    if (addr > UINT64_MAX - offset)
+        return past_end(pages, addr, offset);
+    addr += offset;
+    uint64_t base = addr & ~(uint64_t)(PAGE_SIZE - 1), start = addr - base;
+    unsigned char bytes[8];
+    const unsigned char *page = page_at(pages, base);
+    if (page == NULL)
+        return -1;
+    if (start <= PAGE_SIZE - 8) {
+        memcpy(out, page + start, 8);
+        return 0;
+    }
+    size_t low = PAGE_SIZE - start;   /* the pointer spans two pages */
+    memcpy(bytes, page + start, low);
+    if (base > UINT64_MAX - PAGE_SIZE)
+        return past_end(pages, base, PAGE_SIZE);
+    if ((page = page_at(pages, base + PAGE_SIZE)) == NULL)
+        return -1;
+    memcpy(bytes + low, page, 8 - low);
+    memcpy(out, bytes, 8);
+    return 0;
+}
+
+PyDoc_STRVAR(walk_links_doc,
+"walk_links(page_of, head, next_off, limit, faults) -> (nodes, status, error)\n\n"
+"The nodes of a circular linked list: see speedups.walk_links_py.");
+
+static PyObject *
+walk_links(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    PyObject *page_of, *faults, *nodes;
+    unsigned long long head, next_off;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "OKKnO", &page_of, &head, &next_off, &limit, &faults))
+        return NULL;
+    nodes = PyList_New(0);
+    if (nodes == NULL)
+        return NULL;
+    Pages pages = {page_of, 0, NULL};
+    int status = WALK_END;
+    uint64_t node, saved = head, power = 1, lam = 0;
+    if (pointer_at(&pages, head, next_off, &node) < 0)
+        goto fault;
+    while (node && node != head) {
+        if (append_new(nodes, PyLong_FromUnsignedLongLong(node)) < 0)
+            goto fail;
+        if (node == saved) {
+            status = WALK_LOOPS;
+            break;
+        }
+        if (PyList_GET_SIZE(nodes) >= limit) {
+            status = WALK_LIMIT;
+            break;
+        }
+        if (++lam == power) {   /* Brent: a loop that misses the head ends at ``saved`` */
+            saved = node;
+            power *= 2;
+            lam = 0;
+        }
+        if (pointer_at(&pages, node, next_off, &node) < 0)
+            goto fault;
+    }
+    Py_XDECREF(pages.page);
+    return Py_BuildValue("(NiO)", nodes, status, Py_None);
+fault:
+    if (PyErr_ExceptionMatches(faults)) {   /* what a torn or forged list raises */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        Py_XDECREF(type);
+        Py_XDECREF(traceback);
+        Py_XDECREF(pages.page);
+        return Py_BuildValue("(NiN)", nodes, WALK_FAULT, value);
+    }
+fail:
+    Py_XDECREF(pages.page);
+    Py_DECREF(nodes);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"plan_runs", plan_runs, METH_VARARGS, plan_runs_doc},
     {"known_level", known_level, METH_VARARGS, known_level_doc},
     {"short_ascii", short_ascii, METH_VARARGS, short_ascii_doc},
+    {"walk_links", walk_links, METH_VARARGS, walk_links_doc},
     {NULL, NULL, 0, NULL},
 };
 

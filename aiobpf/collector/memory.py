@@ -147,6 +147,12 @@ class RemoteMemory:
         return data if len(data) == size else None
 
     # -- cached reads -------------------------------------------------------
+    def page(self, base: int) -> bytes:
+        """The 4 KB page at ``base`` (page-aligned), cached; ReadFault when unmapped."""
+        if base <= 0 or base > _MAX_ADDR or base & (PAGE - 1):
+            raise ReadFault(base, PAGE)
+        return self._page(base)
+
     def _page(self, base: int) -> bytes:
         page = self._pages.get(base)
         if page is None:

@@ -3,7 +3,8 @@
 A read of a big target spends most of its time in loops over every object: planning
 the ranges of a packed read (``memory.RemoteMemory.read_packed``), stepping every await
 chain one object further (``frames.Frames._level``) and decoding task names
-(``objects.Objects.short_names``).  The C module does them several times faster; the
+(``objects.Objects.short_names``), and walking the task lists of 3.14+
+(``tasks.walk_llist``).  The C module does them several times faster; the
 Python functions here say what they do, run where the module is not built, and are the
 oracle the C is tested against (``tests/unit/test_speedups.py``, on generated buffers;
 ``tests/integration/test_speedups.py``, on real processes).
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from hashlib import sha256
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -24,7 +25,7 @@ from typing import Any, NamedTuple, Protocol
 _Q = struct.Struct("<Q").unpack_from
 _i = struct.Struct("<i").unpack_from
 _U64 = (1 << 64) - 1
-ABI = 2   # the C module's SPEEDUPS_ABI that this module's calls expect
+ABI = 3   # the C module's SPEEDUPS_ABI that this module's calls expect
 
 
 class ChainState(Protocol):
@@ -197,6 +198,57 @@ def short_ascii_py(buf: bytes | bytearray, offsets: Sequence[int], layout: StrLa
     return out
 
 
+PAGE = 4096
+WALK_END, WALK_LOOPS, WALK_LIMIT, WALK_FAULT = range(4)   # walk_links' status
+
+
+def walk_links_py(page_of: Callable[[int], bytes], head: int, next_off: int, limit: int,
+                  faults: tuple[type[BaseException], ...]
+                  ) -> tuple[list[int], int, BaseException | None]:
+    """The nodes of the circular list at ``head`` (each node's next pointer at
+    ``next_off``), read through ``page_of(base)``, the 4 KB page at ``base``.
+
+    Returns (the nodes in order, a status, the error): WALK_END when the list came back
+    to its head (or to 0); WALK_LOOPS when it loops without coming back (Brent's cycle
+    detection: the node met twice is the last); WALK_LIMIT after ``limit`` nodes;
+    WALK_FAULT when ``page_of`` raised one of ``faults`` (the nodes before it, and that
+    exception).  Other exceptions propagate."""
+    nodes: list[int] = []
+
+    def page(base: int) -> bytes:
+        got = page_of(base)
+        if not isinstance(got, bytes) or len(got) != PAGE:
+            raise TypeError("page_of must return the page's 4096 bytes")
+        if base + PAGE > _U64 + 1:
+            raise ValueError("page_of gave a page past 2**64")
+        return got
+
+    def pointer(addr: int) -> int:
+        base = addr & -PAGE
+        start = addr - base
+        if start <= PAGE - 8:
+            return int(_Q(page(base), start)[0])
+        low = page(base)[start:]
+        return int(_Q(low + page(base + PAGE)[:8 - len(low)], 0)[0])
+
+    try:
+        node = pointer(head + next_off)
+        saved, power, lam = head, 1, 0
+        while node and node != head:
+            nodes.append(node)
+            if node == saved:
+                return nodes, WALK_LOOPS, None
+            if len(nodes) >= limit:
+                return nodes, WALK_LIMIT, None
+            lam += 1
+            if lam == power:   # Brent: a loop that misses the head ends at ``saved``
+                saved, power, lam = node, power * 2, 0
+            node = pointer(node + next_off)
+    except faults as exc:
+        return nodes, WALK_FAULT, exc
+    return nodes, WALK_END, None
+
+
 def _compiled() -> tuple[Any, str]:
     """The C module, or None and why not (not built, switched off, or built from
     another source than the one beside it: a stale in-place build)."""
@@ -219,3 +271,4 @@ COMPILED = _C is not None
 plan_runs = _C.plan_runs if _C is not None else plan_runs_py
 known_level = _C.known_level if _C is not None else known_level_py
 short_ascii = _C.short_ascii if _C is not None else short_ascii_py
+walk_links = _C.walk_links if _C is not None else walk_links_py

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from aiobpf.collector.interpreter import ThreadState, module_globals, modules
 from aiobpf.collector.memory import ReadFault
 from aiobpf.collector.objects import DecodeError, Objects, field_reader, u64
+from aiobpf.collector.speedups import WALK_LIMIT, WALK_LOOPS, walk_links
 
 # Tasks read from one process.  Loops are caught by cycle detection; this bounds what a
 # forged list (millions of distinct nodes) costs the reader in memory and time.
@@ -47,23 +48,18 @@ class RawTask:
 
 def walk_llist(objs: Objects, head: int, limit: int = MAX_TASKS) -> Iterator[int]:
     """Nodes of a circular ``llist_node`` list, with Brent's cycle detection; at most
-    ``limit`` of them."""
-    nxt = objs.layout["llist.next"]
-    node = objs.mem.ptr(head + nxt)
-    saved, power, lam = head, 1, 0
-    count = 0
-    while node and node != head:
-        yield node
-        count += 1
-        if node == saved:
-            raise TaskListCorrupt(f"task list at {head:#x} loops")
-        if count >= limit:
-            raise TaskListCorrupt(f"more tasks than the {limit:,} aiobpf reads (task list "
-                                  f"at {head:#x}): the rest are left out")
-        lam += 1
-        if lam == power:
-            saved, power, lam = node, power * 2, 0
-        node = objs.mem.ptr(node + nxt)
+    ``limit`` of them.  A list that loops or is too long raises TaskListCorrupt, one
+    that leads to memory that cannot be read ReadFault, after the nodes before."""
+    nodes, status, error = walk_links(objs.mem.page, head, objs.layout["llist.next"], limit,
+                                      (DecodeError, ReadFault))
+    yield from nodes
+    if status == WALK_LOOPS:
+        raise TaskListCorrupt(f"task list at {head:#x} loops")
+    if status == WALK_LIMIT:
+        raise TaskListCorrupt(f"more tasks than the {limit:,} aiobpf reads (task list "
+                              f"at {head:#x}): the rest are left out")
+    if error is not None:
+        raise error
 
 
 def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],

@@ -33,6 +33,7 @@ from aiobpf.collector.tasks import (
 
 BASE = 0x7F00_0000_0000
 SIZE = 1 << 16
+PAGE = 4096
 HANDLED = (DecodeError, ReadFault, TaskListCorrupt)   # not LayoutError: a misspelled key
 
 
@@ -48,6 +49,9 @@ class FakeMemory:
         return self.data[addr - BASE:addr - BASE + size]
 
     read_fresh = read
+
+    def page(self, base: int) -> bytes:
+        return self.read(base, PAGE)
 
     def read_many(self, addrs: list[int], size: int) -> list[bytes | None]:
         out: list[bytes | None] = []
@@ -168,12 +172,23 @@ def test_a_task_list_of_70000_is_walked_whole() -> None:
     n, stride = 70_000, 16
 
     class Ring(FakeMemory):
+        """Nodes ``stride`` bytes apart from BASE, each pointing to the next."""
+
         def read(self, addr: int, size: int) -> bytes:
             index = (addr - BASE - nxt) // stride
             if size == 8 and (addr - BASE - nxt) % stride == 0 and 0 <= index <= n:
                 following = 0 if index == n else index + 1
                 return struct.pack("<Q", BASE + following * stride)
             raise ReadFault(addr, size)
+
+        def page(self, base: int) -> bytes:
+            words = bytearray(PAGE)
+            for at in range(0, PAGE, 8):
+                with contextlib.suppress(ReadFault):
+                    words[at:at + 8] = self.read(base + at, 8)
+            if not any(words):
+                raise ReadFault(base, PAGE)
+            return bytes(words)
 
     objs = Objects(Ring(b""), layout)  # type: ignore[arg-type]
     assert sum(1 for _ in walk_llist(objs, BASE)) == n

@@ -8,6 +8,7 @@ load it fails."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from typing import Any
@@ -24,6 +25,7 @@ from aiobpf.collector.speedups import (
     known_level_py,
     plan_runs_py,
     short_ascii_py,
+    walk_links_py,
 )
 
 MAX_ADDR = 0x7FFF_FFFF_FFFF
@@ -45,6 +47,7 @@ def test_the_compiled_module_is_built_and_used() -> None:
     assert speedups.plan_runs is c.plan_runs
     assert speedups.known_level is c.known_level
     assert speedups.short_ascii is c.short_ascii
+    assert speedups.walk_links is c.walk_links
 
 
 # -- plan_runs ---------------------------------------------------------------------
@@ -248,3 +251,74 @@ def test_short_ascii_reads_a_compact_ascii_name_and_leaves_the_rest() -> None:
         buf[i * STR.peek + STR.ascii_size:i * STR.peek + STR.ascii_size + len(text)] = text
     got = compiled().short_ascii(buf, [0, STR.peek, -1], tuple(STR), {STR_TYPE})
     assert got == ["leaf-7\xff", None, None]   # a byte that is not ASCII: Latin-1
+
+
+# -- walk_links --------------------------------------------------------------------
+PAGE = 4096
+LIST_BASE = 0x7E00_0000_0000
+
+
+class Unmapped(Exception):
+    """What the fake page_of raises for a page it does not have."""
+
+
+@st.composite
+def linked_lists(draw: st.DrawFn) -> tuple[dict[int, bytes], int, int, int]:
+    """Pages holding a list: nodes in order, then where the last one leads (the head,
+    0, a node before it, an unmapped page, past 2**64); next pointers that may span two
+    pages."""
+    pages = draw(st.integers(1, 4))
+    memory = bytearray(PAGE * pages)
+    next_off = draw(st.sampled_from([0, 8, 20, PAGE - 4]))
+    slots = draw(st.lists(st.integers(0, pages * PAGE // 64 - 1), unique=True, max_size=40))
+    nodes = [LIST_BASE + 64 * slot for slot in slots]
+    head = draw(st.sampled_from([LIST_BASE + PAGE * pages - 64, *nodes[:1]]))
+    nodes = [node for node in nodes if node != head]
+    ends = [head, 0, LIST_BASE + PAGE * (pages + 3), U64 - 4, *nodes[:3]]
+    chain = [head, *nodes, draw(st.sampled_from(ends))]
+    for here, there in itertools.pairwise(chain):
+        at = here - LIST_BASE + next_off
+        if at + 8 <= len(memory):
+            struct.pack_into("<Q", memory, at, there & U64)
+    table = {LIST_BASE + PAGE * i: bytes(memory[PAGE * i:PAGE * (i + 1)]) for i in range(pages)}
+    return table, head, next_off, draw(st.sampled_from([1, 3, 10, 1 << 22]))
+
+
+def _page_of(table: dict[int, bytes]) -> Any:
+    def page_of(base: int) -> bytes:
+        if base not in table:
+            raise Unmapped(base)
+        return table[base]
+    return page_of
+
+
+@settings(max_examples=500, deadline=None)
+@given(linked_lists())
+def test_walk_links_matches_its_reference(case: tuple[dict[int, bytes], int, int, int]) -> None:
+    table, head, next_off, limit = case
+    got = compiled().walk_links(_page_of(table), head, next_off, limit, (Unmapped,))
+    want = walk_links_py(_page_of(table), head, next_off, limit, (Unmapped,))
+    assert got[:2] == want[:2]
+    assert type(got[2]) is type(want[2])
+
+
+def test_walk_links_ends_at_the_head_and_stops_a_loop_that_misses_it() -> None:
+    page = bytearray(PAGE)
+    for node, following in ((0, 64), (64, 128), (128, 0)):   # head 0 -> 64 -> 128 -> head
+        struct.pack_into("<Q", page, node, LIST_BASE + following)
+    table = {LIST_BASE: bytes(page)}
+    walk = compiled().walk_links
+    assert walk(_page_of(table), LIST_BASE, 0, 100, (Unmapped,)) == (
+        [LIST_BASE + 64, LIST_BASE + 128], speedups.WALK_END, None)
+    struct.pack_into("<Q", page, 128, LIST_BASE + 64)         # 128 -> 64: never the head
+    nodes, status, _ = walk(_page_of({LIST_BASE: bytes(page)}), LIST_BASE, 0, 100, (Unmapped,))
+    assert status == speedups.WALK_LOOPS and len(nodes) < 10
+    struct.pack_into("<Q", page, 128, LIST_BASE + 5 * PAGE)   # to a page that is not there
+    nodes, status, error = walk(_page_of({LIST_BASE: bytes(page)}), LIST_BASE, 0, 100,
+                                (Unmapped,))
+    # The last node is the one whose next pointer could not be read (linked_tasks drops it).
+    assert (nodes, status, type(error)) == ([LIST_BASE + 64, LIST_BASE + 128,
+                                             LIST_BASE + 5 * PAGE], speedups.WALK_FAULT,
+                                            Unmapped)
+    with pytest.raises(Unmapped):   # not one of the faults given: it propagates
+        walk(_page_of({LIST_BASE: bytes(page)}), LIST_BASE, 0, 100, (KeyError,))
