@@ -123,15 +123,8 @@ class Frames:
         """The Frame of the interpreter frame whose bytes start at ``blob[base:]``."""
         if blob is None:
             blob = self.mem.read(iframe, self.frame_span)
-        code_addr = self._object_ref(_Q(blob, base + self.f_code)[0])
-        instr = _Q(blob, base + self.f_instr)[0]
-        key = (code_addr, instr, kind)
-        frame = self._frames.get(key)
-        if frame is None:
-            code = self.objs.code(code_addr)
-            frame = Frame(code.qualname, code.filename, self.objs.line_of(code, instr), kind)
-            self._frames[key] = frame
-        return frame
+        return self.frame_of(self._object_ref(_Q(blob, base + self.f_code)[0]),
+                             _Q(blob, base + self.f_instr)[0], kind)
 
     def frame_of(self, code: int, instr: int, kind: str) -> Frame:
         """The Frame of a code object and instruction pointer (as BPF records them)."""
