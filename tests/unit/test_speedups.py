@@ -58,7 +58,7 @@ addresses = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(addresses, max_size=60), st.integers(0, 5000), st.sampled_from([0, 16, 2048]))
 def test_plan_runs_matches_its_reference(addrs: list[int], size: int, run: int) -> None:
     assert compiled().plan_runs(addrs, size, run, MAX_ADDR) == plan_runs_py(addrs, size, run,
@@ -165,7 +165,7 @@ def _state(chain: Chain) -> tuple:
             chain.unread)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(levels())
 def test_known_level_matches_its_reference(case: tuple) -> None:
     buf, offsets, objs, outs, awaiting_at, ends, lay = case
@@ -235,7 +235,7 @@ def str_heads(draw: st.DrawFn) -> tuple[bytearray, list[int]]:
     return buf, offsets
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(str_heads())
 def test_short_ascii_matches_its_reference(case: tuple[bytearray, list[int]]) -> None:
     buf, offsets = case
@@ -292,7 +292,7 @@ def _page_of(table: dict[int, bytes]) -> Any:
     return page_of
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(linked_lists())
 def test_walk_links_matches_its_reference(case: tuple[dict[int, bytes], int, int, int]) -> None:
     table, head, next_off, limit = case
