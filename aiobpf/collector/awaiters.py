@@ -42,6 +42,7 @@ class AwaiterIndex:
         self.tasks = {t.addr: t for t in tasks}
         self.waiting_on: dict[int, list[int]] = {}
         self._recorded: dict[int, Awaiter] = {}   # shared: the exporters only read them
+        self._alone: dict[int, list[Awaiter]] = {}   # awaiter -> [it], shared likewise
         for t in tasks:
             if t.fut_waiter:
                 self.waiting_on.setdefault(t.fut_waiter, []).append(t.addr)
@@ -49,17 +50,27 @@ class AwaiterIndex:
     # -- 3.14+ ------------------------------------------------------------------
     def recorded(self, task: RawTask) -> list[Awaiter]:
         """Awaiters a 3.14+ task records; ``task_is_task`` (shared with futures) tells
-        tasks from other futures."""
-        out = []
-        for addr in task.awaited_by:
-            # Many tasks share an awaiter (a TaskGroup's parent): each is read once.
-            awaiter = self._recorded.get(addr)
-            if awaiter is None:
-                if len(self._recorded) >= MAX_CALLBACKS:
-                    self._recorded.clear()
-                awaiter = self._recorded[addr] = self._awaiter(addr)
-            out.append(awaiter)
-        return out
+        tasks from other futures.  Tasks awaited by one awaiter alone (a TaskGroup's
+        children: most tasks) share one list of it, as they share the Awaiter: the
+        snapshot's readers never change them."""
+        addrs = task.awaited_by
+        if len(addrs) == 1:
+            alone = self._alone.get(addrs[0])
+            if alone is None:
+                if len(self._alone) >= MAX_CALLBACKS:
+                    self._alone.clear()
+                alone = self._alone[addrs[0]] = [self._recorded_awaiter(addrs[0])]
+            return alone
+        return [self._recorded_awaiter(addr) for addr in addrs]
+
+    def _recorded_awaiter(self, addr: int) -> Awaiter:
+        # Many tasks share an awaiter (a TaskGroup's parent): each is read once.
+        awaiter = self._recorded.get(addr)
+        if awaiter is None:
+            if len(self._recorded) >= MAX_CALLBACKS:
+                self._recorded.clear()
+            awaiter = self._recorded[addr] = self._awaiter(addr)
+        return awaiter
 
     def _awaiter(self, addr: int) -> Awaiter:
         """The awaiter at ``addr``: ``task_is_task`` (shared with futures) tells tasks
