@@ -197,7 +197,8 @@ def test_doctor_as_root() -> None:
     result = aiobpf("doctor")
     assert result.returncode == 0, result.stdout
     names = ("kernel", "memory reads", "ptrace scope", "lockdown", "BPF privileges",
-             "bpf() system call", "uprobes", "BTF", "bcc", "kernel headers", "daemon")
+             "bpf() system call", "uprobes", "BTF", "bcc", "kernel headers", "compiled loops",
+             "daemon")
     for name in names:
         assert name in result.stdout
     checks = json.loads(aiobpf("doctor", "--json").stdout)
