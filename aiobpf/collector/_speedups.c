@@ -2,10 +2,10 @@
  * Python reference (the same semantics, used when this module is not built, and the
  * oracle of the differential tests).
  *
- * All are pure functions of their arguments.  They make no system call and follow
- * no pointer of the target: every byte they decode comes from a buffer that
- * RemoteMemory.read_packed filled, and every position in it is checked against the
- * buffer's length before it is read.  What the target wrote there is hostile.
+ * None of them reads the target or makes a system call: every byte they decode comes
+ * from a buffer RemoteMemory filled (read_packed's, or a page walk_links asked its
+ * page_of for), and every position in it is checked against the buffer's length
+ * before it is read.  What the target wrote there is hostile.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -2,14 +2,15 @@
 
 A read of a big target spends most of its time in loops over every object: planning
 the ranges of a packed read (``memory.RemoteMemory.read_packed``), stepping every await
-chain one object further (``frames.Frames._level``) and decoding task names
-(``objects.Objects.short_names``), and walking the task lists of 3.14+
-(``tasks.walk_llist``).  The C module does them several times faster; the
-Python functions here say what they do, run where the module is not built, and are the
-oracle the C is tested against (``tests/unit/test_speedups.py``, on generated buffers;
+chain one object further (``frames.Frames._level``), decoding task names
+(``objects.Objects.short_names``) and walking the task lists of 3.14+
+(``tasks.walk_llist``).  The C module does them several times faster; the Python
+functions here say what they do, run where the module is not built, and are the oracle
+the C is tested against (``tests/unit/test_speedups.py``, on generated input;
 ``tests/integration/test_speedups.py``, on real processes).
 
-All are pure: they decode bytes already read and follow no pointer of the target.
+None of them reads the target: they decode bytes already read, and the walk asks its
+``page_of`` (``RemoteMemory.page``) for each page it follows a pointer into.
 ``AIOBPF_PURE_PYTHON=1`` in the environment makes aiobpf use the Python ones.
 """
 
