@@ -265,8 +265,9 @@ class RemoteMemory:
         lo = 0
         while lo < runs:
             hi = min(lo + _IOV_MAX, runs)
-            got = self._readv_into(buf, starts[lo], iov, lo, hi)
-            if got == starts[hi] - starts[lo]:
+            want = starts[hi] - starts[lo]
+            got = self._readv_into(buf, starts[lo], iov, lo, hi, want)
+            if got == want:
                 lo = hi
                 continue
             # The range holding the first byte not read faulted: each of its objects alone.
@@ -281,12 +282,12 @@ class RemoteMemory:
                     buf[offsets[i]:offsets[i] + size] = data
             lo = bad + 1
 
-    def _readv_into(self, buf: bytearray, at: int, iov: bytearray, lo: int, hi: int) -> int:
-        """Bytes read of the ranges ``lo:hi`` of ``iov`` into ``buf`` from ``at`` on, with
-        one system call; they stop at the first range that faults."""
-        pairs = memoryview(iov)[16 * lo:16 * hi].cast("Q")
-        total = sum(pairs[1::2])
+    def _readv_into(self, buf: bytearray, at: int, iov: bytearray, lo: int, hi: int,
+                    total: int) -> int:
+        """Bytes read of the ranges ``lo:hi`` of ``iov`` (``total`` bytes) into ``buf``
+        from ``at`` on, with one system call; they stop at the first range that faults."""
         self._check(total)
+        pairs = memoryview(iov)[16 * lo:16 * hi].cast("Q")
         if _process_vm_readv is None:
             return self._mem_into(buf, at, pairs)
         local = array("Q", (ctypes.addressof(ctypes.c_char.from_buffer(buf, at)), total))

@@ -322,3 +322,18 @@ def test_walk_links_ends_at_the_head_and_stops_a_loop_that_misses_it() -> None:
                                             Unmapped)
     with pytest.raises(Unmapped):   # not one of the faults given: it propagates
         walk(_page_of({LIST_BASE: bytes(page)}), LIST_BASE, 0, 100, (KeyError,))
+
+
+def test_the_python_signature_is_the_key_frames_stores() -> None:
+    """known_level_py looks frames up by ``signature_of``; Frames stores them by its own
+    field reader: on every layout aiobpf knows, both read the same key from the same bytes
+    (else the Python loop would decide nothing)."""
+    from aiobpf.collector.frames import Frames
+    from aiobpf.collector.objects import Objects
+    from tests.unit.test_fuzz import FakeMemory, layouts
+
+    blob = bytes(range(256)) * 4
+    for lay in layouts():
+        frames = Frames(Objects(FakeMemory(b""), lay))  # type: ignore[arg-type]
+        assert len(blob) >= frames.gen_span
+        assert speedups.signature_of(frames.level_layout, blob, 0) == frames._signature(blob)
