@@ -187,14 +187,22 @@ def _py_spy_stacks(text: str) -> Counter[tuple[tuple[str, int], ...]]:
     return out
 
 
+def _frame_key(part: str) -> str:
+    """One frame of our collapsed line as ``name:line``; tasks (``[task] name``) and
+    frames without a file (``<frame not readable>``, a frame caught half-written) as
+    they are."""
+    if part.startswith("[") or " (" not in part:
+        return part
+    name, _, where = part.rpartition(" (")
+    return f"{name}:{where.rstrip(')').rpartition(':')[2]}"
+
+
 def _frames_of(collapsed: str) -> Counter[tuple[str, ...]]:
-    """Our lines with each frame as ``name:line`` (tasks as ``[task] name``)."""
+    """Our lines with each frame as ``name:line`` (see ``_frame_key``)."""
     out: Counter[tuple[str, ...]] = Counter()
     for line in collapsed.splitlines():
         stack, count = line.rsplit(" ", 1)
-        out[tuple(p if p.startswith("[") else
-                  f"{p.rsplit(' (', 1)[0]}:{p.rsplit(':', 1)[1].rstrip(')')}"
-                  for p in stack.split(";"))] += int(count)
+        out[tuple(map(_frame_key, stack.split(";")))] += int(count)
     return out
 
 
