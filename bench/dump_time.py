@@ -8,10 +8,11 @@ lists longer than 65,536 ("Task list appears corrupted"); aiobpf also runs at
 one million tasks (``--million``).  Every aiobpf output is checked: it must
 list every task of the target.
 
-The daemon's read of the same process (``Collector.snapshot`` as the daemon calls it:
-no names, no details, each task handed to a sink, every cache dropped before each
-read) is timed in a process of its own, after the command lines (median wall time and
-CPU time of ``--repeat`` reads).
+The daemon's read of the same process, as the daemon makes it at each refresh
+(``Collector.snapshot`` with no names and no details, each task summarized as it is
+read, the summary finished, every cache dropped and a big read's heap handed back), is
+timed in a process of its own, after the command lines (median wall time and CPU time
+of ``--repeat`` reads).
 
 Run as root: ``make bench`` or ``.venv/bin/python bench/dump_time.py``.
 """
@@ -64,17 +65,22 @@ def measure(argv: list[str], cwd: Path = REPO) -> Run:
                last_err[-1] if last_err else "")
 
 
-# The daemon's read (service.py's _refresh), timed; prints "wall cpu" medians.
+# The daemon's read as service.py's _refresh makes it (each task summarized as it is
+# read, the summary finished, the caches dropped and a big read's heap handed back),
+# timed; prints "wall cpu" medians.
 DAEMON_READ = """
 import os, statistics, sys, time
 from aiobpf.collector.snapshot import Collector
 from aiobpf.collector.target import open_target
+from aiobpf.exporters.prometheus import Summarizer
 collector = Collector(open_target(int(sys.argv[1])))
+collector.forget()
 walls, cpus = [], []
 for _ in range(int(sys.argv[2])):
-    collector.forget()
     t0, c0 = time.perf_counter(), os.times()
-    collector.snapshot(details=False, sink=lambda task: None, names=False)
+    summarizer = Summarizer(10)
+    summarizer.finish(collector.snapshot(details=False, sink=summarizer.add, names=False))
+    collector.forget(trim=summarizer.pending >= 10_000)
     c1 = os.times()
     walls.append(time.perf_counter() - t0)
     cpus.append(c1.user - c0.user + c1.system - c0.system)

@@ -41,7 +41,7 @@ class Task:
     awaited_by: list[Awaiter] = field(default_factory=list)
     awaits: str | None = None     # what the innermost frame waits on, when not a frame
     source: str = "memory"        # memory | bpf
-    errors: list[str] = field(default_factory=list)  # why this record may be partial
+    errors: tuple[str, ...] = ()  # why this record may be partial
     loop: int = 0                 # address of its event loop
     coro: int = 0                 # address of its coroutine (0: not known)
 

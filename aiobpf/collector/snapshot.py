@@ -204,6 +204,7 @@ class _Read:
         self._names = names
         self._records = records
         self._named: dict[int, int] = {}   # native thread id -> the task it named running
+        self._loops: dict[int, int] = {}   # each event loop's address, as one int object
         self.torn = 0  # reads that tore and were taken again
         self.truncated = False  # tasks were left out (more than max_tasks)
 
@@ -470,15 +471,17 @@ class _Read:
                     out[task] = by_native[loop_thread[loop]]
         return out
 
-    def _chain(self, raw: RawTask, task: Task) -> Chain | None:
+    def _chain(self, raw: RawTask) -> Chain:
         """The task's await chain; a chain that tore (an object freed between the read
-        of its awaiter and its own read) is read again from fresh pages."""
+        of its awaiter and its own read) is read again from fresh pages, and one that
+        cannot be read is an empty chain that says why."""
         try:
             return retry(lambda: self.frames.chain(raw.coro), TASK_ATTEMPTS, self._torn_read)
         except _TRANSIENT as exc:
             self.torn += 1
-            task.errors.append(f"coroutine stack unreadable: {exc}")
-            return None
+            unread = Chain()
+            unread.errors.append(f"coroutine stack unreadable: {exc}")
+            return unread
 
     def _still_pending(self, raw: RawTask) -> RawTask | None:
         """The task read again from fresh pages; None when it has finished meanwhile."""
@@ -506,30 +509,29 @@ class _Read:
               chain: Chain | None = None) -> Task | None:
         """The task's record; None when it turns out to have finished during the read.
         ``chain``: its await chain, read already (None: read it now)."""
-        task = Task(raw.addr, raw.name, raw.thread_native_id, "pending", [], loop=raw.loop,
-                    coro=raw.coro)
+        loop = self._loops.setdefault(raw.loop, raw.loop)   # one int per loop, not per task
         record = self._record(raw, running) if self._records else None
         if record is not None:
-            return self._from_record(task, raw, record, index)
+            return self._from_record(Task(raw.addr, raw.name, raw.thread_native_id, "pending",
+                                          [], loop=loop, coro=raw.coro), raw, record, index)
         if chain is None and raw.coro:
-            chain = self._chain(raw, task)
-        if not raw.coro or (chain is not None and chain.innermost_state == "finished"):
-            # Its coroutine is done: the task finished after its state was read.
+            chain = self._chain(raw)
+        if chain is None or chain.innermost_state == "finished":
+            # Its coroutine is done (or none): the task finished after its state was read.
             fresh = self._still_pending(raw)
             if fresh is None:
                 return None
             raw = fresh
-            task.coro = raw.coro
-            task.errors.clear()
-            chain = self._chain(raw, task)
-        if chain is not None:
-            task.frames = chain.frames
-            task.errors.extend(chain.errors)
-            if chain.awaited and self._details:
-                task.awaits = self._describe(chain.awaited)
-            if chain.innermost_state == "running":
-                task.state = "running"
-                self._running_stack(task, raw, running)
+            chain = self._chain(raw)
+        # The task takes its chain's frames (the chain is not used again).
+        task = Task(raw.addr, raw.name, raw.thread_native_id, "pending", chain.frames,
+                    errors=tuple(chain.errors) if chain.errors else (), loop=loop,
+                    coro=raw.coro)
+        if chain.awaited and self._details:
+            task.awaits = self._describe(chain.awaited)
+        if chain.innermost_state == "running":
+            task.state = "running"
+            self._running_stack(task, raw, running)
         awaiters = index.recorded if self.linked else index.inferred
         try:
             task.awaited_by = awaiters(raw)
@@ -538,7 +540,7 @@ class _Read:
             try:
                 task.awaited_by = retry(lambda: awaiters(raw), TASK_ATTEMPTS - 1, self.mem.clear)
             except _TRANSIENT as exc:
-                task.errors.append(f"awaiters unreadable: {exc}")
+                task.errors += (f"awaiters unreadable: {exc}",)
         return task
 
     def _from_record(self, task: Task, raw: RawTask, record: TaskRecord,
@@ -550,7 +552,7 @@ class _Read:
         try:
             task.frames = list(frames_of(record, self.frames))
             if record.truncated:
-                task.errors.append(f"more than {len(record.frames)} frames deep")
+                task.errors += (f"more than {len(record.frames)} frames deep",)
             if record.awaited and self._details:
                 task.awaits = self._describe(record.awaited)
             if self.linked:
@@ -559,7 +561,7 @@ class _Read:
                                   if record.awaited_by_is_set else [record.awaited_by])
             task.awaited_by = index.recorded(raw) if self.linked else index.inferred(raw)
         except _TRANSIENT as exc:
-            task.errors.append(f"record not decoded: {exc}")
+            task.errors += (f"record not decoded: {exc}",)
         return task
 
     def _running_stack(self, task: Task, raw: RawTask,
@@ -575,14 +577,14 @@ class _Read:
             inner, ts = next(((t, s) for t, s in running.items()
                               if s.native_id == raw.thread_native_id), (0, None))
         if ts is None or not ts.current_frame:
-            task.errors.append("running, but its thread's stack was not found")
+            task.errors += ("running, but its thread's stack was not found",)
             return
         base = self.frames.iframe_of(raw.coro)
         try:
             stack = self.frames.thread_stack(ts.current_frame, stop_at=base)
             inner_base = self._coroutine_frame(inner) if inner else 0
         except _TRANSIENT as exc:
-            task.errors.append(f"thread stack unreadable: {exc}")
+            task.errors += (f"thread stack unreadable: {exc}",)
             return
         if stack and stack[-1][0] == base:
             frames = [addr for addr, _ in stack]
@@ -590,7 +592,7 @@ class _Read:
                 stack = stack[frames.index(inner_base) + 1:]
             task.frames = [frame for _, frame in reversed(stack)]
         else:
-            task.errors.append("running, but its coroutine is not on its thread's stack")
+            task.errors += ("running, but its coroutine is not on its thread's stack",)
 
     def _coroutine_frame(self, task_addr: int) -> int:
         """The interpreter frame of a task's coroutine (0: it has none)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import sub
 
 from aiobpf.collector.interpreter import ThreadState, module_globals, modules
 from aiobpf.collector.memory import ReadFault
@@ -50,16 +52,25 @@ def walk_llist(objs: Objects, head: int, limit: int = MAX_TASKS) -> Iterator[int
     """Nodes of a circular ``llist_node`` list, with Brent's cycle detection; at most
     ``limit`` of them.  A list that loops or is too long raises TaskListCorrupt, one
     that leads to memory that cannot be read ReadFault, after the nodes before."""
-    nodes, status, error = walk_links(objs.mem.page, head, objs.layout["llist.next"], limit,
-                                      (DecodeError, ReadFault))
+    nodes, error = llist_nodes(objs, head, limit)
     yield from nodes
-    if status == WALK_LOOPS:
-        raise TaskListCorrupt(f"task list at {head:#x} loops")
-    if status == WALK_LIMIT:
-        raise TaskListCorrupt(f"more tasks than the {limit:,} aiobpf reads (task list "
-                              f"at {head:#x}): the rest are left out")
     if error is not None:
         raise error
+
+
+def llist_nodes(objs: Objects, head: int, limit: int
+                ) -> tuple[list[int], TaskListCorrupt | DecodeError | ReadFault | None]:
+    """``walk_llist``'s nodes, and what it raises after them (None: the list ended)."""
+    nodes, status, error = walk_links(objs.mem.page, head, objs.layout["llist.next"], limit,
+                                      (DecodeError, ReadFault))
+    if status == WALK_LOOPS:
+        return nodes, TaskListCorrupt(f"task list at {head:#x} loops")
+    if status == WALK_LIMIT:
+        return nodes, TaskListCorrupt(f"more tasks than the {limit:,} aiobpf reads (task "
+                                      f"list at {head:#x}): the rest are left out")
+    if error is not None and not isinstance(error, (DecodeError, ReadFault)):
+        raise TypeError(f"walk_links returned {error!r}")   # it returns only the faults given
+    return nodes, error
 
 
 def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],
@@ -80,19 +91,17 @@ def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],
     for head, tid in heads:
         if len(out) >= limit:
             break
-        walked = len(out)
-        try:
-            out.extend((node - node_off, tid)
-                       for node in walk_llist(objs, head, limit - len(out)))
-        except TaskListCorrupt as exc:
-            errors.append(str(exc))
-        except (DecodeError, ReadFault) as exc:
+        nodes, exc = llist_nodes(objs, head, limit - len(out))
+        if isinstance(exc, (DecodeError, ReadFault)):
             if not partial:
-                raise
-            if len(out) > walked:
-                out.pop()   # the node whose link could not be read is none
+                raise exc
+            if nodes:
+                nodes.pop()   # the node whose link could not be read is none
             errors.append(f"the task list at {head:#x} changed while it was read ({exc}): "
-                          f"the tasks after the first {len(out) - walked:,} are left out")
+                          f"the tasks after the first {len(nodes):,} are left out")
+        elif exc is not None:
+            errors.append(str(exc))
+        out.extend(zip(map(sub, nodes, repeat(node_off)), repeat(tid)))
     return out
 
 
@@ -170,11 +179,10 @@ def decode_task(objs: Objects, addr: int, blob: bytes | bytearray, name: str | N
         fields = objs.readers["task"] = field_reader([(L[n], c) for n, c in _TASK_FIELDS
                                                       if n in L])
     tp, name_obj, state, coro, fut_waiter, loop, *awaited = fields(blob, at)
-    raw = RawTask(addr, tp, task_name(objs, name_obj) if name is None else name, state, coro,
-                  fut_waiter, loop, name_obj=name_obj)
-    if awaited and awaited[0]:
-        raw.awaited_by = objs.set_items(awaited[0]) if awaited[1] else [awaited[0]]
-    return raw
+    awaited_by = (([] if not awaited[0] else objs.set_items(awaited[0]) if awaited[1]
+                   else [awaited[0]]) if awaited else [])
+    return RawTask(addr, tp, task_name(objs, name_obj) if name is None else name, state, coro,
+                   fut_waiter, loop, 0, awaited_by, name_obj)
 
 
 def name_tasks(objs: Objects, raws: list[RawTask]) -> list[RawTask]:

@@ -64,7 +64,7 @@ def document(snapshot: Snapshot) -> dict[str, Any]:
                     }
                     for a in t.awaited_by
                 ],
-                "errors": t.errors,
+                "errors": list(t.errors),
             }
             for t in snapshot.tasks
         ],

@@ -29,7 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from aiobpf import __version__
-from aiobpf.collector.model import Frame, Snapshot, Task
+from aiobpf.collector.model import Snapshot, Task
 from aiobpf.exporters.metrics import (
     AWAIT_DEPTH_BUCKETS,
     BY_KEY,
@@ -37,7 +37,7 @@ from aiobpf.exporters.metrics import (
     STACK_DEPTH_BUCKETS,
     TIME_EDGES,
 )
-from aiobpf.exporters.sites import APPLICATION, await_site
+from aiobpf.exporters.sites import APPLICATION, Sites
 from aiobpf.exporters.state import DaemonState, ProcessView, SnapshotSummary
 
 OTHER_SITE = "(other)"
@@ -86,17 +86,22 @@ class Summarizer:
         self._ids = array("Q")
         self._firsts = array("Q")                      # 0: awaited by no task
         self._several: dict[int, tuple[int, ...]] = {}  # tasks awaited by more than one
-        self._labels: dict[int, tuple[Frame, str]] = {}  # site label by frame (await_site)
+        self._sites = Sites(library)
 
     def add(self, task: Task) -> None:
         self.pending += 1
-        if task.state == "pending" and task.frames:
-            self.stack_depths[len(task.frames)] += 1
-            site = await_site(task, self.library, self._labels)
+        frames = task.frames
+        if frames and task.state == "pending":
+            self.stack_depths[len(frames)] += 1
+            site = self._sites.of(frames)
             if site is not None:
                 self.sites[site] += 1
-        awaiting = [a.id for a in task.awaited_by if a.is_task]
         self._ids.append(task.id)
+        awaited_by = task.awaited_by
+        if len(awaited_by) == 1:   # most tasks: no list made
+            self._firsts.append(awaited_by[0].id if awaited_by[0].is_task else 0)
+            return
+        awaiting = [a.id for a in awaited_by if a.is_task]
         self._firsts.append(awaiting[0] if awaiting else 0)
         if len(awaiting) > 1:
             self._several[task.id] = tuple(awaiting)
@@ -120,11 +125,12 @@ class Summarizer:
                                                                  strict=True) if tid in present})
         out: Counter[int] = Counter()
         for tid, awaiter in zip(self._ids, self._firsts, strict=True):
-            if tid in depth:
-                out[depth[tid]] += 1
-            else:
-                up = first(tid, awaiter)
-                out[0 if up is None else depth[up] + 1] += 1
+            known = depth.get(tid)
+            if known is None:
+                up = first(tid, awaiter) if tid in self._several else \
+                    awaiter if awaiter in present else None
+                known = 0 if up is None else depth[up] + 1
+            out[known] += 1
         return out
 
     def finish(self, snapshot: Snapshot) -> SnapshotSummary:
@@ -135,7 +141,7 @@ class Summarizer:
             top.append((OTHER_SITE, rest))
         depths = self._await_depths()
         self._ids, self._firsts, self._several = array("Q"), array("Q"), {}
-        self._labels = {}
+        self._sites = Sites(self.library)
         return SnapshotSummary(pending=self.pending, stack_depths=self.stack_depths,
                                await_depths=depths, sites=top,
                                read_seconds=snapshot.duration_s, read_at=snapshot.taken_at)

@@ -37,41 +37,61 @@ def library_pattern(site_frames: str | Sequence[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns))
 
 
-MAX_LABELS = 1 << 16   # site labels one ``labels`` dict remembers
+MAX_FRAMES = 1 << 16   # frame objects one ``Sites`` remembers
+_STDLIB_KIND, _LIBRARY_KIND, _APPLICATION_KIND = 0, 1, 2
 
 
-def await_site(task: Task, library: re.Pattern[str] | None = APPLICATION,
-               labels: dict[int, tuple[Frame, str]] | None = None) -> str | None:
+class Sites:
+    """``await_site`` for many tasks: what it learns of each frame object (its kind and
+    its label) is kept.  Tasks suspended at one place share their frame objects, so a
+    read of 100,000 tasks classifies and labels a few frames, not 100,000."""
+
+    def __init__(self, library: re.Pattern[str] | None = APPLICATION) -> None:
+        self.library = library
+        self._known: dict[int, tuple[Frame, int, str]] = {}   # id -> (it, kind, label)
+
+    def __len__(self) -> int:
+        """Frame objects known."""
+        return len(self._known)
+
+    def of(self, frames: list[Frame]) -> str | None:
+        """The site of a task suspended in ``frames`` (outermost first); see
+        ``await_site``."""
+        known = self._known
+        fallback = None
+        for frame in reversed(frames):
+            entry = known.get(id(frame))
+            if entry is None:
+                entry = self._learn(frame)
+            if entry[1] == _APPLICATION_KIND:
+                return entry[2]
+            if entry[1] == _LIBRARY_KIND and fallback is None:
+                fallback = entry[2]
+        return fallback
+
+    def _learn(self, frame: Frame) -> tuple[Frame, int, str]:
+        if len(self._known) >= MAX_FRAMES:
+            self._known.clear()
+        kind = _kind(frame.filename, self.library)
+        entry = (frame, kind, "" if kind == _STDLIB_KIND else
+                 label(f"{frame.name} {frame.filename}:{frame.line}", SITE_MAX))
+        self._known[id(frame)] = entry   # (the frame held: its id stays its own)
+        return entry
+
+
+def await_site(task: Task, library: re.Pattern[str] | None = APPLICATION) -> str | None:
     """The frame the task waits in, as "qualname file:line" (a label value: escaped and
     bounded, see ``safe_text``): its innermost frame outside the standard library and
     ``library``, else its innermost frame outside the standard library; None when all
-    its frames are the standard library's.  ``labels`` remembers the label of each
-    frame object (tasks suspended at one place share their frames: a read of 100,000
-    tasks makes a few labels, not 100,000)."""
-    fallback: Frame | None = None
-    for frame in reversed(task.frames):
-        kind = _kind(frame.filename, library)
-        if kind == "application":
-            return _site(frame, labels)
-        if kind == "library" and fallback is None:
-            fallback = frame
-    return None if fallback is None else _site(fallback, labels)
+    its frames are the standard library's."""
+    return Sites(library).of(task.frames)
 
 
 @lru_cache(maxsize=4096)
-def _kind(filename: str, library: re.Pattern[str] | None) -> str:
-    """"stdlib", "library" or "application" (a read meets the same few files again and
-    again: two searches per file, not per frame)."""
+def _kind(filename: str, library: re.Pattern[str] | None) -> int:
+    """Whether a file is the standard library's, ``library``'s or the application's
+    (two searches per file, not per frame)."""
     if _STDLIB.search(filename):
-        return "stdlib"
-    return "library" if library is not None and library.search(filename) else "application"
-
-
-def _site(frame: Frame, labels: dict[int, tuple[Frame, str]] | None) -> str:
-    known = labels.get(id(frame)) if labels is not None else None
-    if known is not None:
-        return known[1]
-    text = label(f"{frame.name} {frame.filename}:{frame.line}", SITE_MAX)
-    if labels is not None and len(labels) < MAX_LABELS:
-        labels[id(frame)] = (frame, text)   # (the frame held: its id stays its own)
-    return text
+        return _STDLIB_KIND
+    return _LIBRARY_KIND if library is not None and library.search(filename) else \
+        _APPLICATION_KIND

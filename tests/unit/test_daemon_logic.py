@@ -17,7 +17,7 @@ from aiobpf.exporters.prometheus import (
     Summarizer,
     summarize,
 )
-from aiobpf.exporters.sites import await_site, library_pattern
+from aiobpf.exporters.sites import Sites, await_site, library_pattern
 from aiobpf.exporters.state import DaemonState, ProcessView, StepCounts
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,14 +77,19 @@ def test_a_site_label_is_made_once_per_frame() -> None:
     handler, fetch = Frame("handler", "/srv/app.py", 7), Frame("Queue.get", "/x.py", 3)
     tasks = [Task(i, "t", 1, "pending", [handler, fetch if i % 2 else handler])
              for i in range(1, 101)]
-    labels: dict[int, tuple[Frame, str]] = {}
-    assert [await_site(t, labels=labels) for t in tasks] == [await_site(t) for t in tasks]
-    assert sorted(text for _, text in labels.values()) == ["Queue.get /x.py:3",
-                                                           "handler /srv/app.py:7"]
+    stdlib = Frame("sleep", "/usr/lib/python3.14/asyncio/tasks.py", 702)
+    vendored = Frame("get", "/venv/lib/python3.14/site-packages/httpx/_client.py", 9)
+    tasks += [Task(i, "t", 1, "pending", frames) for i, frames in enumerate(
+        [[handler, vendored, stdlib], [vendored, stdlib], [stdlib], [stdlib, handler]], 101)]
+    sites = Sites()
+    assert [sites.of(t.frames) for t in tasks] == [await_site(t) for t in tasks]
+    assert len(sites) == 4   # each frame object classified and labelled once
     summarizer = Summarizer(top_sites=10)
     for task in tasks:
         summarizer.add(task)
-    assert dict(summarizer.sites) == {"Queue.get /x.py:3": 50, "handler /srv/app.py:7": 50}
+    assert dict(summarizer.sites) == {"Queue.get /x.py:3": 50, "handler /srv/app.py:7": 52,
+                                      "get /venv/lib/python3.14/site-packages/httpx/_client.py:9":
+                                      1}
 
 
 def test_await_site_skips_the_standard_library() -> None:

@@ -19,7 +19,7 @@ def sample() -> Snapshot:
     child = Task(0x20, "chïld-✓", 101, "pending",
                  [Frame("work", "/ä.py", 5), Frame("agen", "/ä.py", 7, "async_generator")],
                  [Awaiter(0x10), Awaiter(0x30, is_task=False, type_name="_GatheringFuture")],
-                 awaits="_asyncio.Future 0x40", errors=["a coroutine changed while it was read"])
+                 awaits="_asyncio.Future 0x40", errors=("a coroutine changed while it was read",))
     return Snapshot(123, "3.12.1", "release, with DWARF", "/usr/bin/python3.12",
                     [Thread(100, 1400, 0, 0, 0x10), Thread(101, 1401, 0)], [main, child],
                     1_700_000_000.5, 0.0042, {"table 3.12.1": 120}, ["w"])

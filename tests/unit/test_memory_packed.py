@@ -74,3 +74,25 @@ def test_without_process_vm_readv_the_same_bytes_come_from_proc_mem(
     slow = RemoteMemory(os.getpid())
     assert slow.read_many(addrs, 24) == want
     slow.close()
+
+
+@pytest.mark.parametrize("via", ["process_vm_readv", "/proc/PID/mem"])
+def test_a_page_is_read_with_the_mapped_pages_after_it(via: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``page`` (the task-list walk's reads) reads ``PAGES_AHEAD`` pages at once, keeps
+    those that are mapped and stops at the first that is not."""
+    area, base = _pages(memory.PAGES_AHEAD + 2)
+    # A hole after the first PAGES_AHEAD - 1 pages: a read-ahead stops before it.
+    hole = base + (memory.PAGES_AHEAD - 1) * PAGE
+    assert _libc.munmap(ctypes.c_void_p(hole), PAGE) == 0
+    if via != "process_vm_readv":
+        monkeypatch.setattr(memory, "_process_vm_readv", None)
+    mem = RemoteMemory(os.getpid())
+    for k in range(memory.PAGES_AHEAD - 1):
+        assert mem.page(base + k * PAGE) == area[k * PAGE:(k + 1) * PAGE]
+    assert mem.syscalls == 1          # the first read brought the pages after it
+    with pytest.raises(memory.ReadFault):
+        mem.page(hole)
+    last = memory.PAGES_AHEAD + 1
+    assert mem.page(base + last * PAGE) == area[last * PAGE:]   # the mapping's end
+    mem.close()

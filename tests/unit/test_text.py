@@ -369,9 +369,9 @@ def test_running_and_partial_tasks_are_marked_in_the_tree_and_table_not_in_csv()
     running = task(1, "busy", [f("spin")])
     running.state = "running"
     partial = task(2, "torn", [f("wait")])
-    partial.errors = ["its coroutine changed while it was read"]
+    partial.errors = ("its coroutine changed while it was read",)
     both = task(3, "both", [f("x")])
-    both.state, both.errors = "running", ["stack cut"]
+    both.state, both.errors = "running", ("stack cut",)
     parked = task(4, "parked", [f("y")])
     s = snap(running, partial, both, parked)
     tree = tree_lines(s)
