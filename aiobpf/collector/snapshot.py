@@ -42,6 +42,7 @@ from aiobpf.collector.tasks import (
 _TRANSIENT = (DecodeError, ReadFault)
 _T = TypeVar("_T")
 DISCOVERY_ATTEMPTS = 5
+MAX_LOOPS = 4096  # event loops whose address one read shares among their tasks
 BATCH = 256  # tasks decoded from one generation of cached pages
 TASK_ATTEMPTS = 4  # reads of one busy task before it is reported partial
 _DIGITS = re.compile(r"(\d+)")
@@ -509,7 +510,11 @@ class _Read:
               chain: Chain | None = None) -> Task | None:
         """The task's record; None when it turns out to have finished during the read.
         ``chain``: its await chain, read already (None: read it now)."""
-        loop = self._loops.setdefault(raw.loop, raw.loop)   # one int per loop, not per task
+        loop = self._loops.get(raw.loop)   # one int object per loop, not per task
+        if loop is None:
+            loop = raw.loop
+            if len(self._loops) < MAX_LOOPS:
+                self._loops[loop] = loop
         record = self._record(raw, running) if self._records else None
         if record is not None:
             return self._from_record(Task(raw.addr, raw.name, raw.thread_native_id, "pending",
