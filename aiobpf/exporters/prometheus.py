@@ -109,28 +109,37 @@ class Summarizer:
     def _await_depths(self) -> Counter[int]:
         """Tasks by the length of their chain of first awaiters.  An awaiter that is no
         longer a task (it finished during the read) awaits nothing, as
-        ``Collector.snapshot`` would have said."""
+        ``Collector.snapshot`` would have said.
+
+        Tasks that await others, or are awaited by several, are counted one by one; the
+        rest (most tasks: the leaves) by their first awaiter, whose depth gives theirs."""
         awaiters = set(self._firsts)
         for several in self._several.values():
             awaiters.update(several)
         awaiters.discard(0)
-        present = {tid for tid in self._ids if tid in awaiters}
+        present = awaiters.intersection(self._ids)
+        alone = present.union(self._several)
+        pairs = [(tid, a) for tid, a in zip(self._ids, self._firsts, strict=True)
+                 if tid in alone]
 
         def first(tid: int, awaiter: int) -> int | None:
             if tid in self._several:
                 return next((a for a in self._several[tid] if a in present), None)
             return awaiter if awaiter in present else None
 
-        depth = _depths_of({tid: first(tid, a) for tid, a in zip(self._ids, self._firsts,
-                                                                 strict=True) if tid in present})
+        depth = _depths_of({tid: first(tid, a) for tid, a in pairs if tid in present})
         out: Counter[int] = Counter()
-        for tid, awaiter in zip(self._ids, self._firsts, strict=True):
+        for tid, awaiter in pairs:
             known = depth.get(tid)
             if known is None:
-                up = first(tid, awaiter) if tid in self._several else \
-                    awaiter if awaiter in present else None
+                up = first(tid, awaiter)
                 known = 0 if up is None else depth[up] + 1
             out[known] += 1
+        by_first = Counter(self._firsts)
+        by_first.subtract(awaiter for _, awaiter in pairs)
+        for awaiter, n in by_first.items():
+            if n:
+                out[depth[awaiter] + 1 if awaiter in present else 0] += n
         return out
 
     def finish(self, snapshot: Snapshot) -> SnapshotSummary:

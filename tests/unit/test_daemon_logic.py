@@ -6,6 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
@@ -15,6 +17,7 @@ from aiobpf.exporters.prometheus import (
     OTHER_SITE,
     MetricsCollector,
     Summarizer,
+    _depths_of,
     summarize,
 )
 from aiobpf.exporters.sites import Sites, await_site, library_pattern
@@ -69,6 +72,35 @@ def test_summary_streamed_task_by_task() -> None:
     assert summary.await_depths == Counter({0: 2, 1: 2, 2: 6})
     assert summary.read_seconds == 0.5
     assert summary.read_at == 1e9
+
+
+def _depths_one_by_one(tasks: list[Task]) -> Counter[int]:
+    """The await depths as the definition says them, task by task: the chain of first
+    awaiters that are tasks of the read (a cycle counts from where it is entered)."""
+    ids = {t.id for t in tasks}
+    firsts = {t.id: next((a.id for a in t.awaited_by if a.is_task and a.id in ids), None)
+              for t in tasks}
+    depth = _depths_of({tid: up for tid, up in firsts.items() if tid in
+                        {a.id for t in tasks for a in t.awaited_by}})
+    out: Counter[int] = Counter()
+    for t in tasks:
+        up = firsts[t.id]
+        out[depth[t.id] if t.id in depth else 0 if up is None else depth[up] + 1] += 1
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 40), max_size=3), min_size=1, max_size=60))
+def test_await_depths_counted_by_first_awaiter_equal_one_by_one(awaited: list[list[int]]
+                                                                ) -> None:
+    """Random await graphs: awaiters that are not tasks of the read (finished), several
+    awaiters, cycles; the leaves counted by their first awaiter equal the task-by-task
+    count."""
+    tasks = [_task(tid, 1, ups) for tid, ups in enumerate(awaited, 1)]
+    summarizer = Summarizer(top_sites=1)
+    for task in tasks:
+        summarizer.add(task)
+    assert summarizer.finish(_snapshot(tasks)).await_depths == _depths_one_by_one(tasks)
 
 
 def test_a_site_label_is_made_once_per_frame() -> None:
