@@ -118,9 +118,9 @@ class Summarizer:
             awaiters.update(several)
         awaiters.discard(0)
         present = awaiters.intersection(self._ids)
-        alone = present.union(self._several)
+        one_by_one = present.union(self._several)
         pairs = [(tid, a) for tid, a in zip(self._ids, self._firsts, strict=True)
-                 if tid in alone]
+                 if tid in one_by_one]
 
         def first(tid: int, awaiter: int) -> int | None:
             if tid in self._several:
