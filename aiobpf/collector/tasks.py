@@ -179,8 +179,9 @@ def decode_task(objs: Objects, addr: int, blob: bytes | bytearray, name: str | N
         fields = objs.readers["task"] = field_reader([(L[n], c) for n, c in _TASK_FIELDS
                                                       if n in L])
     tp, name_obj, state, coro, fut_waiter, loop, *awaited = fields(blob, at)
-    awaited_by = (([] if not awaited[0] else objs.set_items(awaited[0]) if awaited[1]
-                   else [awaited[0]]) if awaited else [])
+    awaited_by: list[int] = []   # 3.14+: the awaiting task or future, or a set of them
+    if awaited and awaited[0]:
+        awaited_by = objs.set_items(awaited[0]) if awaited[1] else [awaited[0]]
     return RawTask(addr, tp, task_name(objs, name_obj) if name is None else name, state, coro,
                    fut_waiter, loop, 0, awaited_by, name_obj)
 
