@@ -120,7 +120,7 @@ class RemoteMemory:
         """The bytes at ``addr`` up to ``size`` or to the first that is not mapped."""
         self._check(size)
         if _process_vm_readv is None:
-            return self._read_mem(addr, size, prefix=True) or b""
+            return self._read_mem(addr, size)
         buf = ctypes.create_string_buffer(size)
         local = array("Q", (ctypes.addressof(buf), size))
         remote = array("Q", (addr, size))
@@ -134,7 +134,8 @@ class RemoteMemory:
         self.bytes_read += got
         return buf.raw[:got]
 
-    def _read_mem(self, addr: int, size: int, prefix: bool = False) -> bytes | None:
+    def _read_mem(self, addr: int, size: int) -> bytes:
+        """``_read_prefix`` through /proc/PID/mem."""
         if self._mem_fd is None:
             try:
                 self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
@@ -147,10 +148,10 @@ class RemoteMemory:
             data = os.pread(self._mem_fd, size, addr)
         except OSError as exc:
             if exc.errno in (errno.EIO, errno.EFAULT):
-                return None
+                return b""
             self._raise(exc.errno or 0, addr, size)
-            return None
-        return data if prefix or len(data) == size else None
+            return b""
+        return data
 
     # -- cached reads -------------------------------------------------------
     def page(self, base: int) -> bytes:
@@ -161,24 +162,21 @@ class RemoteMemory:
         a third less time)."""
         if base <= 0 or base > _MAX_ADDR or base & (PAGE - 1):
             raise ReadFault(base, PAGE)
-        page = self._pages.get(base) or self._old.get(base)
-        if page is not None:
-            return page
-        data = self._read_prefix(base, min(PAGES_AHEAD * PAGE, _MAX_ADDR + 1 - base))
-        if len(data) < PAGE:
-            raise ReadFault(base, PAGE)
-        for at in range(0, len(data) - PAGE + 1, PAGE):
-            self._remember(base + at, data[at:at + PAGE])
-        return data[:PAGE]
+        return self._page(base, PAGES_AHEAD)
 
-    def _page(self, base: int) -> bytes:
+    def _page(self, base: int, pages: int = 1) -> bytes:
+        """The cached page at ``base``; on a miss, read with up to ``pages - 1`` mapped
+        pages after it, all of them cached."""
         page = self._pages.get(base)
         if page is None:
             page = self._old.get(base)
             if page is None:
-                page = self._read_one_or_none(base, PAGE)
-                if page is None:
+                data = self._read_prefix(base, min(pages * PAGE, _MAX_ADDR + 1 - base))
+                if len(data) < PAGE:
                     raise ReadFault(base, PAGE)
+                for at in range(PAGE, len(data) - PAGE + 1, PAGE):
+                    self._remember(base + at, data[at:at + PAGE])
+                page = data[:PAGE]
             self._remember(base, page)
         return page
 
@@ -328,10 +326,10 @@ class RemoteMemory:
         done = 0
         for k in range(0, len(pairs), 2):
             data = self._read_mem(pairs[k], pairs[k + 1])
-            if data is None:
-                break
             buf[at + done:at + done + len(data)] = data
             done += len(data)
+            if len(data) < pairs[k + 1]:
+                break
         return done
 
     def clear(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import sub
+from typing import cast
 
 from aiobpf.collector.interpreter import ThreadState, module_globals, modules
 from aiobpf.collector.memory import ReadFault
@@ -68,9 +69,7 @@ def llist_nodes(objs: Objects, head: int, limit: int
     if status == WALK_LIMIT:
         return nodes, TaskListCorrupt(f"more tasks than the {limit:,} aiobpf reads (task "
                                       f"list at {head:#x}): the rest are left out")
-    if error is not None and not isinstance(error, (DecodeError, ReadFault)):
-        raise TypeError(f"walk_links returned {error!r}")   # it returns only the faults given
-    return nodes, error
+    return nodes, cast(DecodeError | ReadFault | None, error)   # one of the faults given
 
 
 def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],

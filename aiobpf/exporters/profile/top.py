@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 from aiobpf.collector.cpu_samples import CpuSample
 from aiobpf.collector.model import Frame, Snapshot
 from aiobpf.exporters.profile.stacks import AwaitGraph
-from aiobpf.exporters.sites import await_site
+from aiobpf.exporters.sites import Sites
 from aiobpf.safe_text import escape
 
 OUTSIDE = 0   # the "task" of samples outside any task
@@ -52,9 +52,10 @@ class TopWindow(_Recent[list[CpuSample]]):
 def waiting_sites(snapshot: Snapshot) -> Counter[str]:
     """The pending tasks of ``snapshot`` counted by the await site they wait at."""
     sites: Counter[str] = Counter()
+    site_of = Sites().of   # each frame object classified once
     for task in snapshot.tasks:
         if task.state == "pending":
-            sites[await_site(task) or "(standard library only)"] += 1
+            sites[site_of(task.frames) or "(standard library only)"] += 1
     return sites
 
 
