@@ -79,7 +79,9 @@ walls, cpus = [], []
 for _ in range(int(sys.argv[2])):
     t0, c0 = time.perf_counter(), os.times()
     summarizer = Summarizer(10)
-    summarizer.finish(collector.snapshot(details=False, sink=summarizer.add, names=False))
+    # (as service.py reads; a tree from before Summarizer.add_parked hands each task)
+    kw = {"parked": summarizer.add_parked} if hasattr(summarizer, "add_parked") else {}
+    summarizer.finish(collector.snapshot(details=False, sink=summarizer.add, names=False, **kw))
     collector.forget(trim=summarizer.pending >= 10_000)
     c1 = os.times()
     walls.append(time.perf_counter() - t0)

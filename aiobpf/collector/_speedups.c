@@ -13,13 +13,13 @@
 #include <string.h>
 
 /* Bumped with every change of what a function takes or returns; speedups.py checks it. */
-#define SPEEDUPS_ABI 3
+#define SPEEDUPS_ABI 4
 #ifndef SPEEDUPS_SOURCE
 #define SPEEDUPS_SOURCE ""   /* setup.py defines it: the SHA-256 of this file */
 #endif
 
 static PyObject *str_seen, *str_frames, *str_errors, *str_awaited, *str_state;
-static PyObject *str_suspended, *str_loops;
+static PyObject *str_suspended, *str_loops, *str_child;
 
 static uint64_t
 load_u64(const unsigned char *p)
@@ -37,17 +37,39 @@ load_i32(const unsigned char *p)
     return v;
 }
 
-/* An address from a Python int; 0 with no error set when it is not a u64 (it can be
- * no valid address then either). */
-static uint64_t
-as_u64(PyObject *o)
+/* A Python int as a u64: 1 (the value in *v), or 0 with no error set when it is not
+ * one.  Addresses fit a signed long long, whose conversion walks the int's digits;
+ * PyLong_AsUnsignedLongLong goes through a byte array for any int above 2**30. */
+static int
+u64_of(PyObject *o, uint64_t *v)
 {
-    uint64_t v = PyLong_AsUnsignedLongLong(o);
-    if (v == (uint64_t)-1 && PyErr_Occurred()) {
+    int overflow;
+    long long s = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (s == -1 && PyErr_Occurred()) {
         PyErr_Clear();
         return 0;
     }
-    return v;
+    if (!overflow) {
+        *v = (uint64_t)s;
+        return s >= 0;
+    }
+    if (overflow < 0)
+        return 0;
+    *v = PyLong_AsUnsignedLongLong(o);   /* 2**63 and up */
+    if (*v == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* An address from a Python int; 0 when it is not a u64 (it can be no valid address
+ * then either). */
+static uint64_t
+as_u64(PyObject *o)
+{
+    uint64_t v;
+    return u64_of(o, &v) ? v : 0;
 }
 
 /* -- plan_runs ------------------------------------------------------------------ */
@@ -188,6 +210,32 @@ parse_layout(PyObject *t, LevelLayout *L)
                             &L->yf_depth, &L->span, &L->tag, &L->clear);
 }
 
+/* A level's arguments: the layout parsed and checked, and three sequences of one
+ * length (offsets, objects, and the chains: ``what``).  0 with an exception set. */
+static int
+level_args(PyObject *layout, LevelLayout *L, PyObject *offsets_in, PyObject *objs_in,
+           PyObject *chains_in, const char *what, PyObject **offsets, PyObject **objs,
+           PyObject **chains, Py_ssize_t *n)
+{
+    if (!parse_layout(layout, L))
+        return 0;
+    if (L->span < 8 || L->o_type < 0 || L->locals_at < 0) {
+        PyErr_SetString(PyExc_ValueError, "layout out of range");
+        return 0;
+    }
+    *offsets = PySequence_Fast(offsets_in, "offsets must be a sequence");
+    *objs = *offsets ? PySequence_Fast(objs_in, "objs must be a sequence") : NULL;
+    *chains = *objs ? PySequence_Fast(chains_in, "chains must be a sequence") : NULL;
+    if (*chains == NULL)
+        return 0;
+    *n = PySequence_Fast_GET_SIZE(*chains);
+    if (PySequence_Fast_GET_SIZE(*objs) != *n || PySequence_Fast_GET_SIZE(*offsets) != *n) {
+        PyErr_Format(PyExc_ValueError, "offsets, objs and %s differ in length", what);
+        return 0;
+    }
+    return 1;
+}
+
 /* The signature fields of the object at buf[off:] (a signed byte sign-extended); 0 when
  * they do not fit the buffer. */
 static int
@@ -281,12 +329,13 @@ enum { DEFER = 0, END = 1, NEXT = 2 };
 
 /* What a generator awaiting in a known state awaits, from its bytes at buf[off:]:
  * NEXT (*next set, 0: nothing), or DEFER when that is on the stack beyond the bytes
- * read (the caller reads it). */
+ * read (the caller reads it: *slot is its address when that is known, else 0). */
 static int
 stack_object(const LevelLayout *L, const unsigned char *buf, Py_ssize_t len,
-             Py_ssize_t off, uint64_t obj, uint64_t *next)
+             Py_ssize_t off, uint64_t obj, uint64_t *next, uint64_t *slot_at)
 {
     *next = 0;
+    *slot_at = 0;
     if (L->sp_at >= 0) {
         if (off + L->sp_at + 8 > len)
             return DEFER;
@@ -298,8 +347,10 @@ stack_object(const LevelLayout *L, const unsigned char *buf, Py_ssize_t len,
         if (slot < obj || slot - obj < (uint64_t)L->locals_at)
             return NEXT;
         uint64_t at = slot - obj;
-        if (at > (uint64_t)L->span - 8 || off + (Py_ssize_t)at + 8 > len)
+        if (at > (uint64_t)L->span - 8 || off + (Py_ssize_t)at + 8 > len) {
+            *slot_at = slot;
             return DEFER;
+        }
         uint64_t bits = load_u64(buf + off + at);
         if (L->tag >= 0 && (long long)(bits & 3) == L->tag)
             return NEXT;
@@ -312,8 +363,10 @@ stack_object(const LevelLayout *L, const unsigned char *buf, Py_ssize_t len,
     if (top < L->yf_depth || top > (1 << 20))
         return NEXT;
     Py_ssize_t at = L->locals_at + 8 * (Py_ssize_t)(top - L->yf_depth);
-    if (at + 8 > L->span || off + at + 8 > len)
+    if (at + 8 > L->span || off + at + 8 > len) {
+        *slot_at = obj + (uint64_t)at;
         return DEFER;
+    }
     *next = load_u64(buf + off + at);
     return NEXT;
 }
@@ -348,22 +401,10 @@ known_level(PyObject *Py_UNUSED(self), PyObject *args)
                           &PyDict_Type, &awaiting_at, &PySet_Type, &ends,
                           &PyTuple_Type, &layout))
         return NULL;
-    if (!parse_layout(layout, &L))
+    Py_ssize_t n;
+    if (!level_args(layout, &L, offsets_in, objs_in, outs_in, "outs", &offsets, &objs, &outs,
+                    &n))
         goto fail;
-    if (L.span < 8 || L.o_type < 0 || L.locals_at < 0) {
-        PyErr_SetString(PyExc_ValueError, "layout out of range");
-        goto fail;
-    }
-    offsets = PySequence_Fast(offsets_in, "offsets must be a sequence");
-    objs = offsets ? PySequence_Fast(objs_in, "objs must be a sequence") : NULL;
-    outs = objs ? PySequence_Fast(outs_in, "outs must be a sequence") : NULL;
-    if (outs == NULL)
-        goto fail;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(outs);
-    if (PySequence_Fast_GET_SIZE(objs) != n || PySequence_Fast_GET_SIZE(offsets) != n) {
-        PyErr_SetString(PyExc_ValueError, "offsets, objs and outs differ in length");
-        goto fail;
-    }
     next_outs = PyList_New(0);
     next_objs = PyList_New(0);
     deferred = PyList_New(0);
@@ -378,10 +419,8 @@ known_level(PyObject *Py_UNUSED(self), PyObject *args)
         Py_ssize_t off = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(offsets, i));
         if (off == -1 && PyErr_Occurred())
             goto fail;
-        uint64_t obj = PyLong_AsUnsignedLongLong(obj_o);
-        int is_u64 = !(obj == (uint64_t)-1 && PyErr_Occurred());
-        if (!is_u64)
-            PyErr_Clear();
+        uint64_t obj = 0;
+        int is_u64 = u64_of(obj_o, &obj);
         int action = DEFER;
         uint64_t next = 0;
         PyObject *frame = NULL;   /* borrowed from the memo */
@@ -391,7 +430,8 @@ known_level(PyObject *Py_UNUSED(self), PyObject *args)
                     && known_frame(&L, awaiting_at, &memo, fields, &frame) < 0)
                 goto fail;
             if (frame != NULL) {
-                action = stack_object(&L, buf, len, off, obj, &next);
+                uint64_t slot;
+                action = stack_object(&L, buf, len, off, obj, &next, &slot);
             } else if (off + L.o_type + 8 <= len) {
                 int end = type_in(ends, &memo, load_u64(buf + off + L.o_type));
                 if (end < 0)
@@ -447,6 +487,243 @@ fail:
     Py_XDECREF(next_outs);
     Py_XDECREF(next_objs);
     Py_XDECREF(deferred);
+    return NULL;
+}
+
+/* -- stack_level ---------------------------------------------------------------- */
+
+#define FAST_DEPTH 32   /* speedups.FAST_DEPTH */
+
+/* stacks.child(parent, frame): a node >= 0, -2 when the tree is full (None), -1 on an
+ * error.  The last answer is kept: chains side by side mostly take the same steps. */
+typedef struct {
+    PyObject *stacks;
+    long long parent;
+    PyObject *frame;   /* borrowed: held by awaiting_at's memo for the call */
+    long long node;
+} Child;
+
+static long long
+child_of(Child *c, long long parent, PyObject *frame)
+{
+    if (c->frame == frame && c->parent == parent && c->node >= 0)
+        return c->node;
+    PyObject *parent_o = PyLong_FromLongLong(parent);
+    if (parent_o == NULL)
+        return -1;
+    PyObject *got = PyObject_CallMethodObjArgs(c->stacks, str_child, parent_o, frame, NULL);
+    Py_DECREF(parent_o);
+    if (got == NULL)
+        return -1;
+    long long node = -2;
+    if (got != Py_None) {
+        node = PyLong_AsLongLong(got);
+        if (node == -1 && PyErr_Occurred()) {
+            Py_DECREF(got);
+            return -1;
+        }
+        if (node < 0) {
+            Py_DECREF(got);
+            PyErr_SetString(PyExc_ValueError, "stacks.child gave a negative node");
+            return -1;
+        }
+        c->parent = parent;
+        c->frame = frame;
+        c->node = node;
+    }
+    Py_DECREF(got);
+    return node;
+}
+
+PyDoc_STRVAR(stack_level_doc,
+"stack_level(buf, offsets, objs, chains, nodes, visited, depth, awaiting_at, ends,\n"
+"            layout, stacks) -> (going, next_objs, beyond, slots, left)\n\n"
+"One level of chains kept as shared stacks: see speedups.stack_level_py.");
+
+static PyObject *
+stack_level(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer view, nodes_view, visited_view;
+    PyObject *offsets_in, *objs_in, *chains_in, *awaiting_at, *ends, *layout, *stacks;
+    PyObject *offsets = NULL, *objs = NULL, *chains = NULL;
+    PyObject *going = NULL, *next_objs = NULL, *beyond = NULL, *slots = NULL, *left = NULL;
+    Py_ssize_t depth;
+    LevelLayout L;
+    Memo memo = {0};
+    if (!PyArg_ParseTuple(args, "y*OOOw*w*nO!O!O!O", &view, &offsets_in, &objs_in, &chains_in,
+                          &nodes_view, &visited_view, &depth, &PyDict_Type, &awaiting_at,
+                          &PySet_Type, &ends, &PyTuple_Type, &layout, &stacks))
+        return NULL;
+    Child child = {stacks, -1, NULL, -1};
+    Py_ssize_t n;
+    if (nodes_view.itemsize != 8 || visited_view.itemsize != 8
+            || nodes_view.len % 8 || visited_view.len % 8) {
+        PyErr_SetString(PyExc_TypeError, "nodes and visited must be arrays of 8-byte items");
+        goto fail;
+    }
+    if (!level_args(layout, &L, offsets_in, objs_in, chains_in, "chains", &offsets, &objs,
+                    &chains, &n))
+        goto fail;
+    going = PyList_New(0);
+    next_objs = PyList_New(0);
+    beyond = PyList_New(0);
+    slots = PyList_New(0);
+    left = PyList_New(0);
+    if (going == NULL || next_objs == NULL || beyond == NULL || slots == NULL || left == NULL)
+        goto fail;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t len = view.len;
+    int64_t *nodes = nodes_view.buf;
+    uint64_t *visited = visited_view.buf;
+    Py_ssize_t nnodes = nodes_view.len / 8, nvisited = visited_view.len / 8;
+
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *chain_o = PySequence_Fast_GET_ITEM(chains, k);
+        Py_ssize_t i = PyLong_AsSsize_t(chain_o);
+        Py_ssize_t off = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(offsets, k));
+        if ((i == -1 || off == -1) && PyErr_Occurred())
+            goto fail;
+        if (i < 0 || i >= nnodes || i > (nvisited - FAST_DEPTH) / FAST_DEPTH) {
+            PyErr_SetString(PyExc_IndexError, "chain index out of range");
+            goto fail;
+        }
+        uint64_t obj = 0;
+        int is_u64 = u64_of(PySequence_Fast_GET_ITEM(objs, k), &obj);
+        uint64_t *row = visited + i * FAST_DEPTH;
+        int leave = depth < 0 || depth >= FAST_DEPTH || !is_u64 || off < 0 || off > len - L.span;
+        for (Py_ssize_t d = 0; !leave && d < depth; d++)
+            leave = row[d] == obj;
+        PyObject *frame = NULL;   /* borrowed from the memo */
+        uint64_t next = 0;
+        if (!leave) {
+            uint64_t fields[4];
+            if (!signature_fields(&L, buf, len, off, fields))
+                leave = 1;
+            else if (known_frame(&L, awaiting_at, &memo, fields, &frame) < 0)
+                goto fail;
+        }
+        if (!leave && frame == NULL) {
+            int end = off + L.o_type + 8 <= len
+                      ? type_in(ends, &memo, load_u64(buf + off + L.o_type)) : 0;
+            if (end < 0)
+                goto fail;
+            if (end)
+                continue;   /* it ends the chain: what the task awaits */
+            leave = 1;
+        }
+        uint64_t slot = 0;
+        if (!leave && stack_object(&L, buf, len, off, obj, &next, &slot) == DEFER && !slot)
+            leave = 1;
+        long long node = -2;
+        if (!leave) {
+            node = child_of(&child, nodes[i], frame);
+            if (node == -1)
+                goto fail;
+            leave = node < 0;
+        }
+        if (leave) {
+            if (PyList_Append(left, chain_o) < 0)
+                goto fail;
+            continue;
+        }
+        nodes[i] = node;
+        row[depth] = obj;
+        if (slot && (PyList_Append(beyond, chain_o) < 0
+                     || append_new(slots, PyLong_FromUnsignedLongLong(slot)) < 0))
+            goto fail;
+        if (next && (PyList_Append(going, chain_o) < 0
+                     || append_new(next_objs, PyLong_FromUnsignedLongLong(next)) < 0))
+            goto fail;
+    }
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&nodes_view);
+    PyBuffer_Release(&visited_view);
+    Py_XDECREF(memo.frame);
+    Py_DECREF(offsets);
+    Py_DECREF(objs);
+    Py_DECREF(chains);
+    return Py_BuildValue("(NNNNN)", going, next_objs, beyond, slots, left);
+fail:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&nodes_view);
+    PyBuffer_Release(&visited_view);
+    Py_XDECREF(memo.frame);
+    Py_XDECREF(offsets);
+    Py_XDECREF(objs);
+    Py_XDECREF(chains);
+    Py_XDECREF(going);
+    Py_XDECREF(next_objs);
+    Py_XDECREF(beyond);
+    Py_XDECREF(slots);
+    Py_XDECREF(left);
+    return NULL;
+}
+
+/* -- task_heads ----------------------------------------------------------------- */
+
+PyDoc_STRVAR(task_heads_doc,
+"task_heads(buf, offsets, layout, pending) -> (simple, coros, awaited, others)\n\n"
+"Sort a batch of 3.14+ tasks: see speedups.task_heads_py.");
+
+static PyObject *
+task_heads(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    Py_buffer view;
+    PyObject *offsets_in, *layout, *offsets = NULL;
+    PyObject *simple = NULL, *coros = NULL, *awaited = NULL, *others = NULL;
+    Py_ssize_t state_at, coro_at, awaited_at, is_set_at, span;
+    long long pending;
+    if (!PyArg_ParseTuple(args, "y*OO!L", &view, &offsets_in, &PyTuple_Type, &layout, &pending))
+        return NULL;
+    if (!PyArg_ParseTuple(layout, "nnnnn;layout", &state_at, &coro_at, &awaited_at,
+                          &is_set_at, &span))
+        goto fail;
+    if (state_at < 0 || coro_at < 0 || awaited_at < 0 || is_set_at < 0 || state_at + 4 > span
+            || coro_at + 8 > span || awaited_at + 8 > span || is_set_at + 1 > span) {
+        PyErr_SetString(PyExc_ValueError, "layout out of range");
+        goto fail;
+    }
+    offsets = PySequence_Fast(offsets_in, "offsets must be a sequence");
+    simple = PyList_New(0);
+    coros = PyList_New(0);
+    awaited = PyList_New(0);
+    others = PyList_New(0);
+    if (offsets == NULL || simple == NULL || coros == NULL || awaited == NULL || others == NULL)
+        goto fail;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(offsets);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t off = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(offsets, i));
+        if (off == -1 && PyErr_Occurred())
+            goto fail;
+        if (off < 0 || off > view.len - span) {
+            if (append_new(others, PyLong_FromSsize_t(i)) < 0)
+                goto fail;
+            continue;
+        }
+        if (load_i32(buf + off + state_at) != pending)
+            continue;
+        uint64_t coro = load_u64(buf + off + coro_at), by = load_u64(buf + off + awaited_at);
+        if (!coro || (by && buf[off + is_set_at])) {
+            if (append_new(others, PyLong_FromSsize_t(i)) < 0)
+                goto fail;
+            continue;
+        }
+        if (append_new(simple, PyLong_FromSsize_t(i)) < 0
+                || append_new(coros, PyLong_FromUnsignedLongLong(coro)) < 0
+                || append_new(awaited, PyLong_FromUnsignedLongLong(by)) < 0)
+            goto fail;
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(offsets);
+    return Py_BuildValue("(NNNN)", simple, coros, awaited, others);
+fail:
+    PyBuffer_Release(&view);
+    Py_XDECREF(offsets);
+    Py_XDECREF(simple);
+    Py_XDECREF(coros);
+    Py_XDECREF(awaited);
+    Py_XDECREF(others);
     return NULL;
 }
 
@@ -598,16 +875,16 @@ pointer_at(Pages *pages, uint64_t addr, uint64_t offset, uint64_t *out)
 }
 
 PyDoc_STRVAR(walk_links_doc,
-"walk_links(page_of, head, next_off, limit, faults) -> (nodes, status, error)\n\n"
+"walk_links(page_of, head, next_off, limit, faults, minus=0) -> (nodes, status, error)\n\n"
 "The nodes of a circular linked list: see speedups.walk_links_py.");
 
 static PyObject *
 walk_links(PyObject *Py_UNUSED(self), PyObject *args)
 {
     PyObject *page_of, *faults, *nodes;
-    unsigned long long head, next_off;
+    unsigned long long head, next_off, minus = 0;
     Py_ssize_t limit;
-    if (!PyArg_ParseTuple(args, "OKKnO", &page_of, &head, &next_off, &limit, &faults))
+    if (!PyArg_ParseTuple(args, "OKKnO|K", &page_of, &head, &next_off, &limit, &faults, &minus))
         return NULL;
     nodes = PyList_New(0);
     if (nodes == NULL)
@@ -618,7 +895,7 @@ walk_links(PyObject *Py_UNUSED(self), PyObject *args)
     if (pointer_at(&pages, head, next_off, &node) < 0)
         goto fault;
     while (node && node != head) {
-        if (append_new(nodes, PyLong_FromUnsignedLongLong(node)) < 0)
+        if (append_new(nodes, PyLong_FromUnsignedLongLong(node - minus)) < 0)
             goto fail;
         if (node == saved) {
             status = WALK_LOOPS;
@@ -659,6 +936,8 @@ static PyMethodDef methods[] = {
     {"known_level", known_level, METH_VARARGS, known_level_doc},
     {"short_ascii", short_ascii, METH_VARARGS, short_ascii_doc},
     {"walk_links", walk_links, METH_VARARGS, walk_links_doc},
+    {"stack_level", stack_level, METH_VARARGS, stack_level_doc},
+    {"task_heads", task_heads, METH_VARARGS, task_heads_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -679,6 +958,7 @@ PyInit__speedups(void)
     INTERN(str_state, "innermost_state");
     INTERN(str_suspended, "suspended");
     INTERN(str_loops, "await chain loops");
+    INTERN(str_child, "child");
 #undef INTERN
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

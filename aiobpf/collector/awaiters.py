@@ -59,11 +59,11 @@ class AwaiterIndex:
             if alone is None:
                 if len(self._alone) >= MAX_CALLBACKS:
                     self._alone.clear()
-                alone = self._alone[addrs[0]] = [self._recorded_awaiter(addrs[0])]
+                alone = self._alone[addrs[0]] = [self.recorded_awaiter(addrs[0])]
             return alone
-        return [self._recorded_awaiter(addr) for addr in addrs]
+        return [self.recorded_awaiter(addr) for addr in addrs]
 
-    def _recorded_awaiter(self, addr: int) -> Awaiter:
+    def recorded_awaiter(self, addr: int) -> Awaiter:
         # Many tasks share an awaiter (a TaskGroup's parent): each is read once.
         awaiter = self._recorded.get(addr)
         if awaiter is None:

@@ -13,12 +13,13 @@ Future, a custom awaitable): that object is returned as what the task awaits.
 from __future__ import annotations
 
 import struct
+from array import array
 from typing import cast
 
 from aiobpf.collector.memory import ReadFault
-from aiobpf.collector.model import Frame
+from aiobpf.collector.model import Frame, Stacks
 from aiobpf.collector.objects import DecodeError, Objects, field_reader, u64
-from aiobpf.collector.speedups import LevelLayout, known_level
+from aiobpf.collector.speedups import FAST_DEPTH, LevelLayout, known_level, stack_level
 
 _Q = struct.Struct("<Q").unpack_from
 MAX_AWAIT_DEPTH = 1024     # coroutines awaiting coroutines
@@ -215,6 +216,34 @@ class Frames:
         """``chain`` of each of ``objs``, read side by side; None for a chain that could
         not be read (an object freed meanwhile: the caller reads it again alone)."""
         return self._follow(objs, strict=False)
+
+    def stacks(self, objs: list[int], stacks: Stacks) -> tuple[array, list[int]]:
+        """The chains from ``objs`` (tasks' coroutines) as nodes of ``stacks``, as far as
+        what is known already decodes them (``speedups.stack_level``), and the indices
+        of the chains left (an object of a kind not met yet, a chain that loops or is
+        deeper than FAST_DEPTH): ``chains`` reads those again whole.  Each level of all
+        of them is read with one system call, as ``chains`` reads."""
+        nodes = array("q", bytes(8 * len(objs)))   # 0: the empty stack
+        visited = array("Q", bytes(8 * FAST_DEPTH * len(objs)))
+        level, addrs = list(range(len(objs))), objs
+        left: list[int] = []
+        for depth in range(FAST_DEPTH):
+            if not level:
+                break
+            buf, offsets = self.mem.read_packed(addrs, self.gen_span)
+            level, addrs, beyond, slots, stuck = stack_level(
+                buf, offsets, addrs, level, nodes, visited, depth, self._awaiting_at, self._ends,
+                self.level_layout, stacks)
+            left += stuck
+            if beyond:   # what a frame with a deep stack awaits: its slots read at once
+                words, at = self.mem.read_packed(slots, 8)
+                for i, off in zip(beyond, at, strict=True):
+                    if off < 0:
+                        left.append(i)
+                    elif nxt := self._object_ref(_Q(words, off)[0]):
+                        level.append(i)
+                        addrs.append(nxt)
+        return nodes, left + level
 
     def _follow(self, objs: list[int], strict: bool) -> list[Chain | None]:
         """The chains from ``objs``, one level of all of them read with one system

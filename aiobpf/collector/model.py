@@ -46,6 +46,65 @@ class Task:
     coro: int = 0                 # address of its coroutine (0: not known)
 
 
+class Stacks:
+    """Await stacks shared by the tasks suspended at one place: a tree whose node 0 is
+    the empty stack and each other node one frame on top of its parent's stack.  At
+    most ``limit`` nodes (``child`` says None then): a forged process may park every
+    task in its own place."""
+
+    __slots__ = ("children", "frames", "limit", "parents")
+
+    def __init__(self, limit: int = 1 << 16) -> None:
+        self.frames: list[Frame | None] = [None]   # each node's innermost frame
+        self.parents: list[int] = [-1]
+        self.children: dict[tuple[int, int], int] = {}   # (parent, id(frame)) -> node
+        self.limit = limit
+
+    def child(self, parent: int, frame: Frame) -> int | None:
+        """The node of ``frame`` on top of ``parent``'s stack (None: the tree is full)."""
+        key = (parent, id(frame))   # (the frame is held in ``frames``: its id stays its own)
+        node = self.children.get(key)
+        if node is None:
+            if len(self.frames) >= self.limit:
+                return None
+            node = self.children[key] = len(self.frames)
+            self.frames.append(frame)
+            self.parents.append(parent)
+        return node
+
+    def node_of(self, frames: list[Frame]) -> int | None:
+        """The node of a stack (outermost first); None when the tree is full."""
+        node = 0
+        for frame in frames:
+            child = self.child(node, frame)
+            if child is None:
+                return None
+            node = child
+        return node
+
+    def frames_of(self, node: int) -> list[Frame]:
+        """The stack of ``node``, outermost first."""
+        out: list[Frame] = []
+        while node > 0:
+            frame = self.frames[node]
+            assert frame is not None
+            out.append(frame)
+            node = self.parents[node]
+        out.reverse()
+        return out
+
+
+@dataclass(slots=True)
+class Parked:
+    """Tasks suspended where their await chains say, as columns: what a summary needs of
+    each, without a ``Task`` each (``Collector.snapshot(parked=...)``)."""
+
+    ids: list[int]                # task addresses
+    firsts: list[int]             # the task each one is awaited by (0: none, or a future)
+    nodes: list[int]              # each one's frames: a node of ``stacks``
+    stacks: Stacks
+
+
 @dataclass(slots=True)
 class Thread:
     thread_id: int                # native thread id

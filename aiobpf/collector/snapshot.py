@@ -23,12 +23,14 @@ from aiobpf.collector.awaiters import AwaiterIndex
 from aiobpf.collector.frames import Chain, Frames
 from aiobpf.collector.interpreter import ThreadState, interpreters, modules, thread_states
 from aiobpf.collector.memory import ReadFault, RemoteMemory
-from aiobpf.collector.model import Snapshot, Task, Thread
+from aiobpf.collector.model import Parked, Snapshot, Stacks, Task, Thread
 from aiobpf.collector.objects import DecodeError, Objects
+from aiobpf.collector.speedups import TaskLayout, task_heads
 from aiobpf.collector.target import NoAsyncio, Target
 from aiobpf.collector.tasks import (
     MAX_TASKS,
     RawTask,
+    TaskRefs,
     decode_task,
     linked_tasks,
     loop_thread_id,
@@ -44,8 +46,12 @@ _T = TypeVar("_T")
 DISCOVERY_ATTEMPTS = 5
 MAX_LOOPS = 4096  # event loops whose address one read shares among their tasks
 BATCH = 256  # tasks decoded from one generation of cached pages
+KNOWN_BATCH = 1024  # tasks ``_park_known`` takes at once (no page cache: bigger reads)
 TASK_ATTEMPTS = 4  # reads of one busy task before it is reported partial
 _DIGITS = re.compile(r"(\d+)")
+_NOT_PARKED = ("finished", "running")   # chains whose task ``_task`` reads further
+MAX_BACKOFF = 7   # after misses in a row, at most 2**(7-1)-1 batches read the long way
+MAX_AWAITERS = 1 << 16   # awaiters whose kind one read remembers (``_park_known``)
 
 
 MAX_WARNINGS = 1000  # per snapshot: a process of garbage tasks must not fill the reader
@@ -151,7 +157,8 @@ class Collector:
 
     def snapshot(self, *, details: bool = True,
                  records: Mapping[int, TaskRecord] | None = None,
-                 sink: Callable[[Task], None] | None = None, names: bool = True) -> Snapshot:
+                 sink: Callable[[Task], None] | None = None, names: bool = True,
+                 parked: Callable[[Parked], None] | None = None) -> Snapshot:
         """Read every pending task now.  ``details=False`` skips what only the JSON
         document shows (what each innermost frame awaits).
 
@@ -163,8 +170,15 @@ class Collector:
         (the snapshot's ``tasks`` stay empty): memory stays bounded by a batch, not by
         the target's task count.  Awaiters that finished during the read are then
         left in ``awaited_by`` (a task id the sink never saw).  ``names=False`` leaves
-        task names empty (not decoded: less time, and no name cache)."""
-        return _Read(self, details, records or {}, names).run(sink)
+        task names empty (not decoded: less time, and no name cache).
+
+        With ``parked`` too (3.14+), the tasks of a batch that are suspended where their
+        await chains say and awaited by one awaiter or none (most tasks) are handed to
+        it as one ``Parked`` instead, without a ``Task`` each: what a summary needs of
+        them is their id, their first awaiting task and their frames."""
+        if parked is not None and sink is None:
+            raise ValueError("parked needs a sink for the other tasks")
+        return _Read(self, details, records or {}, names, parked).run(sink)
 
 
 @contextmanager
@@ -195,7 +209,8 @@ class _Read:
     """One snapshot being taken: its options and what it found so far."""
 
     def __init__(self, collector: Collector, details: bool,
-                 records: Mapping[int, TaskRecord], names: bool) -> None:
+                 records: Mapping[int, TaskRecord], names: bool,
+                 parked: Callable[[Parked], None] | None = None) -> None:
         self.target = collector.target
         self.max_tasks = collector.max_tasks
         self.mem, self.objs, self.frames = collector.mem, collector.objs, collector.frames
@@ -204,6 +219,11 @@ class _Read:
         self._details = details
         self._names = names
         self._records = records
+        self._parked = parked if self.linked else None
+        self._stacks = Stacks()            # the stacks of the tasks handed to ``parked``
+        self._firsts: dict[int, int] = {}  # awaiter -> itself if a task, else 0
+        self._misses = 0                   # batches in a row that ``_park_known`` mostly left
+        self._known_from = 0               # the next batch ``_park_known`` is tried on
         self._named: dict[int, int] = {}   # native thread id -> the task it named running
         self._loops: dict[int, int] = {}   # each event loop's address, as one int object
         self.torn = 0  # reads that tore and were taken again
@@ -215,15 +235,15 @@ class _Read:
 
     # -- discovery of tasks -------------------------------------------------------
     def _task_addresses(self, interps: list[int], threads: list[ThreadState], warnings: list[str],
-                        partial: bool) -> tuple[list[tuple[int, int]], dict[int, int]]:
-        """(task, native thread id or 0) pairs, and loop -> running task (3.11-3.13).
-        ``partial``: keep what a task list that tore gave (``linked_tasks``)."""
+                        partial: bool) -> tuple[TaskRefs, dict[int, int]]:
+        """The tasks (with their threads' native ids on 3.14+), and loop -> running task
+        (3.11-3.13).  ``partial``: keep what a task list that tore gave (``linked_tasks``)."""
         if self.linked:
             linked = linked_tasks(self.objs, threads, interps, warnings, self.max_tasks,
                                   partial=partial)
-            self.truncated = len(linked) >= self.max_tasks
+            self.truncated = len(linked.addrs) >= self.max_tasks
             return linked, {}
-        pairs: list[tuple[int, int]] = []
+        found_tasks: list[int] = []
         running: dict[int, int] = {}
         seen_asyncio = False
         for interp in interps:
@@ -231,17 +251,17 @@ class _Read:
             if found is None:
                 continue
             seen_asyncio = True
-            room = self.max_tasks - len(pairs)
+            room = self.max_tasks - len(found_tasks)
             if len(found[0]) > room:
                 self.truncated = True
                 warnings.append(f"more tasks than the {self.max_tasks:,} aiobpf reads: "
                                 "the rest are left out")
-            pairs.extend((t, 0) for t in found[0][:room])
+            found_tasks.extend(found[0][:room])
             running.update(found[1])
         if not seen_asyncio:
             raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
                             "has not imported asyncio")
-        return pairs, running
+        return TaskRefs(found_tasks, [0] * len(found_tasks)), running
 
     def _read_raw(self, addr: int) -> RawTask:
         """The task at ``addr``, its name decoded unless names are left out."""
@@ -249,14 +269,14 @@ class _Read:
         return retry(lambda: read_task(self.objs, addr, self._span, name=name), 2,
                      self.mem.clear)
 
-    def _read_batch(self, pairs: list[tuple[int, int]], warnings: list[str]) -> list[RawTask]:
-        """The pending tasks of ``pairs`` (address, native thread id), their objects
-        read with one system call, the heads of their names with another."""
+    def _read_batch(self, refs: TaskRefs, warnings: list[str]) -> list[RawTask]:
+        """The pending tasks of ``refs``, their objects read with one system call, the
+        heads of their names with another."""
         pending = self.target.layout["enum.STATE_PENDING"]
         span, objs = self._span, self.objs
-        blobs, offsets = self.mem.read_packed([addr for addr, _ in pairs], span)
+        blobs, offsets = self.mem.read_packed(refs.addrs, span)
         raws, unnamed = [], []
-        for (addr, tid), at in zip(pairs, offsets, strict=True):
+        for addr, tid, at in zip(refs.addrs, refs.tids, offsets, strict=True):
             try:
                 if at < 0:
                     raise ReadFault(addr, span)
@@ -287,17 +307,17 @@ class _Read:
 
     # -- the snapshot -------------------------------------------------------------
     def _discover(self, warnings: list[str]
-                  ) -> tuple[list[int], list[ThreadState], list[tuple[int, int]], dict[int, int]]:
-        """Interpreters, thread states, (task, native thread id) pairs and loop ->
-        running task (3.11-3.13).  Thread states and task lists change as the target
-        runs: a read that tore is taken again from fresh pages, and the last attempt
-        keeps the part of a torn task list that it could walk (with a warning)."""
-        def attempt(partial: bool) -> tuple[list[int], list[ThreadState],
-                                            list[tuple[int, int]], dict[int, int]]:
+                  ) -> tuple[list[int], list[ThreadState], TaskRefs, dict[int, int]]:
+        """Interpreters, thread states, tasks and loop -> running task (3.11-3.13).
+        Thread states and task lists change as the target runs: a read that tore is
+        taken again from fresh pages, and the last attempt keeps the part of a torn task
+        list that it could walk (with a warning)."""
+        def attempt(partial: bool) -> tuple[list[int], list[ThreadState], TaskRefs,
+                                            dict[int, int]]:
             interps = interpreters(self.objs, self.target.runtime_addr)
             threads = [ts for interp in interps for ts in thread_states(self.objs, interp)]
-            pairs, running_by_loop = self._task_addresses(interps, threads, warnings, partial)
-            return interps, threads, pairs, running_by_loop
+            refs, running_by_loop = self._task_addresses(interps, threads, warnings, partial)
+            return interps, threads, refs, running_by_loop
 
         try:
             return retry(lambda: attempt(False), DISCOVERY_ATTEMPTS - 1, self._discovery_torn)
@@ -325,18 +345,18 @@ class _Read:
         started, t0 = time.time(), time.perf_counter()
         warnings: list[str] = list(self.target.layout.notes)
         self._forget_decoded()
-        interps, threads, pairs, running_by_loop = self._discover(warnings)
+        interps, threads, refs, running_by_loop = self._discover(warnings)
 
         found: list[Task] = []
         keep = found.append if sink is None else sink
         if self.linked:
-            count = self._read_linked(pairs, threads, warnings, keep)
+            count = self._read_linked(refs, threads, warnings, keep)
             if not count and "asyncio" not in modules(self.objs, interps[0]):
                 raise NoAsyncio(f"process {self.target.pid} (Python {self.target.version_str}) "
                                 "has not imported asyncio")
         else:
-            self._read_registered(pairs, threads, running_by_loop, warnings, keep)
-        del pairs
+            self._read_registered(refs, threads, running_by_loop, warnings, keep)
+        del refs
         # An awaiter that finished while the snapshot was taken awaits nothing any more.
         ids = {t.id for t in found}
         gone = {a.id for t in found for a in t.awaited_by if a.is_task} - ids
@@ -370,7 +390,7 @@ class _Read:
     # await) with one system call, which bounds how far apart in time the parts of one
     # task's record can be.
 
-    def _read_linked(self, pairs: list[tuple[int, int]], threads: list[ThreadState],
+    def _read_linked(self, refs: TaskRefs, threads: list[ThreadState],
                      warnings: list[str], keep: Callable[[Task], None]) -> int:
         """3.14+: every task record in one pass; awaiters are recorded in each task.
         Returns how many tasks were kept."""
@@ -378,22 +398,83 @@ class _Read:
         self._named = {ts.native_id: task for task, ts in running.items()}
         index = AwaiterIndex(self.objs, [])
         count = 0
-        for start in range(0, len(pairs), BATCH):
-            self.mem.clear()
-            raws = self._read_batch(pairs[start:start + BATCH], warnings)
-            self._assign_threads(raws, threads)  # tasks of threads that have exited
-            count += self._build(raws, index, running, keep)
+        # With ``parked``, the known path takes KNOWN_BATCH tasks at a time (after a
+        # first batch of BATCH, which teaches it), and leaves the rest to the long way.
+        step = KNOWN_BATCH if self._parked is not None else BATCH
+        starts = [0, *range(BATCH, len(refs.addrs), step)] if refs.addrs else []
+        stops = [*starts[1:], len(refs.addrs)]
+        for number, (start, stop) in enumerate(zip(starts, stops, strict=True)):
+            batch = refs.part(start, stop)
+            if self._parked is not None and number >= self._known_from:
+                self.mem.clear()
+                size = len(batch.addrs)
+                batch, parked = self._park_known(batch, index)
+                count += parked
+                # A batch mostly left (its reads spent twice; the first teaches what
+                # the next ones need): after the second in a row, the next one goes the
+                # long way at once, after the third the next three, and so on.
+                self._misses = self._misses + 1 if 2 * len(batch.addrs) > size else 0
+                skip = (1 << min(self._misses, MAX_BACKOFF) - 1) - 1 if self._misses else 0
+                self._known_from = number + 1 + skip
+            for at in range(0, len(batch.addrs), BATCH):
+                self.mem.clear()
+                raws = self._read_batch(batch.part(at, at + BATCH), warnings)
+                self._assign_threads(raws, threads)  # tasks of threads that have exited
+                count += self._build(raws, index, running, keep)
         return count
 
-    def _read_registered(self, pairs: list[tuple[int, int]], threads: list[ThreadState],
+    def _park_known(self, refs: TaskRefs, index: AwaiterIndex) -> tuple[TaskRefs, int]:
+        """Hand ``parked`` the tasks of ``refs`` that what is known already decodes:
+        pending, awaited by one awaiter or none, suspended in generators met before
+        (``Frames.stacks``).  Returns the tasks left (read again the long way) and how
+        many were handed."""
+        assert self._parked is not None
+        L = self.target.layout
+        layout = TaskLayout(L["task.state"], L["task.coro"], L["task.awaited_by"],
+                            L["task.awaited_by_is_set"], self._span)
+        addrs = refs.addrs
+        blobs, offsets = self.mem.read_packed(addrs, self._span)
+        simple, coros, awaited, others = task_heads(blobs, offsets, layout,
+                                                    L["enum.STATE_PENDING"])
+        if self._records:   # a task its BPF record shows is read the long way
+            keep = [k for k, i in enumerate(simple) if addrs[i] not in self._records]
+            others += [i for i in simple if addrs[i] in self._records]
+            simple, coros, awaited = ([seq[k] for k in keep] for seq in (simple, coros, awaited))
+        nodes, left = self.frames.stacks(coros, self._stacks)
+        firsts = self._firsts
+        wanted = set(awaited)
+        for addr in wanted.difference(firsts):
+            try:
+                awaiter = index.recorded_awaiter(addr) if addr else None
+            except _TRANSIENT:   # its tasks go the long way (read again from fresh pages)
+                continue
+            firsts[addr] = addr if awaiter is not None and awaiter.is_task else 0
+        lost = set(left)
+        if not wanted.issubset(firsts):
+            lost.update(k for k, a in enumerate(awaited) if a not in firsts)
+        rest = refs.pick(others + [simple[k] for k in sorted(lost)])
+        if lost:
+            kept = [k for k in range(len(simple)) if k not in lost]
+            simple, awaited = [simple[k] for k in kept], [awaited[k] for k in kept]
+            handed = [nodes[k] for k in kept]
+        else:
+            handed = nodes.tolist()
+        if handed:
+            self._parked(Parked(list(map(addrs.__getitem__, simple)),
+                                list(map(firsts.__getitem__, awaited)), handed, self._stacks))
+        if len(firsts) > MAX_AWAITERS:
+            firsts.clear()
+        return rest, len(handed)
+
+    def _read_registered(self, refs: TaskRefs, threads: list[ThreadState],
                          running_by_loop: dict[int, int], warnings: list[str],
                          keep: Callable[[Task], None]) -> None:
         """3.11-3.13: every task first (awaiters are inferred from all of them), then
         each batch again from fresh pages."""
         pending = self.target.layout["enum.STATE_PENDING"]
         raws: list[RawTask] = []
-        for start in range(0, len(pairs), BATCH):
-            raws += self._read_batch(pairs[start:start + BATCH], warnings)
+        for start in range(0, len(refs.addrs), BATCH):
+            raws += self._read_batch(refs.part(start, start + BATCH), warnings)
         self._assign_threads(raws, threads)
         running = self._running_threads(threads, running_by_loop, raws)
         self._named = {ts.native_id: task for task, ts in running.items()}
@@ -425,12 +506,46 @@ class _Read:
         chains = dict(zip((raw.addr for raw in needed),
                           self.frames.chains([raw.coro for raw in needed]), strict=True))
         count = 0
+        if self._parked is not None:
+            raws, count = self._park(raws, chains, index)
         for raw in raws:
             task = self._task(raw, index, running, chains.get(raw.addr))
             if task is not None:
                 keep(task)
                 count += 1
         return count
+
+    def _park(self, raws: list[RawTask], chains: dict[int, Chain | None],
+              index: AwaiterIndex) -> tuple[list[RawTask], int]:
+        """Hand ``parked`` the tasks of ``raws`` whose chain was read, neither finished
+        nor running, and that one awaiter or none awaits: as ``_task`` would make them,
+        less what a summary does not read.  Returns the others and how many were handed."""
+        assert self._parked is not None
+        ids: list[int] = []
+        firsts: list[int] = []
+        nodes: list[int] = []
+        rest: list[RawTask] = []
+        for raw in raws:
+            chain = chains.get(raw.addr)
+            node = (None if chain is None or chain.innermost_state in _NOT_PARKED
+                    or len(raw.awaited_by) > 1 else self._stacks.node_of(chain.frames))
+            if node is None:
+                rest.append(raw)
+                continue
+            first = 0
+            if raw.awaited_by:
+                try:
+                    awaiter = index.recorded(raw)[0]
+                except _TRANSIENT:   # _task reads it again from fresh pages
+                    rest.append(raw)
+                    continue
+                first = awaiter.id if awaiter.is_task else 0
+            ids.append(raw.addr)
+            firsts.append(first)
+            nodes.append(node)
+        if ids:
+            self._parked(Parked(ids, firsts, nodes, self._stacks))
+        return rest, len(ids)
 
     def _interp_id(self, interp: int) -> int:
         try:

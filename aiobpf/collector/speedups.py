@@ -3,11 +3,13 @@
 A read of a big target spends most of its time in loops over every object: planning
 the ranges of a packed read (``memory.RemoteMemory.read_packed``), stepping every await
 chain one object further (``frames.Frames._level``), decoding task names
-(``objects.Objects.short_names``) and walking the task lists of 3.14+
-(``tasks.walk_llist``).  The C module does them several times faster; the Python
-functions here say what they do, run where the module is not built, and are the oracle
-the C is tested against (``tests/unit/test_speedups.py``, on generated input;
-``tests/integration/test_speedups.py``, on real processes).
+(``objects.Objects.short_names``), walking the task lists of 3.14+
+(``tasks.walk_llist``) and, for the daemon's summary, sorting a batch of 3.14+ tasks
+(``task_heads``) and following their chains as shared stacks (``stack_level``).  The
+C module does them several times faster; the Python functions here say what they do,
+run where the module is not built, and are the oracle the C is tested against
+(``tests/unit/test_speedups.py``, on generated input; ``tests/integration/
+test_speedups.py`` and ``test_parked_summary.py``, on real processes).
 
 None of them reads the target: they decode bytes already read, and the walk asks its
 ``page_of`` (``RemoteMemory.page``) for each page it follows a pointer into.
@@ -26,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 _Q = struct.Struct("<Q").unpack_from
 _i = struct.Struct("<i").unpack_from
 _U64 = (1 << 64) - 1
-ABI = 3   # the C module's SPEEDUPS_ABI that this module's calls expect
+ABI = 4   # the C module's SPEEDUPS_ABI that this module's calls expect
 
 
 class ChainState(Protocol):
@@ -122,6 +124,13 @@ def _stack_object(layout: LevelLayout, buf: bytes | bytearray, off: int,
     return _Q(buf, off + at)[0] if at + 8 <= span else None
 
 
+def _stack_slot(layout: LevelLayout, buf: bytes | bytearray, off: int, obj: int) -> int:
+    """The address of the stack slot ``_stack_object`` found beyond the bytes read."""
+    if layout.sp_at >= 0:
+        return int(_Q(buf, off + layout.sp_at)[0]) - layout.back
+    return obj + layout.locals_at + 8 * (_i(buf, off + layout.stacktop_at)[0] - layout.yf_depth)
+
+
 def known_level_py(buf: bytes | bytearray, offsets: Sequence[int], objs: Sequence[int],
                    outs: Sequence[ChainState], awaiting_at: dict[tuple[int, ...], Any],
                    ends: set[int], layout: LevelLayout
@@ -168,6 +177,102 @@ def known_level_py(buf: bytes | bytearray, offsets: Sequence[int], objs: Sequenc
     return next_outs, next_objs, deferred
 
 
+FAST_DEPTH = 32   # levels of a chain that stack_level follows (deeper ones: the long way)
+
+
+class StackTree(Protocol):
+    """What ``stack_level`` needs of ``model.Stacks``."""
+
+    def child(self, parent: int, frame: Any) -> int | None: ...
+
+
+def stack_level_py(buf: bytes | bytearray, offsets: Sequence[int], objs: Sequence[int],
+                   chains: Sequence[int], nodes: Any, visited: Any, depth: int,
+                   awaiting_at: dict[tuple[int, ...], Any], ends: set[int],
+                   layout: LevelLayout, stacks: StackTree
+                   ) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """``known_level`` for chains kept as stacks (``model.Stacks``): chain ``chains[k]``
+    is at ``objs[k]`` (read into ``buf`` at ``offsets[k]``) at level ``depth``;
+    ``nodes[i]`` is chain i's stack so far and ``visited[i * FAST_DEPTH + d]`` the
+    object it met at level d (both arrays, written here).
+
+    A generator seen awaiting adds its frame and leads on to what it awaits; an object
+    of a type in ``ends`` ends the chain.  Returns (the chains that go on, their next
+    objects, the chains whose next object is in a stack slot beyond the bytes read, the
+    addresses of those slots, the chains left to the long way: an object not known, an
+    object met before in the chain, deeper than FAST_DEPTH, or the tree full).  A chain
+    left is left as a whole: the caller follows it again from its start."""
+    going: list[int] = []
+    next_objs: list[int] = []
+    beyond: list[int] = []
+    slots: list[int] = []
+    left: list[int] = []
+    span = layout.span
+    for i, obj, off in zip(chains, objs, offsets, strict=True):
+        row = i * FAST_DEPTH
+        if (depth >= FAST_DEPTH or off < 0 or off + span > len(buf) or not 0 <= obj <= _U64
+                or obj in visited[row:row + depth]):
+            left.append(i)
+            continue
+        frame = awaiting_at.get(signature_of(layout, buf, off))
+        if frame is None:
+            if _Q(buf, off + layout.o_type)[0] not in ends:
+                left.append(i)
+            continue   # (else it ends the chain: what the task awaits)
+        nxt = _stack_object(layout, buf, off, obj)
+        slot = 0 if nxt is not None else _stack_slot(layout, buf, off, obj) & _U64
+        node = None if nxt is None and not slot else stacks.child(nodes[i], frame)
+        if node is None:
+            left.append(i)
+            continue
+        nodes[i] = node
+        visited[row + depth] = obj
+        if nxt is None:
+            beyond.append(i)
+            slots.append(slot)
+        elif nxt:
+            going.append(i)
+            next_objs.append(nxt)
+    return going, next_objs, beyond, slots, left
+
+
+class TaskLayout(NamedTuple):
+    """Where the fields of a 3.14+ task are that ``task_heads`` decodes."""
+
+    state_at: int     # task_state, an int
+    coro_at: int      # task_coro
+    awaited_at: int   # task_awaited_by: the awaiter, or a set of them
+    is_set_at: int    # task_awaited_by_is_set, a byte
+    span: int         # bytes read of each task
+
+
+def task_heads_py(buf: bytes | bytearray, offsets: Sequence[int], layout: TaskLayout,
+                  pending: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Sort the tasks read into ``buf`` (task i at ``offsets[i]``): the pending ones with
+    a coroutine and one awaiter or none (their indices, coroutines and awaiters, 0 for
+    none), and the indices of the others that may be pending (not read, or awaited by a
+    set): ``tasks.decode_task`` decodes those.  Tasks in another state are left out."""
+    simple: list[int] = []
+    coros: list[int] = []
+    awaited: list[int] = []
+    others: list[int] = []
+    for i, off in enumerate(offsets):
+        if off < 0 or off + layout.span > len(buf):
+            others.append(i)
+            continue
+        if _i(buf, off + layout.state_at)[0] != pending:
+            continue
+        coro = _Q(buf, off + layout.coro_at)[0]
+        by = _Q(buf, off + layout.awaited_at)[0]
+        if not coro or (by and buf[off + layout.is_set_at]):
+            others.append(i)
+            continue
+        simple.append(i)
+        coros.append(coro)
+        awaited.append(by)
+    return simple, coros, awaited, others
+
+
 class StrLayout(NamedTuple):
     """Where a str object's fields are, and what its state says of a compact ASCII one."""
 
@@ -204,10 +309,11 @@ WALK_END, WALK_LOOPS, WALK_LIMIT, WALK_FAULT = range(4)   # walk_links' status
 
 
 def walk_links_py(page_of: Callable[[int], bytes], head: int, next_off: int, limit: int,
-                  faults: tuple[type[BaseException], ...]
+                  faults: tuple[type[BaseException], ...], minus: int = 0
                   ) -> tuple[list[int], int, BaseException | None]:
     """The nodes of the circular list at ``head`` (each node's next pointer at
-    ``next_off``), read through ``page_of(base)``, the 4 KB page at ``base``.
+    ``next_off``), read through ``page_of(base)``, the 4 KB page at ``base``; each
+    given less ``minus`` (modulo 2**64: the address of the object holding it).
 
     Returns (the nodes in order, a status, the error): WALK_END when the list came back
     to its head (or to 0); WALK_LOOPS when it loops without coming back (Brent's cycle
@@ -236,7 +342,7 @@ def walk_links_py(page_of: Callable[[int], bytes], head: int, next_off: int, lim
         node = pointer(head + next_off)
         saved, power, lam = head, 1, 0
         while node and node != head:
-            nodes.append(node)
+            nodes.append((node - minus) & _U64)
             if node == saved:
                 return nodes, WALK_LOOPS, None
             if len(nodes) >= limit:
@@ -273,3 +379,5 @@ plan_runs = _C.plan_runs if _C is not None else plan_runs_py
 known_level = _C.known_level if _C is not None else known_level_py
 short_ascii = _C.short_ascii if _C is not None else short_ascii_py
 walk_links = _C.walk_links if _C is not None else walk_links_py
+stack_level = _C.stack_level if _C is not None else stack_level_py
+task_heads = _C.task_heads if _C is not None else task_heads_py

@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import sub
-from typing import cast
+from typing import NamedTuple, cast
 
 from aiobpf.collector.interpreter import ThreadState, module_globals, modules
 from aiobpf.collector.memory import ReadFault
@@ -49,6 +48,20 @@ class RawTask:
     name_obj: int = 0       # the object ``name`` was decoded from
 
 
+class TaskRefs(NamedTuple):
+    """Tasks found: their addresses and, side by side, the native id of the thread whose
+    task list held each (0: none known)."""
+
+    addrs: list[int]
+    tids: list[int]
+
+    def part(self, start: int, stop: int) -> TaskRefs:
+        return TaskRefs(self.addrs[start:stop], self.tids[start:stop])
+
+    def pick(self, indices: list[int]) -> TaskRefs:
+        return TaskRefs([self.addrs[i] for i in indices], [self.tids[i] for i in indices])
+
+
 def walk_llist(objs: Objects, head: int, limit: int = MAX_TASKS) -> Iterator[int]:
     """Nodes of a circular ``llist_node`` list, with Brent's cycle detection; at most
     ``limit`` of them.  A list that loops or is too long raises TaskListCorrupt, one
@@ -59,11 +72,12 @@ def walk_llist(objs: Objects, head: int, limit: int = MAX_TASKS) -> Iterator[int
         raise error
 
 
-def llist_nodes(objs: Objects, head: int, limit: int
+def llist_nodes(objs: Objects, head: int, limit: int, minus: int = 0
                 ) -> tuple[list[int], TaskListCorrupt | DecodeError | ReadFault | None]:
-    """``walk_llist``'s nodes, and what it raises after them (None: the list ended)."""
+    """``walk_llist``'s nodes (each less ``minus``: the objects that hold them), and what
+    it raises after them (None: the list ended)."""
     nodes, status, error = walk_links(objs.mem.page, head, objs.layout["llist.next"], limit,
-                                      (DecodeError, ReadFault))
+                                      (DecodeError, ReadFault), minus)
     if status == WALK_LOOPS:
         return nodes, TaskListCorrupt(f"task list at {head:#x} loops")
     if status == WALK_LIMIT:
@@ -74,9 +88,8 @@ def llist_nodes(objs: Objects, head: int, limit: int
 
 def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],
                  errors: list[str], limit: int = MAX_TASKS, *, partial: bool = False
-                 ) -> list[tuple[int, int]]:
-    """(task address, native thread id) from the per-thread and per-interpreter lists;
-    at most ``limit`` of them.
+                 ) -> TaskRefs:
+    """The tasks of the per-thread and per-interpreter lists, at most ``limit``.
 
     A list that changes while it is walked can lead to memory that no longer holds a
     node: the read faults, and the walk is taken again by the caller.  With
@@ -84,13 +97,13 @@ def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],
     ``errors`` says that the rest of that list was left out."""
     L = objs.layout.values
     node_off = L["task.node"]
-    out: list[tuple[int, int]] = []
+    out = TaskRefs([], [])
     heads = [(ts.addr + L["tstate.asyncio_tasks_head"], ts.native_id) for ts in threads]
     heads += [(interp + L["interp.asyncio_tasks_head"], 0) for interp in interps]
     for head, tid in heads:
-        if len(out) >= limit:
+        if len(out.addrs) >= limit:
             break
-        nodes, exc = llist_nodes(objs, head, limit - len(out))
+        nodes, exc = llist_nodes(objs, head, limit - len(out.addrs), node_off)
         if isinstance(exc, (DecodeError, ReadFault)):
             if not partial:
                 raise exc
@@ -100,7 +113,8 @@ def linked_tasks(objs: Objects, threads: list[ThreadState], interps: list[int],
                           f"the tasks after the first {len(nodes):,} are left out")
         elif exc is not None:
             errors.append(str(exc))
-        out.extend(zip(map(sub, nodes, repeat(node_off)), repeat(tid)))
+        out.addrs.extend(nodes)
+        out.tids.extend(repeat(tid, len(nodes)))
     return out
 
 

@@ -170,7 +170,8 @@ class Examination:
                 read_from = time.thread_time()
                 try:
                     snapshot = self.collector.snapshot(details=False, sink=summarizer.add,
-                                                       names=False)
+                                                       names=False,
+                                                       parked=summarizer.add_parked)
                 finally:
                     self.collector.mem.limit(None)
                     self.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)
@@ -838,7 +839,8 @@ class Daemon:
                 try:
                     snapshot = traced.collector.snapshot(details=False,
                                                          records=self._records(traced),
-                                                         sink=summarizer.add, names=False)
+                                                         sink=summarizer.add, names=False,
+                                                         parked=summarizer.add_parked)
                 finally:   # nothing kept between reads; a big read's heap goes back
                     traced.collector.mem.limit(None)
                     traced.collector.forget(trim=summarizer.pending >= BIG_READ_TASKS)

@@ -29,7 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from aiobpf import __version__
-from aiobpf.collector.model import Snapshot, Task
+from aiobpf.collector.model import Parked, Snapshot, Task
 from aiobpf.exporters.metrics import (
     AWAIT_DEPTH_BUCKETS,
     BY_KEY,
@@ -55,9 +55,10 @@ def family(key: str) -> Any:
 def _depths_of(first: dict[int, int | None]) -> dict[int, int]:
     """For each task, the tasks between it and its root, following first awaiters
     (``first``: task -> its first awaiting task, None for a root); linear in the tasks,
-    however long the chains (a cycle counts from where it is entered)."""
+    however long the chains.  A cycle counts from where it is entered, by walks taken
+    from the lowest id up: the order the tasks were read in does not change the counts."""
     depth: dict[int, int] = {}
-    for start in first:
+    for start in sorted(first):
         path: list[int] = []
         on_path: set[int] = set()
         node: int | None = start
@@ -83,8 +84,10 @@ class Summarizer:
         self.pending = 0
         self.stack_depths: Counter[int] = Counter()
         self.sites: Counter[str] = Counter()
-        self._ids = array("Q")
-        self._firsts = array("Q")                      # 0: awaited by no task
+        # ("L": 8 bytes on Linux's LP64; CPython converts an int to it digit by digit,
+        # to "Q" through a byte array)
+        self._ids = array("L")
+        self._firsts = array("L")                      # 0: awaited by no task
         self._several: dict[int, tuple[int, ...]] = {}  # tasks awaited by more than one
         self._sites = Sites(library)
 
@@ -106,6 +109,21 @@ class Summarizer:
         if len(awaiting) > 1:
             self._several[task.id] = tuple(awaiting)
 
+    def add_parked(self, parked: Parked) -> None:
+        """``add`` of each of many suspended tasks (``Collector.snapshot(parked=...)``):
+        each distinct stack is classified once, however many tasks it holds."""
+        self.pending += len(parked.ids)
+        self._ids.extend(parked.ids)
+        self._firsts.extend(parked.firsts)
+        stacks = parked.stacks
+        for node, n in Counter(parked.nodes).items():
+            if node:
+                frames = stacks.frames_of(node)
+                self.stack_depths[len(frames)] += n
+                site = self._sites.of(frames)
+                if site is not None:
+                    self.sites[site] += n
+
     def _await_depths(self) -> Counter[int]:
         """Tasks by the length of their chain of first awaiters.  An awaiter that is no
         longer a task (it finished during the read) awaits nothing, as
@@ -113,7 +131,8 @@ class Summarizer:
 
         Tasks that await others, or are awaited by several, are counted one by one; the
         rest (most tasks: the leaves) by their first awaiter, whose depth gives theirs."""
-        awaiters = set(self._firsts)
+        by_first = Counter(self._firsts)
+        awaiters = set(by_first)
         for several in self._several.values():
             awaiters.update(several)
         awaiters.discard(0)
@@ -135,7 +154,6 @@ class Summarizer:
                 up = first(tid, awaiter)
                 known = 0 if up is None else depth[up] + 1
             out[known] += 1
-        by_first = Counter(self._firsts)
         by_first.subtract(awaiter for _, awaiter in pairs)
         for awaiter, n in by_first.items():
             if n:
@@ -144,12 +162,13 @@ class Summarizer:
 
     def finish(self, snapshot: Snapshot) -> SnapshotSummary:
         """The summary of the tasks added, read by ``snapshot`` (its time and duration)."""
-        top = self.sites.most_common(self.top_sites)
+        # (ties by name: the order tasks were read in does not choose the series)
+        top = sorted(self.sites.items(), key=lambda site: (-site[1], site[0]))[:self.top_sites]
         rest = sum(self.sites.values()) - sum(n for _, n in top)
         if rest:
             top.append((OTHER_SITE, rest))
         depths = self._await_depths()
-        self._ids, self._firsts, self._several = array("Q"), array("Q"), {}
+        self._ids, self._firsts, self._several = array("L"), array("L"), {}
         self._sites = Sites(self.library)
         return SnapshotSummary(pending=self.pending, stack_depths=self.stack_depths,
                                await_depths=depths, sites=top,

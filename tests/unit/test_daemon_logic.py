@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from aiobpf.collector.model import Awaiter, Frame, Snapshot, Task
+from aiobpf.collector.model import Awaiter, Frame, Parked, Snapshot, Stacks, Task
 from aiobpf.daemon.config import ConfigError, Selection, load
 from aiobpf.exporters.metrics import series_cap
 from aiobpf.exporters.prometheus import (
@@ -101,6 +101,38 @@ def test_await_depths_counted_by_first_awaiter_equal_one_by_one(awaited: list[li
     for task in tasks:
         summarizer.add(task)
     assert summarizer.finish(_snapshot(tasks)).await_depths == _depths_one_by_one(tasks)
+
+
+FRAMES = [Frame("handler", "/srv/app.py", 7), Frame("sleep", "/usr/lib/python3.14/x.py", 1),
+          Frame("get", "/venv/lib/python3.14/site-packages/h/c.py", 9), Frame("f", "/a.py", 2)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.sampled_from(FRAMES), max_size=4),
+                          st.sampled_from([0, 1, 2, 3, 50])), min_size=1, max_size=40),
+       st.integers(1, 40), st.sampled_from([1, 3, 1 << 16]))
+def test_a_summary_of_parked_stacks_equals_the_task_by_task_one(
+        tasks: list[tuple[list[Frame], int]], cut: int, limit: int) -> None:
+    """Tasks handed as shared stacks (``Summarizer.add_parked``), in batches, some one by
+    one (a tree that is full), count as the same tasks handed one by one."""
+    one_by_one, parked = Summarizer(top_sites=3), Summarizer(top_sites=3)
+    stacks = Stacks(limit)
+    batch: list[tuple[int, int, int]] = []
+    for tid, (frames, first) in enumerate(tasks, 1):
+        task = Task(tid, "t", 1, "pending", frames, awaited_by=[Awaiter(first)] if first else [])
+        one_by_one.add(task)
+        node = stacks.node_of(frames)
+        if node is None:
+            parked.add(task)
+        else:
+            batch.append((tid, first, node))
+        if len(batch) == cut or tid == len(tasks):
+            parked.add_parked(Parked([b[0] for b in batch], [b[1] for b in batch],
+                                     [b[2] for b in batch], stacks))
+            batch = []
+    want, got = one_by_one.finish(_snapshot([])), parked.finish(_snapshot([]))
+    assert (got.pending, got.stack_depths, got.await_depths, got.sites) == (
+        want.pending, want.stack_depths, want.await_depths, want.sites)
 
 
 def test_a_site_label_is_made_once_per_frame() -> None:

@@ -25,6 +25,7 @@ from aiobpf.collector.memory import ReadFault
 from aiobpf.collector.objects import DecodeError, Objects
 from aiobpf.collector.tasks import (
     TaskListCorrupt,
+    TaskRefs,
     linked_tasks,
     read_task,
     task_span,
@@ -159,8 +160,8 @@ def test_a_task_list_torn_mid_walk_is_retried_then_kept_in_part() -> None:
         linked_tasks(objs, [], [interp], [])
     errors: list[str] = []
     found = linked_tasks(objs, [], [interp], errors, partial=True)
-    assert found == [(BASE + 0x100 - layout["task.node"], 0),
-                     (BASE + 0x200 - layout["task.node"], 0)]
+    assert found == TaskRefs([BASE + 0x100 - layout["task.node"],
+                              BASE + 0x200 - layout["task.node"]], [0, 0])
     assert len(errors) == 1 and "changed while it was read" in errors[0], errors
     assert "after the first 2 are left out" in errors[0]
 

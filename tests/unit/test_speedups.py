@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+from array import array
 from typing import Any
 
 import pytest
@@ -19,12 +20,17 @@ from hypothesis import strategies as st
 
 from aiobpf.collector import speedups
 from aiobpf.collector.frames import Chain
+from aiobpf.collector.model import Stacks
 from aiobpf.collector.speedups import (
+    FAST_DEPTH,
     LevelLayout,
     StrLayout,
+    TaskLayout,
     known_level_py,
     plan_runs_py,
     short_ascii_py,
+    stack_level_py,
+    task_heads_py,
     walk_links_py,
 )
 
@@ -48,6 +54,8 @@ def test_the_compiled_module_is_built_and_used() -> None:
     assert speedups.known_level is c.known_level
     assert speedups.short_ascii is c.short_ascii
     assert speedups.walk_links is c.walk_links
+    assert speedups.stack_level is c.stack_level
+    assert speedups.task_heads is c.task_heads
 
 
 # -- plan_runs ---------------------------------------------------------------------
@@ -211,6 +219,150 @@ def test_known_level_refuses_a_short_buffer_and_bad_arguments() -> None:
         c.known_level(bytearray(SPAN), [0], [1], [chain], {}, set(), lay[:-1])
 
 
+# -- stack_level -------------------------------------------------------------------
+def _stacks(draw: st.DrawFn, frames: list[str]) -> Stacks:
+    """A tree with a few nodes already, sometimes full (or nearly)."""
+    tree = Stacks(limit=draw(st.sampled_from([1, 3, 1000])))
+    for _ in range(draw(st.integers(0, 3))):
+        tree.child(draw(st.integers(0, len(tree.frames) - 1)), draw(st.sampled_from(frames)))
+    return tree
+
+
+def _twin(tree: Stacks) -> Stacks:
+    twin = Stacks(tree.limit)
+    twin.frames, twin.parents, twin.children = (list(tree.frames), list(tree.parents),
+                                                dict(tree.children))
+    return twin
+
+
+def _tree(tree: Stacks) -> tuple:
+    return tree.frames, tree.parents, tree.children
+
+
+@st.composite
+def stack_levels(draw: st.DrawFn) -> tuple:
+    """``levels``' objects as one level of chains kept as stacks: some chains at nodes
+    already, some that met the object before (a loop), some too deep."""
+    buf, offsets, objs, outs, awaiting_at, ends, lay = draw(levels())
+    count = len(objs)
+    tree = _stacks(draw, [*awaiting_at.values(), "other"])
+    objs = [obj & U64 for obj in objs]
+    chains = draw(st.permutations(range(count)))
+    depth = draw(st.sampled_from([0, 1, 2, FAST_DEPTH - 1, FAST_DEPTH]))
+    nodes = array("q", [draw(st.integers(0, len(tree.frames) - 1)) for _ in range(count)])
+    visited = array("Q", bytes(8 * FAST_DEPTH * count))
+    for k, i in enumerate(chains):
+        if depth and outs[k].seen:   # the chain met its object before
+            visited[i * FAST_DEPTH + draw(st.integers(0, depth - 1))] = objs[k]
+    return buf, offsets, objs, chains, nodes, visited, depth, awaiting_at, ends, lay, tree
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stack_levels())
+def test_stack_level_matches_its_reference(case: tuple) -> None:
+    buf, offsets, objs, chains, nodes, visited, depth, awaiting_at, ends, lay, tree = case
+    theirs = (array("q", nodes), array("Q", visited), _twin(tree))
+    got = compiled().stack_level(buf, offsets, objs, chains, nodes, visited, depth,
+                                 awaiting_at, ends, tuple(lay), tree)
+    want = stack_level_py(buf, offsets, objs, chains, theirs[0], theirs[1], depth,
+                          awaiting_at, ends, lay, theirs[2])
+    assert got == want
+    assert (nodes, visited, _tree(tree)) == (theirs[0], theirs[1], _tree(theirs[2]))
+
+
+def test_stack_level_follows_known_generators_as_one_shared_stack() -> None:
+    lay = layout(True, 1)
+    first, second, awaited = 0x7F00_0000_1000, 0x7F00_0000_2000, 0x7F00_0000_9000
+    buf = bytearray(2 * SPAN)
+    for at, obj in ((0, first), (SPAN, second)):   # two tasks parked at the same place
+        put_signature(buf, at, TYPES[0], 3, CODES[0], 40)
+        struct.pack_into("<Q", buf, at + lay.sp_at, obj + 200 + 8)
+        struct.pack_into("<Q", buf, at + 200, awaited | 2)
+    tree = Stacks()
+    nodes, visited = array("q", [0, 0]), array("Q", bytes(16 * FAST_DEPTH))
+    known = {signature(buf, 0): "frame"}
+    got = compiled().stack_level(buf, [0, SPAN], [first, second], [0, 1], nodes, visited, 0,
+                                 known, set(), tuple(lay), tree)
+    assert got == ([0, 1], [awaited, awaited], [], [], [])
+    assert list(nodes) == [1, 1] and tree.frames_of(1) == ["frame"]
+    # Next level: a future ends both chains; an object met before is left to the long way.
+    end = bytearray(SPAN)
+    struct.pack_into("<Q", end, 8, TYPES[1])
+    assert compiled().stack_level(end, [0, 0], [awaited, second], [0, 1], nodes, visited, 1,
+                                  known, {TYPES[1]}, tuple(lay), tree) == ([], [], [], [], [1])
+
+
+def test_stack_level_gives_the_slot_of_a_deep_stack_to_read() -> None:
+    lay = layout(True, 1)
+    obj = 0x7F00_0000_1000
+    buf = bytearray(SPAN)
+    put_signature(buf, 0, TYPES[0], 3, CODES[0], 40)
+    struct.pack_into("<Q", buf, lay.sp_at, obj + 4096 + 8)   # its stack top: past SPAN
+    tree, nodes, visited = Stacks(), array("q", [0]), array("Q", bytes(8 * FAST_DEPTH))
+    got = compiled().stack_level(buf, [0], [obj], [0], nodes, visited, 0,
+                                 {signature(buf, 0): "frame"}, set(), tuple(lay), tree)
+    assert got == ([], [], [0], [obj + 4096], []) and list(nodes) == [1]
+
+
+def test_stack_level_refuses_bad_arguments() -> None:
+    c = compiled()
+    lay = tuple(layout(True, 1))
+    with pytest.raises(IndexError):   # chain 1 has no row in visited
+        c.stack_level(bytearray(SPAN), [0], [1], [1], array("q", [0, 0]),
+                      array("Q", bytes(8 * FAST_DEPTH)), 0, {}, set(), lay, Stacks())
+    with pytest.raises(TypeError):
+        c.stack_level(bytearray(SPAN), [0], [1], [0], array("i", [0, 0]),
+                      array("Q", bytes(8 * FAST_DEPTH)), 0, {}, set(), lay, Stacks())
+    with pytest.raises(ValueError):
+        c.stack_level(bytearray(SPAN), [0, 0], [1], [0], array("q", [0]),
+                      array("Q", bytes(8 * FAST_DEPTH)), 0, {}, set(), lay, Stacks())
+
+
+# -- task_heads --------------------------------------------------------------------
+TASK = TaskLayout(state_at=40, coro_at=48, awaited_at=64, is_set_at=72, span=80)
+PENDING = 0
+
+
+@st.composite
+def task_batches(draw: st.DrawFn) -> tuple[bytearray, list[int]]:
+    count = draw(st.integers(0, 12))
+    buf = bytearray(draw(st.binary(min_size=count * TASK.span,
+                                   max_size=count * TASK.span + 30)))
+    for i in range(count):
+        at = i * TASK.span
+        struct.pack_into("<i", buf, at + TASK.state_at,
+                         draw(st.sampled_from([PENDING] * 4 + [1, 2, -1])))
+        struct.pack_into("<Q", buf, at + TASK.coro_at, draw(st.sampled_from([0, 0x7F00, U64])))
+        struct.pack_into("<Q", buf, at + TASK.awaited_at, draw(st.sampled_from([0, 0x5500])))
+        buf[at + TASK.is_set_at] = draw(st.sampled_from([0, 0, 1, 255]))
+    offsets = [draw(st.sampled_from([i * TASK.span] * 6 + [-1, len(buf) - TASK.span + 1]))
+               for i in range(count)]
+    return buf, offsets
+
+
+@settings(max_examples=200, deadline=None)
+@given(task_batches())
+def test_task_heads_matches_its_reference(case: tuple[bytearray, list[int]]) -> None:
+    buf, offsets = case
+    assert compiled().task_heads(buf, offsets, tuple(TASK), PENDING) == task_heads_py(
+        buf, offsets, TASK, PENDING)
+
+
+def test_task_heads_sorts_a_batch() -> None:
+    buf = bytearray(4 * TASK.span)
+    for i, (state, coro, awaited, is_set) in enumerate(
+            [(PENDING, 0x10, 0x20, 0), (1, 0x10, 0, 0), (PENDING, 0x30, 0x40, 1),
+             (PENDING, 0, 0, 0)]):
+        struct.pack_into("<iiQQQB", buf, i * TASK.span + TASK.state_at, state, 0, coro, 0,
+                         awaited, is_set)
+    offsets = [i * TASK.span for i in range(4)] + [-1]
+    # pending and simple; finished (left out); awaited by a set; no coroutine; not read
+    assert compiled().task_heads(buf, offsets, tuple(TASK), PENDING) == (
+        [0], [0x10], [0x20], [2, 3, 4])
+    with pytest.raises(ValueError):
+        compiled().task_heads(buf, offsets, tuple(TASK._replace(span=70)), PENDING)
+
+
 # -- short_ascii -------------------------------------------------------------------
 STR = StrLayout(o_type=8, length=16, state=32, ascii_mask=(7 << 2) | (1 << 5) | (1 << 6),
                 ascii_bits=(1 << 2) | (1 << 5) | (1 << 6), ascii_size=40, peek=88)
@@ -263,7 +415,7 @@ class Unmapped(Exception):
 
 
 @st.composite
-def linked_lists(draw: st.DrawFn) -> tuple[dict[int, bytes], int, int, int]:
+def linked_lists(draw: st.DrawFn) -> tuple[dict[int, bytes], int, int, int, int]:
     """Pages holding a list: nodes in order, then where the last one leads (the head,
     0, a node before it, an unmapped page, past 2**64); next pointers that may span two
     pages."""
@@ -281,7 +433,8 @@ def linked_lists(draw: st.DrawFn) -> tuple[dict[int, bytes], int, int, int]:
         if at + 8 <= len(memory):
             struct.pack_into("<Q", memory, at, there & U64)
     table = {LIST_BASE + PAGE * i: bytes(memory[PAGE * i:PAGE * (i + 1)]) for i in range(pages)}
-    return table, head, next_off, draw(st.sampled_from([1, 3, 10, 1 << 22]))
+    return (table, head, next_off, draw(st.sampled_from([1, 3, 10, 1 << 22])),
+            draw(st.sampled_from([0, 0, 24, LIST_BASE + 8, U64])))
 
 
 def _page_of(table: dict[int, bytes]) -> Any:
@@ -294,10 +447,11 @@ def _page_of(table: dict[int, bytes]) -> Any:
 
 @settings(max_examples=250, deadline=None)
 @given(linked_lists())
-def test_walk_links_matches_its_reference(case: tuple[dict[int, bytes], int, int, int]) -> None:
-    table, head, next_off, limit = case
-    got = compiled().walk_links(_page_of(table), head, next_off, limit, (Unmapped,))
-    want = walk_links_py(_page_of(table), head, next_off, limit, (Unmapped,))
+def test_walk_links_matches_its_reference(case: tuple[dict[int, bytes], int, int, int, int]
+                                          ) -> None:
+    table, head, next_off, limit, minus = case
+    got = compiled().walk_links(_page_of(table), head, next_off, limit, (Unmapped,), minus)
+    want = walk_links_py(_page_of(table), head, next_off, limit, (Unmapped,), minus)
     assert got[:2] == want[:2]
     assert type(got[2]) is type(want[2])
 
