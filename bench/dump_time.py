@@ -9,10 +9,11 @@ one million tasks (``--million``).  Every aiobpf output is checked: it must
 list every task of the target.
 
 The daemon's read of the same process, as the daemon makes it at each refresh
-(``Collector.snapshot`` with no names and no details, each task summarized as it is
-read, the summary finished, every cache dropped and a big read's heap handed back), is
-timed in a process of its own, after the command lines (median wall time and CPU time
-of ``--repeat`` reads).
+(``Collector.snapshot`` with no names and no details, the tasks summarized as they are
+read, most of them as columns (``parked``), the summary finished, every cache dropped
+and a big read's heap handed back), is timed in a process of its own, after the
+command lines (median wall time and CPU time of ``--repeat`` reads); each of its
+summaries is checked to count every task of the target.
 
 Run as root: ``make bench`` or ``.venv/bin/python bench/dump_time.py``.
 """
@@ -65,9 +66,9 @@ def measure(argv: list[str], cwd: Path = REPO) -> Run:
                last_err[-1] if last_err else "")
 
 
-# The daemon's read as service.py's _refresh makes it (each task summarized as it is
+# The daemon's read as service.py's _refresh makes it (the tasks summarized as they are
 # read, the summary finished, the caches dropped and a big read's heap handed back),
-# timed; prints "wall cpu" medians.
+# timed; prints "wall cpu" medians and the fewest tasks a summary counted.
 DAEMON_READ = """
 import os, statistics, sys, time
 from aiobpf.collector.snapshot import Collector
@@ -75,26 +76,30 @@ from aiobpf.collector.target import open_target
 from aiobpf.exporters.prometheus import Summarizer
 collector = Collector(open_target(int(sys.argv[1])))
 collector.forget()
-walls, cpus = [], []
+walls, cpus, counted = [], [], []
 for _ in range(int(sys.argv[2])):
     t0, c0 = time.perf_counter(), os.times()
     summarizer = Summarizer(10)
     # (as service.py reads; a tree from before Summarizer.add_parked hands each task)
     kw = {"parked": summarizer.add_parked} if hasattr(summarizer, "add_parked") else {}
-    summarizer.finish(collector.snapshot(details=False, sink=summarizer.add, names=False, **kw))
+    summary = summarizer.finish(collector.snapshot(details=False, sink=summarizer.add,
+                                                   names=False, **kw))
     collector.forget(trim=summarizer.pending >= 10_000)
     c1 = os.times()
     walls.append(time.perf_counter() - t0)
     cpus.append(c1.user - c0.user + c1.system - c0.system)
-print(statistics.median(walls), statistics.median(cpus))
+    counted.append(summary.pending)
+print(statistics.median(walls), statistics.median(cpus), min(counted))
 """
 
 
-def daemon_read(pid: int, repeat: int, tree: Path = REPO) -> tuple[float, float]:
+def daemon_read(pid: int, repeat: int, tasks: int, tree: Path = REPO) -> tuple[float, float]:
     """(wall, CPU) seconds of the daemon's read of ``pid`` by the aiobpf of ``tree``,
-    medians of ``repeat``."""
+    medians of ``repeat``; every read must count ``tasks`` pending tasks."""
     out = subprocess.run([sys.executable, "-c", DAEMON_READ, str(pid), str(repeat)], cwd=tree,
                          capture_output=True, text=True, check=True).stdout.split()
+    if int(out[2]) != tasks:
+        raise SystemExit(f"the daemon's read of {tree} counted {out[2]} tasks, {tasks} expected")
     return float(out[0]), float(out[1])
 
 
@@ -135,8 +140,9 @@ def bench_size(n: int, repeat: int, with_cpython: bool, before: Path | None = No
             if with_cpython:
                 theirs.append(measure(["chroot", str(SID_ROOT), PYTHON, "-m", "asyncio",
                                        "pstree", pid]))
-        read_wall, read_cpu = daemon_read(target.pid, repeat)
-        old_read = daemon_read(target.pid, repeat, before) if before is not None else None
+        tasks = n + (n + 99) // 100 + 1   # the leaves, their groups and main
+        read_wall, read_cpu = daemon_read(target.pid, repeat, tasks)
+        old_read = daemon_read(target.pid, repeat, tasks, before) if before is not None else None
     finally:
         os.killpg(target.pid, 9)
         target.wait()
