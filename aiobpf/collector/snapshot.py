@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import itertools
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -401,9 +402,8 @@ class _Read:
         # With ``parked``, the known path takes KNOWN_BATCH tasks at a time (after a
         # first batch of BATCH, which teaches it), and leaves the rest to the long way.
         step = KNOWN_BATCH if self._parked is not None else BATCH
-        starts = [0, *range(BATCH, len(refs.addrs), step)] if refs.addrs else []
-        stops = [*starts[1:], len(refs.addrs)]
-        for number, (start, stop) in enumerate(zip(starts, stops, strict=True)):
+        bounds = [0, *range(BATCH, len(refs.addrs), step), len(refs.addrs)] if refs.addrs else []
+        for number, (start, stop) in enumerate(itertools.pairwise(bounds)):
             batch = refs.part(start, stop)
             if self._parked is not None and number >= self._known_from:
                 self.mem.clear()
