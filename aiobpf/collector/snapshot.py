@@ -221,6 +221,10 @@ class _Read:
         self._names = names
         self._records = records
         self._parked = parked if self.linked else None
+        if self._parked is not None:
+            L = self.target.layout
+            self._task_layout = TaskLayout(L["task.state"], L["task.coro"], L["task.awaited_by"],
+                                           L["task.awaited_by_is_set"], self._span)
         self._stacks = Stacks()            # the stacks of the tasks handed to ``parked``
         self._firsts: dict[int, int] = {}  # awaiter -> itself if a task, else 0
         self._misses = 0                   # batches in a row that ``_park_known`` mostly left
@@ -429,28 +433,18 @@ class _Read:
         (``Frames.stacks``).  Returns the tasks left (read again the long way) and how
         many were handed."""
         assert self._parked is not None
-        L = self.target.layout
-        layout = TaskLayout(L["task.state"], L["task.coro"], L["task.awaited_by"],
-                            L["task.awaited_by_is_set"], self._span)
         addrs = refs.addrs
         blobs, offsets = self.mem.read_packed(addrs, self._span)
-        simple, coros, awaited, others = task_heads(blobs, offsets, layout,
-                                                    L["enum.STATE_PENDING"])
+        simple, coros, awaited, others = task_heads(blobs, offsets, self._task_layout,
+                                                    self.target.layout["enum.STATE_PENDING"])
         if self._records:   # a task its BPF record shows is read the long way
             keep = [k for k, i in enumerate(simple) if addrs[i] not in self._records]
             others += [i for i in simple if addrs[i] in self._records]
             simple, coros, awaited = ([seq[k] for k in keep] for seq in (simple, coros, awaited))
         nodes, left = self.frames.stacks(coros, self._stacks)
-        firsts = self._firsts
-        wanted = set(awaited)
-        for addr in wanted.difference(firsts):
-            try:
-                awaiter = index.recorded_awaiter(addr) if addr else None
-            except _TRANSIENT:   # its tasks go the long way (read again from fresh pages)
-                continue
-            firsts[addr] = addr if awaiter is not None and awaiter.is_task else 0
+        firsts = self._first_tasks(awaited, index)
         lost = set(left)
-        if not wanted.issubset(firsts):
+        if not firsts.keys() >= set(awaited):
             lost.update(k for k, a in enumerate(awaited) if a not in firsts)
         rest = refs.pick(others + [simple[k] for k in sorted(lost)])
         if lost:
@@ -462,9 +456,22 @@ class _Read:
         if handed:
             self._parked(Parked(list(map(addrs.__getitem__, simple)),
                                 list(map(firsts.__getitem__, awaited)), handed, self._stacks))
+        return rest, len(handed)
+
+    def _first_tasks(self, awaiters: list[int], index: AwaiterIndex) -> dict[int, int]:
+        """Awaiter (0: none) -> itself when it is a task, else 0 (a future), for each of
+        ``awaiters`` that could be read (the others' tasks go the long way, which reads
+        them again from fresh pages); remembered for the read, up to MAX_AWAITERS."""
+        firsts = self._firsts
         if len(firsts) > MAX_AWAITERS:
             firsts.clear()
-        return rest, len(handed)
+        firsts[0] = 0
+        for addr in set(awaiters).difference(firsts):
+            try:
+                firsts[addr] = addr if index.recorded_awaiter(addr).is_task else 0
+            except _TRANSIENT:
+                continue
+        return firsts
 
     def _read_registered(self, refs: TaskRefs, threads: list[ThreadState],
                          running_by_loop: dict[int, int], warnings: list[str],
@@ -525,21 +532,17 @@ class _Read:
         firsts: list[int] = []
         nodes: list[int] = []
         rest: list[RawTask] = []
+        known = self._first_tasks([raw.awaited_by[0] for raw in raws if raw.awaited_by], index)
         for raw in raws:
             chain = chains.get(raw.addr)
-            node = (None if chain is None or chain.innermost_state in _NOT_PARKED
-                    or len(raw.awaited_by) > 1 else self._stacks.node_of(chain.frames))
-            if node is None:
+            first = known.get(raw.awaited_by[0] if raw.awaited_by else 0)
+            node = None
+            if (first is not None and chain is not None and len(raw.awaited_by) <= 1
+                    and chain.innermost_state not in _NOT_PARKED):
+                node = self._stacks.node_of(chain.frames)
+            if first is None or node is None:
                 rest.append(raw)
                 continue
-            first = 0
-            if raw.awaited_by:
-                try:
-                    awaiter = index.recorded(raw)[0]
-                except _TRANSIENT:   # _task reads it again from fresh pages
-                    rest.append(raw)
-                    continue
-                first = awaiter.id if awaiter.is_task else 0
             ids.append(raw.addr)
             firsts.append(first)
             nodes.append(node)

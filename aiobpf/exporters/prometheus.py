@@ -29,7 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from aiobpf import __version__
-from aiobpf.collector.model import Parked, Snapshot, Task
+from aiobpf.collector.model import Frame, Parked, Snapshot, Task
 from aiobpf.exporters.metrics import (
     AWAIT_DEPTH_BUCKETS,
     BY_KEY,
@@ -93,12 +93,8 @@ class Summarizer:
 
     def add(self, task: Task) -> None:
         self.pending += 1
-        frames = task.frames
-        if frames and task.state == "pending":
-            self.stack_depths[len(frames)] += 1
-            site = self._sites.of(frames)
-            if site is not None:
-                self.sites[site] += 1
+        if task.frames and task.state == "pending":
+            self._count_stack(task.frames, 1)
         self._ids.append(task.id)
         awaited_by = task.awaited_by
         if len(awaited_by) == 1:   # most tasks: no list made
@@ -115,14 +111,16 @@ class Summarizer:
         self.pending += len(parked.ids)
         self._ids.extend(parked.ids)
         self._firsts.extend(parked.firsts)
-        stacks = parked.stacks
         for node, n in Counter(parked.nodes).items():
             if node:
-                frames = stacks.frames_of(node)
-                self.stack_depths[len(frames)] += n
-                site = self._sites.of(frames)
-                if site is not None:
-                    self.sites[site] += n
+                self._count_stack(parked.stacks.frames_of(node), n)
+
+    def _count_stack(self, frames: list[Frame], n: int) -> None:
+        """Count ``n`` suspended tasks of one stack: its depth and its await site."""
+        self.stack_depths[len(frames)] += n
+        site = self._sites.of(frames)
+        if site is not None:
+            self.sites[site] += n
 
     def _await_depths(self) -> Counter[int]:
         """Tasks by the length of their chain of first awaiters.  An awaiter that is no
